@@ -1,0 +1,271 @@
+"""Reading ``driftd.yaml``: YAML with line numbers, secret refusal, environment overrides.
+
+Every problem is reported at once, each as ``FILE:LINE: yaml.path: what was expected``, so that an
+operator fixes a broken file in one pass instead of one error per restart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from daemon.config.models import Config
+from daemon.errors import ConfigError
+
+Loc = tuple[str | int, ...]
+
+ENV_STORAGE_URL = "DRIFTD_STORAGE_URL"
+
+# Key names that hold credentials. `*_env` keys (which name a variable) never match.
+_SECRET_KEY = re.compile(
+    r"(?:^|_)(?:api_?key|secret|password|passwd|token|access_key|private_key|credentials?)$",
+    re.IGNORECASE,
+)
+_SECRET_VALUES = (
+    ("an OpenAI-style API key", re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")),
+    ("a bearer token", re.compile(r"\bbearer\s+[A-Za-z0-9._~+/=-]{16,}", re.IGNORECASE)),
+    ("an AWS access key", re.compile(r"\bAKIA[0-9A-Z]{16}\b")),
+    ("a GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}")),
+    ("a Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{20,}")),
+    ("a Slack token", re.compile(r"\bxox[abpr]-[A-Za-z0-9-]{10,}")),
+    ("a private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
+    ("a password in a URL", re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")),
+)
+
+
+def format_loc(loc: Loc) -> str:
+    """``('deployments', 1, 'policy', 'cooldown')`` → ``deployments[1].policy.cooldown``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(top level)"
+
+
+class _Reader:
+    """Turns YAML nodes into plain data, recording the line of every path on the way."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: dict[Loc, int] = {}
+        self._problems: list[tuple[int, str]] = []
+        self._scalars = yaml.SafeLoader("")
+
+    def compose(self, text: str) -> yaml.Node | None:
+        try:
+            return yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{self.source}:{mark.line + 1}" if mark else self.source
+            raise ConfigError(self.source, [f"{where}: YAML syntax error: {exc.problem}"]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(self.source, [f"{self.source}: YAML error: {exc}"]) from None
+
+    def construct(self, node: yaml.Node, loc: Loc = ()) -> Any:
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                key = self._scalars.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool):
+                    self.problems.append(
+                        f"{self.source}:{line}: {format_loc(loc)}: keys must be words"
+                    )
+                    continue
+                child = (*loc, str(key))
+                if str(key) in out:
+                    # PyYAML would silently keep the last value; an operator never means that.
+                    self._add(
+                        line,
+                        f"{self.source}:{line}: {format_loc(child)}: duplicate key "
+                        f"(first on line {self.lines[child]})",
+                    )
+                    continue
+                self.lines[child] = line
+                out[str(key)] = self.construct(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.construct(item, (*loc, i)) for i, item in enumerate(node.value)]
+        return self._scalars.construct_object(node, deep=True)
+
+    def line(self, loc: Loc) -> int:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return 0
+
+    def report(self, loc: Loc, message: str) -> None:
+        line = self.line(loc)
+        where = f"{self.source}:{line}" if line else self.source
+        self._add(line, f"{where}: {format_loc(loc)}: {message}")
+
+    def _add(self, line: int, problem: str) -> None:
+        self._problems.append((line, problem))
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem found, in the order of the file."""
+        return [problem for _, problem in sorted(self._problems, key=lambda p: p[0])]
+
+
+def _walk(data: Any, loc: Loc = ()) -> Iterator[tuple[Loc, Any]]:
+    yield loc, data
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _walk(value, (*loc, str(key)))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _walk(value, (*loc, i))
+
+
+def _secret_problems(data: Any) -> Iterator[tuple[Loc, str]]:
+    for loc, value in _walk(data):
+        if not isinstance(value, str) or not value.strip():
+            continue
+        key = loc[-1] if loc else ""
+        if isinstance(key, str) and _SECRET_KEY.search(key):
+            yield (
+                loc,
+                (
+                    "looks like a secret; driftd reads secrets only from the environment: "
+                    f"remove it and set '{key}_env' to the variable's name "
+                    "(OPENAI_API_KEY or DRIFTD_<NAME>)"
+                ),
+            )
+            continue
+        for what, pattern in _SECRET_VALUES:
+            if pattern.search(value):
+                hint = (
+                    f"set the full URL in {ENV_STORAGE_URL} instead"
+                    if loc == ("storage", "url")
+                    else "move it to an environment variable (OPENAI_API_KEY or DRIFTD_<NAME>)"
+                )
+                yield loc, f"contains {what}; secrets never go in the file: {hint}"
+                break
+
+
+def _duplicate_names(data: Any) -> Iterator[tuple[Loc, str]]:
+    deployments = data.get("deployments") if isinstance(data, dict) else None
+    if not isinstance(deployments, list):
+        return
+    first: dict[str, int] = {}
+    for i, item in enumerate(deployments):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            yield (
+                ("deployments", i, "name"),
+                f"duplicate deployment name {name!r} (already used by deployments[{first[name]}])",
+            )
+        else:
+            first[name] = i
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The section model that a location points into, for suggesting keys."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = _section_type(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, tuple, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _message(error: ErrorDetails) -> str:
+    kind, msg, value = error["type"], error["msg"], error.get("input")
+    loc = tuple(error["loc"])
+    if kind == "missing":
+        return "required, but missing"
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
+        return f"unknown key; {hint}"
+    if msg.startswith("Value error, "):
+        return msg.removeprefix("Value error, ")
+    if msg.startswith("Input should be"):
+        expected = msg.removeprefix("Input should be ").rstrip(".")
+        return f"expected {expected}, got {_show(value)}"
+    return f"{msg[0].lower()}{msg[1:]}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str = "driftd.yaml",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate the text of a configuration file; ``environ`` supplies the overrides."""
+    reader = _Reader(source)
+    node = reader.compose(text)
+    data = {} if node is None else reader.construct(node)
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"{source}: expected a mapping of sections at the top level"])
+    refused = set()
+    for loc, message in (*_secret_problems(data), *_duplicate_names(data)):
+        refused.add(loc)
+        reader.report(loc, message)
+    env = environ or {}
+    if env.get(ENV_STORAGE_URL):
+        storage = data.get("storage")
+        storage = storage if isinstance(storage, dict) else {}
+        data["storage"] = {**storage, "url": env[ENV_STORAGE_URL]}
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(part for part in error["loc"] if part != "[key]")
+            if loc not in refused:  # a refused secret is reported once, as a secret
+                reader.report(loc, _message(error))
+        config = None
+    if reader.problems or config is None:
+        raise ConfigError(source, reader.problems)
+    return config
+
+
+def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file; raises ``ConfigError`` naming every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [f"{source}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [f"{source}: cannot read it: {exc}"]) from None
+    return parse_config(text, source=source, base_dir=path.parent, environ=environ)

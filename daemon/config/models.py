@@ -1,0 +1,511 @@
+"""The pydantic models of ``driftd.yaml``.
+
+Every section is modelled and validated here, including those that later parts of driftd act on,
+so that a file accepted today keeps its meaning. Each field's description is the configuration
+reference (``driftd config reference`` renders it into docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from daemon.config.types import (
+    Duration,
+    Name,
+    Regex,
+    RelativePath,
+    Schedule,
+    ScheduleSpec,
+    SecretEnv,
+    TimeZone,
+)
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Kind(StrEnum):
+    finetuned = "finetuned"
+    prompted = "prompted"
+
+
+class Task(StrEnum):
+    classification = "classification"
+    generation = "generation"
+
+
+class Signal(StrEnum):
+    """What a check measures; each signal belongs to a group (data, output, quality)."""
+
+    descriptors = "descriptors"
+    text = "text"
+    embedding = "embedding"
+    prediction = "prediction"
+    confidence = "confidence"
+    performance = "performance"
+    judge = "judge"
+    feedback = "feedback"
+    format_validity = "format_validity"
+
+
+class SignalGroup(StrEnum):
+    data = "data"
+    output = "output"
+    quality = "quality"
+
+
+CLASSIFICATION_ONLY = frozenset({Signal.prediction, Signal.confidence, Signal.performance})
+GENERATION_ONLY = frozenset({Signal.judge, Signal.format_validity})
+DEFAULT_SIGNALS: dict[Task, tuple[Signal, ...]] = {
+    Task.classification: (
+        Signal.descriptors,
+        Signal.embedding,
+        Signal.prediction,
+        Signal.confidence,
+        Signal.performance,
+    ),
+    Task.generation: (
+        Signal.descriptors,
+        Signal.embedding,
+        Signal.judge,
+        Signal.feedback,
+        Signal.format_validity,
+    ),
+}
+
+
+class Server(Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(8477, ge=1, le=65535, description="Port the HTTP API listens on.")
+
+
+class Storage(Section):
+    url: str = Field(
+        "sqlite:///driftd.db",
+        description=(
+            "SQLAlchemy URL of the store: `sqlite:///driftd.db` (relative to the working "
+            "directory) or `postgresql://user@host/db`. `DRIFTD_STORAGE_URL` overrides it; put "
+            "a password only there, never in the file."
+        ),
+    )
+    busy_timeout: Duration = Field(
+        timedelta(seconds=5), description="How long SQLite waits on a locked database."
+    )
+    retention: Duration = Field(
+        timedelta(days=30), description="Samples older than this are deleted on a schedule."
+    )
+
+
+class LogFormat(StrEnum):
+    auto = "auto"
+    text = "text"
+    json = "json"
+
+
+class Logging(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged."
+    )
+    format: LogFormat = Field(
+        LogFormat.auto,
+        description="`text` for people, `json` (one object per line) for collectors; "
+        "`auto` picks text on a terminal and JSON otherwise.",
+    )
+
+
+class Upstream(Section):
+    """An OpenAI-compatible endpoint: the proxy's upstream and the fine-tuning API."""
+
+    base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible API; unset means OpenAI's own."
+    )
+    api_key_env: SecretEnv = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the API key (`OPENAI_API_KEY` or `DRIFTD_*`).",
+    )
+    timeout: Duration = Field(timedelta(seconds=60), description="Timeout of one request.")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed request.")
+
+
+class Provider(StrEnum):
+    transformers = "transformers"
+    openai = "openai"
+
+
+class Model(Section):
+    provider: Provider = Field(
+        Provider.transformers,
+        description="`transformers` (local weights) or `openai` (an OpenAI fine-tuned model).",
+    )
+    name: str = Field(
+        min_length=1,
+        description="transformers: a local path (starting with `./` or `../`, relative to this "
+        "file) or a hub id; openai: the model id, e.g. `ft:gpt-4o-mini-2024-07-18:acme::abc1`.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _local_path(cls, value: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("base_dir")
+        if base is not None and value.startswith(("./", "../")):
+            return str(Path(base) / value)
+        return value
+
+
+class FewShot(Section):
+    input: str = Field(min_length=1, description="Example user message.")
+    output: str = Field(min_length=1, description="Expected assistant answer.")
+
+
+class Prompt(Section):
+    model: str = Field(min_length=1, description="Base model the prompt runs on upstream.")
+    system: str = Field(min_length=1, description="System message.")
+    examples: tuple[FewShot, ...] = Field((), description="Few-shot examples, in order.")
+
+
+class AlwaysKeep(StrEnum):
+    errors = "errors"
+    negative_feedback = "negative_feedback"
+
+
+class Sampling(Section):
+    rate: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of requests stored, decided by a hash of `request_id` "
+        "(the same request is always in or out).",
+    )
+    always_keep: tuple[AlwaysKeep, ...] = Field(
+        (AlwaysKeep.errors, AlwaysKeep.negative_feedback),
+        description="Samples kept whatever the rate.",
+    )
+
+
+class RedactionKind(StrEnum):
+    email = "email"
+    phone = "phone"
+    card = "card"
+    iban = "iban"
+    ip = "ip"
+    api_key = "api_key"
+
+
+class RedactionPattern(Section):
+    name: str = Field(
+        pattern=r"^[A-Z][A-Z0-9_]{0,31}$",
+        description="Placeholder name, upper case: matches become `<NAME>`.",
+    )
+    pattern: Regex = Field(description="Python regular expression to redact.")
+
+
+class Redaction(Section):
+    enabled: bool = Field(True, description="Redact PII before anything is stored.")
+    kinds: tuple[RedactionKind, ...] = Field(
+        tuple(RedactionKind), description="Built-in detectors to apply."
+    )
+    extra: tuple[RedactionPattern, ...] = Field((), description="Additional patterns.")
+
+
+class ReferenceKind(StrEnum):
+    previous_window = "previous_window"
+    fixed = "fixed"
+    dataset = "dataset"
+    baseline = "baseline"
+
+
+class Reference(Section):
+    kind: ReferenceKind = Field(
+        ReferenceKind.previous_window,
+        description="`previous_window` (the window before the current one), `fixed` "
+        "(`start`..`end`), `dataset` (a file, e.g. the training data) or `baseline` (the "
+        "first `samples` samples of the active version).",
+    )
+    start: datetime | None = Field(None, description="`fixed`: start, ISO 8601 with zone.")
+    end: datetime | None = Field(None, description="`fixed`: end, ISO 8601 with zone.")
+    path: RelativePath | None = Field(
+        None, description="`dataset`: CSV or JSONL file, relative to this file."
+    )
+    samples: int = Field(1000, ge=10, description="`baseline`: samples after promotion.")
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Self:
+        if self.kind is ReferenceKind.fixed:
+            if self.start is None or self.end is None:
+                raise ValueError("kind 'fixed' needs both 'start' and 'end'")
+            if self.start.tzinfo is None or self.end.tzinfo is None:
+                raise ValueError("'start' and 'end' need a time zone, e.g. 2026-01-01T00:00:00Z")
+            if self.start >= self.end:
+                raise ValueError("'start' must be before 'end'")
+        if self.kind is ReferenceKind.dataset and self.path is None:
+            raise ValueError("kind 'dataset' needs 'path'")
+        return self
+
+
+class Monitor(Section):
+    schedule: ScheduleSpec = Field(
+        Schedule(every=timedelta(hours=1)),
+        description="When checks run: `every <duration>` or a cron expression.",
+    )
+    window: Duration = Field(timedelta(hours=24), description="Length of the current window.")
+    reference: Reference = Field(default_factory=Reference, description="What is compared to.")
+    signals: tuple[Signal, ...] | None = Field(
+        None,
+        description="Signals to compute; unset means the task's defaults "
+        "(classification: descriptors, embedding, prediction, confidence, performance; "
+        "generation: descriptors, embedding, judge, feedback, format_validity).",
+    )
+    thresholds: dict[Signal, float] = Field(
+        default_factory=dict,
+        description="Per-signal drift threshold overriding the method's default.",
+    )
+    quality_drop: float = Field(
+        0.05, gt=0.0, le=1.0, description="Absolute fall of a quality metric that counts as drift."
+    )
+    min_rows: int = Field(
+        50, ge=1, description="Fewer rows on either side → status `insufficient_data`."
+    )
+    max_rows: int = Field(
+        5000, ge=10, le=1_000_000, description="Cap of each side's reproducible uniform draw."
+    )
+    embedding_model: str = Field(
+        "default",
+        description="`default` (all-MiniLM-L6-v2 shipped with driftd, offline), a hub id, a "
+        "local path, or `openai:<model>`.",
+    )
+    timeout: Duration = Field(timedelta(minutes=10), description="A check running longer fails.")
+
+    @model_validator(mode="after")
+    def _rows(self) -> Self:
+        if self.min_rows > self.max_rows:
+            raise ValueError(f"min_rows ({self.min_rows}) exceeds max_rows ({self.max_rows})")
+        return self
+
+
+class Action(StrEnum):
+    none = "none"
+    alert = "alert"
+    retrain = "retrain"
+    revise_prompt = "revise_prompt"
+
+
+class Approval(StrEnum):
+    auto = "auto"
+    manual = "manual"
+
+
+class Budget(Section):
+    max_usd_per_day: float | None = Field(
+        None, ge=0.0, description="Spend cap on paid APIs per day; unset means no cap."
+    )
+    max_usd_per_job: float | None = Field(None, ge=0.0, description="Spend cap of one job.")
+
+
+class Policy(Section):
+    on_drift: Action = Field(Action.alert, description="What drift leads to.")
+    act_on: tuple[SignalGroup, ...] = Field(
+        (SignalGroup.quality, SignalGroup.output),
+        description="Signal groups whose drift may trigger `on_drift`; drift in the others "
+        "only alerts.",
+    )
+    consecutive: int = Field(
+        2, ge=1, le=100, description="Drifted checks in a row before acting (hysteresis)."
+    )
+    cooldown: Duration = Field(timedelta(hours=6), description="Quiet time after an action.")
+    max_jobs_per_day: int = Field(2, ge=0, description="Cap on jobs started per day.")
+    budget: Budget = Field(default_factory=Budget, description="Spend caps on paid APIs.")
+    approval: Approval = Field(
+        Approval.auto, description="`manual` holds jobs in `awaiting_approval`."
+    )
+    dry_run: bool = Field(False, description="Decide and record, but start no job.")
+
+
+class Method(StrEnum):
+    trainer = "trainer"
+    openai = "openai"
+    prompt_revision = "prompt_revision"
+
+
+class Metric(StrEnum):
+    accuracy = "accuracy"
+    macro_f1 = "macro_f1"
+    judge_score = "judge_score"
+
+
+class Gate(Section):
+    metric: Metric = Field(
+        Metric.accuracy, description="Metric the challenger must improve on the golden set."
+    )
+    margin: float = Field(
+        0.0, ge=0.0, le=1.0, description="Required improvement over the champion."
+    )
+    guard_metrics: tuple[Metric, ...] = Field(
+        (), description="Metrics the challenger may not be worse on."
+    )
+    bootstrap_samples: int = Field(
+        1000, ge=100, le=100_000, description="Resamples for the confidence interval."
+    )
+
+
+class TrainingData(Section):
+    training_data: RelativePath | None = Field(
+        None, description="Original training set (CSV or JSONL), relative to this file."
+    )
+    production_ratio: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of labelled production samples in the mix."
+    )
+    lookback: Duration = Field(timedelta(days=30), description="How far back samples are taken.")
+    min_labelled: int = Field(
+        100, ge=1, description="Labelled production samples needed to re-tune."
+    )
+    max_rows: int = Field(20_000, ge=10, description="Cap on the training set size.")
+    validation_share: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share held out for validation."
+    )
+
+
+class Trainer(Section):
+    epochs: int = Field(3, ge=1, le=100, description="Training epochs.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Per-device batch size.")
+    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0, description="Peak learning rate.")
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per input.")
+
+
+class Watch(Section):
+    period: Duration = Field(
+        timedelta(hours=24), description="How long a promoted version is watched."
+    )
+    max_drop: float = Field(
+        0.02, gt=0.0, le=1.0, description="Quality fall versus the gate that rolls back."
+    )
+
+
+class Retune(Section):
+    schedule: ScheduleSpec | None = Field(
+        None, description="Scheduled re-tuning (cron or `every`); unset means only on drift."
+    )
+    method: Method | None = Field(
+        None,
+        description="`trainer`, `openai` or `prompt_revision`; unset means the deployment's "
+        "natural one (by kind and model provider).",
+    )
+    data: TrainingData = Field(default_factory=TrainingData, description="The training set.")
+    golden_set: RelativePath | None = Field(
+        None,
+        description="Fixed evaluation file that never enters training; needed when "
+        "re-tuning can run.",
+    )
+    gate: Gate = Field(default_factory=Gate, description="When a challenger is promoted.")
+    trainer: Trainer = Field(default_factory=Trainer, description="transformers settings.")
+    candidates: int = Field(4, ge=1, le=20, description="`prompt_revision`: prompts proposed.")
+    watch: Watch = Field(default_factory=Watch, description="Rollback after promotion.")
+    timeout: Duration = Field(timedelta(hours=2), description="A job running longer fails.")
+
+
+class Deployment(Section):
+    name: Name = Field(description="Unique name; used in URLs and metric labels.")
+    kind: Kind = Field(description="`finetuned` (tuned weights) or `prompted` (model + prompt).")
+    task: Task = Field(description="`classification` (labels) or `generation` (free text).")
+    model: Model | None = Field(None, description="`finetuned`: the deployed model.")
+    prompt: Prompt | None = Field(None, description="`prompted`: the deployed prompt.")
+    upstream: Upstream = Field(
+        default_factory=Upstream, description="OpenAI-compatible endpoint of this deployment."
+    )
+    labels: tuple[str, ...] = Field(
+        (), description="`classification`: the label set, at least two, unique."
+    )
+    sampling: Sampling = Field(default_factory=Sampling, description="What is stored.")
+    redaction: Redaction = Field(default_factory=Redaction, description="PII removal.")
+    monitor: Monitor = Field(default_factory=Monitor, description="Drift checks.")
+    policy: Policy = Field(default_factory=Policy, description="What drift leads to.")
+    retune: Retune = Field(default_factory=Retune, description="Re-tuning and promotion.")
+
+    @property
+    def signals(self) -> tuple[Signal, ...]:
+        return self.monitor.signals or DEFAULT_SIGNALS[self.task]
+
+    @property
+    def method(self) -> Method:
+        if self.retune.method is not None:
+            return self.retune.method
+        if self.kind is Kind.prompted:
+            return Method.prompt_revision
+        assert self.model is not None
+        return Method.openai if self.model.provider is Provider.openai else Method.trainer
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems: list[str] = []
+        if self.kind is Kind.finetuned:
+            if self.model is None:
+                problems.append("kind 'finetuned' needs a 'model' section")
+            if self.prompt is not None:
+                problems.append("'prompt' is only for kind 'prompted'")
+        else:
+            if self.prompt is None:
+                problems.append("kind 'prompted' needs a 'prompt' section")
+            if self.model is not None:
+                problems.append("'model' is only for kind 'finetuned'; use prompt.model")
+        if self.task is Task.classification:
+            if len(self.labels) < 2:
+                problems.append("task 'classification' needs 'labels' (at least two)")
+            elif len(set(self.labels)) != len(self.labels):
+                dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+                problems.append(f"'labels' repeats {', '.join(map(repr, dupes))}")
+        elif self.labels:
+            problems.append("'labels' is only for task 'classification'")
+        wrong = CLASSIFICATION_ONLY if self.task is Task.generation else GENERATION_ONLY
+        bad = [s.value for s in (self.monitor.signals or ()) if s in wrong]
+        if bad:
+            problems.append(f"monitor.signals {bad} do not apply to task '{self.task}'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self._check_actions()
+        return self
+
+    def _check_actions(self) -> None:
+        action = self.policy.on_drift
+        if action is Action.retrain and self.kind is not Kind.finetuned:
+            raise ValueError("policy.on_drift 'retrain' needs kind 'finetuned'; use revise_prompt")
+        if action is Action.revise_prompt and self.kind is not Kind.prompted:
+            raise ValueError("policy.on_drift 'revise_prompt' needs kind 'prompted'; use retrain")
+        method = self.method
+        if (method is Method.prompt_revision) != (self.kind is Kind.prompted):
+            raise ValueError(f"retune.method '{method}' does not fit kind '{self.kind}'")
+        if self.model is not None and method is not Method.prompt_revision:
+            wanted = Provider.openai if method is Method.openai else Provider.transformers
+            if self.model.provider is not wanted:
+                raise ValueError(
+                    f"retune.method '{method}' needs model.provider '{wanted}', "
+                    f"got '{self.model.provider}'"
+                )
+        retunes = action in (Action.retrain, Action.revise_prompt) or self.retune.schedule
+        if retunes and self.retune.golden_set is None:
+            raise ValueError(
+                "re-tuning can run (policy.on_drift or retune.schedule) but retune.golden_set "
+                "is not set: a challenger cannot be gated without it"
+            )
+
+
+class Config(Section):
+    """The whole of ``driftd.yaml``."""
+
+    server: Server = Field(default_factory=Server, description="The HTTP API.")
+    storage: Storage = Field(default_factory=Storage, description="The store.")
+    logging: Logging = Field(default_factory=Logging, description="Log output.")
+    timezone: TimeZone = Field("UTC", description="Time zone of cron schedules (IANA name).")
+    deployments: tuple[Deployment, ...] = Field((), description="The deployments driftd watches.")
+
+    def deployment(self, name: str) -> Deployment:
+        for deployment in self.deployments:
+            if deployment.name == name:
+                return deployment
+        raise KeyError(name)

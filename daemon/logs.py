@@ -1,0 +1,60 @@
+"""Log output: readable lines on a terminal, one JSON object per line for log collectors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from daemon.config.models import LogFormat
+
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, and the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``12:00:01 INFO  driftd.serve  message  key=value``, for people at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s  %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+        if fields:
+            line += "  " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return line
+
+
+def setup_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) -> None:
+    """Route driftd's loggers (and the libraries') to ``stream`` in the chosen format."""
+    stream = stream or sys.stderr
+    if fmt is LogFormat.auto:
+        fmt = LogFormat.text if stream.isatty() else LogFormat.json
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter() if fmt is LogFormat.text else JsonFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Alembic logs every migration step at INFO; driftd reports the outcome itself.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
