@@ -1,0 +1,213 @@
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_config, parse_config
+from daemon.config.models import Action, Kind, Method, Signal, Task
+from daemon.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[3]
+
+MINIMAL = """\
+deployments:
+  - name: intents
+    kind: finetuned
+    task: classification
+    model: {name: ./model}
+    labels: [card_arrival, card_linking]
+"""
+
+
+def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="driftd.yaml", environ=environ)
+    return caught.value.problems
+
+
+@pytest.mark.parametrize("example", ["banking77", "support-bot"])
+def test_examples_are_valid(example: str) -> None:
+    config = load_config(ROOT / "examples" / example / "driftd.yaml", environ={})
+    assert len(config.deployments) == 1
+    golden = config.deployments[0].retune.golden_set
+    assert golden is not None and golden.is_file()
+
+
+def test_defaults_are_documented_values() -> None:
+    config = parse_config(MINIMAL, environ={})
+    assert config.server.host == "127.0.0.1" and config.server.port == 8477
+    assert config.storage.url == "sqlite:///driftd.db"
+    deployment = config.deployment("intents")
+    assert deployment.kind is Kind.finetuned and deployment.task is Task.classification
+    assert deployment.policy.on_drift is Action.alert
+    assert deployment.policy.cooldown == timedelta(hours=6)
+    assert deployment.monitor.window == timedelta(hours=24)
+    assert deployment.method is Method.trainer
+    assert Signal.performance in deployment.signals
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "conf" / "driftd.yaml"
+    file.parent.mkdir()
+    file.write_text(
+        MINIMAL + "    retune: {golden_set: golden.csv, data: {training_data: /abs/train.csv}}\n"
+    )
+    deployment = load_config(file, environ={}).deployments[0]
+    assert deployment.retune.golden_set == tmp_path / "conf" / "golden.csv"
+    assert deployment.retune.data.training_data == Path("/abs/train.csv")
+    assert deployment.model is not None
+    assert deployment.model.name == str(tmp_path / "conf" / "model")
+
+
+def test_hub_ids_are_not_taken_for_paths(tmp_path: Path) -> None:
+    file = tmp_path / "driftd.yaml"
+    file.write_text(MINIMAL.replace("./model", "sentence-transformers/all-MiniLM-L6-v2"))
+    model = load_config(file, environ={}).deployments[0].model
+    assert model is not None and model.name == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_storage_url_comes_from_the_environment_first() -> None:
+    url = "postgresql://driftd:s3cret@db.internal/driftd"
+    config = parse_config(MINIMAL, environ={"DRIFTD_STORAGE_URL": url})
+    assert config.storage.url == url
+
+
+def test_wrong_type_names_path_line_and_expectation() -> None:
+    text = MINIMAL + "    monitor:\n      max_rows: lots\n"
+    assert problems(text) == [
+        "driftd.yaml:8: deployments[0].monitor.max_rows: expected a valid integer, unable to "
+        "parse string as an integer, got 'lots'"
+    ]
+
+
+def test_duration_error_reads_like_the_issue_promised() -> None:
+    text = (
+        MINIMAL
+        + MINIMAL.split("\n", 1)[1].replace("intents", "second")
+        + ("    policy:\n      cooldown: soon\n")
+    )
+    (problem,) = problems(text)
+    assert problem.startswith("driftd.yaml:13: deployments[1].policy.cooldown: ")
+    assert "expected a duration like '6h'" in problem
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    (problem,) = problems(MINIMAL + "    polcy: {}\n")
+    assert problem == "driftd.yaml:7: deployments[0].polcy: unknown key; did you mean 'policy'?"
+
+
+def test_unknown_key_lists_the_allowed_ones_when_nothing_is_close() -> None:
+    (problem,) = problems("server: {host: 0.0.0.0, zzz: 1}\n")
+    assert problem == "driftd.yaml:1: server.zzz: unknown key; expected one of: host, port"
+
+
+def test_missing_deployment_name() -> None:
+    text = MINIMAL.replace("  - name: intents\n    kind", "  - kind")
+    assert problems(text) == ["driftd.yaml:2: deployments[0].name: required, but missing"]
+
+
+def test_duplicate_deployment_name() -> None:
+    text = MINIMAL + MINIMAL.split("\n", 1)[1]
+    assert problems(text) == [
+        "driftd.yaml:7: deployments[1].name: duplicate deployment name 'intents' "
+        "(already used by deployments[0])"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "path", "what"),
+    [
+        (
+            "    upstream: {api_key: abc123}\n",
+            "deployments[0].upstream.api_key",
+            "looks like a secret",
+        ),
+        (
+            "    upstream: {base_url: 'https://u:hunter2@llm.internal/v1'}\n",
+            "deployments[0].upstream.base_url",
+            "contains a password in a URL",
+        ),
+        (
+            "    prompt_note: 'key sk-abcdefghijklmnopqrstuvwx'\n",
+            "deployments[0].prompt_note",
+            "contains an OpenAI-style API key",
+        ),
+    ],
+)
+def test_secrets_in_the_file_are_refused_without_echoing_them(
+    extra: str, path: str, what: str
+) -> None:
+    (problem,) = problems(MINIMAL + extra)
+    assert problem.startswith(f"driftd.yaml:7: {path}: {what}")
+    assert "abc123" not in problem and "hunter2" not in problem and "sk-abc" not in problem
+
+
+def test_storage_password_points_to_the_environment_variable() -> None:
+    (problem,) = problems("storage: {url: 'postgresql://driftd:pw@db/driftd'}\n")
+    assert "storage.url: contains a password in a URL" in problem
+    assert "DRIFTD_STORAGE_URL" in problem
+
+
+def test_a_secret_env_must_name_a_driftd_or_openai_variable() -> None:
+    (problem,) = problems(MINIMAL + "    upstream: {api_key_env: HOME}\n")
+    assert problem.startswith("driftd.yaml:7: deployments[0].upstream.api_key_env: expected")
+
+
+def test_every_problem_is_reported_in_file_order() -> None:
+    text = "server: {port: 99999}\n" + MINIMAL + "    policy: {on_drift: explode}\n"
+    found = problems(text)
+    assert [p.split(":")[1] for p in found] == ["1", "8"]
+    assert "server.port: expected less than or equal to 65535, got 99999" in found[0]
+    assert "'none', 'alert', 'retrain' or 'revise_prompt', got 'explode'" in found[1]
+
+
+def test_yaml_syntax_error_names_the_line() -> None:
+    assert problems("server:\n  host: [unclosed\n") == [
+        "driftd.yaml:3: YAML syntax error: expected ',' or ']', but got '<stream end>'"
+    ]
+
+
+def test_duplicate_yaml_keys_are_refused() -> None:
+    (problem,) = problems("server:\n  port: 1\n  port: 2\n")
+    assert problem == "driftd.yaml:3: server.port: duplicate key (first on line 2)"
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    assert problems("- a\n- b\n") == [
+        "driftd.yaml: expected a mapping of sections at the top level"
+    ]
+
+
+def test_an_empty_file_is_a_daemon_with_no_deployments() -> None:
+    assert parse_config("", environ={}).deployments == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    prompt: {model: m, system: s}\n", "'prompt' is only for kind 'prompted'"),
+        ("    policy: {on_drift: revise_prompt}\n", "needs kind 'prompted'; use retrain"),
+        ("    policy: {on_drift: retrain}\n", "retune.golden_set is not set"),
+        ("    retune: {method: openai}\n", "needs model.provider 'openai'"),
+        ("    monitor: {signals: [judge]}\n", "do not apply to task 'classification'"),
+        ("    monitor: {min_rows: 900, max_rows: 100}\n", "min_rows (900) exceeds max_rows (100)"),
+        ("    monitor: {reference: {kind: fixed}}\n", "kind 'fixed' needs both 'start' and 'end'"),
+        ("    monitor: {reference: {kind: dataset}}\n", "kind 'dataset' needs 'path'"),
+        ("    redaction: {extra: [{name: ORDER, pattern: '(x'}]}\n", "invalid regular expression"),
+        ("    monitor: {schedule: 'every now'}\n", "expected 'every <duration>'"),
+        ("    monitor: {thresholds: {vibes: 0.5}}\n", "expected 'descriptors', 'text'"),
+    ],
+)
+def test_inconsistent_deployments_are_explained(extra: str, message: str) -> None:
+    (problem,) = problems(MINIMAL + extra)
+    assert message in problem
+
+
+def test_classification_needs_two_distinct_labels() -> None:
+    (problem,) = problems(MINIMAL.replace("card_linking", "card_arrival"))
+    assert "'labels' repeats 'card_arrival'" in problem
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml", environ={})

@@ -1,0 +1,107 @@
+"""``driftd serve`` as an operator runs it: start on SQLite, stop cleanly on a signal."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIFTD = Path(sys.executable).parent / "driftd"
+BANKING77 = ROOT / "examples" / "banking77" / "driftd.yaml"
+
+
+def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    return subprocess.Popen(
+        [str(DRIFTD), "serve", *args],
+        cwd=cwd,
+        env={**environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_until(process: subprocess.Popen[str], message: str, timeout: float = 30) -> list[Any]:
+    """Log records (JSON lines, since stderr is not a terminal) up to the one with ``message``."""
+    assert process.stderr is not None
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        records.append(json.loads(line))
+        if records[-1]["message"] == message:
+            return records
+    process.kill()
+    raise AssertionError(f"no {message!r} log line; got {records}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_starts_on_sqlite_and_exits_0_within_5s_of_a_signal(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    process = start("-c", str(BANKING77), cwd=tmp_path)
+    try:
+        ready = read_until(process, "driftd ready")
+    finally:
+        if process.poll() is None:
+            process.send_signal(signum)
+    store = next(r for r in ready if r["message"] == "store ready")
+    assert store["store"] == "sqlite:///driftd.db"
+    assert store["migrated"] is True
+    watched = [r["deployment"] for r in ready if r["message"] == "watching deployment"]
+    assert watched == ["banking77-intents"]
+    engine = create_engine(f"sqlite:///{tmp_path / 'driftd.db'}")
+    assert "samples" in inspect(engine).get_table_names()
+    engine.dispose()
+
+    started = time.monotonic()
+    assert process.wait(timeout=5) == 0
+    assert time.monotonic() - started < 5
+    assert process.stderr is not None
+    tail = [json.loads(line) for line in process.stderr.read().splitlines()]
+    assert [r["message"] for r in tail] == ["driftd stopping", "driftd stopped"]
+    assert tail[0]["reason"] == signum.name
+
+
+def test_serve_a_second_time_finds_the_schema_in_place(tmp_path: Path) -> None:
+    for expected in (True, False):
+        process = start("-c", str(BANKING77), cwd=tmp_path)
+        records = read_until(process, "driftd ready")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+        store = next(r for r in records if r["message"] == "store ready")
+        assert store["migrated"] is expected
+
+
+def test_host_and_port_flags_override_the_file(tmp_path: Path) -> None:
+    process = start("-c", str(BANKING77), "--host", "0.0.0.0", "--port", "9999", cwd=tmp_path)
+    records = read_until(process, "driftd ready")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=5) == 0
+    assert (records[-1]["host"], records[-1]["port"]) == ("0.0.0.0", 9999)
+
+
+def test_serve_with_a_broken_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "driftd.yaml").write_text("server: {port: high}\n")
+    process = start(cwd=tmp_path)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert "driftd.yaml:1: server.port: expected a valid integer" in err
+
+
+def test_serve_with_an_unreachable_store_exits_1(tmp_path: Path) -> None:
+    env = {"DRIFTD_STORAGE_URL": "postgresql://postgres@127.0.0.1:9/nowhere"}
+    process = start("-c", str(BANKING77), cwd=tmp_path, env=env)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "127.0.0.1:9" in err and "Traceback" not in err
