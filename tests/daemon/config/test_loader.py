@@ -30,15 +30,18 @@ def test_examples_are_valid(example: str) -> None:
     config = load_config(ROOT / "examples" / example / "driftd.yaml", environ={})
     assert len(config.deployments) == 1
     golden = config.deployments[0].retune.golden_set
-    assert golden is not None and golden.is_file()
+    assert golden is not None
+    assert golden.is_file()
 
 
 def test_defaults_are_documented_values() -> None:
     config = parse_config(MINIMAL, environ={})
-    assert config.server.host == "127.0.0.1" and config.server.port == 8477
+    assert config.server.host == "127.0.0.1"
+    assert config.server.port == 8477
     assert config.storage.url == "sqlite:///driftd.db"
     deployment = config.deployment("intents")
-    assert deployment.kind is Kind.finetuned and deployment.task is Task.classification
+    assert deployment.kind is Kind.finetuned
+    assert deployment.task is Task.classification
     assert deployment.policy.on_drift is Action.alert
     assert deployment.policy.cooldown == timedelta(hours=6)
     assert deployment.monitor.window == timedelta(hours=24)
@@ -63,7 +66,8 @@ def test_hub_ids_are_not_taken_for_paths(tmp_path: Path) -> None:
     file = tmp_path / "driftd.yaml"
     file.write_text(MINIMAL.replace("./model", "sentence-transformers/all-MiniLM-L6-v2"))
     model = load_config(file, environ={}).deployments[0].model
-    assert model is not None and model.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert model is not None
+    assert model.name == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_storage_url_comes_from_the_environment_first() -> None:
@@ -139,7 +143,9 @@ def test_secrets_in_the_file_are_refused_without_echoing_them(
 ) -> None:
     (problem,) = problems(MINIMAL + extra)
     assert problem.startswith(f"driftd.yaml:7: {path}: {what}")
-    assert "abc123" not in problem and "hunter2" not in problem and "sk-abc" not in problem
+    assert "abc123" not in problem
+    assert "hunter2" not in problem
+    assert "sk-abc" not in problem
 
 
 def test_storage_password_points_to_the_environment_variable() -> None:
