@@ -1,0 +1,1 @@
+"""Alembic migrations of driftd's store, applied by ``daemon.store.migrate.upgrade``."""

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from daemon.errors import StoreError
+from daemon.store import CheckStatus, NewCheck, Store
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def a_check(started_at: datetime, status: str = "ok", **extra: Any) -> NewCheck:
+    return NewCheck(
+        started_at=started_at,
+        status=status,
+        window_start=started_at - timedelta(hours=1),
+        window_end=started_at,
+        reference_kind="window",
+        current_rows=500,
+        reference_rows=480,
+        current_total=12_000,
+        reference_total=480,
+        signals={"input_length": {"method": "psi", "score": 0.02, "drift": False}},
+        **extra,
+    )
+
+
+def test_checks_round_trip_newest_first(store: Store, deployment: str) -> None:
+    signals = {
+        "input_length": {"method": "psi", "score": 0.31, "threshold": 0.2, "drift": True},
+        "embedding": {"method": "mmd", "score": 0.004, "threshold": 0.01, "drift": False},
+        "groups": ["data", "output"],
+    }
+    older = store.record_check(deployment, a_check(NOW - timedelta(hours=1)))
+    newer = store.record_check(
+        deployment,
+        NewCheck(
+            started_at=NOW,
+            status=CheckStatus.DRIFT,
+            window_start=NOW - timedelta(hours=1),
+            window_end=NOW,
+            reference_kind="fixed",
+            current_rows=500,
+            reference_rows=2_000,
+            current_total=9_876,
+            reference_total=2_000,
+            signals=signals,
+            scheduled_for=NOW - timedelta(seconds=2),
+            finished_at=NOW + timedelta(seconds=14),
+            reference_start=NOW - timedelta(days=8),
+            reference_end=NOW - timedelta(days=7),
+            snapshot_path="snapshots/support-bot/42.json",
+        ),
+    )
+
+    checks = store.recent_checks(deployment)
+
+    assert [c.id for c in checks] == [newer, older]
+    latest = checks[0]
+    assert latest.status == "drift"
+    assert latest.signals == signals
+    assert latest.started_at == NOW
+    assert latest.scheduled_for == NOW - timedelta(seconds=2)
+    assert latest.finished_at == NOW + timedelta(seconds=14)
+    assert latest.reference_start == NOW - timedelta(days=8)
+    assert (latest.current_rows, latest.current_total) == (500, 9_876)
+    assert latest.snapshot_path == "snapshots/support-bot/42.json"
+    assert latest.error is None
+
+
+def test_recent_checks_limit(store: Store, deployment: str) -> None:
+    for minutes in range(5):
+        store.record_check(deployment, a_check(NOW + timedelta(minutes=minutes)))
+
+    checks = store.recent_checks(deployment, limit=2)
+
+    assert [c.started_at for c in checks] == [
+        NOW + timedelta(minutes=4),
+        NOW + timedelta(minutes=3),
+    ]
+
+
+def test_failed_check_keeps_its_error(store: Store, deployment: str) -> None:
+    store.record_check(deployment, a_check(NOW, "failed", error="monitor timed out after 120 s"))
+
+    (check,) = store.recent_checks(deployment)
+
+    assert (check.status, check.error) == ("failed", "monitor timed out after 120 s")
+
+
+def test_unknown_check_status_is_refused(store: Store, deployment: str) -> None:
+    with pytest.raises(ValueError, match="exploded"):
+        store.record_check(deployment, a_check(NOW, "exploded"))
+
+
+def test_events_round_trip_with_their_evidence(store: Store, deployment: str) -> None:
+    evidence = {
+        "check_id": 42,
+        "signals": {"input_length": 0.31, "embedding": 0.004},
+        "drifted": ["input_length"],
+        "ratio": 0.5,
+        "note": "dérive détectée ✓",
+        "approved": None,
+    }
+    first = store.add_event(deployment, "check.completed", "drift in 1 of 2 signals", evidence)
+    second = store.add_event(
+        deployment, "policy.decision", "re-tune deferred: cooldown", {"cooldown_s": 3600}
+    )
+
+    events = store.recent_events(deployment)
+
+    assert [e.id for e in events] == [second, first]
+    assert events[1].kind == "check.completed"
+    assert events[1].message == "drift in 1 of 2 signals"
+    assert events[1].evidence == evidence
+    assert events[1].ts.tzinfo == UTC
+
+
+def test_recent_events_across_deployments(store: Store, deployment: str) -> None:
+    store.ensure_deployment("classifier", "finetuned", "classification")
+    store.add_event(deployment, "check.completed", "ok", {}, ts=NOW)
+    store.add_event(
+        "classifier", "job.started", "fine-tune 7", {"job_id": 7}, ts=NOW + timedelta(seconds=1)
+    )
+    store.add_event(
+        None, "leader.elected", "replica-a leads", {"epoch": 3}, ts=NOW + timedelta(seconds=2)
+    )
+
+    everything = store.recent_events()
+    latest_two = store.recent_events(limit=2)
+    classifier = store.recent_events("classifier")
+
+    assert [e.kind for e in everything] == ["leader.elected", "job.started", "check.completed"]
+    assert everything[0].deployment_id is None
+    assert [e.kind for e in latest_two] == ["leader.elected", "job.started"]
+    assert [e.kind for e in classifier] == ["job.started"]
+
+
+def test_events_of_an_unknown_deployment(store: Store) -> None:
+    with pytest.raises(StoreError, match="unknown deployment 'nowhere'"):
+        store.add_event("nowhere", "check.completed", "ok", {})
+
+
+def test_ensure_deployment_updates_kind_and_task(store: Store) -> None:
+    first = store.ensure_deployment("bot", "prompted", "generation")
+
+    again = store.ensure_deployment("bot", "finetuned", "classification")
+
+    assert again == first
+    store.record_check("bot", a_check(NOW))
+    with pytest.raises(ValueError, match="'chatty'"):
+        store.ensure_deployment("bot", "chatty", "generation")
