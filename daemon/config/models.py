@@ -24,22 +24,13 @@ from daemon.config.types import (
     SecretEnv,
     TimeZone,
 )
+from daemon.domain import Kind, Task
 
 
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Kind(StrEnum):
-    finetuned = "finetuned"
-    prompted = "prompted"
-
-
-class Task(StrEnum):
-    classification = "classification"
-    generation = "generation"
 
 
 class Signal(StrEnum):

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from daemon.domain import CheckStatus, JobState, Kind, Task, VersionKind, VersionState
 from daemon.store.types import UTCDateTime, json_type
 
 # Deterministic constraint and index names, so migrations can name what they alter or drop.
@@ -51,44 +52,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class DeploymentKind(StrEnum):
-    FINETUNED = "finetuned"
-    PROMPTED = "prompted"
-
-
-class Task(StrEnum):
-    CLASSIFICATION = "classification"
-    GENERATION = "generation"
-
-
-class CheckStatus(StrEnum):
-    OK = "ok"
-    DRIFT = "drift"
-    INSUFFICIENT_DATA = "insufficient_data"
-    FAILED = "failed"
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    AWAITING_APPROVAL = "awaiting_approval"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class VersionKind(StrEnum):
-    MODEL = "model"
-    PROMPT = "prompt"
-
-
-class VersionState(StrEnum):
-    CANDIDATE = "candidate"
-    ACTIVE = "active"
-    RETIRED = "retired"
-    REJECTED = "rejected"
-
-
 def one_of(column: str, values: type[StrEnum]) -> CheckConstraint:
     """A CHECK constraint limiting ``column`` to the members of ``values``, named after it."""
     allowed = ", ".join(f"'{member.value}'" for member in values)
@@ -104,7 +67,7 @@ class Deployment(Base):
 
     __tablename__ = "deployments"
     __table_args__ = (
-        one_of("kind", DeploymentKind),
+        one_of("kind", Kind),
         one_of("task", Task),
     )
 
@@ -214,7 +177,7 @@ class Job(Base):
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
     kind: Mapped[str] = mapped_column(String(KIND))
     trigger: Mapped[str] = mapped_column(String(KIND))
-    state: Mapped[str] = mapped_column(String(KIND), default=JobState.QUEUED.value)
+    state: Mapped[str] = mapped_column(String(KIND), default=JobState.queued.value)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -244,7 +207,7 @@ class Version(Base):
     name: Mapped[str] = mapped_column(String(NAME))
     artifact: Mapped[str] = mapped_column(Text)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))
-    state: Mapped[str] = mapped_column(String(KIND), default=VersionState.CANDIDATE.value)
+    state: Mapped[str] = mapped_column(String(KIND), default=VersionState.candidate.value)
     eval_scores: Mapped[dict[str, Any] | None] = mapped_column(json_type())
     meta: Mapped[dict[str, Any] | None] = mapped_column(json_type())
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))

@@ -15,18 +15,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from daemon.domain import CheckStatus, Kind, Task
 from daemon.errors import StoreError
 from daemon.store.engine import make_engine, unreachable, write_engine
 from daemon.store.models import (
     Base,
     Check,
-    CheckStatus,
     Deployment,
-    DeploymentKind,
     Event,
     RunClaim,
     Sample,
-    Task,
     utcnow,
 )
 
@@ -199,9 +197,9 @@ class Store:
         with factory.begin() as session:
             yield session
 
-    def ensure_deployment(self, name: str, kind: DeploymentKind | str, task: Task | str) -> int:
+    def ensure_deployment(self, name: str, kind: Kind | str, task: Task | str) -> int:
         """Register deployment ``name`` or update its kind and task; returns its id."""
-        kind = DeploymentKind(kind).value
+        kind = Kind(kind).value
         task = Task(task).value
         with self._writer.begin() as connection:
             now = utcnow()

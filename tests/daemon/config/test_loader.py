@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from daemon.config import load_config, parse_config
-from daemon.config.models import Action, Kind, Method, Signal, Task
+from daemon.config.models import Action, Method, Signal
+from daemon.domain import Kind, Task
 from daemon.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
+from daemon.domain import CheckStatus
 from daemon.errors import StoreError
-from daemon.store import CheckStatus, NewCheck, Store
+from daemon.store import NewCheck, Store
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -38,7 +39,7 @@ def test_checks_round_trip_newest_first(store: Store, deployment: str) -> None:
         deployment,
         NewCheck(
             started_at=NOW,
-            status=CheckStatus.DRIFT,
+            status=CheckStatus.drift,
             window_start=NOW - timedelta(hours=1),
             window_end=NOW,
             reference_kind="fixed",
