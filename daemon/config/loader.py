@@ -253,9 +253,27 @@ def parse_config(
             if loc not in refused:  # a refused secret is reported once, as a secret
                 reader.report(loc, _message(error))
         config = None
+    if config is not None:
+        for loc, path in _data_files(config):
+            if not path.is_file():
+                reader.report(loc, f"no such file: {path}")
     if reader.problems or config is None:
         raise ConfigError(source, reader.problems)
     return config
+
+
+def _data_files(config: Config) -> Iterator[tuple[Loc, Path]]:
+    """The data files a configuration names; they must exist when it is loaded, so a typo is
+    found by ``config validate`` and not by the first re-tuning, at night."""
+    for i, deployment in enumerate(config.deployments):
+        files: list[tuple[Loc, Path | None]] = [
+            (("monitor", "reference", "path"), deployment.monitor.reference.path),
+            (("retune", "data", "training_data"), deployment.retune.data.training_data),
+            (("retune", "golden_set"), deployment.retune.golden_set),
+        ]
+        for loc, path in files:
+            if path is not None:
+                yield ("deployments", i, *loc), path
 
 
 def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Config:

@@ -26,7 +26,8 @@ _INTRO = """\
 driftd reads one YAML file, `driftd.yaml` (`driftd serve -c FILE`, or `DRIFTD_CONFIG`). Unknown
 keys are errors. Durations are written like `90s`, `15m`, `6h`, `7d`, `1w` or `1h30m`; schedules
 as `every <duration>` or a five-field cron expression (`0 3 * * *`, in `timezone`). Relative paths
-are relative to the file. Secrets never go in the file: a key that names a credential (`api_key`,
+are relative to the file, and the data files it names (a reference data set, training data, a
+golden set) must exist. Secrets never go in the file: a key that names a credential (`api_key`,
 `password`, `token`, ...) or a value that looks like one (an API key, a bearer token, a password
 in a URL) is refused; name an environment variable instead (`api_key_env: OPENAI_API_KEY`, or any
 `DRIFTD_*`). `DRIFTD_STORAGE_URL` overrides `storage.url`. `driftd config validate FILE` checks a

@@ -53,12 +53,15 @@ def test_defaults_are_documented_values() -> None:
 def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     file = tmp_path / "conf" / "driftd.yaml"
     file.parent.mkdir()
+    (file.parent / "golden.csv").write_text("text,category\n")
+    train = tmp_path / "train.csv"
+    train.write_text("text,category\n")
     file.write_text(
-        MINIMAL + "    retune: {golden_set: golden.csv, data: {training_data: /abs/train.csv}}\n"
+        MINIMAL + f"    retune: {{golden_set: golden.csv, data: {{training_data: {train}}}}}\n"
     )
     deployment = load_config(file, environ={}).deployments[0]
     assert deployment.retune.golden_set == tmp_path / "conf" / "golden.csv"
-    assert deployment.retune.data.training_data == Path("/abs/train.csv")
+    assert deployment.retune.data.training_data == train
     assert deployment.model is not None
     assert deployment.model.name == str(tmp_path / "conf" / "model")
 
@@ -213,6 +216,22 @@ def test_inconsistent_deployments_are_explained(extra: str, message: str) -> Non
 def test_classification_needs_two_distinct_labels() -> None:
     (problem,) = problems(MINIMAL.replace("card_linking", "card_arrival"))
     assert "'labels' repeats 'card_arrival'" in problem
+
+
+def test_named_data_files_must_exist(tmp_path: Path) -> None:
+    file = tmp_path / "driftd.yaml"
+    file.write_text(
+        MINIMAL
+        + "    monitor: {reference: {kind: dataset, path: data/train.csv}}\n"
+        + "    retune: {golden_set: golden.jsonl}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(file, environ={})
+    assert caught.value.problems == [
+        f"{file}:7: deployments[0].monitor.reference.path: no such file: "
+        f"{tmp_path / 'data' / 'train.csv'}",
+        f"{file}:8: deployments[0].retune.golden_set: no such file: {tmp_path / 'golden.jsonl'}",
+    ]
 
 
 def test_missing_file(tmp_path: Path) -> None:
