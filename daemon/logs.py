@@ -31,10 +31,10 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``12:00:01 INFO  driftd.serve  message  key=value``, for people at a terminal."""
+    """``driftd.serve  message  key=value``; rich adds the time and a coloured level."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s  %(message)s", "%H:%M:%S")
+        super().__init__("%(name)s  %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -44,13 +44,32 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+def _terminal_handler(stream: TextIO) -> logging.Handler:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(
+        console=Console(file=stream, soft_wrap=True),
+        show_path=False,
+        markup=False,
+        rich_tracebacks=False,
+        log_time_format="%H:%M:%S",
+    )
+    handler.setFormatter(TextFormatter())
+    return handler
+
+
 def setup_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) -> None:
     """Route driftd's loggers (and the libraries') to ``stream`` in the chosen format."""
     stream = stream or sys.stderr
     if fmt is LogFormat.auto:
         fmt = LogFormat.text if stream.isatty() else LogFormat.json
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(TextFormatter() if fmt is LogFormat.text else JsonFormatter())
+    handler: logging.Handler
+    if fmt is LogFormat.text:
+        handler = _terminal_handler(stream)
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

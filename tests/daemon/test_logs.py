@@ -1,6 +1,7 @@
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -41,9 +42,11 @@ def test_readable_lines_on_a_terminal() -> None:
     stream = Terminal()
     setup_logging("debug", LogFormat.auto, stream)
     logging.getLogger("driftd.test").warning("lease lost", extra={"epoch": 4})
-    line = stream.getvalue().strip()
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", stream.getvalue())
+    (line,) = [text.rstrip() for text in plain.strip().splitlines()]
     assert "WARNING" in line
     assert line.endswith("driftd.test  lease lost  epoch=4")
+    assert not line.startswith("{")
 
 
 def test_exceptions_are_kept_in_json() -> None:
