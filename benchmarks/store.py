@@ -127,9 +127,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for key in lite:
         digits = 0 if "rows/s" in key else 3
-        print(
-            f"| {key} | {lite[key]:,.{digits}f} | {pg[key]:,.{digits}f} | {pg[key] / lite[key]:.2f} |"
-        )
+        ratio = pg[key] / lite[key]
+        print(f"| {key} | {lite[key]:,.{digits}f} | {pg[key]:,.{digits}f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":
