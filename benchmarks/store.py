@@ -86,9 +86,10 @@ def measure(store: Store, rows: int) -> dict[str, float]:
     store.ensure_deployment("bench", "finetuned", "classification")
     results: dict[str, float] = {}
     # Bulk: the whole load in calls of 10,000 (a backfill, or the benchmark of issue 2).
+    chunks = [samples(min(10_000, rows - offset), offset) for offset in range(0, rows, 10_000)]
     started = time.perf_counter()
-    for offset in range(0, rows, 10_000):
-        store.insert_samples("bench", samples(min(10_000, rows - offset), offset))
+    for chunk in chunks:
+        store.insert_samples("bench", chunk)
     results["bulk insert, rows/s"] = rows / (time.perf_counter() - started)
     # Ingest-like: batches of 100 new samples, one transaction each.
     batches = [samples(100, rows + 100 * i) for i in range(50)]

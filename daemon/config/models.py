@@ -76,6 +76,34 @@ DEFAULT_SIGNALS: dict[Task, tuple[Signal, ...]] = {
 class Server(Section):
     host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(8477, ge=1, le=65535, description="Port the HTTP API listens on.")
+    metrics_auth: bool = Field(
+        False, description="Whether `/metrics` needs an admin token, like the admin routes."
+    )
+    shutdown_grace: Duration = Field(
+        timedelta(seconds=3),
+        description="On SIGTERM, how long requests in flight may take to finish.",
+    )
+
+
+class Ingest(Section):
+    """Limits of the ingest API and of the write queue behind it."""
+
+    max_batch: int = Field(
+        1000, ge=1, le=100_000, description="Samples in one request; more → 413."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Size of one request body; more → 413."
+    )
+    queue_batches: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Batches waiting for the writer; when full the API answers 429 with "
+        "`Retry-After`.",
+    )
+    commit_rows: int = Field(
+        5000, ge=1, description="Most samples grouped into one commit (group commit)."
+    )
 
 
 class Storage(Section):
@@ -89,6 +117,11 @@ class Storage(Section):
     )
     busy_timeout: Duration = Field(
         timedelta(seconds=5), description="How long SQLite waits on a locked database."
+    )
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "full",
+        description="SQLite `synchronous`: `full` makes every acknowledged batch survive a "
+        "power loss; `normal` only a crash of driftd, for more throughput.",
     )
     retention: Duration = Field(
         timedelta(days=30), description="Samples older than this are deleted on a schedule."
@@ -196,6 +229,27 @@ class RedactionPattern(Section):
         description="Placeholder name, upper case: matches become `<NAME>`.",
     )
     pattern: Regex = Field(description="Python regular expression to redact.")
+
+
+class DescriptorPattern(Section):
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="Lower-case name: hits become the descriptor `regex_<name>`.",
+    )
+    pattern: Regex = Field(description="Python regular expression searched for in the text.")
+
+
+class Descriptors(Section):
+    """Per-sample text descriptors computed at ingest, for input and output."""
+
+    refusal_phrases: tuple[str, ...] | None = Field(
+        None,
+        description="Phrases that flag a refusal (case-insensitive); unset means driftd's "
+        "built-in English list.",
+    )
+    patterns: tuple[DescriptorPattern, ...] = Field(
+        (), description="Regular expressions whose hits become descriptors `regex_<name>`."
+    )
 
 
 class Redaction(Section):
@@ -415,6 +469,9 @@ class Deployment(Section):
     )
     sampling: Sampling = Field(default_factory=Sampling, description="What is stored.")
     redaction: Redaction = Field(default_factory=Redaction, description="PII removal.")
+    descriptors: Descriptors = Field(
+        default_factory=Descriptors, description="Text descriptors computed at ingest."
+    )
     monitor: Monitor = Field(default_factory=Monitor, description="Drift checks.")
     policy: Policy = Field(default_factory=Policy, description="What drift leads to.")
     retune: Retune = Field(default_factory=Retune, description="Re-tuning and promotion.")
@@ -491,6 +548,7 @@ class Config(Section):
 
     server: Server = Field(default_factory=Server, description="The HTTP API.")
     storage: Storage = Field(default_factory=Storage, description="The store.")
+    ingest: Ingest = Field(default_factory=Ingest, description="The ingest API's limits.")
     logging: Logging = Field(default_factory=Logging, description="Log output.")
     timezone: TimeZone = Field("UTC", description="Time zone of cron schedules (IANA name).")
     deployments: tuple[Deployment, ...] = Field((), description="The deployments driftd watches.")

@@ -8,7 +8,7 @@ the database cannot be reached.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
@@ -46,13 +46,16 @@ def mask_url(url: str) -> str:
         return re.sub(r"(^|://)([^:/@\s]*):[^@\s]*@", r"\1\2:***@", url)
 
 
-def make_engine(url: str, *, busy_timeout: float = 5.0) -> Engine:
+def make_engine(
+    url: str, *, busy_timeout: float = 5.0, synchronous: Literal["full", "normal"] = "normal"
+) -> Engine:
     """Create the engine for ``url``; nothing is connected until first use.
 
     SQLite: a relative path (``sqlite:///driftd.db``) is relative to the working directory. Each
     new connection gets WAL mode (readers never block the writer), a busy timeout of
     ``busy_timeout`` seconds (a second writer waits instead of failing at once), enforced foreign
-    keys, and ``synchronous=NORMAL`` (durable across process crashes in WAL mode, cheaper fsyncs).
+    keys, and ``synchronous``: ``normal`` survives a crash of the process (WAL), ``full`` also a
+    power loss (an fsync per commit).
 
     PostgreSQL goes through psycopg 3 with ``pool_pre_ping`` so connections dropped by a restart
     or a proxy are replaced instead of failing the next request.
@@ -68,7 +71,7 @@ def make_engine(url: str, *, busy_timeout: float = 5.0) -> Engine:
         ) from error
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed, busy_timeout)
+        return _sqlite_engine(parsed, busy_timeout, synchronous)
     if backend != "postgresql":
         raise StoreError(
             f"unsupported store URL {mask_url(url)!r}: driftd's store runs on SQLite "
@@ -111,7 +114,7 @@ def unreachable(engine: Engine, error: Exception) -> StoreError:
     return StoreError(f"cannot connect to the store at {where}: {reason}; {hint}")
 
 
-def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
+def _sqlite_engine(url: URL, busy_timeout: float, synchronous: str) -> Engine:
     engine = create_engine(url)
     busy_ms = round(busy_timeout * 1000)
 
@@ -126,7 +129,7 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
         finally:
             cursor.close()
 

@@ -104,6 +104,7 @@ class Sample(Base):
     label_ts: Mapped[datetime | None] = mapped_column(UTCDateTime())
     feedback_score: Mapped[float | None] = mapped_column(Double)
     feedback_kind: Mapped[str | None] = mapped_column(String(KIND))
+    feedback_comment: Mapped[str | None] = mapped_column(Text)
     judge_score: Mapped[float | None] = mapped_column(Double)
     descriptors: Mapped[dict[str, Any] | None] = mapped_column(json_type())
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -5,12 +5,22 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import KW_ONLY, dataclass, fields
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
+from operator import attrgetter
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from sqlalchemy import BigInteger, Connection, Engine, cast, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Dialect,
+    Engine,
+    cast,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,6 +65,7 @@ class NewSample:
     label_ts: datetime | None = None
     feedback_score: float | None = None
     feedback_kind: str | None = None
+    feedback_comment: str | None = None
     judge_score: float | None = None
     descriptors: dict[str, Any] | None = None
     embedding: bytes | None = None
@@ -78,8 +89,17 @@ class NewSample:
             _require_aware("label_ts", self.label_ts)
 
 
-_ALWAYS_STORED = ("request_id", "ts", "input")
-_OPTIONAL_FIELDS = tuple(f.name for f in fields(NewSample) if f.name not in _ALWAYS_STORED)
+@dataclass(frozen=True, slots=True)
+class FeedbackUpdate:
+    """What late knowledge changes on a stored sample; None leaves a column as it is."""
+
+    request_id: str
+    label: str | None = None
+    label_ts: datetime | None = None
+    feedback_score: float | None = None
+    feedback_kind: str | None = None
+    feedback_comment: str | None = None
+    judge_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +178,15 @@ class Store:
         self._snapshot_sessions = sessionmaker(snapshot, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str, *, busy_timeout: float = 5.0) -> Self:
+    def open(
+        cls,
+        url: str,
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: Literal["full", "normal"] = "normal",
+    ) -> Self:
         """A store for ``url``; connects lazily, so call ``ping`` to find out whether it answers."""
-        return cls(make_engine(url, busy_timeout=busy_timeout))
+        return cls(make_engine(url, busy_timeout=busy_timeout, synchronous=synchronous))
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -226,29 +252,86 @@ class Store:
         A request id repeated within ``samples`` is stored once (its first occurrence) and
         reported as a duplicate for every other occurrence.
         """
-        rows = _sample_rows(deployment, samples)
-        stored: set[str] = set()
+        return self.insert_batches([(deployment, samples)])[0]
+
+    def insert_batches(
+        self, batches: Sequence[tuple[str, Sequence[NewSample]]]
+    ) -> list[InsertResult]:
+        """Store several batches, of any deployments, in ONE transaction (a group commit).
+
+        Each batch gets its own result, in order. A request id already stored, or stored by an
+        earlier batch of the same call, is a duplicate. Rows go through the driver's
+        ``executemany`` with SQLAlchemy's own type conversions, skipping the ORM: this is
+        ingest's hot path.
+        """
+        with self._writer.begin() as connection:
+            plan = _sample_insert(connection)
+            now = utcnow()
+            pending: list[tuple[int, list[NewSample]]] = []
+            seen: dict[int, set[str]] = {}
+            for deployment, samples in batches:
+                deployment_id = _deployment_id(connection, deployment)
+                taken = seen.setdefault(deployment_id, set())
+                if not plan.returns_inserted:
+                    taken |= _stored_request_ids(
+                        connection, deployment_id, {s.request_id for s in samples} - taken
+                    )
+                fresh = []
+                for sample in samples:
+                    if sample.request_id not in taken:
+                        taken.add(sample.request_id)
+                        fresh.append(sample)
+                pending.append((deployment_id, fresh))
+                plan.add(deployment, deployment_id, fresh, now)
+            inserted = plan.execute(connection)
+        results = []
+        for (deployment_id, fresh), (_, samples) in zip(pending, batches, strict=True):
+            new_ids = {
+                s.request_id
+                for s in fresh
+                if inserted is None or (deployment_id, s.request_id) in inserted
+            }
+            new: list[str] = []
+            duplicate: list[str] = []
+            for sample in samples:
+                if sample.request_id in new_ids:
+                    new_ids.discard(sample.request_id)
+                    new.append(sample.request_id)
+                else:
+                    duplicate.append(sample.request_id)
+            results.append(InsertResult(new=new, duplicate=duplicate))
+        return results
+
+    def apply_feedback(self, deployment: str, updates: Sequence[FeedbackUpdate]) -> list[str]:
+        """Join feedback to stored samples by request id, in one transaction; returns the
+        request ids that matched a sample (the caller reports the others)."""
         with self._writer.begin() as connection:
             deployment_id = _deployment_id(connection, deployment)
-            statement = (
-                insert_for(connection, Sample)
-                .on_conflict_do_nothing(index_elements=["deployment_id", "request_id"])
-                .returning(Sample.request_id)
-            )
-            for start in range(0, len(rows), INSERT_BATCH_ROWS):
-                batch = rows[start : start + INSERT_BATCH_ROWS]
-                for row in batch:
-                    row["deployment_id"] = deployment_id
-                stored.update(connection.execute(statement, batch).scalars())
-        new: list[str] = []
-        duplicate: list[str] = []
-        for sample in samples:
-            if sample.request_id in stored:
-                stored.discard(sample.request_id)
-                new.append(sample.request_id)
-            else:
-                duplicate.append(sample.request_id)
-        return InsertResult(new=new, duplicate=duplicate)
+            found = _stored_request_ids(connection, deployment_id, {u.request_id for u in updates})
+            for update_ in updates:
+                if update_.request_id not in found:
+                    continue
+                values = {
+                    name: getattr(update_, name)
+                    for name in (
+                        "label",
+                        "label_ts",
+                        "feedback_score",
+                        "feedback_kind",
+                        "feedback_comment",
+                        "judge_score",
+                    )
+                    if getattr(update_, name) is not None
+                }
+                connection.execute(
+                    update(Sample)
+                    .where(
+                        Sample.deployment_id == deployment_id,
+                        Sample.request_id == update_.request_id,
+                    )
+                    .values(values)
+                )
+        return [u.request_id for u in updates if u.request_id in found]
 
     def read_window(
         self, deployment: str, start: datetime, end: datetime, *, max_rows: int, seed: int
@@ -403,24 +486,107 @@ def _deployment_id(connection: Connection, name: str) -> int:
     return int(found)
 
 
-def _sample_rows(deployment: str, samples: Sequence[NewSample]) -> list[dict[str, Any]]:
-    """One row per distinct request id (its first occurrence), holding only the columns that
-    some sample sets: the rest are NULL anyway, and every bound parameter costs time in the
-    driver (half the columns of a typical batch are empty)."""
-    now = utcnow()
-    first: dict[str, NewSample] = {}
-    for sample in samples:
-        first.setdefault(sample.request_id, sample)
-    columns = list(_ALWAYS_STORED) + [
-        name
-        for name in _OPTIONAL_FIELDS
-        if any(getattr(sample, name) is not None for sample in first.values())
-    ]
-    return [
-        {name: getattr(sample, name) for name in columns}
-        | {"draw": draw_for(deployment, sample.request_id), "created_at": now}
-        for sample in first.values()
-    ]
+# The sample columns an insert writes, in table order; ``id`` is the database's.
+_SAMPLE_COLUMNS = tuple(c.name for c in Sample.__table__.columns if c.name != "id")
+_COMPUTED = ("deployment_id", "draw", "created_at")
+_FROM_SAMPLE = tuple(name for name in _SAMPLE_COLUMNS if name not in _COMPUTED)
+_read_sample = attrgetter(*_FROM_SAMPLE)
+
+
+class _SampleInsert:
+    """The rows of one grouped insert, converted the way each column's SQLAlchemy type would
+    (UTC text on SQLite, JSON text, …) so that they read back through the ORM exactly like
+    rows the ORM wrote, without the ORM's per-row cost. One instance per transaction."""
+
+    returns_inserted = False
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        columns = {c.name: c for c in Sample.__table__.columns}
+        self.converters = [
+            (i, processor)
+            for i, name in enumerate(_FROM_SAMPLE)
+            if (processor := columns[name].type.dialect_impl(dialect).bind_processor(dialect))
+        ]
+        self.created_processor = (
+            columns["created_at"].type.dialect_impl(dialect).bind_processor(dialect)
+        )
+        self.rows: list[tuple[Any, ...]] = []
+
+    def add(
+        self, deployment: str, deployment_id: int, samples: Sequence[NewSample], now: datetime
+    ) -> None:
+        created = self.created_processor(now) if self.created_processor else now
+        converters = self.converters
+        for sample in samples:
+            values = list(_read_sample(sample))
+            for i, convert in converters:
+                if values[i] is not None:
+                    values[i] = convert(values[i])
+            self.rows.append(
+                (deployment_id, draw_for(deployment, sample.request_id), created, *values)
+            )
+
+    def execute(self, connection: Connection) -> set[tuple[int, str]] | None:
+        """Insert the rows; the (deployment id, request id) pairs stored, or None if every row
+        was (the caller has already left out the known request ids)."""
+        sql = (
+            f"INSERT INTO samples ({', '.join(_COMPUTED + _FROM_SAMPLE)}) "
+            f"VALUES ({', '.join('?' for _ in _COMPUTED + _FROM_SAMPLE)}) "
+            "ON CONFLICT (deployment_id, request_id) DO NOTHING"
+        )
+        for start in range(0, len(self.rows), INSERT_BATCH_ROWS):
+            connection.exec_driver_sql(sql, self.rows[start : start + INSERT_BATCH_ROWS])
+        return None
+
+
+class _PostgresSampleInsert(_SampleInsert):
+    """One ``INSERT … SELECT FROM unnest(arrays)`` per chunk: a single round trip with few
+    parameters, and ``RETURNING`` says exactly which rows were new, even when another replica
+    inserts the same request id at the same moment."""
+
+    returns_inserted = True
+
+    def execute(self, connection: Connection) -> set[tuple[int, str]] | None:
+        columns = {c.name: c for c in Sample.__table__.columns}
+        names = _COMPUTED + _FROM_SAMPLE
+        casts = [
+            f"%(c{i})s::{columns[name].type.dialect_impl(self.dialect).compile(self.dialect)}[]"
+            for i, name in enumerate(names)
+        ]
+        sql = (
+            f"INSERT INTO samples ({', '.join(names)}) SELECT * FROM unnest({', '.join(casts)}) "
+            "ON CONFLICT (deployment_id, request_id) DO NOTHING RETURNING deployment_id, request_id"
+        )
+        inserted: set[tuple[int, str]] = set()
+        for start in range(0, len(self.rows), INSERT_BATCH_ROWS * 5):
+            chunk = self.rows[start : start + INSERT_BATCH_ROWS * 5]
+            arrays = {f"c{i}": list(column) for i, column in enumerate(zip(*chunk, strict=True))}
+            result = connection.exec_driver_sql(sql, arrays)
+            inserted.update((int(d), str(r)) for d, r in result)
+        return inserted
+
+
+def _sample_insert(connection: Connection) -> _SampleInsert:
+    if connection.dialect.name == "postgresql":
+        return _PostgresSampleInsert(connection.dialect)
+    return _SampleInsert(connection.dialect)
+
+
+def _stored_request_ids(connection: Connection, deployment_id: int, ids: set[str]) -> set[str]:
+    """Which of ``ids`` the deployment already has; the unique index answers each lookup."""
+    found: set[str] = set()
+    wanted = list(ids)
+    for start in range(0, len(wanted), INSERT_BATCH_ROWS):
+        chunk = wanted[start : start + INSERT_BATCH_ROWS]
+        found.update(
+            connection.execute(
+                select(Sample.request_id).where(
+                    Sample.deployment_id == deployment_id, Sample.request_id.in_(chunk)
+                )
+            ).scalars()
+        )
+    return found
 
 
 def _require_aware(name: str, value: datetime) -> None:

@@ -106,7 +106,10 @@ def test_unknown_key_suggests_the_close_one() -> None:
 
 def test_unknown_key_lists_the_allowed_ones_when_nothing_is_close() -> None:
     (problem,) = problems("server: {host: 0.0.0.0, zzz: 1}\n")
-    assert problem == "driftd.yaml:1: server.zzz: unknown key; expected one of: host, port"
+    assert problem == (
+        "driftd.yaml:1: server.zzz: unknown key; "
+        "expected one of: host, metrics_auth, port, shutdown_grace"
+    )
 
 
 def test_missing_deployment_name() -> None:

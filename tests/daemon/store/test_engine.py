@@ -62,6 +62,15 @@ def test_sqlite_connections_get_the_pragmas(tmp_path: Path) -> None:
         engine.dispose()
 
 
+def test_sqlite_can_sync_every_commit(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'driftd.db'}", synchronous="full")
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        engine.dispose()
+
+
 def test_relative_sqlite_path_is_in_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -71,7 +71,7 @@ def test_upgrade_creates_every_table_and_sets_head(engine: Engine) -> None:
     result = upgrade(engine)
 
     assert result.before is None
-    assert result.after == head_revision() == "0001"
+    assert result.after == head_revision() == "0002"
     assert result.changed
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     assert current_revision(engine) == head_revision()
@@ -134,3 +134,36 @@ def test_store_migrated_by_a_newer_driftd_is_refused(engine: Engine) -> None:
     assert not is_current(engine)
     with pytest.raises(StoreError, match=r"'9999'.*newer driftd"):
         upgrade(engine)
+
+
+def test_a_store_of_an_older_driftd_is_upgraded_with_its_data(engine: Engine) -> None:
+    from alembic import command
+
+    from daemon.store.engine import write_engine
+    from daemon.store.migrate import alembic_config
+
+    with write_engine(engine).begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+        connection.execute(
+            text(
+                "INSERT INTO deployments (name, kind, task, created_at, updated_at) "
+                "VALUES ('bot', 'prompted', 'generation', :now, :now)"
+            ),
+            {"now": "2026-01-01 00:00:00.000000"},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO samples (deployment_id, request_id, ts, draw, input, created_at) "
+                "VALUES (1, 'r1', :now, 5, 'hello', :now)"
+            ),
+            {"now": "2026-01-01 00:00:00.000000"},
+        )
+
+    result = upgrade(engine)
+
+    assert (result.before, result.after, result.changed) == ("0001", head_revision(), True)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT request_id, input, feedback_comment FROM samples")
+        ).one()
+    assert tuple(row) == ("r1", "hello", None)

@@ -1,0 +1,1 @@
+"""Ingest: what apps send, checked, sampled, redacted, described, and written durably."""
