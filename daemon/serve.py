@@ -32,7 +32,11 @@ class Daemon:
 
     def start(self) -> None:
         storage = self.config.storage
-        store = Store.open(storage.url, busy_timeout=storage.busy_timeout.total_seconds())
+        store = Store.open(
+            storage.url,
+            busy_timeout=storage.busy_timeout.total_seconds(),
+            synchronous=storage.sqlite_synchronous,
+        )
         try:
             migrated = upgrade(store.engine)
             for deployment in self.config.deployments:
