@@ -135,6 +135,114 @@ def db_upgrade(
         typer.echo(f"{mask_url(url)}: schema already at {result.after}; nothing to do")
 
 
+@app.command("ingest")
+def ingest(
+    file: Annotated[Path, typer.Argument(help="JSONL, CSV or Parquet file of samples.")],
+    deployment: Annotated[str, typer.Option("--deployment", "-d", help="Deployment name.")],
+    config: ConfigOption = Path("driftd.yaml"),
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="jsonl, csv or parquet; default: by suffix.")
+    ] = None,
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map", help="FIELD=COLUMN: read a sample field from a differently named column."
+        ),
+    ] = None,
+    chunk: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per transaction.")] = 1000,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="Store the valid rows and report the invalid ones.")
+    ] = False,
+) -> None:
+    """Backfill past traffic through the same checks, sampling, redaction and storage as the API."""
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from daemon.ingest.backfill import BackfillError, backfill, read_rows
+    from daemon.ingest.backfill import file_format as format_of
+    from daemon.ingest.pipeline import DeploymentPipeline
+    from daemon.store import Store, upgrade
+
+    settings = _load(config)
+    try:
+        target = settings.deployment(deployment)
+    except KeyError:
+        names = ", ".join(d.name for d in settings.deployments) or "none"
+        _fail(f"{config}: no deployment {deployment!r} (configured: {names})", EXIT_USAGE)
+    fields: dict[str, str] = {}
+    for item in mapping or []:
+        name, sep, column = item.partition("=")
+        if not sep or not name or not column:
+            _fail(f"--map {item!r}: expected FIELD=COLUMN, e.g. --map input=text", EXIT_USAGE)
+        fields[name] = column
+    console = Console(stderr=True, soft_wrap=True)
+
+    def show(problems: list[tuple[str, str]]) -> None:
+        for where, message in problems[:50]:
+            console.print(f"{file}: {where}: {message}", markup=False, highlight=False)
+        if len(problems) > 50:
+            console.print(f"... and {len(problems) - 50} more problems")
+
+    storage = settings.storage
+    try:
+        fmt = format_of(file, file_format)
+        total = _count_rows(file, fmt)
+        store = Store.open(storage.url, busy_timeout=storage.busy_timeout.total_seconds())
+        try:
+            upgrade(store.engine)
+            store.ensure_deployment(target.name, target.kind, target.task)
+            with Progress(
+                *Progress.get_default_columns()[:-1],
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as progress:
+                task = progress.add_task(f"{file.name} → {target.name}", total=total)
+                report = backfill(
+                    read_rows(file, fmt, fields),
+                    DeploymentPipeline(target),
+                    store,
+                    chunk=chunk,
+                    skip_invalid=skip_invalid,
+                    progress=lambda n: progress.advance(task, n),
+                )
+        finally:
+            store.close()
+    except BackfillError as exc:
+        show(exc.problems)
+        _fail(f"driftd ingest: {exc}", EXIT_USAGE)
+    except DriftdError as exc:
+        _fail(f"driftd ingest: {exc}", EXIT_FAILURE)
+    summary = Table(title=f"{file} → {target.name}", show_header=False)
+    for label, value in (
+        ("rows read", report.rows),
+        ("stored (new)", report.new),
+        ("duplicate (already stored)", report.duplicate),
+        ("sampled out", report.sampled_out),
+        ("invalid, skipped", report.invalid),
+        ("redacted", ", ".join(f"{k} {n}" for k, n in sorted(report.redacted.items())) or "none"),
+    ):
+        summary.add_row(label, str(value))
+    Console().print(summary)
+    show(report.problems)
+
+
+def _count_rows(file: Path, fmt: str) -> int | None:
+    """Rows in the file for the progress bar (None when counting would cost a full read)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(file).metadata.num_rows)
+    try:
+        with file.open("rb") as handle:
+            lines = sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
+    return lines - 1 if fmt == "csv" else lines
+
+
 @app.command("serve")
 def serve(
     config: ConfigOption = Path("driftd.yaml"),
@@ -144,6 +252,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT: migrate the store, load the deployments, serve."""
+    from daemon.api import Tokens
     from daemon.logs import setup_logging
     from daemon.serve import Daemon
 
@@ -155,7 +264,7 @@ def serve(
         )
         settings = settings.model_copy(update={"server": server})
     setup_logging(settings.logging.level, settings.logging.format)
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, Tokens.from_environ(os.environ))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         daemon.request_stop(signal.Signals(signum).name)
@@ -167,9 +276,15 @@ def serve(
     except DriftdError as exc:
         _fail(f"driftd serve: {exc}", EXIT_FAILURE)
     try:
-        daemon.wait()
-    finally:
+        daemon.serve()
+    except SystemExit:
+        # uvicorn exits this way when it cannot bind; it has logged why.
         daemon.stop()
+        _fail(
+            f"driftd serve: cannot listen on {settings.server.host}:{settings.server.port}",
+            EXIT_FAILURE,
+        )
+    daemon.stop()
 
 
 def main() -> None:

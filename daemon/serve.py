@@ -1,28 +1,58 @@
-"""The daemon's lifecycle: start (store, migrations, deployments), run until told to stop, stop.
+"""The daemon's lifecycle: start (store, migrations, deployments, writer), serve, stop.
 
-The API, the scheduler and the job runner attach to this lifecycle as they are built; each gets
-started in ``start`` and stopped, in reverse order, in ``stop``.
+``start`` prepares everything that can fail before a port is bound; ``serve`` runs the HTTP API
+until ``request_stop`` (a signal) and lets requests in flight finish; ``stop`` commits what the
+writer still holds and closes the store. The scheduler and the job runner attach here as they are
+built, started in ``start`` and stopped, in reverse order, in ``stop``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
+import socket
+from collections.abc import Generator
 
+import uvicorn
+
+from daemon.api import Tokens, create_app
 from daemon.config import Config
+from daemon.ingest.pipeline import DeploymentPipeline, IngestStats
+from daemon.ingest.writer import Writer
 from daemon.store import Store, mask_url, upgrade
 
 log = logging.getLogger("driftd.serve")
 
 
-class Daemon:
-    """One driftd process. ``start`` → ``wait`` → ``stop``; ``request_stop`` is signal-safe."""
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handling (driftd's own handlers decide when to stop, and
+    must not re-raise the signal afterwards: a SIGTERM'd driftd exits 0), plus a ready hook."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: uvicorn.Config, daemon: Daemon) -> None:
+        super().__init__(config)
+        self._daemon = daemon
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._daemon.ready()
+
+
+class Daemon:
+    """One driftd process: ``start`` → ``serve`` → ``stop``; ``request_stop`` is signal-safe."""
+
+    def __init__(self, config: Config, tokens: Tokens) -> None:
         self.config = config
-        self._stop = threading.Event()
+        self.tokens = tokens
+        self.stats = IngestStats()
         self._store: Store | None = None
-        self._stop_reason = "requested"
+        self._writer: Writer | None = None
+        self._server: _Server | None = None
+        self._stop_reason: str | None = None
 
     @property
     def store(self) -> Store:
@@ -53,7 +83,9 @@ class Daemon:
                 "migrated": migrated.changed,
             },
         )
+        pipelines = {}
         for deployment in self.config.deployments:
+            pipelines[deployment.name] = DeploymentPipeline(deployment, self.stats)
             log.info(
                 "watching deployment",
                 extra={
@@ -62,6 +94,38 @@ class Daemon:
                     "task": deployment.task.value,
                 },
             )
+        if not self.tokens.ingest and not self.tokens.admin:
+            log.warning(
+                "no DRIFTD_INGEST_TOKENS or DRIFTD_ADMIN_TOKENS set: every write is refused (401)"
+            )
+        limits = self.config.ingest
+        self._writer = Writer(
+            store, queue_batches=limits.queue_batches, commit_rows=limits.commit_rows
+        )
+        self._writer.start()
+        app = create_app(
+            store=store,
+            writer=self._writer,
+            pipelines=pipelines,
+            tokens=self.tokens,
+            limits=limits,
+            stats=self.stats,
+        )
+        server = self.config.server
+        self._server = _Server(
+            uvicorn.Config(
+                app,
+                host=server.host,
+                port=server.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=int(server.shutdown_grace.total_seconds()),
+            ),
+            self,
+        )
+
+    def ready(self) -> None:
         server = self.config.server
         log.info(
             "driftd ready",
@@ -72,20 +136,25 @@ class Daemon:
             },
         )
 
+    def serve(self) -> None:
+        """Serve the API until ``request_stop``; raises SystemExit if the port cannot be bound."""
+        if self._server is None:
+            raise RuntimeError("start the daemon before serving")
+        if self._stop_reason is None:
+            self._server.run()
+
     def request_stop(self, reason: str = "requested") -> None:
         """Ask the daemon to stop; safe to call from a signal handler or another thread."""
-        if not self._stop.is_set():
+        if self._stop_reason is None:
             self._stop_reason = reason
-            self._stop.set()
-
-    def wait(self) -> None:
-        """Block until ``request_stop`` is called."""
-        # A timed wait keeps the main thread responsive to signals on every platform.
-        while not self._stop.wait(timeout=0.5):
-            pass
+        if self._server is not None:
+            self._server.should_exit = True
 
     def stop(self) -> None:
-        log.info("driftd stopping", extra={"reason": self._stop_reason})
+        log.info("driftd stopping", extra={"reason": self._stop_reason or "requested"})
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
         if self._store is not None:
             self._store.close()
             self._store = None

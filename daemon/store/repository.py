@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import attrgetter
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -37,6 +37,7 @@ from daemon.store.models import (
     Sample,
     utcnow,
 )
+from daemon.store.types import UTCDateTime
 
 DRAW_MODULUS = 2**31
 # Rows per INSERT round trip: well under SQLite's and PostgreSQL's bound-parameter limits even
@@ -47,10 +48,13 @@ _SEED_PERSON = b"driftd.seed.v1"
 _MAX_ID_LENGTH = 255
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewSample:
     """A sample to store. ``request_id`` identifies it within its deployment: re-sent samples
-    with a known ``request_id`` are recognised as duplicates and not stored again."""
+    with a known ``request_id`` are recognised as duplicates and not stored again.
+
+    Not frozen: ingest builds one per sample on its hot path, and a frozen dataclass's
+    ``__init__`` costs several times more. Treat it as a value all the same."""
 
     request_id: str
     ts: datetime
@@ -272,10 +276,6 @@ class Store:
             for deployment, samples in batches:
                 deployment_id = _deployment_id(connection, deployment)
                 taken = seen.setdefault(deployment_id, set())
-                if not plan.returns_inserted:
-                    taken |= _stored_request_ids(
-                        connection, deployment_id, {s.request_id for s in samples} - taken
-                    )
                 fresh = []
                 for sample in samples:
                     if sample.request_id not in taken:
@@ -286,11 +286,7 @@ class Store:
             inserted = plan.execute(connection)
         results = []
         for (deployment_id, fresh), (_, samples) in zip(pending, batches, strict=True):
-            new_ids = {
-                s.request_id
-                for s in fresh
-                if inserted is None or (deployment_id, s.request_id) in inserted
-            }
+            new_ids = {s.request_id for s in fresh if (deployment_id, s.request_id) in inserted}
             new: list[str] = []
             duplicate: list[str] = []
             for sample in samples:
@@ -491,6 +487,20 @@ _SAMPLE_COLUMNS = tuple(c.name for c in Sample.__table__.columns if c.name != "i
 _COMPUTED = ("deployment_id", "draw", "created_at")
 _FROM_SAMPLE = tuple(name for name in _SAMPLE_COLUMNS if name not in _COMPUTED)
 _read_sample = attrgetter(*_FROM_SAMPLE)
+_REQUEST_ID = len(_COMPUTED) + _FROM_SAMPLE.index("request_id")
+
+
+def _converter(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """How a column's value goes to the driver: SQLAlchemy's own conversion, except for the
+    timestamps on SQLite, done here in one step in the very text format SQLAlchemy writes."""
+    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
+        return _sqlite_utc_text
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
+def _sqlite_utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 class _SampleInsert:
@@ -498,19 +508,15 @@ class _SampleInsert:
     (UTC text on SQLite, JSON text, …) so that they read back through the ORM exactly like
     rows the ORM wrote, without the ORM's per-row cost. One instance per transaction."""
 
-    returns_inserted = False
-
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         columns = {c.name: c for c in Sample.__table__.columns}
         self.converters = [
-            (i, processor)
+            (i, converter)
             for i, name in enumerate(_FROM_SAMPLE)
-            if (processor := columns[name].type.dialect_impl(dialect).bind_processor(dialect))
+            if (converter := _converter(columns[name].type, dialect))
         ]
-        self.created_processor = (
-            columns["created_at"].type.dialect_impl(dialect).bind_processor(dialect)
-        )
+        self.created_processor = _converter(columns["created_at"].type, dialect)
         self.rows: list[tuple[Any, ...]] = []
 
     def add(
@@ -527,17 +533,32 @@ class _SampleInsert:
                 (deployment_id, draw_for(deployment, sample.request_id), created, *values)
             )
 
-    def execute(self, connection: Connection) -> set[tuple[int, str]] | None:
-        """Insert the rows; the (deployment id, request id) pairs stored, or None if every row
-        was (the caller has already left out the known request ids)."""
+    def execute(self, connection: Connection) -> set[tuple[int, str]]:
+        """Insert the rows, skipping known request ids; returns the (deployment id, request id)
+        pairs actually stored.
+
+        SQLite: the transaction holds the write lock, and new rows take ids above the largest
+        one, so when the driver reports fewer rows than it was given, the stored ones are those
+        above the largest id seen before. No lookup is needed when nothing was a duplicate.
+        """
         sql = (
             f"INSERT INTO samples ({', '.join(_COMPUTED + _FROM_SAMPLE)}) "
             f"VALUES ({', '.join('?' for _ in _COMPUTED + _FROM_SAMPLE)}) "
             "ON CONFLICT (deployment_id, request_id) DO NOTHING"
         )
+        before = connection.execute(select(func.coalesce(func.max(Sample.id), 0))).scalar_one()
+        stored = 0
         for start in range(0, len(self.rows), INSERT_BATCH_ROWS):
-            connection.exec_driver_sql(sql, self.rows[start : start + INSERT_BATCH_ROWS])
-        return None
+            result = connection.exec_driver_sql(sql, self.rows[start : start + INSERT_BATCH_ROWS])
+            stored += result.rowcount
+        if stored == len(self.rows):
+            return {(row[0], row[_REQUEST_ID]) for row in self.rows}
+        return {
+            (int(d), str(r))
+            for d, r in connection.execute(
+                select(Sample.deployment_id, Sample.request_id).where(Sample.id > before)
+            )
+        }
 
 
 class _PostgresSampleInsert(_SampleInsert):
@@ -545,9 +566,7 @@ class _PostgresSampleInsert(_SampleInsert):
     parameters, and ``RETURNING`` says exactly which rows were new, even when another replica
     inserts the same request id at the same moment."""
 
-    returns_inserted = True
-
-    def execute(self, connection: Connection) -> set[tuple[int, str]] | None:
+    def execute(self, connection: Connection) -> set[tuple[int, str]]:
         columns = {c.name: c for c in Sample.__table__.columns}
         names = _COMPUTED + _FROM_SAMPLE
         casts = [
@@ -565,6 +584,16 @@ class _PostgresSampleInsert(_SampleInsert):
             result = connection.exec_driver_sql(sql, arrays)
             inserted.update((int(d), str(r)) for d, r in result)
         return inserted
+
+
+def sample_rows(
+    dialect: Dialect, deployment: str, deployment_id: int, samples: Sequence[NewSample]
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    """The column names and rows exactly as ``insert_batches`` hands them to the driver; for
+    measuring the driver alone against the whole path."""
+    plan = _SampleInsert(dialect)
+    plan.add(deployment, deployment_id, samples, utcnow())
+    return _COMPUTED + _FROM_SAMPLE, plan.rows
 
 
 def _sample_insert(connection: Connection) -> _SampleInsert:

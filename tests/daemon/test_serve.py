@@ -3,12 +3,14 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, inspect
 
@@ -17,10 +19,18 @@ DRIFTD = Path(sys.executable).parent / "driftd"
 BANKING77 = ROOT / "examples" / "banking77" / "driftd.yaml"
 
 
-def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, port: int | None = None
+) -> subprocess.Popen[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
     return subprocess.Popen(
-        [str(DRIFTD), "serve", *args],
+        [str(DRIFTD), "serve", *args, "--port", str(port or free_port())],
         cwd=cwd,
         env={**environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -69,8 +79,8 @@ def test_serve_starts_on_sqlite_and_exits_0_within_5s_of_a_signal(
     assert time.monotonic() - started < 5
     assert process.stderr is not None
     tail = [json.loads(line) for line in process.stderr.read().splitlines()]
-    assert [r["message"] for r in tail] == ["driftd stopping", "driftd stopped"]
-    assert tail[0]["reason"] == signum.name
+    assert [r["message"] for r in tail[-2:]] == ["driftd stopping", "driftd stopped"]
+    assert tail[-2]["reason"] == signum.name
 
 
 def test_serve_a_second_time_finds_the_schema_in_place(tmp_path: Path) -> None:
@@ -84,11 +94,63 @@ def test_serve_a_second_time_finds_the_schema_in_place(tmp_path: Path) -> None:
 
 
 def test_host_and_port_flags_override_the_file(tmp_path: Path) -> None:
-    process = start("-c", str(BANKING77), "--host", "localhost", "--port", "9999", cwd=tmp_path)
+    port = free_port()
+    process = start("-c", str(BANKING77), "--host", "localhost", cwd=tmp_path, port=port)
+    records = read_until(process, "driftd ready")
+    try:
+        assert httpx.get(f"http://localhost:{port}/healthz").json() == {"status": "ok"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=5) == 0
+    assert (records[-1]["host"], records[-1]["port"]) == ("localhost", port)
+
+
+def test_serve_answers_http_and_stores_what_it_acknowledges(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"DRIFTD_INGEST_TOKENS": "old-token,new-token"}
+    process = start("-c", str(BANKING77), cwd=tmp_path, env=env, port=port)
+    records = read_until(process, "driftd ready")
+    assert "old-token" not in json.dumps(records)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+        assert "/v1/deployments/{name}/samples" in httpx.get(f"{base}/openapi.json").json()["paths"]
+        sample = {"request_id": "r1", "input": "Where is my card?", "prediction": "card_arrival"}
+        url = f"{base}/v1/deployments/banking77-intents/samples"
+        assert httpx.post(url, json={"samples": [sample]}).status_code == 401
+        response = httpx.post(
+            url, json={"samples": [sample]}, headers={"Authorization": "Bearer new-token"}
+        )
+        assert response.json() == {"received": 1, "new": 1, "duplicate": 0, "sampled_out": 0}
+    finally:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=5) == 0
+    engine = create_engine(f"sqlite:///{tmp_path / 'driftd.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT request_id FROM samples").scalars().all() == [
+            "r1"
+        ]
+    engine.dispose()
+
+
+def test_serve_without_tokens_warns_that_writes_are_refused(tmp_path: Path) -> None:
+    process = start("-c", str(BANKING77), cwd=tmp_path)
     records = read_until(process, "driftd ready")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=5) == 0
-    assert (records[-1]["host"], records[-1]["port"]) == ("localhost", 9999)
+    warnings = [r["message"] for r in records if r["level"] == "warning"]
+    assert any("every write is refused (401)" in m for m in warnings)
+
+
+def test_a_port_in_use_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        process = start("-c", str(BANKING77), cwd=tmp_path, port=port)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err
 
 
 def test_serve_with_a_broken_file_exits_2(tmp_path: Path) -> None:

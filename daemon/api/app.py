@@ -1,0 +1,269 @@
+"""The FastAPI application: health, readiness, sample and feedback ingest.
+
+Request bodies are read and validated by hand (not by FastAPI's body parameters) so that the
+limits are enforced before a large body is read, malformed JSON gets a 400 that says so, and an
+invalid batch gets one 422 listing every bad item by index and field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from daemon import __version__
+from daemon.api.auth import Scope, Tokens
+from daemon.config.models import Ingest
+from daemon.errors import DriftdError, StoreError
+from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
+from daemon.ingest.schema import (
+    FEEDBACK_BATCH,
+    SAMPLE_BATCH,
+    BodyError,
+    FeedbackBatch,
+    Problem,
+    SampleBatch,
+    parse_body,
+    problems_of,
+)
+from daemon.ingest.writer import QueueFull, Writer
+from daemon.store import Store, head_revision, is_current
+
+log = logging.getLogger("driftd.api")
+
+RETRY_AFTER_SECONDS = 1
+
+
+class _Refused(Exception):
+    """A request answered with an error status; carries the response."""
+
+    def __init__(self, status: int, detail: Any, headers: Mapping[str, str] | None = None):
+        self.response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def create_app(
+    *,
+    store: Store,
+    writer: Writer,
+    pipelines: Mapping[str, DeploymentPipeline],
+    tokens: Tokens,
+    limits: Ingest,
+    stats: IngestStats,
+) -> FastAPI:
+    """The API over a started store and writer; ``pipelines`` by deployment name."""
+    app = FastAPI(
+        title="driftd",
+        version=__version__,
+        description="Ingest of production samples and feedback for drift monitoring.",
+    )
+
+    @app.exception_handler(_Refused)
+    async def refused(_request: Request, exc: _Refused) -> JSONResponse:
+        return exc.response
+
+    def authorize(request: Request, scope: Scope) -> None:
+        if not tokens.allows(request.headers.get("authorization"), scope):
+            raise _Refused(
+                401,
+                f"a valid bearer token is needed ({scope.value} or admin)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def pipeline_of(name: str) -> DeploymentPipeline:
+        pipeline = pipelines.get(name)
+        if pipeline is None:
+            raise _Refused(404, f"unknown deployment {name!r}; configured: {sorted(pipelines)}")
+        return pipeline
+
+    async def read_body(request: Request, deployment: str) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            stats.reject(deployment, "too_large")
+            raise _Refused(413, f"the body exceeds {limits.max_body_bytes} bytes")
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                stats.reject(deployment, "too_large")
+                raise _Refused(413, f"the body exceeds {limits.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def invalid(deployment: str, problems: list[Problem], total: int) -> _Refused:
+        stats.reject(deployment, "invalid")
+        bad = len({p.index for p in problems})
+        return _Refused(
+            422,
+            {
+                "message": f"{bad} of {total} items are invalid; nothing was stored",
+                "problems": [p.model_dump() for p in problems],
+            },
+        )
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers.")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: store reachable and migrated.")
+    async def readyz() -> JSONResponse:
+        try:
+            await asyncio.to_thread(store.ping)
+            current = await asyncio.to_thread(is_current, store.engine)
+        except StoreError as exc:
+            return JSONResponse({"status": "not_ready", "reason": str(exc)}, status_code=503)
+        if not current:
+            reason = f"the store's schema is not at {head_revision()}; run driftd db upgrade"
+            return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready", "schema": head_revision()})
+
+    @app.post(
+        "/v1/deployments/{name}/samples",
+        tags=["ingest"],
+        summary="Store a batch of samples; 200 only once it is committed.",
+        openapi_extra=_body_schema(SampleBatch),
+    )
+    async def ingest_samples(name: str, request: Request) -> dict[str, int]:
+        authorize(request, Scope.ingest)
+        pipeline = pipeline_of(name)
+        body = await read_body(request, name)
+        batch = _parse(body, SAMPLE_BATCH, "samples", name, stats, invalid)
+        samples = batch.samples
+        if len(samples) > limits.max_batch:
+            stats.reject(name, "too_large")
+            raise _Refused(413, f"{len(samples)} samples in one batch; at most {limits.max_batch}")
+        problems = pipeline.check(samples)
+        if problems:
+            raise invalid(name, problems, len(samples))
+        prepared = pipeline.prepare(samples, datetime.now(UTC))
+        try:
+            done = writer.submit(name, prepared.samples)
+        except QueueFull as exc:
+            stats.reject(name, "queue_full")
+            raise _Refused(
+                429,
+                f"{exc}; retry after {RETRY_AFTER_SECONDS} s",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
+        try:
+            result = await asyncio.wrap_future(done)
+        except DriftdError as exc:
+            raise _Refused(503, f"{exc}; nothing from this batch was stored, retry it") from None
+        stats.count(name, "received", len(samples))
+        stats.count(name, "new", len(result.new))
+        stats.count(name, "duplicate", len(result.duplicate))
+        stats.count(name, "sampled_out", len(prepared.sampled_out))
+        return {
+            "received": len(samples),
+            "new": len(result.new),
+            "duplicate": len(result.duplicate),
+            "sampled_out": len(prepared.sampled_out),
+        }
+
+    @app.post(
+        "/v1/deployments/{name}/feedback",
+        tags=["ingest"],
+        summary="Join late labels, user feedback and judge scores to stored samples.",
+        openapi_extra=_body_schema(FeedbackBatch),
+    )
+    async def ingest_feedback(name: str, request: Request) -> dict[str, Any]:
+        authorize(request, Scope.ingest)
+        pipeline = pipeline_of(name)
+        body = await read_body(request, name)
+        batch = _parse(body, FEEDBACK_BATCH, "feedback", name, stats, invalid)
+        if len(batch.feedback) > limits.max_batch:
+            raise _Refused(413, f"{len(batch.feedback)} items; at most {limits.max_batch}")
+        now = datetime.now(UTC)
+        updates = [pipeline.feedback(item, now) for item in batch.feedback]
+        try:
+            found = set(await asyncio.to_thread(store.apply_feedback, name, updates))
+        except StoreError as exc:
+            raise _Refused(503, f"{exc}; retry the feedback") from None
+        missing = [u.request_id for u in updates if u.request_id not in found]
+        sampled_out = [rid for rid in missing if not sampled_in(name, rid, pipeline.rate)]
+        unknown = [rid for rid in missing if sampled_in(name, rid, pipeline.rate)]
+        return {
+            "received": len(updates),
+            "updated": len(found),
+            "unknown": unknown,
+            "sampled_out": sampled_out,
+        }
+
+    @app.get("/v1/deployments", tags=["admin"], summary="The deployments driftd watches.")
+    async def deployments(request: Request) -> list[dict[str, Any]]:
+        authorize(request, Scope.admin)
+        return [
+            {"name": p.name, "task": p.task.value, "sampling_rate": p.rate}
+            for p in pipelines.values()
+        ]
+
+    _with_body_models(app)
+    return app
+
+
+def _parse(
+    body: bytes,
+    adapter: Any,
+    items: str,
+    deployment: str,
+    stats: IngestStats,
+    invalid: Any,
+) -> Any:
+    try:
+        return parse_body(body, adapter)
+    except BodyError as exc:
+        stats.reject(deployment, "malformed")
+        raise _Refused(400, str(exc)) from None
+    except ValidationError as exc:
+        problems = problems_of(exc, items)
+        raise invalid(deployment, problems, _count_items(body, items)) from None
+
+
+def _count_items(body: bytes, items: str) -> int:
+    """How many items an invalid body held, for the message (0 when it is not a list)."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return 0
+    listed = value.get(items) if isinstance(value, dict) else None
+    return len(listed) if isinstance(listed, list) else 0
+
+
+_REF = "#/components/schemas/{model}"
+
+
+def _body_schema(model: type[SampleBatch] | type[FeedbackBatch]) -> dict[str, Any]:
+    """Document a hand-read body in the OpenAPI spec (its models are added by ``_openapi``)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}
+            },
+        }
+    }
+
+
+def _with_body_models(app: FastAPI) -> None:
+    """Add the hand-read bodies' models to the spec's components, where the refs point."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = default()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (SampleBatch, FeedbackBatch):
+                schema = model.model_json_schema(ref_template=_REF)
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,245 @@
+"""From what an app sent to what is stored: check, sample, redact, describe.
+
+One ``DeploymentPipeline`` per deployment, built from its configuration at start-up. The ingest
+API, the proxy and the backfill all go through it, so a sample is treated the same whichever way
+it arrived. Nothing here touches the store: the writer does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from daemon.config.models import AlwaysKeep, Deployment
+from daemon.domain import Task
+from daemon.ingest.describe import DEFAULT_REFUSAL_PHRASES, Describer
+from daemon.ingest.redact import Redactor
+from daemon.ingest.schema import FeedbackIn, Message, Problem, SampleIn
+from daemon.store import NewSample
+from daemon.store.repository import FeedbackUpdate
+
+_SAMPLING_PERSON = b"driftd.sample.v1"
+
+
+def sampled_in(deployment: str, request_id: str, rate: float) -> bool:
+    """Whether a request is kept at ``rate``: a hash of its id, so the answer never changes."""
+    if rate >= 1.0:
+        return True
+    digest = hashlib.blake2b(
+        f"{deployment}\x00{request_id}".encode(), digest_size=8, person=_SAMPLING_PERSON
+    ).digest()
+    return int.from_bytes(digest, "big") < rate * 2**64
+
+
+class IngestStats:
+    """Counters of everything ingest did, per deployment, for the metrics endpoint."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.samples: Counter[tuple[str, str]] = Counter()  # (deployment, outcome)
+        self.redacted: Counter[tuple[str, str]] = Counter()  # (deployment, kind)
+        self.rejected: Counter[tuple[str, str]] = Counter()  # (deployment, reason)
+
+    def count(self, deployment: str, outcome: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self.samples[deployment, outcome] += n
+
+    def reject(self, deployment: str, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.rejected[deployment, reason] += n
+
+    def add_redacted(self, deployment: str, counts: Counter[str]) -> None:
+        if counts:
+            with self._lock:
+                for kind, n in counts.items():
+                    self.redacted[deployment, kind] += n
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch ready for the writer, and the request ids that sampling left out."""
+
+    samples: list[NewSample]
+    sampled_out: list[str] = field(default_factory=list)
+    redacted: Counter[str] = field(default_factory=Counter)
+
+
+class DeploymentPipeline:
+    """Checks, samples, redacts and describes one deployment's traffic."""
+
+    def __init__(self, deployment: Deployment, stats: IngestStats | None = None) -> None:
+        self.name = deployment.name
+        self.task = deployment.task
+        self.labels = frozenset(deployment.labels)
+        self.stats = stats or IngestStats()
+        sampling = deployment.sampling
+        self.rate = sampling.rate
+        self.keep_errors = AlwaysKeep.errors in sampling.always_keep
+        self.keep_negative = AlwaysKeep.negative_feedback in sampling.always_keep
+        redaction = deployment.redaction
+        self.redactor = (
+            Redactor(
+                kinds=[kind.value for kind in redaction.kinds],
+                extra=[(p.name, p.pattern) for p in redaction.extra],
+            )
+            if redaction.enabled
+            else None
+        )
+        described = deployment.descriptors
+        self.describer = Describer(
+            refusal_phrases=described.refusal_phrases or DEFAULT_REFUSAL_PHRASES,
+            patterns=[(p.name, p.pattern) for p in described.patterns],
+        )
+
+    def check(self, samples: Sequence[SampleIn]) -> list[Problem]:
+        """What this deployment's task requires beyond the schema: a classifier's prediction
+        is one of its labels; a generator has no predictions."""
+        problems = []
+        for index, sample in enumerate(samples):
+            if self.task is Task.classification:
+                if sample.prediction is None and sample.error is None:
+                    problems.append(
+                        Problem(
+                            index=index,
+                            field="prediction",
+                            message="required for a classification deployment "
+                            "(unless 'error' says why there is none)",
+                        )
+                    )
+                elif sample.prediction is not None and sample.prediction not in self.labels:
+                    problems.append(
+                        Problem(
+                            index=index,
+                            field="prediction",
+                            message=f"{sample.prediction!r} is not one of the deployment's "
+                            f"labels ({len(self.labels)} configured)",
+                        )
+                    )
+                unknown = set(sample.probabilities or ()) - self.labels
+                if unknown:
+                    problems.append(
+                        Problem(
+                            index=index,
+                            field="probabilities",
+                            message=f"not labels of the deployment: {sorted(unknown)[:5]}",
+                        )
+                    )
+            else:
+                for name in ("prediction", "confidence", "probabilities"):
+                    if getattr(sample, name) is not None:
+                        problems.append(
+                            Problem(
+                                index=index,
+                                field=name,
+                                message="only for classification deployments",
+                            )
+                        )
+        return problems
+
+    def prepare(self, samples: Iterable[SampleIn], now: datetime) -> Prepared:
+        """Sample, redact and describe; ``now`` stands in for a missing ``ts``."""
+        kept: list[NewSample] = []
+        sampled_out: list[str] = []
+        redacted: Counter[str] = Counter()
+        for sample in samples:
+            if not self._keeps(sample):
+                sampled_out.append(sample.request_id)
+                continue
+            kept.append(self._stored_form(sample, now, redacted))
+        self.stats.add_redacted(self.name, redacted)
+        return Prepared(samples=kept, sampled_out=sampled_out, redacted=redacted)
+
+    def feedback(self, item: FeedbackIn, now: datetime) -> FeedbackUpdate:
+        """The update a feedback item makes to its sample (the comment redacted first)."""
+        score: float | None = item.score
+        kind: str | None = "score" if score is not None else None
+        if item.thumb is not None:
+            score, kind = (1.0 if item.thumb == "up" else 0.0), "thumb"
+        comment = item.comment
+        if comment is not None and self.redactor is not None:
+            redacted: Counter[str] = Counter()
+            comment = self.redactor.redact(comment, redacted)
+            self.stats.add_redacted(self.name, redacted)
+        return FeedbackUpdate(
+            request_id=item.request_id,
+            label=item.label,
+            label_ts=now if item.label is not None else None,
+            feedback_score=score,
+            feedback_kind=kind,
+            feedback_comment=comment,
+            judge_score=item.judge_score,
+        )
+
+    def _keeps(self, sample: SampleIn) -> bool:
+        if sampled_in(self.name, sample.request_id, self.rate):
+            return True
+        if self.keep_errors and sample.error is not None:
+            return True
+        return self.keep_negative and sample.feedback is not None and sample.feedback.negative
+
+    def _stored_form(self, sample: SampleIn, now: datetime, redacted: Counter[str]) -> NewSample:
+        redact = self._redact
+        messages: list[dict[str, Any]] | None = None
+        if isinstance(sample.input, str):
+            text = redact(sample.input, redacted)
+        else:
+            messages = [
+                {"role": m.role, "content": redact(m.content, redacted)} for m in sample.input
+            ]
+            text = _last_user_text(sample.input, messages)
+        output = None if sample.output is None else redact(sample.output, redacted)
+        descriptors = {
+            "input": self.describer.describe(text),
+            "output": self.describer.describe(output),
+        }
+        feedback = sample.feedback
+        score = None
+        kind = None
+        if feedback is not None:
+            if feedback.thumb is not None:
+                score, kind = (1.0 if feedback.thumb == "up" else 0.0), "thumb"
+            elif feedback.score is not None:
+                score, kind = feedback.score, "score"
+        return NewSample(
+            sample.request_id,
+            sample.ts or now,
+            input=text,
+            input_messages=messages,
+            output=output,
+            prediction=sample.prediction,
+            confidence=sample.confidence,
+            probabilities=sample.probabilities,
+            label=sample.label,
+            label_ts=(sample.ts or now) if sample.label is not None else None,
+            feedback_score=score,
+            feedback_kind=kind,
+            descriptors=descriptors,
+            model_version=sample.model_version,
+            prompt_version=sample.prompt_version,
+            latency_ms=sample.latency_ms,
+            tokens_in=sample.tokens_in,
+            tokens_out=sample.tokens_out,
+            error=None if sample.error is None else redact(sample.error, redacted),
+            meta={
+                key: redact(value, redacted) if isinstance(value, str) else value
+                for key, value in sample.metadata.items()
+            }
+            or None,
+        )
+
+    def _redact(self, text: str, counts: Counter[str]) -> str:
+        return text if self.redactor is None else self.redactor.redact(text, counts)
+
+
+def _last_user_text(messages: Sequence[Message], redacted: list[dict[str, Any]]) -> str:
+    """The text a chat sample is described and compared by: what the user last asked."""
+    for original, stored in zip(reversed(messages), reversed(redacted), strict=True):
+        if original.role == "user":
+            return str(stored["content"])
+    return str(redacted[-1]["content"])

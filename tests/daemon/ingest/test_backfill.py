@@ -1,0 +1,194 @@
+"""Backfill through the ingest pipeline (SQLite and PostgreSQL), and `driftd ingest`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select
+
+from daemon.config import parse_config
+from daemon.config.models import Deployment
+from daemon.ingest.backfill import (
+    BackfillError,
+    BackfillReport,
+    backfill,
+    file_format,
+    read_rows,
+)
+from daemon.ingest.pipeline import DeploymentPipeline
+from daemon.store import Sample, Store
+
+CONFIG = """\
+deployments:
+  - name: intents
+    kind: finetuned
+    task: classification
+    model: {name: ./model}
+    labels: [card_arrival, lost_card]
+"""
+DRIFTD = Path(sys.executable).parent / "driftd"
+
+
+@pytest.fixture
+def intents(store: Store) -> Deployment:
+    deployment = parse_config(CONFIG, environ={}).deployments[0]
+    store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
+    return deployment
+
+
+def stored(store: Store) -> dict[str, Sample]:
+    with store.session(readonly=True) as session:
+        return {s.request_id: s for s in session.scalars(select(Sample))}
+
+
+def run(
+    path: Path,
+    fmt: str,
+    intents: Deployment,
+    store: Store,
+    *,
+    mapping: dict[str, str] | None = None,
+    chunk: int = 1000,
+    skip_invalid: bool = False,
+) -> BackfillReport:
+    rows = read_rows(path, fmt, mapping or {})
+    pipeline = DeploymentPipeline(intents)
+    return backfill(rows, pipeline, store, chunk=chunk, skip_invalid=skip_invalid)
+
+
+def test_jsonl_is_stored_once_however_often_it_is_loaded(
+    tmp_path: Path, store: Store, intents: Deployment
+) -> None:
+    path = tmp_path / "traffic.jsonl"
+    rows = [
+        {
+            "request_id": f"r{i}",
+            "ts": "2026-10-01T10:00:00+00:00",
+            "input": f"card question {i}, reply to me@example.com",
+            "prediction": "card_arrival",
+            "metadata": {"region": "eu"},
+        }
+        for i in range(25)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    first = run(path, "jsonl", intents, store, chunk=10)
+    assert (first.rows, first.new, first.duplicate, first.invalid) == (25, 25, 0, 0)
+    assert first.redacted == {"email": 25}
+    again = run(path, "jsonl", intents, store, chunk=10)
+    assert (again.new, again.duplicate) == (0, 25)
+    sample = stored(store)["r3"]
+    assert sample.input == "card question 3, reply to <EMAIL>"
+    assert sample.meta == {"region": "eu"}
+
+
+def test_csv_columns_are_mapped_and_rows_get_stable_ids(
+    tmp_path: Path, store: Store, intents: Deployment
+) -> None:
+    path = tmp_path / "past.csv"
+    path.write_text(
+        "text,category,metadata.channel,confidence\n"
+        "Where is my card?,card_arrival,app,0.9\n"
+        "I lost my card,lost_card,web,\n"
+    )
+    mapping = {"input": "text", "prediction": "category"}
+    report = run(path, "csv", intents, store, mapping=mapping)
+    assert report.new == 2
+    rows = stored(store)
+    assert sorted(rows) == ["past.csv:2", "past.csv:3"]
+    first = rows["past.csv:2"]
+    assert (first.input, first.prediction, first.confidence) == (
+        "Where is my card?",
+        "card_arrival",
+        0.9,
+    )
+    assert first.meta == {"channel": "app"}
+    assert rows["past.csv:3"].confidence is None
+    assert run(path, "csv", intents, store, mapping=mapping).duplicate == 2
+
+
+def test_parquet(tmp_path: Path, store: Store, intents: Deployment) -> None:
+    path = tmp_path / "past.parquet"
+    table = pa.table(
+        {
+            "request_id": ["p1", "p2"],
+            "input": ["a", "b"],
+            "prediction": ["lost_card", "card_arrival"],
+            "latency_ms": [12.5, 40.0],
+        }
+    )
+    pq.write_table(table, path)
+    assert run(path, file_format(path, None), intents, store).new == 2
+    assert stored(store)["p1"].latency_ms == 12.5
+
+
+def test_invalid_rows_stop_before_their_chunk_unless_skipped(
+    tmp_path: Path, store: Store, intents: Deployment
+) -> None:
+    path = tmp_path / "mixed.jsonl"
+    good = {"input": "q", "prediction": "lost_card"}
+    lines = [good] * 4 + [
+        {"input": "q", "prediction": "pizza"},
+        good,
+        {"input": "q", "confidence": 3},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    with pytest.raises(
+        BackfillError, match="2 invalid rows in the chunk starting at line 5"
+    ) as caught:
+        run(path, "jsonl", intents, store, chunk=4)
+    assert [where for where, _ in caught.value.problems] == ["line 7", "line 5"]
+    assert len(stored(store)) == 4  # the first chunk stays stored
+    report = run(path, "jsonl", intents, store, chunk=4, skip_invalid=True)
+    assert (report.invalid, report.new, report.duplicate) == (2, 1, 4)
+    assert sorted(stored(store)) == [f"mixed.jsonl:{n}" for n in (1, 2, 3, 4, 6)]
+
+
+def test_unknown_columns_and_formats_are_explained(tmp_path: Path) -> None:
+    path = tmp_path / "odd.csv"
+    path.write_text("text,colour\nhello,red\n")
+    with pytest.raises(BackfillError, match="column 'colour' is not a sample field"):
+        list(read_rows(path, "csv", {"input": "text"}))
+    with pytest.raises(BackfillError, match="--map names fields samples do not have"):
+        list(read_rows(path, "csv", {"inptu": "text"}))
+    with pytest.raises(BackfillError, match="pass --format"):
+        file_format(tmp_path / "x.txt", None)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "a"}\n{nope\n')
+    with pytest.raises(BackfillError, match="line 2: not valid JSON"):
+        list(read_rows(bad, "jsonl", {}))
+
+
+def test_the_ingest_command(tmp_path: Path) -> None:
+    (tmp_path / "driftd.yaml").write_text(CONFIG)
+    data = tmp_path / "past.csv"
+    data.write_text("text,category\nWhere is my card?,card_arrival\nPizza?,pizza\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    command = [str(DRIFTD), "ingest", "past.csv", "-d", "intents", "--map", "input=text"]
+    command += ["--map", "prediction=category"]
+    refused = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "past.csv: line 3: prediction: 'pizza' is not one of the deployment's labels" in (
+        refused.stderr
+    )
+    done = subprocess.run(
+        [*command, "--skip-invalid"], cwd=tmp_path, env=environ, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stored (new)" in done.stdout
+    assert "│ 1" in done.stdout.split("stored (new)")[1].splitlines()[0]
+    unknown = subprocess.run(
+        [str(DRIFTD), "ingest", "past.csv", "-d", "nope"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
+    assert unknown.returncode == 2
+    assert "no deployment 'nope' (configured: intents)" in unknown.stderr
