@@ -40,7 +40,7 @@ from daemon.config import parse_config
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.schema import SampleIn
 from daemon.store import Store, normalize_url, upgrade
-from daemon.store.repository import sample_rows
+from daemon.store.repository import ROW_COLUMNS, RowEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIFTD = Path(sys.executable).parent / "driftd"
@@ -127,10 +127,15 @@ def server(url: str, folder: Path) -> Iterator[tuple[int, int]]:
 
 
 def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory of a process and all its descendants (the ingest workers), MiB."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1])
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += int(peak_rss_mib(int(child)) * 1024)
+    return total / 1024
 
 
 def http_ingest(url: str, folder: Path, payloads: list[bytes], clients: int) -> dict[str, float]:
@@ -185,9 +190,11 @@ def raw_executemany(url: str, payloads: list[bytes]) -> dict[str, float]:
     for body in payloads:
         items = [SampleIn.model_validate(s) for s in json.loads(body)["samples"]]
         prepared.extend(pipeline.prepare(items, now).samples)
-    names, rows = sample_rows(store.engine.dialect, deployment.name, 1, prepared)
-    mark = "%s" if store.engine.dialect.name == "postgresql" else "?"
-    sql = f"INSERT INTO samples ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))})"
+    dialect = store.engine.dialect.name
+    rows = RowEncoder(dialect).encode(deployment.name, 1, prepared).rows
+    mark = "%s" if dialect == "postgresql" else "?"
+    columns = ", ".join(ROW_COLUMNS)
+    sql = f"INSERT INTO samples ({columns}) VALUES ({', '.join([mark] * len(ROW_COLUMNS))})"
     with store.engine.connect() as connection:
         raw = connection.connection.dbapi_connection
         assert raw is not None
@@ -223,7 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}

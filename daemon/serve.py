@@ -18,6 +18,7 @@ import uvicorn
 from daemon.api import Tokens, create_app
 from daemon.config import Config
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats
+from daemon.ingest.prepare import PreparerPool, auto_workers, quiet_collector
 from daemon.ingest.writer import Writer
 from daemon.store import Store, mask_url, upgrade
 
@@ -51,6 +52,7 @@ class Daemon:
         self.stats = IngestStats()
         self._store: Store | None = None
         self._writer: Writer | None = None
+        self._preparer: PreparerPool | None = None
         self._server: _Server | None = None
         self._stop_reason: str | None = None
 
@@ -85,7 +87,7 @@ class Daemon:
         )
         pipelines = {}
         for deployment in self.config.deployments:
-            pipelines[deployment.name] = DeploymentPipeline(deployment, self.stats)
+            pipelines[deployment.name] = DeploymentPipeline(deployment)
             log.info(
                 "watching deployment",
                 extra={
@@ -99,6 +101,15 @@ class Daemon:
                 "no DRIFTD_INGEST_TOKENS or DRIFTD_ADMIN_TOKENS set: every write is refused (401)"
             )
         limits = self.config.ingest
+        workers = auto_workers() if limits.workers is None else limits.workers
+        self._preparer = PreparerPool(
+            workers,
+            self.config.deployments,
+            store.deployment_ids(),
+            store.engine.dialect.name,
+            limits.max_batch,
+        )
+        log.info("ingest workers started", extra={"workers": workers})
         self._writer = Writer(
             store, queue_batches=limits.queue_batches, commit_rows=limits.commit_rows
         )
@@ -106,6 +117,7 @@ class Daemon:
         app = create_app(
             store=store,
             writer=self._writer,
+            preparer=self._preparer,
             pipelines=pipelines,
             tokens=self.tokens,
             limits=limits,
@@ -126,6 +138,7 @@ class Daemon:
         )
 
     def ready(self) -> None:
+        quiet_collector()
         server = self.config.server
         log.info(
             "driftd ready",
@@ -152,6 +165,9 @@ class Daemon:
 
     def stop(self) -> None:
         log.info("driftd stopping", extra={"reason": self._stop_reason or "requested"})
+        if self._preparer is not None:
+            self._preparer.close()
+            self._preparer = None
         if self._writer is not None:
             self._writer.stop()
             self._writer = None

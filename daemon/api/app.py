@@ -8,8 +8,8 @@ invalid batch gets one 422 listing every bad item by index and field.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -23,12 +23,11 @@ from daemon.api.auth import Scope, Tokens
 from daemon.config.models import Ingest
 from daemon.errors import DriftdError, StoreError
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
+from daemon.ingest.prepare import PreparerPool, count_items, invalid
 from daemon.ingest.schema import (
     FEEDBACK_BATCH,
-    SAMPLE_BATCH,
     BodyError,
     FeedbackBatch,
-    Problem,
     SampleBatch,
     parse_body,
     problems_of,
@@ -52,12 +51,13 @@ def create_app(
     *,
     store: Store,
     writer: Writer,
+    preparer: PreparerPool,
     pipelines: Mapping[str, DeploymentPipeline],
     tokens: Tokens,
     limits: Ingest,
     stats: IngestStats,
 ) -> FastAPI:
-    """The API over a started store and writer; ``pipelines`` by deployment name."""
+    """The API over a started store, writer and preparer; ``pipelines`` by deployment name."""
     app = FastAPI(
         title="driftd",
         version=__version__,
@@ -97,17 +97,6 @@ def create_app(
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def invalid(deployment: str, problems: list[Problem], total: int) -> _Refused:
-        stats.reject(deployment, "invalid")
-        bad = len({p.index for p in problems})
-        return _Refused(
-            422,
-            {
-                "message": f"{bad} of {total} items are invalid; nothing was stored",
-                "problems": [p.model_dump() for p in problems],
-            },
-        )
-
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers.")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -132,19 +121,16 @@ def create_app(
     )
     async def ingest_samples(name: str, request: Request) -> dict[str, int]:
         authorize(request, Scope.ingest)
-        pipeline = pipeline_of(name)
+        pipeline_of(name)
         body = await read_body(request, name)
-        batch = _parse(body, SAMPLE_BATCH, "samples", name, stats, invalid)
-        samples = batch.samples
-        if len(samples) > limits.max_batch:
-            stats.reject(name, "too_large")
-            raise _Refused(413, f"{len(samples)} samples in one batch; at most {limits.max_batch}")
-        problems = pipeline.check(samples)
-        if problems:
-            raise invalid(name, problems, len(samples))
-        prepared = pipeline.prepare(samples, datetime.now(UTC))
+        outcome = await preparer.samples(name, body, datetime.now(UTC))
+        if outcome.status != 200:
+            stats.reject(name, outcome.reason or "invalid")
+            raise _Refused(outcome.status, outcome.detail)
+        assert outcome.rows is not None
+        stats.add_redacted(name, outcome.redacted)
         try:
-            done = writer.submit(name, prepared.samples)
+            done = writer.submit(outcome.rows)
         except QueueFull as exc:
             stats.reject(name, "queue_full")
             raise _Refused(
@@ -156,15 +142,15 @@ def create_app(
             result = await asyncio.wrap_future(done)
         except DriftdError as exc:
             raise _Refused(503, f"{exc}; nothing from this batch was stored, retry it") from None
-        stats.count(name, "received", len(samples))
+        stats.count(name, "received", outcome.received)
         stats.count(name, "new", len(result.new))
         stats.count(name, "duplicate", len(result.duplicate))
-        stats.count(name, "sampled_out", len(prepared.sampled_out))
+        stats.count(name, "sampled_out", outcome.sampled_out)
         return {
-            "received": len(samples),
+            "received": outcome.received,
             "new": len(result.new),
             "duplicate": len(result.duplicate),
-            "sampled_out": len(prepared.sampled_out),
+            "sampled_out": outcome.sampled_out,
         }
 
     @app.post(
@@ -177,11 +163,22 @@ def create_app(
         authorize(request, Scope.ingest)
         pipeline = pipeline_of(name)
         body = await read_body(request, name)
-        batch = _parse(body, FEEDBACK_BATCH, "feedback", name, stats, invalid)
+        try:
+            batch = parse_body(body, FEEDBACK_BATCH)
+        except BodyError as exc:
+            stats.reject(name, "malformed")
+            raise _Refused(400, str(exc)) from None
+        except ValidationError as exc:
+            outcome = invalid(problems_of(exc, "feedback"), count_items(body, "feedback"))
+            stats.reject(name, "invalid")
+            raise _Refused(outcome.status, outcome.detail) from None
         if len(batch.feedback) > limits.max_batch:
+            stats.reject(name, "too_large")
             raise _Refused(413, f"{len(batch.feedback)} items; at most {limits.max_batch}")
         now = datetime.now(UTC)
-        updates = [pipeline.feedback(item, now) for item in batch.feedback]
+        redacted: Counter[str] = Counter()
+        updates = [pipeline.feedback(item, now, redacted) for item in batch.feedback]
+        stats.add_redacted(name, redacted)
         try:
             found = set(await asyncio.to_thread(store.apply_feedback, name, updates))
         except StoreError as exc:
@@ -206,34 +203,6 @@ def create_app(
 
     _with_body_models(app)
     return app
-
-
-def _parse(
-    body: bytes,
-    adapter: Any,
-    items: str,
-    deployment: str,
-    stats: IngestStats,
-    invalid: Any,
-) -> Any:
-    try:
-        return parse_body(body, adapter)
-    except BodyError as exc:
-        stats.reject(deployment, "malformed")
-        raise _Refused(400, str(exc)) from None
-    except ValidationError as exc:
-        problems = problems_of(exc, items)
-        raise invalid(deployment, problems, _count_items(body, items)) from None
-
-
-def _count_items(body: bytes, items: str) -> int:
-    """How many items an invalid body held, for the message (0 when it is not a list)."""
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return 0
-    listed = value.get(items) if isinstance(value, dict) else None
-    return len(listed) if isinstance(listed, list) else 0
 
 
 _REF = "#/components/schemas/{model}"

@@ -104,6 +104,13 @@ class Ingest(Section):
     commit_rows: int = Field(
         5000, ge=1, description="Most samples grouped into one commit (group commit)."
     )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Processes that validate, redact and describe batches; 0 does it in the "
+        "server process; unset means one per core, at most four.",
+    )
 
 
 class Storage(Section):

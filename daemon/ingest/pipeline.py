@@ -73,11 +73,10 @@ class Prepared:
 class DeploymentPipeline:
     """Checks, samples, redacts and describes one deployment's traffic."""
 
-    def __init__(self, deployment: Deployment, stats: IngestStats | None = None) -> None:
+    def __init__(self, deployment: Deployment) -> None:
         self.name = deployment.name
         self.task = deployment.task
         self.labels = frozenset(deployment.labels)
-        self.stats = stats or IngestStats()
         sampling = deployment.sampling
         self.rate = sampling.rate
         self.keep_errors = AlwaysKeep.errors in sampling.always_keep
@@ -143,7 +142,8 @@ class DeploymentPipeline:
         return problems
 
     def prepare(self, samples: Iterable[SampleIn], now: datetime) -> Prepared:
-        """Sample, redact and describe; ``now`` stands in for a missing ``ts``."""
+        """Sample, redact and describe; ``now`` stands in for a missing ``ts``. Redactions are
+        counted in the result (the caller adds them to its ``IngestStats``)."""
         kept: list[NewSample] = []
         sampled_out: list[str] = []
         redacted: Counter[str] = Counter()
@@ -152,20 +152,16 @@ class DeploymentPipeline:
                 sampled_out.append(sample.request_id)
                 continue
             kept.append(self._stored_form(sample, now, redacted))
-        self.stats.add_redacted(self.name, redacted)
         return Prepared(samples=kept, sampled_out=sampled_out, redacted=redacted)
 
-    def feedback(self, item: FeedbackIn, now: datetime) -> FeedbackUpdate:
-        """The update a feedback item makes to its sample (the comment redacted first)."""
+    def feedback(self, item: FeedbackIn, now: datetime, redacted: Counter[str]) -> FeedbackUpdate:
+        """The update a feedback item makes to its sample (the comment redacted first, its
+        redactions counted in ``redacted``)."""
         score: float | None = item.score
         kind: str | None = "score" if score is not None else None
         if item.thumb is not None:
             score, kind = (1.0 if item.thumb == "up" else 0.0), "thumb"
-        comment = item.comment
-        if comment is not None and self.redactor is not None:
-            redacted: Counter[str] = Counter()
-            comment = self.redactor.redact(comment, redacted)
-            self.stats.add_redacted(self.name, redacted)
+        comment = None if item.comment is None else self._redact(item.comment, redacted)
         return FeedbackUpdate(
             request_id=item.request_id,
             label=item.label,

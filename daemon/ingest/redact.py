@@ -99,14 +99,14 @@ def _phone(match: re.Match[str]) -> _Span | None:
     if match.group("bare"):
         named = _PHONE_NAMED.search(text, max(0, start - _PHONE_NAME_REACH), start)
         return match.span() if named is not None else None
-    groups = [group.end() for group in _DIGIT_GROUP.finditer(match.group())]
-    sizes = [len(group) for group in _DIGIT_GROUP.findall(match.group())]
+    groups = list(_DIGIT_GROUP.finditer(match.group()))
     # One or two digits right before "/" are "24/7" or a fraction after the number, not part of it.
-    if text.startswith("/", match.end()) and sizes[-1] <= 2:
-        del groups[-1], sizes[-1]
+    if text.startswith("/", match.end()) and len(groups[-1].group()) <= 2:
+        groups.pop()
     # The longest run of whole groups that makes a number: the groups after it may be something
     # else ("+44 20 7946 0958 1234").
-    while sizes:
+    while groups:
+        sizes = [len(group.group()) for group in groups]
         digits = sum(sizes)
         if match.group("intl"):
             # "00" dials out of the country like "+"; it is not one of the number's digits.
@@ -116,8 +116,8 @@ def _phone(match: re.Match[str]) -> _Span | None:
         else:  # an area code of 2-5 digits with its trunk 0, then groups of at least 2
             ok = 9 <= digits <= 11 and sizes[0] <= 5 and min(sizes[1:]) >= 2
         if ok:
-            return start, start + groups[-1]
-        del groups[-1], sizes[-1]
+            return start, start + groups[-1].end()
+        groups.pop()
     return None
 
 
@@ -353,7 +353,8 @@ class Redactor:
     """Replaces PII in text by placeholders, with the chosen built-in detectors and extra patterns.
 
     ``kinds`` are names from :data:`ALL_KINDS`; ``extra`` are (NAME, regular expression) pairs
-    from the configuration, whose matches become ``<NAME>``.
+    from the configuration, whose matches become ``<NAME>``. A redactor does not change once
+    built, so one instance can serve every request and thread.
     """
 
     def __init__(
@@ -385,7 +386,7 @@ class Redactor:
         self._scans = tuple(
             (rank, scan) for rank, detector in enumerate(detectors) for scan in detector.scans
         )
-        self._has_extra = len(detectors) > len(wanted)
+        self._has_extra = bool(extra)
 
     def redact(self, text: str, counts: Counter[str] | None = None) -> str:
         """``text`` with each value found replaced by its placeholder, counted by kind in ``counts``

@@ -12,12 +12,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 from daemon.errors import DriftdError
-from daemon.store import InsertResult, NewSample, Store
+from daemon.store import InsertResult, Store
+from daemon.store.repository import SampleRows
 
 log = logging.getLogger("driftd.writer")
 
@@ -28,8 +28,7 @@ class QueueFull(DriftdError):
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    deployment: str
-    samples: Sequence[NewSample]
+    rows: SampleRows
     done: Future[InsertResult]
 
 
@@ -54,15 +53,15 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, deployment: str, samples: Sequence[NewSample]) -> Future[InsertResult]:
-        """Queue a batch; the future completes when it is committed. ``QueueFull`` at once if
-        the writer is that far behind."""
+    def submit(self, rows: SampleRows) -> Future[InsertResult]:
+        """Queue an encoded batch; the future completes when it is committed. ``QueueFull`` at
+        once if the writer is that far behind."""
         done: Future[InsertResult] = Future()
-        if not samples:
+        if not rows.rows:
             done.set_result(InsertResult(new=[], duplicate=[]))
             return done
         try:
-            self._queue.put_nowait(_Batch(deployment, samples, done))
+            self._queue.put_nowait(_Batch(rows, done))
         except queue.Full:
             raise QueueFull(
                 f"the write queue is full ({self._queue.maxsize} batches waiting)"
@@ -91,7 +90,7 @@ class Writer:
             if first is _STOP:
                 return
             group: list[_Batch] = [first]  # type: ignore[list-item]
-            rows = len(group[0].samples)
+            rows = len(group[0].rows.rows)
             while rows < self.commit_rows:
                 try:
                     item = self._queue.get_nowait()
@@ -102,15 +101,17 @@ class Writer:
                     break
                 assert isinstance(item, _Batch)
                 group.append(item)
-                rows += len(item.samples)
+                rows += len(item.rows.rows)
             self._commit(group)
 
     def _commit(self, group: list[_Batch]) -> None:
         try:
-            results = self.store.insert_batches([(b.deployment, b.samples) for b in group])
+            results = self.store.insert_rows([b.rows for b in group])
         except Exception:
             if len(group) == 1:
-                log.exception("a batch could not be stored", extra={"rows": len(group[0].samples)})
+                log.exception(
+                    "a batch could not be stored", extra={"rows": len(group[0].rows.rows)}
+                )
                 group[0].done.set_exception(_stored_error())
                 return
             # One bad batch must not fail the others it was grouped with: commit them alone.

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic_core import to_json
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
 
 from daemon.errors import StoreError
+from daemon.store.types import to_json_text
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _PSYCOPG_SCHEME = "postgresql+psycopg://"
@@ -85,7 +85,7 @@ def make_engine(
     if "application_name" not in parsed.query:
         connect_args["application_name"] = "driftd"
     return create_engine(
-        parsed, pool_pre_ping=True, connect_args=connect_args, json_serializer=_to_json
+        parsed, pool_pre_ping=True, connect_args=connect_args, json_serializer=to_json_text
     )
 
 
@@ -117,14 +117,8 @@ def unreachable(engine: Engine, error: Exception) -> StoreError:
     return StoreError(f"cannot connect to the store at {where}: {reason}; {hint}")
 
 
-def _to_json(value: Any) -> str:
-    # pydantic-core's serializer is several times faster than json.dumps, and JSON columns are
-    # written for every ingested sample.
-    return to_json(value).decode()
-
-
 def _sqlite_engine(url: URL, busy_timeout: float, synchronous: str) -> Engine:
-    engine = create_engine(url, json_serializer=_to_json)
+    engine = create_engine(url, json_serializer=to_json_text)
     busy_ms = round(busy_timeout * 1000)
 
     @event.listens_for(engine, "connect")

@@ -9,12 +9,12 @@ from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, NoReturn, Self
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Connection,
-    Dialect,
     Engine,
     cast,
     func,
@@ -37,7 +37,7 @@ from daemon.store.models import (
     Sample,
     utcnow,
 )
-from daemon.store.types import UTCDateTime
+from daemon.store.types import UTCDateTime, to_json_text
 
 DRAW_MODULUS = 2**31
 # Rows per INSERT round trip: well under SQLite's and PostgreSQL's bound-parameter limits even
@@ -264,39 +264,55 @@ class Store:
         """Store several batches, of any deployments, in ONE transaction (a group commit).
 
         Each batch gets its own result, in order. A request id already stored, or stored by an
-        earlier batch of the same call, is a duplicate. Rows go through the driver's
-        ``executemany`` with SQLAlchemy's own type conversions, skipping the ORM: this is
-        ingest's hot path.
+        earlier batch of the same call, is a duplicate.
         """
+        ids = self.deployment_ids()
+        encoder = RowEncoder(self.engine.dialect.name)
+        encoded = []
+        for deployment, samples in batches:
+            if deployment not in ids:
+                _deployment_unknown(deployment)
+            encoded.append(encoder.encode(deployment, ids[deployment], samples))
+        return self.insert_rows(encoded)
+
+    def insert_rows(self, batches: Sequence[SampleRows]) -> list[InsertResult]:
+        """``insert_batches`` for batches already encoded by a ``RowEncoder`` (ingest's hot
+        path: the encoding can run in another process). Rows go through the driver's
+        ``executemany`` (SQLite) or one ``unnest`` insert (PostgreSQL), skipping the ORM."""
+        taken: set[tuple[int, str]] = set()
+        fresh: list[tuple[Any, ...]] = []
+        for batch in batches:
+            for row in batch.rows:
+                key = (batch.deployment_id, row[ROW_REQUEST_ID])
+                if key not in taken:
+                    taken.add(key)
+                    fresh.append(row)
         with self._writer.begin() as connection:
-            plan = _sample_insert(connection)
-            now = utcnow()
-            pending: list[tuple[int, list[NewSample]]] = []
-            seen: dict[int, set[str]] = {}
-            for deployment, samples in batches:
-                deployment_id = _deployment_id(connection, deployment)
-                taken = seen.setdefault(deployment_id, set())
-                fresh = []
-                for sample in samples:
-                    if sample.request_id not in taken:
-                        taken.add(sample.request_id)
-                        fresh.append(sample)
-                pending.append((deployment_id, fresh))
-                plan.add(deployment, deployment_id, fresh, now)
-            inserted = plan.execute(connection)
+            if connection.dialect.name == "postgresql":
+                inserted = _insert_postgres(connection, fresh)
+            else:
+                inserted = _insert_sqlite(connection, fresh)
         results = []
-        for (deployment_id, fresh), (_, samples) in zip(pending, batches, strict=True):
-            new_ids = {s.request_id for s in fresh if (deployment_id, s.request_id) in inserted}
+        for batch in batches:
             new: list[str] = []
             duplicate: list[str] = []
-            for sample in samples:
-                if sample.request_id in new_ids:
-                    new_ids.discard(sample.request_id)
-                    new.append(sample.request_id)
+            for row in batch.rows:
+                key = (batch.deployment_id, row[ROW_REQUEST_ID])
+                if key in inserted:
+                    inserted.discard(key)
+                    new.append(key[1])
                 else:
-                    duplicate.append(sample.request_id)
+                    duplicate.append(key[1])
             results.append(InsertResult(new=new, duplicate=duplicate))
         return results
+
+    def deployment_ids(self) -> dict[str, int]:
+        """Every registered deployment's id, by name."""
+        with self.engine.connect() as connection:
+            return {
+                name: int(id_)
+                for name, id_ in connection.execute(select(Deployment.name, Deployment.id))
+            }
 
     def apply_feedback(self, deployment: str, updates: Sequence[FeedbackUpdate]) -> list[str]:
         """Join feedback to stored samples by request id, in one transaction; returns the
@@ -475,11 +491,15 @@ def insert_for(connection: Connection, entity: type[Base]) -> postgresql.Insert 
 def _deployment_id(connection: Connection, name: str) -> int:
     found = connection.execute(select(Deployment.id).where(Deployment.name == name)).scalar()
     if found is None:
-        raise StoreError(
-            f"unknown deployment {name!r}: it is not registered in the store; check the name, "
-            "or add the deployment to the configuration and restart driftd to register it"
-        )
+        _deployment_unknown(name)
     return int(found)
+
+
+def _deployment_unknown(name: str) -> NoReturn:
+    raise StoreError(
+        f"unknown deployment {name!r}: it is not registered in the store; check the name, "
+        "or add the deployment to the configuration and restart driftd to register it"
+    )
 
 
 # The sample columns an insert writes, in table order; ``id`` is the database's.
@@ -487,119 +507,117 @@ _SAMPLE_COLUMNS = tuple(c.name for c in Sample.__table__.columns if c.name != "i
 _COMPUTED = ("deployment_id", "draw", "created_at")
 _FROM_SAMPLE = tuple(name for name in _SAMPLE_COLUMNS if name not in _COMPUTED)
 _read_sample = attrgetter(*_FROM_SAMPLE)
-_REQUEST_ID = len(_COMPUTED) + _FROM_SAMPLE.index("request_id")
-
-
-def _converter(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
-    """How a column's value goes to the driver: SQLAlchemy's own conversion, except for the
-    timestamps on SQLite, done here in one step in the very text format SQLAlchemy writes."""
-    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
-        return _sqlite_utc_text
-    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
-    return processor
+ROW_COLUMNS = _COMPUTED + _FROM_SAMPLE
+ROW_REQUEST_ID = ROW_COLUMNS.index("request_id")
 
 
 def _sqlite_utc_text(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # The text SQLAlchemy's SQLite DATETIME writes, made by C code in one go.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-class _SampleInsert:
-    """The rows of one grouped insert, converted the way each column's SQLAlchemy type would
-    (UTC text on SQLite, JSON text, …) so that they read back through the ORM exactly like
-    rows the ORM wrote, without the ORM's per-row cost. One instance per transaction."""
+@dataclass(frozen=True, slots=True)
+class SampleRows:
+    """One batch of samples encoded for the driver: one tuple per sample, in ``ROW_COLUMNS``
+    order. Plain values only, so a batch can be encoded in another process."""
 
-    def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
+    deployment_id: int
+    rows: list[tuple[Any, ...]]
+
+
+class RowEncoder:
+    """Turns samples into the rows the driver receives, in the very form SQLAlchemy's types
+    would write (UTC text timestamps on SQLite, JSON text), so that rows written this way read
+    back through the ORM exactly like rows the ORM wrote, without its per-row cost."""
+
+    def __init__(self, dialect: str) -> None:
+        if dialect not in ("sqlite", "postgresql"):
+            raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
         columns = {c.name: c for c in Sample.__table__.columns}
-        self.converters = [
-            (i, converter)
-            for i, name in enumerate(_FROM_SAMPLE)
-            if (converter := _converter(columns[name].type, dialect))
-        ]
-        self.created_processor = _converter(columns["created_at"].type, dialect)
-        self.rows: list[tuple[Any, ...]] = []
+        stamp = _sqlite_utc_text if dialect == "sqlite" else None
+        self._stamp = stamp
+        self._converters: list[tuple[int, Callable[[Any], Any]]] = []
+        for i, name in enumerate(_FROM_SAMPLE):
+            type_ = columns[name].type
+            if isinstance(type_, UTCDateTime) and stamp is not None:
+                self._converters.append((i, stamp))
+            elif isinstance(type_, JSON):
+                self._converters.append((i, to_json_text))
 
-    def add(
-        self, deployment: str, deployment_id: int, samples: Sequence[NewSample], now: datetime
-    ) -> None:
-        created = self.created_processor(now) if self.created_processor else now
-        converters = self.converters
+    def encode(
+        self,
+        deployment: str,
+        deployment_id: int,
+        samples: Sequence[NewSample],
+        now: datetime | None = None,
+    ) -> SampleRows:
+        created: Any = now or utcnow()
+        if self._stamp is not None:
+            created = self._stamp(created)
+        converters = self._converters
+        rows = []
         for sample in samples:
             values = list(_read_sample(sample))
             for i, convert in converters:
                 if values[i] is not None:
                     values[i] = convert(values[i])
-            self.rows.append(
-                (deployment_id, draw_for(deployment, sample.request_id), created, *values)
-            )
-
-    def execute(self, connection: Connection) -> set[tuple[int, str]]:
-        """Insert the rows, skipping known request ids; returns the (deployment id, request id)
-        pairs actually stored.
-
-        SQLite: the transaction holds the write lock, and new rows take ids above the largest
-        one, so when the driver reports fewer rows than it was given, the stored ones are those
-        above the largest id seen before. No lookup is needed when nothing was a duplicate.
-        """
-        sql = (
-            f"INSERT INTO samples ({', '.join(_COMPUTED + _FROM_SAMPLE)}) "
-            f"VALUES ({', '.join('?' for _ in _COMPUTED + _FROM_SAMPLE)}) "
-            "ON CONFLICT (deployment_id, request_id) DO NOTHING"
-        )
-        before = connection.execute(select(func.coalesce(func.max(Sample.id), 0))).scalar_one()
-        stored = 0
-        for start in range(0, len(self.rows), INSERT_BATCH_ROWS):
-            result = connection.exec_driver_sql(sql, self.rows[start : start + INSERT_BATCH_ROWS])
-            stored += result.rowcount
-        if stored == len(self.rows):
-            return {(row[0], row[_REQUEST_ID]) for row in self.rows}
-        return {
-            (int(d), str(r))
-            for d, r in connection.execute(
-                select(Sample.deployment_id, Sample.request_id).where(Sample.id > before)
-            )
-        }
+            rows.append((deployment_id, draw_for(deployment, sample.request_id), created, *values))
+        return SampleRows(deployment_id, rows)
 
 
-class _PostgresSampleInsert(_SampleInsert):
+def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
+    """Insert, skipping known request ids; the (deployment id, request id) pairs stored.
+
+    The transaction holds SQLite's write lock and new rows take ids above the largest one, so
+    when the driver reports fewer rows than it was given, the stored ones are those above the
+    largest id seen before. No lookup is needed when nothing was a duplicate.
+    """
+    sql = (
+        f"INSERT INTO samples ({', '.join(ROW_COLUMNS)}) "
+        f"VALUES ({', '.join('?' for _ in ROW_COLUMNS)}) "
+        "ON CONFLICT (deployment_id, request_id) DO NOTHING"
+    )
+    before = connection.execute(select(func.coalesce(func.max(Sample.id), 0))).scalar_one()
+    stored = 0
+    for start in range(0, len(rows), INSERT_BATCH_ROWS):
+        stored += connection.exec_driver_sql(sql, rows[start : start + INSERT_BATCH_ROWS]).rowcount
+    if stored == len(rows):
+        return {(row[0], row[ROW_REQUEST_ID]) for row in rows}
+    query = select(Sample.deployment_id, Sample.request_id).where(Sample.id > before)
+    return {(int(d), str(r)) for d, r in connection.execute(query)}
+
+
+def _insert_postgres(connection: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
     """One ``INSERT … SELECT FROM unnest(arrays)`` per chunk: a single round trip with few
     parameters, and ``RETURNING`` says exactly which rows were new, even when another replica
     inserts the same request id at the same moment."""
-
-    def execute(self, connection: Connection) -> set[tuple[int, str]]:
-        columns = {c.name: c for c in Sample.__table__.columns}
-        names = _COMPUTED + _FROM_SAMPLE
-        casts = [
-            f"%(c{i})s::{columns[name].type.dialect_impl(self.dialect).compile(self.dialect)}[]"
-            for i, name in enumerate(names)
-        ]
-        sql = (
-            f"INSERT INTO samples ({', '.join(names)}) SELECT * FROM unnest({', '.join(casts)}) "
-            "ON CONFLICT (deployment_id, request_id) DO NOTHING RETURNING deployment_id, request_id"
-        )
-        inserted: set[tuple[int, str]] = set()
-        for start in range(0, len(self.rows), INSERT_BATCH_ROWS * 5):
-            chunk = self.rows[start : start + INSERT_BATCH_ROWS * 5]
-            arrays = {f"c{i}": list(column) for i, column in enumerate(zip(*chunk, strict=True))}
-            result = connection.exec_driver_sql(sql, arrays)
-            inserted.update((int(d), str(r)) for d, r in result)
-        return inserted
-
-
-def sample_rows(
-    dialect: Dialect, deployment: str, deployment_id: int, samples: Sequence[NewSample]
-) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-    """The column names and rows exactly as ``insert_batches`` hands them to the driver; for
-    measuring the driver alone against the whole path."""
-    plan = _SampleInsert(dialect)
-    plan.add(deployment, deployment_id, samples, utcnow())
-    return _COMPUTED + _FROM_SAMPLE, plan.rows
+    dialect = connection.dialect
+    columns = {c.name: c for c in Sample.__table__.columns}
+    casts = []
+    for i, name in enumerate(ROW_COLUMNS):
+        type_ = columns[name].type
+        sql_type = "TEXT" if isinstance(type_, JSON) else type_.compile(dialect)
+        casts.append(f"%(c{i})s::{sql_type}[]")
+    sql = (
+        f"INSERT INTO samples ({', '.join(ROW_COLUMNS)}) "
+        f"SELECT {', '.join(_select_list(columns))} FROM unnest({', '.join(casts)}) "
+        f"AS r({', '.join(ROW_COLUMNS)}) "
+        "ON CONFLICT (deployment_id, request_id) DO NOTHING RETURNING deployment_id, request_id"
+    )
+    inserted: set[tuple[int, str]] = set()
+    for start in range(0, len(rows), INSERT_BATCH_ROWS * 5):
+        chunk = rows[start : start + INSERT_BATCH_ROWS * 5]
+        arrays = {f"c{i}": list(column) for i, column in enumerate(zip(*chunk, strict=True))}
+        inserted.update((int(d), str(r)) for d, r in connection.exec_driver_sql(sql, arrays))
+    return inserted
 
 
-def _sample_insert(connection: Connection) -> _SampleInsert:
-    if connection.dialect.name == "postgresql":
-        return _PostgresSampleInsert(connection.dialect)
-    return _SampleInsert(connection.dialect)
+def _select_list(columns: dict[str, Any]) -> list[str]:
+    # JSON travels as text (one cast per array), and becomes JSON column by column.
+    return [
+        f"r.{name}::JSON" if isinstance(columns[name].type, JSON) else f"r.{name}"
+        for name in ROW_COLUMNS
+    ]
 
 
 def _stored_request_ids(connection: Connection, deployment_id: int, ids: set[str]) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import JSON, DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -58,3 +59,9 @@ def json_type() -> JSON:
     SQLAlchemy's default stores ``None`` as the JSON text ``null``, which is not NULL to SQL.
     """
     return JSON(none_as_null=True)
+
+
+def to_json_text(value: Any) -> str:
+    """JSON text as the store writes it: pydantic-core's serializer, several times faster than
+    ``json.dumps``, since JSON columns are written for every ingested sample."""
+    return str(to_json(value).decode())

@@ -12,8 +12,10 @@ from fastapi.testclient import TestClient
 from daemon.api import Tokens, create_app
 from daemon.config import parse_config
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
+from daemon.ingest.prepare import PreparerPool
 from daemon.ingest.writer import QueueFull, Writer
 from daemon.store import NewSample, Sample, Store
+from daemon.store.repository import RowEncoder, SampleRows
 
 CONFIG = """\
 ingest: {max_batch: 100, max_body_bytes: 65536}
@@ -37,16 +39,25 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 class Api:
-    def __init__(self, store: Store, writer: Writer, stats: IngestStats) -> None:
+    def __init__(self, store: Store, writer: Writer, stats: IngestStats, workers: int = 0) -> None:
         config = parse_config(CONFIG, environ={})
         for deployment in config.deployments:
             store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
         self.store = store
         self.stats = stats
-        self.pipelines = {d.name: DeploymentPipeline(d, stats) for d in config.deployments}
+        self.pipelines = {d.name: DeploymentPipeline(d) for d in config.deployments}
+        preparer = PreparerPool(
+            workers,
+            config.deployments,
+            store.deployment_ids(),
+            store.engine.dialect.name,
+            config.ingest.max_batch,
+        )
+        self.preparer = preparer
         self.app = create_app(
             store=store,
             writer=writer,
+            preparer=preparer,
             pipelines=self.pipelines,
             tokens=Tokens(ingest=(b"ingest-1", b"ingest-2"), admin=(b"admin-1",)),
             limits=config.ingest,
@@ -256,7 +267,7 @@ def test_limits_answer_413(api: Api) -> None:
 
 def test_a_full_write_queue_answers_429_with_retry_after(store: Store) -> None:
     class FullWriter(Writer):
-        def submit(self, deployment: str, samples: Any) -> Any:
+        def submit(self, rows: SampleRows) -> Any:
             raise QueueFull("the write queue is full (8 batches waiting)")
 
     api = Api(store, FullWriter(store), IngestStats())
@@ -269,9 +280,11 @@ def test_a_full_write_queue_answers_429_with_retry_after(store: Store) -> None:
 def test_the_writer_refuses_at_once_when_its_queue_is_full(store: Store) -> None:
     store.ensure_deployment("bot", "prompted", "generation")
     writer = Writer(store, queue_batches=1)  # not started: nothing drains the queue
-    writer.submit("bot", [NewSample("a", T0)])
+    encoder = RowEncoder(store.engine.dialect.name)
+    bot = store.deployment_ids()["bot"]
+    writer.submit(encoder.encode("bot", bot, [NewSample("a", T0)]))
     with pytest.raises(QueueFull, match="1 batches waiting"):
-        writer.submit("bot", [NewSample("b", T0)])
+        writer.submit(encoder.encode("bot", bot, [NewSample("b", T0)]))
 
 
 def test_sampling_is_decided_by_the_request_id(api: Api) -> None:
@@ -366,3 +379,22 @@ def test_invalid_feedback_names_the_item(api: Api) -> None:
     (problem,) = response.json()["detail"]["problems"]
     assert problem["index"] == 1
     assert "needs at least one of" in problem["message"]
+
+
+def test_worker_processes_prepare_batches_like_the_server_does(store: Store) -> None:
+    stats = IngestStats()
+    writer = Writer(store)
+    writer.start()
+    try:
+        api = Api(store, writer, stats, workers=1)
+        body = {"samples": [intent("w1", input="mail me at w@example.com"), intent("w2")]}
+        response = api.post("/v1/deployments/intents/samples", body)
+        assert response.json() == {"received": 2, "new": 2, "duplicate": 0, "sampled_out": 0}
+        assert api.stored("intents")["w1"].input == "mail me at <EMAIL>"
+        assert stats.redacted["intents", "email"] == 1
+        bad = api.post("/v1/deployments/intents/samples", {"samples": [intent("w3", confidence=7)]})
+        assert bad.status_code == 422
+        assert bad.json()["detail"]["problems"][0]["field"] == "confidence"
+    finally:
+        api.preparer.close()
+        writer.stop()
