@@ -14,6 +14,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -114,6 +116,7 @@ def auto_workers() -> int:
 
 
 _worker: Preparer | None = None
+_ORPHAN_POLL_SECONDS = 1.0
 _GC_YOUNG = 20_000  # allocations between young-generation collections (CPython's default: 700)
 
 
@@ -132,8 +135,17 @@ def _start_worker(
     global _worker
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _worker = Preparer(deployments, ids, dialect, max_batch)
     quiet_collector()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A server killed outright (SIGKILL, the OOM killer) cannot stop its workers: they notice
+    they were orphaned and exit, instead of holding memory forever."""
+    while os.getppid() == parent:
+        time.sleep(_ORPHAN_POLL_SECONDS)
+    os._exit(0)
 
 
 def _in_worker(deployment: str, body: bytes, now: datetime) -> Outcome:
@@ -187,7 +199,8 @@ class PreparerPool:
             return await loop.run_in_executor(self._pool, _in_worker, deployment, body, now)
         except BrokenProcessPool:
             log.error("an ingest worker died; starting a new pool")
-            self._pool = await asyncio.to_thread(self._new_pool)
+            # In this thread, not a helper one: the workers outlive the thread that starts them.
+            self._pool = self._new_pool()
             return Outcome(503, "an ingest worker died; retry the batch", "worker_died")
 
     def close(self) -> None:

@@ -78,6 +78,21 @@ def send_until_refused(
                 raise AssertionError(f"unexpected {response.status_code}: {response.text}")
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def stored_ids(db_url: str) -> set[str]:
     engine = create_engine(normalize_url(db_url))
     try:
@@ -104,6 +119,7 @@ def test_every_acknowledged_sample_survives_sigkill(run: int, db_url: str, tmp_p
         for client in clients:
             client.start()
         time.sleep(random.Random(run).uniform(0.5, 2.0))
+        workers = children(server.pid)
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=10)
     finally:
@@ -112,6 +128,11 @@ def test_every_acknowledged_sample_survives_sigkill(run: int, db_url: str, tmp_p
         for client in clients:
             client.join(timeout=30)
     assert len(acknowledged) >= 50, "the clients got nothing acknowledged before the kill"
+    assert workers, "the server had no ingest workers"
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if alive(pid)], "ingest workers outlived the server"
 
     restarted = serve(config, db_url, port)
     try:

@@ -168,3 +168,31 @@ def test_serve_with_an_unreachable_store_exits_1(tmp_path: Path) -> None:
     assert process.returncode == 1
     assert "127.0.0.1:9" in err
     assert "Traceback" not in err
+
+
+def test_the_python_client_feeds_a_running_driftd(tmp_path: Path) -> None:
+    from daemon.client import Client
+
+    port = free_port()
+    process = start(
+        "-c", str(BANKING77), cwd=tmp_path, env={"DRIFTD_INGEST_TOKENS": "t1"}, port=port
+    )
+    read_until(process, "driftd ready")
+    try:
+        with Client(f"http://127.0.0.1:{port}", "banking77-intents", "t1", batch_size=10) as client:
+            for i in range(30):
+                client.log(f"c{i}", "Where is my card?", prediction="card_arrival", confidence=0.8)
+            assert client.flush(timeout=10)
+            client.feedback("c3", label="lost_or_stolen_card")
+            assert client.flush(timeout=10)
+            stats = client.stats
+        assert (stats.sent, stats.rejected, stats.failed, stats.dropped) == (31, 0, 0, 0)
+    finally:
+        process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=5) == 0
+    engine = create_engine(f"sqlite:///{tmp_path / 'driftd.db'}")
+    with engine.connect() as connection:
+        rows = dict(connection.exec_driver_sql("SELECT request_id, label FROM samples").all())
+    engine.dispose()
+    assert len(rows) == 30
+    assert rows["c3"] == "lost_or_stolen_card"
