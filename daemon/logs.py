@@ -11,7 +11,8 @@ from typing import Any, TextIO
 from daemon.config.models import LogFormat
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is a field.
-_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# uvicorn adds "color_message" (its message with terminal colours) to its records.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
