@@ -192,7 +192,8 @@ def test_the_python_client_feeds_a_running_driftd(tmp_path: Path) -> None:
     assert process.wait(timeout=5) == 0
     engine = create_engine(f"sqlite:///{tmp_path / 'driftd.db'}")
     with engine.connect() as connection:
-        rows = dict(connection.exec_driver_sql("SELECT request_id, label FROM samples").all())
+        result = connection.exec_driver_sql("SELECT request_id, label FROM samples")
+        rows: dict[str, str | None] = dict(result.tuples().all())
     engine.dispose()
     assert len(rows) == 30
     assert rows["c3"] == "lost_or_stolen_card"
