@@ -45,6 +45,9 @@ class Signal(StrEnum):
     judge = "judge"
     feedback = "feedback"
     format_validity = "format_validity"
+    refusal = "refusal"
+    errors = "errors"
+    latency = "latency"
 
 
 class SignalGroup(StrEnum):
@@ -54,10 +57,13 @@ class SignalGroup(StrEnum):
 
 
 CLASSIFICATION_ONLY = frozenset({Signal.prediction, Signal.confidence, Signal.performance})
-GENERATION_ONLY = frozenset({Signal.judge, Signal.format_validity})
+GENERATION_ONLY = frozenset(
+    {Signal.judge, Signal.format_validity, Signal.refusal, Signal.errors, Signal.latency}
+)
 DEFAULT_SIGNALS: dict[Task, tuple[Signal, ...]] = {
     Task.classification: (
         Signal.descriptors,
+        Signal.text,
         Signal.embedding,
         Signal.prediction,
         Signal.confidence,
@@ -65,10 +71,14 @@ DEFAULT_SIGNALS: dict[Task, tuple[Signal, ...]] = {
     ),
     Task.generation: (
         Signal.descriptors,
+        Signal.text,
         Signal.embedding,
         Signal.judge,
         Signal.feedback,
         Signal.format_validity,
+        Signal.refusal,
+        Signal.errors,
+        Signal.latency,
     ),
 }
 
@@ -132,6 +142,11 @@ class Storage(Section):
     )
     retention: Duration = Field(
         timedelta(days=30), description="Samples older than this are deleted on a schedule."
+    )
+    snapshots: Path = Field(
+        Path("driftd-snapshots"),
+        description="Folder of the Evidently snapshot saved with each check (relative to the "
+        "working directory).",
     )
 
 
@@ -312,8 +327,9 @@ class Monitor(Section):
     signals: tuple[Signal, ...] | None = Field(
         None,
         description="Signals to compute; unset means the task's defaults "
-        "(classification: descriptors, embedding, prediction, confidence, performance; "
-        "generation: descriptors, embedding, judge, feedback, format_validity).",
+        "(classification: descriptors, text, embedding, prediction, confidence, performance; "
+        "generation: descriptors, text, embedding, judge, feedback, format_validity, refusal, "
+        "errors, latency).",
     )
     thresholds: dict[Signal, float] = Field(
         default_factory=dict,
@@ -327,6 +343,9 @@ class Monitor(Section):
     )
     max_rows: int = Field(
         5000, ge=10, le=1_000_000, description="Cap of each side's reproducible uniform draw."
+    )
+    text_max_rows: int = Field(
+        1000, ge=10, description="Sub-cap for the text-content drift signal (the slow one)."
     )
     embedding_model: str = Field(
         "default",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Engine,
+    bindparam,
     cast,
     func,
     select,
@@ -35,6 +36,7 @@ from daemon.store.models import (
     Event,
     RunClaim,
     Sample,
+    Version,
     utcnow,
 )
 from daemon.store.types import UTCDateTime, to_json_text
@@ -401,6 +403,59 @@ class Store:
             session.add(row)
             session.flush()
             return row.id
+
+    def get_check(self, check_id: int) -> tuple[str, Check]:
+        """A stored check and the name of its deployment; ``StoreError`` if there is none."""
+        with self.session(readonly=True) as session:
+            found = session.execute(
+                select(Deployment.name, Check)
+                .join(Deployment, Deployment.id == Check.deployment_id)
+                .where(Check.id == check_id)
+            ).first()
+        if found is None:
+            raise StoreError(f"no check {check_id} in the store; `driftd check` prints the ids")
+        return str(found[0]), found[1]
+
+    def set_snapshot_path(self, check_id: int, path: str) -> None:
+        with self.session() as session:
+            session.execute(update(Check).where(Check.id == check_id).values(snapshot_path=path))
+
+    def store_embeddings(self, model: str, embeddings: Mapping[int, bytes]) -> None:
+        """Cache embeddings of stored samples (by sample id), computed with ``model``."""
+        if not embeddings:
+            return
+        with self._writer.begin() as connection:
+            table = Base.metadata.tables["samples"]
+            connection.execute(
+                update(table)
+                .where(table.c.id == bindparam("sample_id"))
+                .values(embedding=bindparam("vector"), embedding_model=model),
+                [{"sample_id": i, "vector": v} for i, v in embeddings.items()],
+            )
+
+    def active_version(self, deployment: str) -> Version | None:
+        """The deployment's active version, if it has one."""
+        with self.session(readonly=True) as session:
+            deployment_id = _deployment_id(session.connection(), deployment)
+            return session.scalars(
+                select(Version).where(
+                    Version.deployment_id == deployment_id, Version.state == "active"
+                )
+            ).first()
+
+    def first_samples(self, deployment: str, since: datetime, limit: int) -> list[Sample]:
+        """The first ``limit`` samples from ``since`` on, oldest first: a version's baseline."""
+        _require_aware("since", since)
+        with self.session(readonly=True) as session:
+            deployment_id = _deployment_id(session.connection(), deployment)
+            return list(
+                session.scalars(
+                    select(Sample)
+                    .where(Sample.deployment_id == deployment_id, Sample.ts >= since)
+                    .order_by(Sample.ts, Sample.id)
+                    .limit(limit)
+                )
+            )
 
     def recent_checks(self, deployment: str, limit: int = 10) -> list[Check]:
         """The deployment's latest checks, newest first."""
