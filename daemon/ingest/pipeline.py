@@ -157,10 +157,7 @@ class DeploymentPipeline:
     def feedback(self, item: FeedbackIn, now: datetime, redacted: Counter[str]) -> FeedbackUpdate:
         """The update a feedback item makes to its sample (the comment redacted first, its
         redactions counted in ``redacted``)."""
-        score: float | None = item.score
-        kind: str | None = "score" if score is not None else None
-        if item.thumb is not None:
-            score, kind = (1.0 if item.thumb == "up" else 0.0), "thumb"
+        score, kind = _feedback_score(item.thumb, item.score)
         comment = None if item.comment is None else self._redact(item.comment, redacted)
         return FeedbackUpdate(
             request_id=item.request_id,
@@ -195,13 +192,9 @@ class DeploymentPipeline:
             "output": self.describer.describe(output),
         }
         feedback = sample.feedback
-        score = None
-        kind = None
-        if feedback is not None:
-            if feedback.thumb is not None:
-                score, kind = (1.0 if feedback.thumb == "up" else 0.0), "thumb"
-            elif feedback.score is not None:
-                score, kind = feedback.score, "score"
+        score, kind = (
+            (None, None) if feedback is None else _feedback_score(feedback.thumb, feedback.score)
+        )
         return NewSample(
             sample.request_id,
             sample.ts or now,
@@ -231,6 +224,15 @@ class DeploymentPipeline:
 
     def _redact(self, text: str, counts: Counter[str]) -> str:
         return text if self.redactor is None else self.redactor.redact(text, counts)
+
+
+def _feedback_score(thumb: str | None, score: float | None) -> tuple[float | None, str | None]:
+    """Feedback as stored: a thumb is a score of 1 (up) or 0 (down); the kind says which."""
+    if thumb is not None:
+        return (1.0 if thumb == "up" else 0.0), "thumb"
+    if score is not None:
+        return score, "score"
+    return None, None
 
 
 def _last_user_text(messages: Sequence[Message], redacted: list[dict[str, Any]]) -> str:
