@@ -15,7 +15,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -241,6 +241,126 @@ def _count_rows(file: Path, fmt: str) -> int | None:
     except OSError:
         return None
     return lines - 1 if fmt == "csv" else lines
+
+
+@app.command("check")
+def check(
+    deployment: Annotated[str, typer.Argument(help="The deployment to check.")],
+    config: ConfigOption = Path("driftd.yaml"),
+    window: Annotated[
+        str | None, typer.Option(help="Length of the current window, e.g. 24h (default: config).")
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="Check against this JSONL, CSV or Parquet file of samples instead."),
+    ] = None,
+    html: Annotated[Path | None, typer.Option(help="Write Evidently's HTML report here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run one check now and store it. Exit 0 ok, 1 drift, 3 insufficient data, 4 failed."""
+    import json
+
+    from daemon.checks import Checker
+    from daemon.config.types import parse_duration
+    from daemon.store import Store, upgrade
+
+    settings = _load(config)
+    try:
+        settings.deployment(deployment)
+    except KeyError:
+        names = ", ".join(d.name for d in settings.deployments) or "none"
+        _fail(f"{config}: no deployment {deployment!r} (configured: {names})", EXIT_USAGE)
+    try:
+        length = parse_duration(window) if window is not None else None
+    except ValueError as exc:
+        _fail(f"--window: {exc}", EXIT_USAGE)
+    if reference is not None and not reference.is_file():
+        _fail(f"--reference: no such file: {reference}", EXIT_USAGE)
+    storage = settings.storage
+    try:
+        store = Store.open(storage.url, busy_timeout=storage.busy_timeout.total_seconds())
+        try:
+            upgrade(store.engine)
+            outcome = Checker(settings, store).run(
+                deployment, window=length, reference_file=reference
+            )
+        finally:
+            store.close()
+    except DriftdError as exc:
+        _fail(f"driftd check: {exc}", EXIT_FAILURE)
+    result = outcome.result
+    if html is not None and result.snapshot:
+        from monitors import render_html
+
+        render_html(result.snapshot, html)
+    if as_json:
+        printed = {"check_id": outcome.check_id, "error": outcome.error, **result.to_dict()}
+        printed.pop("snapshot", None)
+        typer.echo(json.dumps(printed, default=str))
+    else:
+        _print_check(deployment, outcome)
+    raise typer.Exit(_CHECK_EXIT.get(result.status, 4))
+
+
+_CHECK_EXIT = {"ok": 0, "drift": 1, "insufficient_data": 3, "failed": 4}
+
+
+def _print_check(deployment: str, outcome: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    result = outcome.result
+    current, reference = outcome.current, outcome.reference
+    title = (
+        f"check {outcome.check_id} of {deployment}: {result.status} — current "
+        f"{result.current_rows} of {current.total} rows, reference ({reference.kind}) "
+        f"{result.reference_rows} of {reference.total}"
+    )
+    table = Table(title=title)
+    for column in ("signal", "group", "method", "score", "threshold", "status"):
+        table.add_column(column)
+    for result_of in result.signals:
+        score = "" if result_of.score is None else f"{result_of.score:.4g}"
+        threshold = "" if result_of.threshold is None else f"{result_of.threshold:.4g}"
+        status = result_of.status + (f" ({result_of.error})" if result_of.error else "")
+        table.add_row(result_of.name, result_of.group, result_of.method, score, threshold, status)
+    console = Console()
+    console.print(table)
+    if outcome.error:
+        console.print(f"the check failed: {outcome.error}", markup=False)
+    elif outcome.reference.reason:
+        console.print(f"reference: {outcome.reference.reason}", markup=False)
+    if outcome.snapshot_path:
+        console.print(f"Evidently snapshot: {outcome.snapshot_path}")
+
+
+@app.command("report")
+def report(
+    check_id: Annotated[int, typer.Argument(help="The id `driftd check` printed.")],
+    html: Annotated[Path, typer.Option(help="Where to write the HTML report.")],
+    config: ConfigOption = Path("driftd.yaml"),
+) -> None:
+    """Render a stored check's Evidently snapshot as an HTML report."""
+    import json
+
+    from daemon.store import Store
+
+    settings = _load(config)
+    try:
+        with Store.open(settings.storage.url) as store:
+            deployment, stored = store.get_check(check_id)
+    except DriftdError as exc:
+        _fail(f"driftd report: {exc}", EXIT_FAILURE)
+    if not stored.snapshot_path or not Path(stored.snapshot_path).is_file():
+        _fail(
+            f"check {check_id} of {deployment} has no snapshot on disk "
+            f"({stored.snapshot_path or 'none was saved'})",
+            EXIT_FAILURE,
+        )
+    from monitors import render_html
+
+    render_html(json.loads(Path(stored.snapshot_path).read_text(encoding="utf-8")), html)
+    typer.echo(f"{html}: report of check {check_id} of {deployment} ({stored.status})")
 
 
 @app.command("serve")

@@ -184,14 +184,14 @@ def describer() -> Describer:
 @pytest.fixture(scope="module")
 def evidently() -> Any:
     """``evidently.descriptors``, imported once: the import alone takes seconds."""
-    import evidently.descriptors  # type: ignore[import-untyped]
+    import evidently.descriptors
 
     return evidently.descriptors
 
 
 def _with_evidently(texts: list[str | None], descriptors: list[Any]) -> list[dict[str, Any]]:
     """One row per text with Evidently's values, through its public Dataset API."""
-    import pandas as pd  # type: ignore[import-untyped]
+    import pandas as pd
     from evidently import DataDefinition, Dataset
 
     dataset = Dataset.from_pandas(

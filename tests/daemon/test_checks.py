@@ -1,0 +1,252 @@
+"""The daemon's half of a check: windows and references from the store, embeddings cached,
+the result recorded, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.checks import Checker
+from daemon.config import Config, parse_config
+from daemon.ingest.pipeline import DeploymentPipeline
+from daemon.ingest.schema import SampleIn
+from daemon.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+CONFIG = """\
+deployments:
+  - name: intents
+    kind: finetuned
+    task: classification
+    model: {name: ./model}
+    labels: [%s]
+    monitor:
+      window: 6h
+      min_rows: 50
+      max_rows: 400
+      signals: [descriptors, embedding, prediction, confidence, performance]
+"""
+
+
+class HashingEncoder:
+    """A stand-in for the sentence encoder: hashed bag of words, normalised. Texts that share
+    words are close, so vocabulary shifts show up as embedding drift, as they would for real."""
+
+    name = "hashing-64"
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.encoded += len(texts)
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, hashlib.blake2b(word.encode(), digest_size=1).digest()[0] % 64] += 1
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1, norms)
+
+
+def banking77() -> dict[str, list[str]]:
+    by_intent: dict[str, list[str]] = {}
+    with (ROOT / "examples/banking77/data/train.csv").open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            by_intent.setdefault(row["category"], []).append(row["text"])
+    return by_intent
+
+
+INTENTS = banking77()
+KNOWN = sorted(INTENTS)[:10]
+UNSEEN = sorted(INTENTS)[40:45]
+
+
+def config(tmp_path: Path) -> Config:
+    text = CONFIG % ", ".join(KNOWN) + f"storage: {{snapshots: {tmp_path / 'snapshots'}}}\n"
+    return parse_config(text, environ={})
+
+
+def fill(
+    store: Store, cfg: Config, start: datetime, intents: list[str], count: int, tag: str
+) -> None:
+    """``count`` samples spread over 6 hours from ``start``, through the ingest pipeline."""
+    pipeline = DeploymentPipeline(cfg.deployments[0])
+    items = []
+    for i in range(count):
+        intent = intents[i % len(intents)]
+        texts = INTENTS[intent]
+        predicted = intent if intent in KNOWN else KNOWN[0]  # unseen intents look like one
+        items.append(
+            SampleIn(
+                request_id=f"{tag}-{i}",
+                ts=start + timedelta(seconds=i * 6 * 3600 / count),
+                input=texts[(i // len(intents)) % len(texts)],
+                prediction=predicted,
+                confidence=0.9,
+                label=intent,
+            )
+        )
+    prepared = pipeline.prepare(items, start)
+    store.insert_batches([("intents", prepared.samples)])
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return config(tmp_path)
+
+
+@pytest.fixture
+def filled(store: Store, cfg: Config) -> Store:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    fill(store, cfg, NOW - timedelta(hours=12), KNOWN, 300, "ref")
+    return store
+
+
+def test_a_shifted_window_drifts_and_everything_is_recorded(filled: Store, cfg: Config) -> None:
+    fill(filled, cfg, NOW - timedelta(hours=6), KNOWN[:5] + UNSEEN, 300, "cur")
+    encoder = HashingEncoder()
+    checker = Checker(cfg, filled, lambda model: encoder)
+    outcome = checker.run("intents", now=NOW)
+    assert outcome.result.status == "drift"
+    drifted = {s.name for s in outcome.result.signals if s.drifted}
+    assert {"embedding", "prediction", "performance"} <= drifted
+    assert (outcome.current.total, outcome.reference.total) == (300, 300)
+    assert outcome.reference.kind == "previous_window"
+    deployment, stored = filled.get_check(outcome.check_id)
+    assert (deployment, stored.status) == ("intents", "drift")
+    assert (stored.current_rows, stored.reference_rows) == (300, 300)
+    assert stored.signals["status"] == "drift"
+    if outcome.snapshot_path is not None:
+        assert json.loads(outcome.snapshot_path.read_text())
+        assert stored.snapshot_path == str(outcome.snapshot_path)
+    (event,) = filled.recent_events("intents")
+    assert event.kind == "check.completed"
+    assert event.evidence["check_id"] == outcome.check_id
+    assert "embedding" in event.evidence["drifted"]
+
+
+def test_embeddings_are_computed_once_and_cached(filled: Store, cfg: Config) -> None:
+    fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 300, "cur")
+    encoder = HashingEncoder()
+    checker = Checker(cfg, filled, lambda model: encoder)
+    first = checker.run("intents", now=NOW)
+    assert encoder.encoded == 600
+    second = checker.run("intents", now=NOW)
+    assert encoder.encoded == 600  # all read back from the store
+    assert first.result.status == second.result.status == "ok"
+    assert [s.score for s in first.result.signals] == [s.score for s in second.result.signals]
+
+
+def test_the_draw_is_capped_and_reproducible(filled: Store, cfg: Config) -> None:
+    fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 1000, "big")
+    checker = Checker(cfg, filled, lambda model: HashingEncoder())
+    first = checker.run("intents", now=NOW)
+    again = checker.run("intents", now=NOW)
+    assert (first.current.total, len(first.current.samples)) == (1000, 400)
+    assert [s.request_id for s in first.current.samples] == [
+        s.request_id for s in again.current.samples
+    ]
+
+
+def test_too_few_samples_is_insufficient_data_not_an_error(filled: Store, cfg: Config) -> None:
+    fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 10, "few")
+    outcome = Checker(cfg, filled, lambda model: HashingEncoder()).run("intents", now=NOW)
+    assert outcome.result.status == "insufficient_data"
+    assert filled.get_check(outcome.check_id)[1].status == "insufficient_data"
+
+
+def test_a_baseline_reference_needs_an_active_version(filled: Store, tmp_path: Path) -> None:
+    text = (CONFIG % ", ".join(KNOWN)).replace(
+        "      window: 6h\n", "      window: 6h\n      reference: {kind: baseline}\n"
+    )
+    cfg = parse_config(text + f"storage: {{snapshots: {tmp_path}}}\n", environ={})
+    outcome = Checker(cfg, filled, lambda model: HashingEncoder()).run("intents", now=NOW)
+    assert outcome.result.status == "insufficient_data"
+    assert outcome.reference.reason == "the deployment has no active version yet"
+
+
+def test_a_reference_file_goes_through_the_ingest_pipeline(
+    filled: Store, cfg: Config, tmp_path: Path
+) -> None:
+    fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 300, "cur")
+    path = tmp_path / "reference.jsonl"
+    lines = [
+        {
+            "request_id": f"f{i}",
+            "input": INTENTS[KNOWN[i % 10]][i // 10] + " mail a@b.co",
+            "prediction": KNOWN[i % 10],
+            "confidence": 0.9,
+            "label": KNOWN[i % 10],
+        }
+        for i in range(300)
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    outcome = Checker(cfg, filled, lambda model: HashingEncoder()).run(
+        "intents", now=NOW, reference_file=path
+    )
+    assert outcome.reference.kind == "dataset"
+    assert outcome.reference.total == 300
+    assert all("<EMAIL>" in s.input for s in outcome.reference.samples)
+    assert outcome.result.status in ("ok", "drift")
+
+
+def test_the_check_command(tmp_path: Path) -> None:
+    db = tmp_path / "driftd.db"
+    cfg = config(tmp_path)
+    with Store.open(f"sqlite:///{db}") as store:
+        from daemon.store import upgrade
+
+        upgrade(store.engine)
+        store.ensure_deployment("intents", "finetuned", "classification")
+        now = datetime.now(UTC)
+        fill(store, cfg, now - timedelta(hours=12), KNOWN, 200, "ref")
+        fill(store, cfg, now - timedelta(hours=6), KNOWN[:5] + UNSEEN, 200, "cur")
+    (tmp_path / "driftd.yaml").write_text(
+        (CONFIG % ", ".join(KNOWN)).replace(
+            "signals: [descriptors, embedding, prediction, confidence, performance]",
+            "signals: [descriptors, prediction, performance]",
+        )
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    driftd = str(Path(sys.executable).parent / "driftd")
+    result = subprocess.run(
+        [driftd, "check", "intents", "--json", "--html", "report.html"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["status"] == "drift"
+    check_id = printed["check_id"]
+    report = subprocess.run(
+        [driftd, "report", str(check_id), "--html", "again.html"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "again.html").stat().st_size > 1000
+    empty = subprocess.run(
+        [driftd, "check", "intents", "--window", "1m"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert empty.returncode == 3, empty.stderr

@@ -1,0 +1,102 @@
+"""Data drift on real traffic: Banking77 questions, a fifth of them from intents never seen."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from monitors import CheckResult, MonitorSpec, Side, render_html, run_check
+
+SIGNALS = ("descriptors", "text", "embedding")
+SPEC = MonitorSpec(task="classification", signals=SIGNALS, seed=7)
+
+
+@pytest.fixture(scope="module")
+def shifted(intent_windows: dict[str, Side]) -> CheckResult:
+    return run_check(intent_windows["reference"], intent_windows["shifted"], SPEC)
+
+
+@pytest.fixture(scope="module")
+def stable(intent_windows: dict[str, Side]) -> CheckResult:
+    return run_check(intent_windows["reference"], intent_windows["stable"], SPEC)
+
+
+def test_traffic_from_unseen_intents_is_drift_in_text_and_embeddings(shifted: CheckResult) -> None:
+    assert shifted.status == "drift"
+    for name in ("text", "embedding"):
+        signal = shifted.signal(name)
+        assert signal.status == "drift", signal
+        assert signal.group == "data"
+        assert signal.score is not None
+        assert signal.threshold is not None
+        # The classifier tells the windows apart clearly: 20% novel traffic caps its AUC at 0.6.
+        assert signal.threshold < 0.535
+        assert signal.score > signal.threshold + 0.01
+        assert (signal.reference_rows, signal.current_rows) == (1000, 1000)
+    assert shifted.signal("embedding").method == "evidently:embeddings:model"
+    assert shifted.signal("text").method == "evidently:abs_text_content_drift"
+
+
+def test_a_new_sample_of_the_same_intents_is_no_drift(stable: CheckResult) -> None:
+    assert stable.status == "ok", [(s.name, s.status, s.score) for s in stable.signals]
+    for name in ("text", "embedding"):
+        signal = stable.signal(name)
+        assert signal.status == "ok"
+        assert signal.score is not None
+        assert signal.threshold is not None
+        assert signal.score < signal.threshold - 0.01
+
+
+def test_question_lengths_do_not_change_with_the_intents(
+    shifted: CheckResult, stable: CheckResult
+) -> None:
+    for result in (shifted, stable):
+        descriptors = result.signal("descriptors")
+        assert descriptors.status == "ok"
+        assert descriptors.method == "evidently:drifted_columns_share"
+        assert descriptors.threshold == 0.5
+        columns = descriptors.details["columns"]
+        assert set(columns) >= {"input_chars", "input_words", "input_is_json"}
+        assert {"method", "score", "threshold", "drifted"} <= set(columns["input_chars"])
+    # Classification outputs are None: there are no output descriptors to compare.
+    assert "output_descriptors" not in shifted.names
+
+
+def test_the_result_is_plain_json_and_comes_back_equal(shifted: CheckResult) -> None:
+    text = json.dumps(shifted.to_dict(), allow_nan=False)
+    assert CheckResult.from_dict(json.loads(text)) == shifted
+    assert set(shifted.timings) == set(SIGNALS)
+    assert all(seconds >= 0 for seconds in shifted.timings.values())
+
+
+def test_the_snapshot_renders_as_evidently_html(shifted: CheckResult, tmp_path: Path) -> None:
+    assert shifted.snapshot is not None
+    path = tmp_path / "check.html"
+    render_html(json.loads(json.dumps(shifted.snapshot)), path)
+    html = path.read_text(encoding="utf-8")
+    assert "driftd: signals of this check" in html
+    assert "Signal: text" in html
+    assert "Signal: descriptors" in html
+
+
+def test_a_configured_threshold_replaces_the_default(intent_windows: dict[str, Side]) -> None:
+    strict = replace(SPEC, signals=("embedding",), thresholds={"embedding": 0.9})
+    result = run_check(intent_windows["reference"], intent_windows["shifted"], strict)
+    embedding = result.signal("embedding")
+    assert embedding.threshold == 0.9
+    assert embedding.status == "ok"
+    assert embedding.details["threshold_kind"] == "configured"
+
+
+def test_text_drift_runs_on_a_capped_draw(intent_windows: dict[str, Side]) -> None:
+    capped = replace(SPEC, signals=("text",), text_max_rows=300)
+    text = run_check(intent_windows["reference"], intent_windows["shifted"], capped).signal("text")
+    assert (text.reference_rows, text.current_rows) == (300, 300)
+    assert text.details["drawn_rows"] == {"reference": 300, "current": 300}
+    assert text.details["window_rows"] == {"reference": 1000, "current": 1000}
+    # A smaller draw has a wider spread under no change, so a higher threshold.
+    assert text.threshold is not None
+    assert text.threshold > 0.55
