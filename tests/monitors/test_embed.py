@@ -62,7 +62,7 @@ def test_embeddings_are_unit_float32_rows_of_the_model_width(int8: Embedder) -> 
 
 
 def test_rows_follow_the_input_order_whatever_it_is(int8: Embedder) -> None:
-    texts = [text for text, _ in banking77("test")[:300]]
+    texts = [text for text, _ in banking77("test")[:200]]
     shuffled = texts[:]
     random.Random(7).shuffle(shuffled)
     where = {text: row for row, text in enumerate(shuffled)}
@@ -75,7 +75,7 @@ def test_rows_follow_the_input_order_whatever_it_is(int8: Embedder) -> None:
 
 
 def test_the_same_input_gives_the_same_output(int8: Embedder) -> None:
-    texts = [text for text, _ in banking77("train")[:200]]
+    texts = [text for text, _ in banking77("train")[:100]]
     np.testing.assert_array_equal(int8.encode(texts), int8.encode(texts))
 
 
@@ -144,15 +144,20 @@ def test_int8_keeps_the_structure_of_fp32_embeddings(
     # The classifier is a real one, so agreeing is not trivial.
     assert np.mean([p == t for p, t in zip(predicted32, truth, strict=True)]) > 0.8
 
+    # Nearest neighbours: where int8 picks another reference text than fp32 it is a near tie,
+    # one of fp32's three nearest and, nearly always, of the same intent.
     neighbour8 = np.argmax(q8 @ ref8.T, axis=1)
-    neighbour32 = np.argmax(q32 @ ref32.T, axis=1)
-    assert np.mean(neighbour8 == neighbour32) >= 0.9
+    top3 = np.argsort(-(q32 @ ref32.T), axis=1)[:, :3]
+    assert np.mean([n in near for n, near in zip(neighbour8, top3, strict=True)]) >= 0.98
+    intent = np.array(labels)
+    assert np.mean(intent[neighbour8] == intent[top3[:, 0]]) >= 0.98
 
 
-def test_threads_apply_while_encoding_only() -> None:
+def test_torch_threads_are_set_back_after_encoding(int8: Embedder) -> None:
+    # By default the embedder leaves a core to the rest of the daemon (one thread of two) while
+    # it encodes; the process's setting must be back afterwards.
     before = torch.get_num_threads()
-    embedder = Embedder(threads=1, batch_size=8)
-    assert embedder.encode(["one thread is enough for this"]).shape == (1, 384)
+    assert int8.encode(["a short one"]).shape == (1, 384)
     assert torch.get_num_threads() == before
 
 
