@@ -2,6 +2,7 @@
 
     python benchmarks/check.py [--sizes 10000,100000,1000000] [--windows 50]
                                [--skip-naive-above 100000] [--naive-limit 10]
+                               [--naive-memory 8] [--agree-at 100000] [--workdir DIR]
 
 Part 1, cost of one full check. A SQLite store is filled with Banking77 questions (stored form:
 redacted and described by the ingest pipeline), one deployment per size with a reference window
@@ -15,7 +16,9 @@ Evidently from the raw text, ``DataDriftPreset`` on the text and the descriptors
 run, so the naive time leaves out the cost of embedding 2N texts (shown beside it at the rate
 measured here). At the ``--agree-at`` size a stable window is checked too, and both tools'
 verdicts are compared on both windows. Every measurement runs in its own child process, which
-reports its wall time and peak RSS (VmHWM); imports are done before the clock starts.
+reports its wall time and peak RSS (VmHWM); imports are done before the clock starts. A naive
+run is stopped past ``--naive-limit`` minutes or ``--naive-memory`` GiB of resident memory (the
+machine is shared; at 1M samples per window it needs more than 8 GiB).
 
 Part 2, detection quality: ``--windows`` times, a reference of 1,000 samples over 40 intents
 (a new seeded choice of intents each time) is compared with a shifted current window (800 from
