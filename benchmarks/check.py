@@ -270,21 +270,23 @@ def child_embed(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 class TimedEncoder:
-    """driftd's embedder, with the seconds spent loading it and encoding counted."""
+    """driftd's embedder, loaded on first use as a check loads it, with its seconds counted."""
 
     def __init__(self, model: str, seconds: dict[str, float]) -> None:
-        from monitors.embed import Embedder
+        from monitors.encoders import LazyEmbedder
 
-        started = time.perf_counter()
-        self._inner = Embedder(model)
+        self._inner = LazyEmbedder(model)
         self._seconds = seconds
-        seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - started
 
     @property
     def name(self) -> str:
         return self._inner.name
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not self._inner.loaded:
+            started = time.perf_counter()
+            self._inner.encode([])  # loads the model; an empty batch encodes nothing
+            self._seconds["load"] = self._seconds.get("load", 0.0) + time.perf_counter() - started
         started = time.perf_counter()
         try:
             return self._inner.encode(texts)

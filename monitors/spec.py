@@ -92,6 +92,7 @@ class MonitorSpec:
     min_rows: int = 50
     quality_drop: float = 0.05
     text_max_rows: int = 1000
+    embedding_method: str = "classifier_cv"
     labels: tuple[str, ...] = ()
     seed: int = 0
 
@@ -115,6 +116,11 @@ class MonitorSpec:
             raise ValueError(f"min_rows must be at least 1, got {self.min_rows}")
         if not 0.0 < self.quality_drop <= 1.0:
             raise ValueError(f"quality_drop must be in (0, 1], got {self.quality_drop}")
+        if self.embedding_method not in ("classifier_cv", "evidently_model"):
+            raise ValueError(
+                f"embedding_method must be 'classifier_cv' or 'evidently_model', "
+                f"not {self.embedding_method!r}"
+            )
         if self.text_max_rows < 1:
             raise ValueError(f"text_max_rows must be at least 1, got {self.text_max_rows}")
 

@@ -352,6 +352,12 @@ class Monitor(Section):
         description="`default` (all-MiniLM-L6-v2 shipped with driftd, offline), a hub id, a "
         "local path, or `openai:<model>`.",
     )
+    embedding_method: Literal["classifier_cv", "evidently_model"] = Field(
+        "classifier_cv",
+        description="Embedding drift test: `classifier_cv` (a logistic regression cross-fitted "
+        "over 5 folds, every row scored) or `evidently_model` (Evidently's ModelDriftMethod, "
+        "one train/test split).",
+    )
     timeout: Duration = Field(timedelta(minutes=10), description="A check running longer fails.")
 
     @model_validator(mode="after")
@@ -569,12 +575,39 @@ class Deployment(Section):
             )
 
 
+class Scheduling(Section):
+    lease_ttl: Duration = Field(
+        timedelta(seconds=15),
+        description="Leader lease: a replica that stops renewing loses it after this long, and "
+        "another takes over; renewed every third of it.",
+    )
+    check_workers: int = Field(
+        1, ge=1, le=16, description="Worker processes that run checks (off the API's event loop)."
+    )
+    jobs_dir: Path = Field(
+        Path("driftd-jobs"),
+        description="Folder of the jobs' specs, logs and results (relative to the working "
+        "directory).",
+    )
+    job_poll: Duration = Field(
+        timedelta(seconds=2), description="How often the leader starts and watches jobs."
+    )
+    catch_up: bool = Field(
+        True,
+        description="After downtime or a change of leader, run a missed check or re-tuning "
+        "once (the latest missed tick), not once per missed tick.",
+    )
+
+
 class Config(Section):
     """The whole of ``driftd.yaml``."""
 
     server: Server = Field(default_factory=Server, description="The HTTP API.")
     storage: Storage = Field(default_factory=Storage, description="The store.")
     ingest: Ingest = Field(default_factory=Ingest, description="The ingest API's limits.")
+    scheduling: Scheduling = Field(
+        default_factory=Scheduling, description="Leader lease, check workers and jobs."
+    )
     logging: Logging = Field(default_factory=Logging, description="Log output.")
     timezone: TimeZone = Field("UTC", description="Time zone of cron schedules (IANA name).")
     deployments: tuple[Deployment, ...] = Field((), description="The deployments driftd watches.")

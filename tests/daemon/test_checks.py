@@ -158,6 +158,24 @@ def test_the_draw_is_capped_and_reproducible(filled: Store, cfg: Config) -> None
     ]
 
 
+def test_a_sliding_window_draws_mostly_the_rows_it_drew_before(filled: Store, cfg: Config) -> None:
+    # Capped draws of 400 out of 1,000 rows: an hour later the window has lost a sixth of its
+    # rows, and the draw keeps the rows it still holds, so few new embeddings are computed.
+    fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 1000, "big")
+    encoder = HashingEncoder()
+    checker = Checker(cfg, filled, lambda model: encoder)
+    first = checker.run("intents", now=NOW)
+    computed = encoder.encoded
+    later = checker.run("intents", now=NOW + timedelta(hours=1))
+    before = {s.request_id for s in first.current.samples}
+    after = {s.request_id for s in later.current.samples}
+    assert len(after) == 400
+    assert len(before & after) >= 300  # a fresh draw would share 400 * 0.4 = 160 on average
+    # Both sides fresh would be 800 texts; the reference window now holds an hour of rows the
+    # first check drew as current, and the current one mostly rows it drew before.
+    assert encoder.encoded - computed < 400
+
+
 def test_too_few_samples_is_insufficient_data_not_an_error(filled: Store, cfg: Config) -> None:
     fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 10, "few")
     outcome = Checker(cfg, filled, lambda model: HashingEncoder()).run("intents", now=NOW)

@@ -16,7 +16,8 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from monitors.embed import DEFAULT_MODEL, Embedder
+from monitors.embed import Embedder
+from monitors.encoders import DEFAULT_MODEL, LazyEmbedder
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT / "examples" / "banking77" / "data"
@@ -102,6 +103,22 @@ def test_empty_and_missing_texts_are_encoded_as_the_empty_string(int8: Embedder)
 def test_names_tell_settings_apart(int8: Embedder, fp32: Embedder) -> None:
     assert int8.name == "all-MiniLM-L6-v2/int8/128"
     assert fp32.name == "all-MiniLM-L6-v2/fp32/128"
+
+
+def test_a_lazy_embedder_is_named_at_once_and_loads_on_first_use(int8: Embedder) -> None:
+    lazy = LazyEmbedder()
+    assert (lazy.name, lazy.loaded) == (int8.name, False)
+    assert LazyEmbedder(quantize=False, max_length=64).name == "all-MiniLM-L6-v2/fp32/64"
+    texts = ["Where is my card?", "How do I top up by cheque?"]
+    np.testing.assert_array_equal(lazy.encode(texts), int8.encode(texts))
+    assert lazy.loaded
+
+
+def test_a_lazy_embedder_refuses_a_bad_model_before_loading() -> None:
+    with pytest.raises(ValueError, match="no model directory there"):
+        LazyEmbedder("./no/such/model")
+    with pytest.raises(NotImplementedError, match="OpenAI embeddings"):
+        LazyEmbedder("openai:text-embedding-3-small")
 
 
 def unit_mean(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
