@@ -407,5 +407,10 @@ def serve(
     daemon.stop()
 
 
+from daemon.cli_admin import register  # noqa: E402  (it imports the helpers defined above)
+
+register(app)
+
+
 def main() -> None:
     app(prog_name="driftd")

@@ -78,3 +78,5 @@ def setup_logging(level: str, fmt: LogFormat, stream: TextIO | None = None) -> N
     root.setLevel(level.upper())
     # Alembic logs every migration step at INFO; driftd reports the outcome itself.
     logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+    # APScheduler logs every run at info; driftd logs what a run did instead.
+    logging.getLogger("apscheduler").setLevel(max(root.level, logging.WARNING))

@@ -1,9 +1,11 @@
 """The daemon's lifecycle: start (store, migrations, deployments, writer), serve, stop.
 
-``start`` prepares everything that can fail before a port is bound; ``serve`` runs the HTTP API
-until ``request_stop`` (a signal) and lets requests in flight finish; ``stop`` commits what the
-writer still holds and closes the store. The scheduler and the job runner attach here as they are
-built, started in ``start`` and stopped, in reverse order, in ``stop``.
+``start`` prepares everything that can fail before a port is bound, and starts the scheduler:
+every replica competes for the leader lease, and only the leader runs checks and jobs;
+``serve`` runs the HTTP API until ``request_stop`` (a signal) and lets requests in flight finish;
+``stop`` takes no new scheduled work, waits (bounded by ``server.shutdown_grace``) for running
+checks, leaves running jobs to be adopted, releases the lease, commits what the writer still
+holds and closes the store.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from daemon.config import Config
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats
 from daemon.ingest.prepare import PreparerPool, auto_workers, quiet_collector
 from daemon.ingest.writer import Writer
+from daemon.jobs.executor import LocalExecutor
+from daemon.jobs.runner import JobRunner
+from daemon.scheduler import CheckPool, Scheduler, new_owner
+from daemon.scheduler.actions import Actions
 from daemon.store import Store, mask_url, upgrade
 
 log = logging.getLogger("driftd.serve")
@@ -54,7 +60,11 @@ class Daemon:
         self._writer: Writer | None = None
         self._preparer: PreparerPool | None = None
         self._server: _Server | None = None
+        self._checks: CheckPool | None = None
+        self._runner: JobRunner | None = None
+        self._scheduler: Scheduler | None = None
         self._stop_reason: str | None = None
+        self.owner = new_owner()
 
     @property
     def store(self) -> Store:
@@ -114,6 +124,7 @@ class Daemon:
             store, queue_batches=limits.queue_batches, commit_rows=limits.commit_rows
         )
         self._writer.start()
+        self._start_scheduling(store)
         app = create_app(
             store=store,
             writer=self._writer,
@@ -122,6 +133,7 @@ class Daemon:
             tokens=self.tokens,
             limits=limits,
             stats=self.stats,
+            leader=self._leads,
         )
         server = self.config.server
         self._server = _Server(
@@ -136,6 +148,33 @@ class Daemon:
             ),
             self,
         )
+
+    def _start_scheduling(self, store: Store) -> None:
+        """Check workers, the job runner and the scheduler; leader-only work waits for the
+        lease."""
+        scheduling = self.config.scheduling
+        self._checks = CheckPool(self.config, scheduling.check_workers)
+        runner = JobRunner(store, LocalExecutor(), scheduling.jobs_dir, self.owner)
+        self._runner = runner
+        actions = Actions(self.config, store, self._checks)
+        self._scheduler = Scheduler(
+            self.config,
+            store,
+            self.owner,
+            actions.work(),
+            periodic={"jobs": (scheduling.job_poll, runner.tick)},
+            on_gain=lambda epoch: runner.recover(),
+            warm_up=self._checks.wait_ready,
+        )
+        self._scheduler.start()
+        log.info(
+            "scheduler started",
+            extra={"owner": self.owner, "lease_ttl": scheduling.lease_ttl.total_seconds()},
+        )
+
+    def _leads(self) -> bool:
+        scheduler = self._scheduler
+        return scheduler is not None and scheduler.leadership.is_leader()
 
     def ready(self) -> None:
         quiet_collector()
@@ -165,6 +204,15 @@ class Daemon:
 
     def stop(self) -> None:
         log.info("driftd stopping", extra={"reason": self._stop_reason or "requested"})
+        if self._scheduler is not None:
+            self._scheduler.stop(self.config.server.shutdown_grace)
+            self._scheduler = None
+        if self._runner is not None:
+            self._runner.shutdown()  # running jobs stay running, to be adopted
+            self._runner = None
+        if self._checks is not None:
+            self._checks.close()
+            self._checks = None
         if self._preparer is not None:
             self._preparer.close()
             self._preparer = None

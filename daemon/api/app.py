@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from daemon import __version__
+from daemon.api.admin import admin_router
 from daemon.api.auth import Scope, Tokens
 from daemon.config.models import Ingest
 from daemon.errors import DriftdError, StoreError
@@ -56,6 +57,7 @@ def create_app(
     tokens: Tokens,
     limits: Ingest,
     stats: IngestStats,
+    leader: Callable[[], bool] = lambda: False,
 ) -> FastAPI:
     """The API over a started store, writer and preparer; ``pipelines`` by deployment name."""
     app = FastAPI(
@@ -98,8 +100,9 @@ def create_app(
         return b"".join(chunks)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers.")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        # Whether this replica leads: cheap (no store access), and what an operator asks first.
+        return {"status": "ok", "leader": leader()}
 
     @app.get("/readyz", tags=["health"], summary="Readiness: store reachable and migrated.")
     async def readyz() -> JSONResponse:
@@ -201,6 +204,7 @@ def create_app(
             for p in pipelines.values()
         ]
 
+    app.include_router(admin_router(store, authorize))
     _with_body_models(app)
     return app
 

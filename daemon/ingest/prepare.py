@@ -130,12 +130,18 @@ def quiet_collector() -> None:
 
 
 def _start_worker(
-    deployments: Sequence[Deployment], ids: Mapping[str, int], dialect: str, max_batch: int
+    deployments: Sequence[Deployment],
+    ids: Mapping[str, int],
+    dialect: str,
+    max_batch: int,
+    parent: int,
 ) -> None:
     global _worker
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    # ``parent`` comes from the parent itself: a worker that boots after its parent was killed
+    # must not take its new parent (init) for the server and wait forever.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _worker = Preparer(deployments, ids, dialect, max_batch)
     quiet_collector()
 
@@ -182,7 +188,7 @@ class PreparerPool:
             # database connections that a forked child must not share.
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=self._args,
+            initargs=(*self._args, os.getpid()),
         )
         # Start every worker now, so that start-up problems show at start and the first
         # requests do not wait for interpreters to boot.

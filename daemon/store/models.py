@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Double,
     ForeignKey,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import false
 
 from daemon.domain import CheckStatus, JobState, Kind, Task, VersionKind, VersionState
 from daemon.store.types import UTCDateTime, json_type
@@ -190,6 +192,15 @@ class Job(Base):
     log_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     cost_usd: Mapped[float | None] = mapped_column(Double)
+    # The job runner's bookkeeping (``daemon.jobs.runner``): a retried job waits until
+    # ``not_before``; a cancel of a running job is a request its runner carries out; ``handle``
+    # is what the executor needs to find the process again (``pid:…``, a Kubernetes Job name)
+    # and ``owner`` the daemon that watches it, so another one can adopt it when that one dies.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    handle: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(NAME))
+    timeout_s: Mapped[float | None] = mapped_column(Double)
 
 
 class Version(Base):

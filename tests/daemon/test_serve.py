@@ -98,7 +98,9 @@ def test_host_and_port_flags_override_the_file(tmp_path: Path) -> None:
     process = start("-c", str(BANKING77), "--host", "localhost", cwd=tmp_path, port=port)
     records = read_until(process, "driftd ready")
     try:
-        assert httpx.get(f"http://localhost:{port}/healthz").json() == {"status": "ok"}
+        health = httpx.get(f"http://localhost:{port}/healthz").json()
+        assert health["status"] == "ok"
+        assert isinstance(health["leader"], bool)
     finally:
         process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=5) == 0

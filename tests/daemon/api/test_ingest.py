@@ -102,7 +102,7 @@ def intent(request_id: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_health_and_readiness_are_open(api: Api) -> None:
-    assert api.client.get("/healthz").json() == {"status": "ok"}
+    assert api.client.get("/healthz").json() == {"status": "ok", "leader": False}
     ready = api.client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"

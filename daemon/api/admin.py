@@ -1,0 +1,211 @@
+"""The admin routes: what the daemon did (checks, jobs, versions, audit events), and the steering
+an operator does by hand (approve, cancel or retry a job; promote or roll back a version).
+
+Every route needs an admin token. The guard is the application's own ``authorize``, passed in
+and run as a dependency of the whole router, so these routes answer exactly as the others do
+without a second copy of the token check. Store calls block, so each runs in a worker thread.
+
+Errors: 404 when a deployment, check, job or version does not exist; 409 when the change is not
+possible from the state things are in (e.g. approving a job that is not awaiting approval);
+422 for a bad filter. Each has a ``detail`` that says what was wrong. The store reports a missing
+row as ``StoreError``; a refused version change is any other ``DriftdError``, and a refused job
+action is told from a missing job by looking the job up first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BeforeValidator
+
+from daemon.api.auth import Scope
+from daemon.domain import CheckStatus, JobState
+from daemon.errors import DriftdError, StoreError
+from daemon.store import Store
+from daemon.store import jobs as job_store
+from daemon.store.queries import (
+    MAX_LIMIT,
+    change_record,
+    check_record,
+    event_record,
+    job_record,
+    list_checks,
+    list_events,
+    parse_time,
+    version_record,
+)
+from daemon.store.versions import list_versions, promote, rollback
+
+Authorize = Callable[[Request, Scope], None]
+"""The application's guard: returns when the request carries a token granting the scope."""
+
+JobAction = Callable[..., object]
+"""``approve_job``, ``cancel_job`` or ``retry_job``: ``(store, job_id, *, by)``."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _moment(value: object) -> object:
+    # Operators write "2h" as often as a timestamp; both mean a moment.
+    if isinstance(value, str):
+        return parse_time(value, now=datetime.now(UTC))
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(_moment)]
+
+DeploymentFilter = Annotated[
+    str | None, Query(description="Only this deployment's rows.", max_length=255)
+]
+Since = Annotated[
+    Moment | None,
+    Query(description="From this moment on: ISO 8601 with an offset, or a duration ago (2h)."),
+]
+Until = Annotated[
+    Moment | None,
+    Query(description="Before this moment: ISO 8601 with an offset, or a duration ago (30m)."),
+]
+
+
+def admin_router(store: Store, authorize: Authorize) -> APIRouter:
+    """The admin routes over ``store``, each guarded by ``authorize`` with the admin scope."""
+
+    async def require_admin(request: Request) -> None:
+        authorize(request, Scope.admin)
+
+    router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+
+    @router.get("/checks", summary="The latest checks, newest first.")
+    async def checks(
+        deployment: DeploymentFilter = None,
+        status: Annotated[CheckStatus | None, Query(description="Only this verdict.")] = None,
+        since: Since = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    ) -> list[dict[str, Any]]:
+        rows = await _call(
+            list_checks, store, deployment=deployment, status=status, since=since, limit=limit
+        )
+        return [check_record(name, check) for name, check in rows]
+
+    @router.get("/checks/{check_id}", summary="One check with every signal's result.")
+    async def check(check_id: int) -> dict[str, Any]:
+        name, found = await _call(store.get_check, check_id)
+        return check_record(name, found, signals=True)
+
+    @router.get("/jobs", summary="The latest jobs, newest first.")
+    async def jobs(
+        deployment: DeploymentFilter = None,
+        state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    ) -> list[dict[str, Any]]:
+        rows = await _call(
+            job_store.list_jobs, store, deployment=deployment, state=state, limit=limit
+        )
+        return [job_record(name, job) for name, job in rows]
+
+    async def act_on_job(job_id: int, action: JobAction, request: Request) -> dict[str, Any]:
+        await _call(job_store.get_job, store, job_id)
+        # The job exists, so whatever the action refuses is its state: a conflict.
+        try:
+            await asyncio.to_thread(action, store, job_id, by=_actor(request))
+        except DriftdError as exc:
+            raise HTTPException(409, str(exc)) from None
+        name, job = await _call(job_store.get_job, store, job_id)
+        return job_record(name, job)
+
+    @router.post("/jobs/{job_id}/approve", summary="Let a job awaiting approval run.")
+    async def approve(job_id: int, request: Request) -> dict[str, Any]:
+        return await act_on_job(job_id, job_store.approve_job, request)
+
+    @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued, waiting or running job.")
+    async def cancel(job_id: int, request: Request) -> dict[str, Any]:
+        return await act_on_job(job_id, job_store.cancel_job, request)
+
+    @router.post("/jobs/{job_id}/retry", summary="Queue a failed or cancelled job again.")
+    async def retry(job_id: int, request: Request) -> dict[str, Any]:
+        return await act_on_job(job_id, job_store.retry_job, request)
+
+    @router.get("/deployments/{name}/versions", summary="A deployment's versions, newest first.")
+    async def versions(name: str) -> list[dict[str, Any]]:
+        rows = await _call(list_versions, store, name)
+        return [version_record(name, version) for version in rows]
+
+    @router.post(
+        "/deployments/{name}/versions/{version}/promote",
+        summary="Make a version the active one; the active one is retired.",
+    )
+    async def promote_version(
+        name: str,
+        version: str,
+        request: Request,
+        force: Annotated[
+            bool, Query(description="Promote even a version its gate rejected.")
+        ] = False,
+    ) -> dict[str, Any]:
+        change = await _call(promote, store, name, version, actor=_actor(request), force=force)
+        return change_record(change)
+
+    @router.post(
+        "/deployments/{name}/rollback",
+        summary="Re-activate the version that was active before the current one.",
+    )
+    async def rollback_version(name: str, request: Request) -> dict[str, Any]:
+        return change_record(await _call(rollback, store, name, actor=_actor(request)))
+
+    @router.get("/events", summary="The audit trail, newest first.")
+    async def events(
+        deployment: DeploymentFilter = None,
+        kind: Annotated[
+            str | None,
+            Query(description="A prefix of the kind: job. or policy or version.promoted."),
+        ] = None,
+        since: Since = None,
+        until: Until = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    ) -> list[dict[str, Any]]:
+        if since is not None and until is not None and until <= since:
+            raise HTTPException(
+                422,
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ["query", "until"],
+                        "msg": f"until ({until.isoformat()}) must be after since "
+                        f"({since.isoformat()})",
+                    }
+                ],
+            )
+        rows = await _call(
+            list_events,
+            store,
+            deployment=deployment,
+            kind=kind,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return [event_record(name, event) for name, event in rows]
+
+    return router
+
+
+async def _call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking store call in a worker thread, answering its errors as HTTP errors."""
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    except StoreError as exc:
+        # What the store reports by name is a row that is not there: a deployment, check,
+        # job or version.
+        raise HTTPException(404, str(exc)) from None
+    except DriftdError as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+def _actor(request: Request) -> str:
+    """Who made a change, for the audit trail: the admin API and the client's address."""
+    return f"api:{request.client.host}" if request.client else "api"

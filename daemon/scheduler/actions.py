@@ -1,0 +1,178 @@
+"""What a claimed tick does: run a check and let the policy decide, start a scheduled re-tune,
+apply retention, prune the embedding cache.
+
+Each function takes a ``Tick`` that the scheduler has already claimed, so none of this runs twice
+for the same scheduled time. Every decision is an audit event (``daemon.policy.record``); a job
+the policy asks for is created in the ``jobs`` table, where the job runner picks it up.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from daemon.config import Config
+from daemon.config.models import Deployment, Method
+from daemon.domain import Kind
+from daemon.errors import DriftdError
+from daemon.policy import decide, decide_scheduled, history_for, record
+from daemon.scheduler.pool import CheckPool
+from daemon.scheduler.scheduler import Tick, record_failed_check
+from daemon.store import Store
+from daemon.store import jobs as job_store
+from daemon.store.models import Deployment as DeploymentRow
+from daemon.store.models import Sample
+
+log = logging.getLogger("driftd.scheduler")
+
+RETENTION_BATCH = 10_000
+
+
+def job_kind_for(deployment: Deployment) -> str:
+    """The job a re-tune of ``deployment`` is: a prompt revision or a model re-tune."""
+    if deployment.retune.method is Method.prompt_revision or (
+        deployment.retune.method is None and deployment.kind is Kind.prompted
+    ):
+        return "revise_prompt"
+    return "retrain"
+
+
+class Actions:
+    """The work behind each job kind of the scheduler, for the deployments of ``config``."""
+
+    def __init__(self, config: Config, store: Store, checks: CheckPool) -> None:
+        self.config = config
+        self.store = store
+        self.checks = checks
+
+    def work(self) -> dict[str, Any]:
+        from daemon.scheduler.scheduler import CHECK, EMBEDDINGS, RETENTION, RETUNE
+
+        return {
+            CHECK: self.check,
+            RETUNE: self.retune,
+            RETENTION: self.retention,
+            EMBEDDINGS: self.embeddings,
+        }
+
+    def check(self, tick: Tick) -> None:
+        deployment = self.config.deployment(tick.deployment)
+        try:
+            done = self.checks.run(tick.deployment, scheduled_for=tick.scheduled_for)
+            log.info(
+                "check done",
+                extra={
+                    "deployment": tick.deployment,
+                    "check_id": done.check_id,
+                    "status": done.status,
+                    "seconds": round(done.seconds, 3),
+                },
+            )
+        except DriftdError as error:
+            check_id = record_failed_check(
+                self.store, tick.deployment, tick, deployment.monitor.window, error
+            )
+            log.error(
+                "check failed",
+                extra={"deployment": tick.deployment, "check_id": check_id, "error": str(error)},
+            )
+        now = datetime.now(UTC)
+        policy = deployment.policy
+        history = history_for(self.store, tick.deployment, now, policy.consecutive)
+        decision = decide(policy, history, now, estimated_cost_usd=None)
+        self._act(deployment, decision, trigger="drift")
+
+    def retune(self, tick: Tick) -> None:
+        deployment = self.config.deployment(tick.deployment)
+        now = datetime.now(UTC)
+        policy = deployment.policy
+        history = history_for(self.store, tick.deployment, now, policy.consecutive)
+        decision = decide_scheduled(
+            policy, history, now, job_kind=job_kind_for(deployment), estimated_cost_usd=None
+        )
+        decision.evidence["scheduled_for"] = tick.scheduled_for.isoformat()
+        self._act(deployment, decision, trigger="schedule")
+
+    def _act(self, deployment: Deployment, decision: Any, *, trigger: str) -> None:
+        event_id = record(self.store, deployment.name, decision)
+        if not decision.creates_job:
+            return
+        kind = str(decision.job_kind)
+        spec = {
+            "deployment": deployment.name,
+            "kind": kind,
+            "trigger": trigger,
+            "decision_event_id": event_id,
+            "check_ids": decision.evidence.get("check_ids", []),
+        }
+        job_id = job_store.create_job(
+            self.store,
+            deployment.name,
+            kind,
+            trigger,
+            spec,
+            state=decision.job_state,
+            timeout=deployment.retune.timeout,
+        )
+        log.info(
+            "job created",
+            extra={"deployment": deployment.name, "job_id": job_id, "job": kind},
+        )
+
+    def retention(self, tick: Tick) -> None:
+        """Delete the samples of ``tick.deployment`` older than ``storage.retention``."""
+        cutoff = datetime.now(UTC) - self.config.storage.retention
+        deleted = 0
+        with self.store.session() as session:
+            deployment_id = session.scalars(
+                select(DeploymentRow.id).where(DeploymentRow.name == tick.deployment)
+            ).one()
+            while True:
+                ids = list(
+                    session.scalars(
+                        select(Sample.id)
+                        .where(Sample.deployment_id == deployment_id, Sample.ts < cutoff)
+                        .limit(RETENTION_BATCH)
+                    )
+                )
+                if not ids:
+                    break
+                session.execute(delete(Sample).where(Sample.id.in_(ids)))
+                deleted += len(ids)
+        if deleted:
+            self.store.add_event(
+                tick.deployment,
+                "retention",
+                f"deleted {deleted} samples older than {cutoff.isoformat()}",
+                {"deleted": deleted, "cutoff": cutoff.isoformat()},
+            )
+
+    def embeddings(self, tick: Tick) -> None:
+        """Drop cached embeddings made by a model the deployment no longer uses: they will
+        never be read again, and each is 1.5 KB."""
+        from monitors.encoders import LazyEmbedder
+
+        deployment = self.config.deployment(tick.deployment)
+        current = LazyEmbedder(deployment.monitor.embedding_model).name
+        with self.store.session() as session:
+            deployment_id = session.scalars(
+                select(DeploymentRow.id).where(DeploymentRow.name == tick.deployment)
+            ).one()
+            result = session.execute(
+                update(Sample)
+                .where(
+                    Sample.deployment_id == deployment_id,
+                    Sample.embedding_model.is_not(None),
+                    Sample.embedding_model != current,
+                )
+                .values(embedding=None, embedding_model=None)
+            )
+            dropped = int(getattr(result, "rowcount", 0) or 0)
+        if dropped:
+            log.info(
+                "stale embeddings dropped",
+                extra={"deployment": tick.deployment, "dropped": dropped, "model": current},
+            )

@@ -1,0 +1,379 @@
+"""Scheduled work: checks, scheduled re-tuning, retention and the embedding cache, leader only.
+
+APScheduler 3.x cannot share a job store between processes (two schedulers on one store both
+run due jobs), and its SQLAlchemy store pickles jobs and deletes the ones it cannot unpickle. So
+every replica builds the same jobs from the config into a memory store at start-up, keeps its
+scheduler paused, and only the holder of the leader lease resumes it. Each run then claims a row
+unique on (deployment, job kind, scheduled time) before doing anything: a tick runs at most once,
+even when two replicas both believe for a moment that they lead.
+
+Ticks sit on a fixed grid (intervals count from 2000-01-01 UTC, cron is a grid already), so that
+every replica computes the same scheduled times and a new leader's ticks meet the old leader's
+claims. After downtime, the latest missed tick of each job is run once on gaining the lease
+(``scheduling.catch_up``), never once per missed tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.executors.base import run_job
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import func, select
+
+from daemon.config import Config
+from daemon.config.types import Schedule
+from daemon.domain import CheckStatus
+from daemon.errors import DriftdError
+from daemon.scheduler.leader import Leadership
+from daemon.store import NewCheck, Store
+from daemon.store.models import Deployment as DeploymentRow
+from daemon.store.models import RunClaim
+
+log = logging.getLogger("driftd.scheduler")
+
+GRID_ANCHOR = datetime(2000, 1, 1, tzinfo=UTC)
+CHECK, RETUNE, RETENTION, EMBEDDINGS = "check", "retune", "retention", "embeddings"
+MAINTENANCE_EVERY = timedelta(hours=1)
+_CATCH_UP_STEPS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One scheduled run: which job, of which deployment, for which scheduled time."""
+
+    deployment: str
+    kind: str
+    scheduled_for: datetime
+
+
+Work = Callable[[Tick], None]
+
+
+def trigger_for(schedule: Schedule, timezone: str) -> BaseTrigger:
+    """The APScheduler trigger of ``schedule``, on the grid every replica shares."""
+    if schedule.every is not None:
+        return IntervalTrigger(
+            seconds=schedule.every.total_seconds(), start_date=GRID_ANCHOR, timezone=UTC
+        )
+    assert schedule.cron is not None
+    return CronTrigger.from_crontab(schedule.cron, timezone=timezone)
+
+
+def grace_for(schedule: Schedule) -> int:
+    """How late a tick may still run: an interval's length (at least 1 s, at most 10 min), or
+    an hour for cron schedules (daily re-tuning that starts 20 minutes late is still wanted)."""
+    if schedule.every is not None:
+        return int(max(1.0, min(schedule.every.total_seconds(), 600.0)))
+    return 3600
+
+
+def latest_missed(
+    trigger: BaseTrigger, after: datetime, now: datetime, *, steps: int = _CATCH_UP_STEPS
+) -> datetime | None:
+    """The last fire time of ``trigger`` in ``(after, now]``, or None if there is none."""
+    if isinstance(trigger, IntervalTrigger):
+        period = trigger.interval.total_seconds()
+        latest = GRID_ANCHOR + timedelta(
+            seconds=period * ((now - GRID_ANCHOR).total_seconds() // period)
+        )
+        return latest if latest > after else None
+    found = None
+    fire = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
+    for _ in range(steps):
+        if fire is None or fire > now:
+            break
+        found = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+    return found
+
+
+class _RunAt:
+    """What APScheduler's ``run_job`` reads of a job, with the run time passed to the work."""
+
+    def __init__(self, job: Any, run_time: datetime, work: Work, tick: Callable[..., Tick]):
+        self.id = job.id
+        self.misfire_grace_time = job.misfire_grace_time
+        self.func = work
+        self.args = (tick(scheduled_for=run_time),)
+        self.kwargs: dict[str, Any] = {}
+        self._name = str(job.name)
+
+    def __str__(self) -> str:
+        return self._name
+
+
+class _TickExecutor(ThreadPoolExecutor):  # type: ignore[misc]  # untyped library
+    """A thread pool that hands each run its scheduled time: APScheduler 3 calls job functions
+    without it, and the run claim is keyed on it."""
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        work, make_tick = job.func, job.kwargs["tick"]
+
+        def run() -> list[Any]:
+            events: list[Any] = []
+            for run_time in run_times:
+                events += run_job(
+                    _RunAt(job, run_time, work, make_tick),
+                    job._jobstore_alias,
+                    [run_time],
+                    self._logger.name,
+                )
+            return events
+
+        def done(future: Any) -> None:
+            error = future.exception()
+            if error is not None:
+                self._run_job_error(job.id, error, error.__traceback__)
+            else:
+                self._run_job_success(job.id, future.result())
+
+        self._pool.submit(run).add_done_callback(done)
+
+
+class Scheduler:
+    """The leader's clock: builds jobs from the config, runs them only while leading.
+
+    ``work`` maps a job kind to what runs for a claimed tick (a check, a scheduled re-tune, …);
+    ``periodic`` are unclaimed leader-only chores (the job runner's polling) with their period.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        owner: str,
+        work: dict[str, Work],
+        *,
+        periodic: dict[str, tuple[timedelta, Callable[[], object]]] | None = None,
+        on_gain: Callable[[int], object] | None = None,
+        warm_up: Callable[[], object] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.owner = owner
+        self._work = work
+        self._periodic = periodic or {}
+        self._on_gain = on_gain
+        self._warm_up = warm_up
+        self._epoch: int | None = None
+        self._running: set[threading.Thread] = set()
+        self._stopping = threading.Event()
+        self._scheduler = BackgroundScheduler(
+            jobstores={"default": MemoryJobStore()},
+            executors={"default": _TickExecutor(max_workers=4)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone=UTC,
+        )
+        self.leadership = Leadership(
+            store,
+            owner,
+            config.scheduling.lease_ttl.total_seconds(),
+            on_gain=self._gained,
+            on_loss=self._lost,
+        )
+        self._triggers: dict[tuple[str, str], BaseTrigger] = {}
+        self._build()
+
+    def _build(self) -> None:
+        timezone = self.config.timezone
+        for deployment in self.config.deployments:
+            plans: list[tuple[str, Schedule]] = [(CHECK, deployment.monitor.schedule)]
+            if deployment.retune.schedule is not None:
+                plans.append((RETUNE, deployment.retune.schedule))
+            plans.append((RETENTION, Schedule(every=MAINTENANCE_EVERY)))
+            plans.append((EMBEDDINGS, Schedule(every=MAINTENANCE_EVERY * 6)))
+            for kind, schedule in plans:
+                if kind not in self._work:
+                    continue
+                trigger = trigger_for(schedule, timezone)
+                self._triggers[(deployment.name, kind)] = trigger
+                self._scheduler.add_job(
+                    self._run,
+                    trigger,
+                    id=f"{kind}:{deployment.name}",
+                    name=f"{kind} {deployment.name}",
+                    kwargs={"tick": _ticker(deployment.name, kind)},
+                    misfire_grace_time=grace_for(schedule),
+                )
+        for name, (every, chore) in self._periodic.items():
+            self._scheduler.add_job(
+                self._leader_only(name, chore),
+                IntervalTrigger(seconds=every.total_seconds(), timezone=UTC),
+                id=f"chore:{name}",
+                name=name,
+                misfire_grace_time=int(max(1, every.total_seconds())),
+                kwargs={"tick": _ticker("", name)},
+            )
+
+    @property
+    def epoch(self) -> int | None:
+        """The lease epoch this replica leads under, or None when it does not lead."""
+        return self._epoch if self.leadership.is_leader() else None
+
+    def jobs(self) -> list[tuple[str, datetime | None]]:
+        """Scheduled jobs and their next run times (None while paused)."""
+        return [(job.id, job.next_run_time) for job in self._scheduler.get_jobs()]
+
+    def start(self) -> None:
+        """Start the clock paused; compete for the lease once ``warm_up`` is done (a replica
+        whose check workers are still importing must not lead and miss its first ticks)."""
+        self._scheduler.start(paused=True)
+        if self._warm_up is None:
+            self.leadership.start()
+            return
+        warm_up = self._warm_up
+
+        def then_lead() -> None:
+            try:
+                warm_up()
+            except Exception:
+                if self._stopping.is_set():
+                    return  # stopped while warming up: the workers were stopped under it
+                log.exception("warm-up failed; competing for the lease anyway")
+            if not self._stopping.is_set():
+                self.leadership.start()
+
+        threading.Thread(target=then_lead, name="driftd-warm-up", daemon=True).start()
+
+    def _gained(self, epoch: int) -> None:
+        self._epoch = epoch
+        if self._on_gain is not None:
+            try:
+                self._on_gain(epoch)
+            except Exception:
+                log.exception("start-up work of a new leader failed")
+        if self.config.scheduling.catch_up:
+            self._catch_up()
+        self._scheduler.resume()
+
+    def _lost(self) -> None:
+        self._epoch = None
+        self._scheduler.pause()
+
+    def _catch_up(self) -> None:
+        """Run once the latest tick each job missed while no replica led (downtime)."""
+        now = datetime.now(UTC)
+        last = self._last_claims()
+        for (deployment, kind), trigger in self._triggers.items():
+            previous = last.get((deployment, kind))
+            if previous is None:
+                continue  # never ran: the schedule starts now, nothing was missed
+            missed = latest_missed(trigger, previous, now)
+            if missed is None:
+                continue
+            log.info(
+                "catching up a missed tick",
+                extra={"deployment": deployment, "job": kind, "scheduled_for": missed.isoformat()},
+            )
+            thread = threading.Thread(
+                target=self._run, args=(Tick(deployment, kind, missed),), daemon=True
+            )
+            thread.start()
+
+    def _last_claims(self) -> dict[tuple[str, str], datetime]:
+        with self.store.session(readonly=True) as session:
+            rows = session.execute(
+                select(DeploymentRow.name, RunClaim.job_kind, func.max(RunClaim.scheduled_for))
+                .join(DeploymentRow, DeploymentRow.id == RunClaim.deployment_id)
+                .group_by(DeploymentRow.name, RunClaim.job_kind)
+            ).all()
+        return {(name, kind): when for name, kind, when in rows}
+
+    def _run(self, tick: Tick) -> None:
+        lease = self.leadership.lease
+        if lease is None:
+            return  # lost the lease since APScheduler woke up: the next leader has this tick
+        if not self.store.claim_run(
+            tick.deployment, tick.kind, tick.scheduled_for, self.owner, lease.epoch
+        ):
+            log.debug("tick already claimed", extra={"deployment": tick.deployment})
+            return
+        current = threading.current_thread()
+        self._running.add(current)
+        try:
+            self._work[tick.kind](tick)
+        except Exception:
+            log.exception(
+                "scheduled run failed",
+                extra={"deployment": tick.deployment, "job": tick.kind},
+            )
+        finally:
+            self._running.discard(current)
+
+    def _leader_only(self, name: str, chore: Callable[[], object]) -> Work:
+        def run(tick: Tick) -> None:
+            if not self.leadership.is_leader():
+                return
+            try:
+                chore()
+            except Exception:
+                log.exception("leader chore failed", extra={"chore": name})
+
+        return run
+
+    def running(self) -> int:
+        """How many claimed runs are in progress."""
+        return len(self._running)
+
+    def stop(self, grace: timedelta) -> None:
+        """Take no new work, wait up to ``grace`` for running ticks, release the lease."""
+        self._stopping.set()
+        self._scheduler.pause()
+        deadline = datetime.now(UTC) + grace
+        for thread in list(self._running):
+            thread.join(timeout=max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
+        self.leadership.stop(release_lease=True)
+        self._scheduler.shutdown(wait=False)
+
+
+def _ticker(deployment: str, kind: str) -> Callable[..., Tick]:
+    def tick(*, scheduled_for: datetime) -> Tick:
+        return Tick(deployment, kind, scheduled_for.astimezone(UTC))
+
+    return tick
+
+
+def record_failed_check(
+    store: Store, deployment: str, tick: Tick, window: timedelta, error: DriftdError
+) -> int:
+    """A check that could not finish (timed out, its worker died) is a ``failed`` result."""
+    now = datetime.now(UTC)
+    return store.record_check(
+        deployment,
+        NewCheck(
+            started_at=now,
+            finished_at=now,
+            scheduled_for=tick.scheduled_for,
+            status=CheckStatus.failed.value,
+            window_start=now - window,
+            window_end=now,
+            reference_kind="none",
+            reference_start=None,
+            reference_end=None,
+            current_rows=0,
+            reference_rows=0,
+            current_total=0,
+            reference_total=0,
+            signals={"status": CheckStatus.failed.value, "signals": []},
+            error=str(error),
+        ),
+    )
+
+
+def iter_ticks(trigger: BaseTrigger, start: datetime, end: datetime) -> Iterator[datetime]:
+    """Fire times of ``trigger`` in ``[start, end)``; for tests and the catch-up report."""
+    fire = trigger.get_next_fire_time(None, start)
+    while fire is not None and fire < end:
+        yield fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))

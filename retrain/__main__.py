@@ -1,0 +1,115 @@
+"""``python -m retrain <kind> --spec job.json``: run one job, as the daemon's job runner does.
+
+The contract with whoever starts the job (driftd's runner, or an operator by hand):
+
+- progress lines go to stdout, errors and tracebacks to stderr (the runner sends both to the
+  job's log);
+- the result goes to ``result.json`` in the spec's ``output_dir``: what the job found, with
+  ``status`` ``succeeded``, or ``failed`` and an ``error``;
+- the exit code is 0 when the job succeeded, 1 when it failed, 2 when the spec (or the command
+  line) is invalid and nothing ran; it is also written to a file named ``exit`` beside the
+  spec, as the very last step, so that a daemon which is not this process's parent (it was
+  restarted while the job ran) can still learn it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from retrain import evaluate
+
+KINDS = ("evaluate",)
+RESULT_FILE = "result.json"
+EXIT_FILE = "exit"  # the name driftd's executors read (daemon.jobs.executor.EXIT_FILE)
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_BAD_SPEC = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m retrain",
+        description="Run one driftd job: read its spec, write result.json in its output_dir.",
+    )
+    parser.add_argument("kind", choices=KINDS, help="the job to run")
+    parser.add_argument("--spec", type=Path, required=True, help="the job's spec (JSON)")
+    args = parser.parse_args(argv)
+    code = run(args.kind, args.spec)
+    try:
+        _write_atomic(args.spec.with_name(EXIT_FILE), f"{code}\n")
+    except OSError as error:
+        print(f"retrain: cannot record the exit code beside {args.spec}: {error}", file=sys.stderr)
+    return code
+
+
+def run(kind: str, spec_path: Path) -> int:
+    """Run job ``kind`` with the spec at ``spec_path``; returns the exit code."""
+    try:
+        raw = json.loads(spec_path.read_text(encoding="utf-8"))
+    except OSError as error:
+        return _bad_spec(kind, spec_path, f"cannot read it: {error.strerror or error}")
+    except ValueError as error:
+        return _bad_spec(kind, spec_path, f"it is not JSON: {error}")
+    if not isinstance(raw, dict):
+        return _bad_spec(kind, spec_path, f"it must be a JSON object, not {type(raw).__name__}")
+    try:
+        spec = evaluate.parse_spec(raw, spec_path.parent, warn=_warn(kind))
+    except evaluate.SpecError as error:
+        return _bad_spec(kind, spec_path, str(error))
+    print(f"{kind}: spec {spec_path}", flush=True)
+    try:
+        result: dict[str, Any] = evaluate.run(spec, _progress)
+    except Exception as error:
+        # The traceback is for the log; the result gets the message an operator can act on.
+        traceback.print_exc()
+        message = (
+            str(error)
+            if isinstance(error, evaluate.EvaluationError)
+            else f"{type(error).__name__}: {error}"
+        )
+        print(f"{kind}: failed: {message}", file=sys.stderr, flush=True)
+        _write_result(spec.output_dir, {"kind": kind, "status": "failed", "error": message})
+        return EXIT_FAILED
+    _write_result(spec.output_dir, {"kind": kind, "status": "succeeded", **result})
+    print(f"{kind}: succeeded; result in {spec.output_dir / RESULT_FILE}", flush=True)
+    return EXIT_SUCCEEDED
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def _warn(kind: str) -> Callable[[str], None]:
+    def warn(message: str) -> None:
+        print(f"{kind}: warning: {message}", file=sys.stderr, flush=True)
+
+    return warn
+
+
+def _bad_spec(kind: str, spec_path: Path, problem: str) -> int:
+    print(f"retrain {kind}: invalid spec {spec_path}: {problem}", file=sys.stderr, flush=True)
+    return EXIT_BAD_SPEC
+
+
+def _write_result(output_dir: Path, result: dict[str, Any]) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(output_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` so that a reader sees the old file or the whole new one, never half."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The admin API over a real store (SQLite and PostgreSQL): auth, filters, errors, steering."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.testclient import TestClient
+
+from daemon.api.admin import admin_router
+from daemon.api.auth import Scope, Tokens
+from daemon.domain import JobState
+from daemon.store import NewCheck, Store
+from daemon.store import jobs as job_store
+from daemon.store.versions import add_version, list_versions
+
+ADMIN = {"Authorization": "Bearer admin-1"}
+INGEST = {"Authorization": "Bearer ingest-1"}
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def guarded_app(store: Store) -> FastAPI:
+    """The admin router behind the same guard contract as ``create_app``'s ``authorize``."""
+    tokens = Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",))
+
+    def authorize(request: Request, scope: Scope) -> None:
+        if not tokens.allows(request.headers.get("authorization"), scope):
+            raise HTTPException(
+                401,
+                f"a valid bearer token is needed ({scope.value} or admin)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    app = FastAPI()
+    app.include_router(admin_router(store, authorize))
+    return app
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[TestClient]:
+    for name, kind, task in (
+        ("support-bot", "prompted", "generation"),
+        ("intents", "finetuned", "classification"),
+    ):
+        store.ensure_deployment(name, kind, task)
+    with TestClient(guarded_app(store)) as client:
+        client.headers.update(ADMIN)
+        yield client
+
+
+def a_check(started_at: datetime, status: str, drifted: tuple[str, ...] = ()) -> NewCheck:
+    signals = [
+        {
+            "name": name,
+            "group": "data",
+            "method": "psi",
+            "score": 0.4 if name in drifted else 0.01,
+            "threshold": 0.2,
+            "drifted": name in drifted,
+            "status": "drift" if name in drifted else "ok",
+        }
+        for name in ("input_length", "embedding")
+    ]
+    return NewCheck(
+        started_at=started_at,
+        status=status,
+        window_start=started_at - timedelta(hours=1),
+        window_end=started_at,
+        reference_kind="window",
+        current_rows=500,
+        reference_rows=480,
+        current_total=1200,
+        reference_total=480,
+        signals={"status": status, "signals": signals},
+    )
+
+
+def ids(response: Any) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [row["id"] for row in response.json()]
+
+
+def test_every_admin_route_needs_an_admin_token(client: TestClient, store: Store) -> None:
+    add_version(store, "support-bot", kind="prompt", name="v1", artifact="p1")
+    routes = [
+        ("get", "/v1/checks"),
+        ("get", "/v1/checks/1"),
+        ("get", "/v1/jobs"),
+        ("post", "/v1/jobs/1/approve"),
+        ("post", "/v1/jobs/1/cancel"),
+        ("post", "/v1/jobs/1/retry"),
+        ("get", "/v1/deployments/support-bot/versions"),
+        ("post", "/v1/deployments/support-bot/versions/v1/promote"),
+        ("post", "/v1/deployments/support-bot/rollback"),
+        ("get", "/v1/events"),
+    ]
+    for headers in ({"Authorization": ""}, INGEST, {"Authorization": "Bearer admin-2"}):
+        for method, path in routes:
+            response = client.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path, headers)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert "admin" in response.json()["detail"]
+    assert [v.state for v in list_versions(store, "support-bot")] == ["candidate"]
+
+
+def test_checks_are_listed_newest_first_with_filters(client: TestClient, store: Store) -> None:
+    old = store.record_check("support-bot", a_check(NOW - timedelta(hours=5), "ok"))
+    drift = store.record_check(
+        "support-bot", a_check(NOW - timedelta(hours=1), "drift", drifted=("embedding",))
+    )
+    other = store.record_check("intents", a_check(NOW - timedelta(minutes=10), "ok"))
+
+    everything = client.get("/v1/checks")
+    assert ids(everything) == [other, drift, old]
+    listed = everything.json()[1]
+    assert listed["deployment"] == "support-bot"
+    assert listed["status"] == "drift"
+    assert listed["drifted"] == ["embedding"]
+    assert "signals" not in listed
+    assert datetime.fromisoformat(listed["started_at"]) == NOW - timedelta(hours=1)
+    assert ids(client.get("/v1/checks", params={"deployment": "support-bot"})) == [drift, old]
+    assert ids(client.get("/v1/checks", params={"status": "ok"})) == [other, old]
+    assert ids(client.get("/v1/checks", params={"since": "2h"})) == [other, drift]
+    since = (NOW - timedelta(hours=3)).isoformat()
+    assert ids(client.get("/v1/checks", params={"since": since})) == [other, drift]
+    assert ids(client.get("/v1/checks", params={"limit": 1})) == [other]
+
+
+def test_one_check_comes_with_its_signals(client: TestClient, store: Store) -> None:
+    check_id = store.record_check("support-bot", a_check(NOW, "drift", drifted=("input_length",)))
+
+    response = client.get(f"/v1/checks/{check_id}")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == check_id
+    assert body["deployment"] == "support-bot"
+    assert body["drifted"] == ["input_length"]
+    assert [s["name"] for s in body["signals"]["signals"]] == ["input_length", "embedding"]
+    assert body["signals"]["signals"][0]["score"] == 0.4
+    missing = client.get("/v1/checks/999")
+    assert missing.status_code == 404
+    assert "no check 999" in missing.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field", "says"),
+    [
+        ("/v1/checks", {"status": "drifting"}, "status", "'ok', 'drift'"),
+        ("/v1/checks", {"since": "yesterday"}, "since", "a duration ago like '2h'"),
+        ("/v1/checks", {"since": "2026-11-01T12:00:00"}, "since", "has no timezone"),
+        ("/v1/checks", {"limit": 0}, "limit", "greater than or equal to 1"),
+        ("/v1/checks", {"limit": 5000}, "limit", "less than or equal to 1000"),
+        ("/v1/jobs", {"state": "done"}, "state", "'queued'"),
+        ("/v1/events", {"until": "soon"}, "until", "ISO 8601"),
+        ("/v1/events", {"since": "1h", "until": "2h"}, "until", "must be after since"),
+        ("/v1/checks/abc", {}, "check_id", "valid integer"),
+    ],
+)
+def test_a_bad_filter_is_a_422_naming_the_parameter(
+    client: TestClient, path: str, params: dict[str, Any], field: str, says: str
+) -> None:
+    response = client.get(path, params=params)
+
+    assert response.status_code == 422, response.text
+    [problem] = response.json()["detail"]
+    assert problem["loc"][-1] == field
+    assert says in problem["msg"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/v1/checks?deployment=nowhere"),
+        ("get", "/v1/jobs?deployment=nowhere"),
+        ("get", "/v1/events?deployment=nowhere"),
+        ("get", "/v1/deployments/nowhere/versions"),
+        ("post", "/v1/deployments/nowhere/versions/v1/promote"),
+        ("post", "/v1/deployments/nowhere/rollback"),
+    ],
+)
+def test_an_unknown_deployment_is_a_404(client: TestClient, method: str, path: str) -> None:
+    response = client.request(method, path)
+
+    assert response.status_code == 404
+    assert "unknown deployment 'nowhere'" in response.json()["detail"]
+
+
+def test_jobs_are_listed_and_steered(client: TestClient, store: Store) -> None:
+    waiting = job_store.create_job(
+        store, "support-bot", "revise_prompt", "drift", {}, state=JobState.awaiting_approval
+    )
+    queued = job_store.create_job(store, "intents", "evaluate", "schedule", {"golden": "g.jsonl"})
+
+    assert ids(client.get("/v1/jobs")) == [queued, waiting]
+    assert ids(client.get("/v1/jobs", params={"state": "awaiting_approval"})) == [waiting]
+    assert ids(client.get("/v1/jobs", params={"deployment": "intents"})) == [queued]
+    listed = client.get("/v1/jobs").json()[0]
+    assert (listed["deployment"], listed["kind"], listed["trigger"]) == (
+        "intents",
+        "evaluate",
+        "schedule",
+    )
+    assert listed["spec"] == {"golden": "g.jsonl"}
+
+    approved = client.post(f"/v1/jobs/{waiting}/approve")
+    assert approved.status_code == 200
+    assert approved.json()["state"] == "queued"
+    again = client.post(f"/v1/jobs/{waiting}/approve")
+    assert again.status_code == 409
+    assert "is queued, so it cannot be approved" in again.json()["detail"]
+
+    cancelled = client.post(f"/v1/jobs/{queued}/cancel")
+    assert cancelled.json()["state"] == "cancelled"
+    assert client.post(f"/v1/jobs/{queued}/cancel").status_code == 409
+    retried = client.post(f"/v1/jobs/{queued}/retry")
+    assert retried.status_code == 200
+    assert retried.json()["state"] == "queued"
+    refused = client.post(f"/v1/jobs/{queued}/retry")
+    assert refused.status_code == 409
+    assert "only a job that is failed or cancelled can" in refused.json()["detail"]
+
+    for action in ("approve", "cancel", "retry"):
+        missing = client.post(f"/v1/jobs/999/{action}")
+        assert missing.status_code == 404
+        assert "no job 999" in missing.json()["detail"]
+    approval = client.get("/v1/events", params={"kind": "job.queued"}).json()
+    assert any(e["evidence"].get("approved_by") == "api:testclient" for e in approval)
+
+
+def test_promote_and_roll_back_over_http(client: TestClient, store: Store) -> None:
+    for name in ("v1", "v2"):
+        add_version(store, "support-bot", kind="prompt", name=name, artifact=f"{name}.txt")
+
+    first = client.post("/v1/deployments/support-bot/versions/v1/promote")
+    second = client.post("/v1/deployments/support-bot/versions/v2/promote")
+
+    assert first.status_code == 200, first.text
+    assert first.json()["previous"] is None
+    body = second.json()
+    assert (body["active"]["name"], body["active"]["state"]) == ("v2", "active")
+    assert (body["previous"]["name"], body["previous"]["state"]) == ("v1", "retired")
+    listed = client.get("/v1/deployments/support-bot/versions").json()
+    assert [(v["name"], v["state"]) for v in listed] == [("v2", "active"), ("v1", "retired")]
+    assert listed[0]["promoted_at"] is not None
+
+    rolled = client.post("/v1/deployments/support-bot/rollback")
+
+    assert rolled.status_code == 200
+    assert rolled.json()["active"]["name"] == "v1"
+    assert rolled.json()["previous"]["meta"]["rolled_back"] is True
+    trail = client.get("/v1/events", params={"kind": "version."}).json()
+    assert [e["kind"] for e in trail] == [
+        "version.rolled_back",
+        "version.promoted",
+        "version.promoted",
+    ]
+    assert trail[0]["id"] == rolled.json()["event_id"]
+    assert trail[0]["evidence"]["actor"] == "api:testclient"
+    assert (trail[0]["evidence"]["old"]["name"], trail[0]["evidence"]["new"]["name"]) == (
+        "v2",
+        "v1",
+    )
+
+
+def test_refused_version_changes(client: TestClient, store: Store) -> None:
+    add_version(store, "support-bot", kind="prompt", name="v1", artifact="v1.txt")
+    add_version(store, "support-bot", kind="prompt", name="bad", artifact="b", state="rejected")
+    base = "/v1/deployments/support-bot"
+
+    nothing = client.post(f"{base}/rollback")
+    assert nothing.status_code == 409
+    assert "has no active version" in nothing.json()["detail"]
+    assert client.post(f"{base}/versions/v1/promote").status_code == 200
+    active = client.post(f"{base}/versions/v1/promote")
+    assert active.status_code == 409
+    assert "already active" in active.json()["detail"]
+    unknown = client.post(f"{base}/versions/v9/promote")
+    assert unknown.status_code == 404
+    assert "has no version 'v9'" in unknown.json()["detail"]
+    rejected = client.post(f"{base}/versions/bad/promote")
+    assert rejected.status_code == 409
+    assert "rejected by its gate" in rejected.json()["detail"]
+    assert client.get(f"{base}/versions").json()[0]["state"] == "rejected"
+
+    forced = client.post(f"{base}/versions/bad/promote", params={"force": "true"})
+
+    assert forced.status_code == 200
+    assert forced.json()["active"]["name"] == "bad"
+
+
+def test_events_are_filtered_by_deployment_kind_and_time(client: TestClient, store: Store) -> None:
+    def event(deployment: str | None, kind: str, hours_ago: float) -> int:
+        return store.add_event(
+            deployment, kind, f"{kind} happened", {"n": 1}, ts=NOW - timedelta(hours=hours_ago)
+        )
+
+    started = event(None, "daemon.started", 6)
+    decision = event("support-bot", "policy.decision", 4)
+    queued = event("support-bot", "job.queued", 3)
+    failed = event("intents", "job.failed", 1)
+    rolled = event("intents", "version.rolled_back", 0.5)
+
+    assert ids(client.get("/v1/events")) == [rolled, failed, queued, decision, started]
+    assert client.get("/v1/events").json()[-1]["deployment"] is None
+    assert ids(client.get("/v1/events", params={"kind": "job."})) == [failed, queued]
+    assert ids(client.get("/v1/events", params={"kind": "policy"})) == [decision]
+    assert ids(client.get("/v1/events", params={"kind": "version.rolled_"})) == [rolled]
+    assert ids(client.get("/v1/events", params={"kind": "JOB."})) == []
+    assert ids(client.get("/v1/events", params={"deployment": "intents"})) == [rolled, failed]
+    window = {"since": "5h", "until": (NOW - timedelta(hours=2)).isoformat()}
+    assert ids(client.get("/v1/events", params=window)) == [queued, decision]
+    assert ids(client.get("/v1/events", params={"limit": 2})) == [rolled, failed]
+    assert client.get("/v1/events").json()[0]["message"] == "version.rolled_back happened"
