@@ -154,15 +154,27 @@ class Daemon:
         lease."""
         scheduling = self.config.scheduling
         self._checks = CheckPool(self.config, scheduling.check_workers)
-        runner = JobRunner(store, LocalExecutor(), scheduling.jobs_dir, self.owner)
+        runner = JobRunner(
+            store,
+            LocalExecutor(),
+            scheduling.jobs_dir,
+            self.owner,
+            heartbeat=scheduling.job_heartbeat,
+            stale_after=scheduling.job_stale_after,
+        )
         self._runner = runner
-        actions = Actions(self.config, store, self._checks)
+        actions = Actions(
+            self.config, store, self._checks, owner=self.owner, epoch=lambda: self._epoch()
+        )
         self._scheduler = Scheduler(
             self.config,
             store,
             self.owner,
             actions.work(),
-            periodic={"jobs": (scheduling.job_poll, runner.tick)},
+            periodic={
+                "jobs": (scheduling.job_poll, runner.tick),
+                "settle": (scheduling.job_poll, actions.settle_jobs),
+            },
             on_gain=lambda epoch: runner.recover(),
             warm_up=self._checks.wait_ready,
         )
@@ -171,6 +183,10 @@ class Daemon:
             "scheduler started",
             extra={"owner": self.owner, "lease_ttl": scheduling.lease_ttl.total_seconds()},
         )
+
+    def _epoch(self) -> int | None:
+        scheduler = self._scheduler
+        return None if scheduler is None else scheduler.epoch
 
     def _leads(self) -> bool:
         scheduler = self._scheduler

