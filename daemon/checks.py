@@ -263,6 +263,22 @@ class Checker:
         path = folder / f"check-{check_id}.json"
         path.write_text(json.dumps(result.snapshot, default=str), encoding="utf-8")
         self.store.set_snapshot_path(check_id, str(path))
+        workspace = self.config.storage.evidently_workspace
+        if workspace is not None:
+            from monitors import export_to_workspace
+
+            try:
+                export_to_workspace(
+                    json.loads(path.read_text(encoding="utf-8")),
+                    workspace,
+                    deployment,
+                    run_name=f"check {check_id}",
+                )
+            except Exception:  # the check stands; its copy in Evidently's UI is a convenience
+                log.exception(
+                    "could not add the check's snapshot to the Evidently workspace",
+                    extra={"deployment": deployment, "workspace": str(workspace)},
+                )
         return path
 
 

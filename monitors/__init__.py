@@ -24,7 +24,7 @@ from monitors.spec import SIGNAL_GROUPS, Group, MonitorSpec, Side, Task
 
 if TYPE_CHECKING:
     from monitors.check import run_check
-    from monitors.report import render_html
+    from monitors.report import export_to_workspace, render_html
 
 __all__ = [
     "SIGNAL_GROUPS",
@@ -36,11 +36,16 @@ __all__ = [
     "SignalResult",
     "SignalStatus",
     "Task",
+    "export_to_workspace",
     "render_html",
     "run_check",
 ]
 
-_LAZY = {"run_check": "monitors.check", "render_html": "monitors.report"}
+_LAZY = {
+    "run_check": "monitors.check",
+    "render_html": "monitors.report",
+    "export_to_workspace": "monitors.report",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -186,3 +186,24 @@ def render_html(snapshot: dict[str, Any], path: Path) -> None:
 
     loaded = Snapshot.load_dict(snapshot)
     path.write_text(loaded.get_html_str(as_iframe=False), encoding="utf-8")
+
+
+def export_to_workspace(
+    snapshot: dict[str, Any], workspace: Path, project: str, *, run_name: str
+) -> str:
+    """Add a stored check snapshot to the local Evidently workspace at ``workspace`` (created
+    if missing), in the project named ``project`` (created on first use), so that
+    ``evidently ui --workspace WORKSPACE`` shows every check's report over time. Returns the
+    run's id in the workspace."""
+    from evidently.core.report import Snapshot
+    from evidently.ui.workspace import Workspace
+
+    space = Workspace.create(str(workspace))
+    found = space.search_project(project)
+    target = (
+        found[0]
+        if found
+        else space.create_project(project, description=f"driftd checks of {project}")
+    )
+    ref = space.add_run(target.id, Snapshot.load_dict(snapshot), name=run_name)
+    return str(ref.id)

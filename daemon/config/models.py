@@ -149,6 +149,12 @@ class Storage(Section):
         description="Folder of the Evidently snapshot saved with each check (relative to the "
         "working directory).",
     )
+    evidently_workspace: Path | None = Field(
+        None,
+        description="Also add each check's Evidently snapshot to this local Evidently workspace "
+        "(one project per deployment), so that `evidently ui --workspace PATH` shows the "
+        "history; unset means no export.",
+    )
 
 
 class LogFormat(StrEnum):

@@ -176,6 +176,25 @@ def test_a_sliding_window_draws_mostly_the_rows_it_drew_before(filled: Store, cf
     assert encoder.encoded - computed < 400
 
 
+def test_each_check_is_added_to_the_configured_evidently_workspace(
+    filled: Store, tmp_path: Path
+) -> None:
+    from evidently.ui.workspace import Workspace
+
+    workspace = tmp_path / "evidently"
+    text = CONFIG % ", ".join(KNOWN) + (
+        f"storage: {{snapshots: {tmp_path / 'snapshots'}, evidently_workspace: {workspace}}}\n"
+    )
+    cfg = parse_config(text, environ={})
+    fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 300, "cur")
+    checker = Checker(cfg, filled, lambda model: HashingEncoder())
+    checker.run("intents", now=NOW)
+    checker.run("intents", now=NOW + timedelta(minutes=5))
+    space = Workspace(str(workspace))
+    (project,) = space.search_project("intents")
+    assert len(space.list_runs(project.id)) == 2
+
+
 def test_too_few_samples_is_insufficient_data_not_an_error(filled: Store, cfg: Config) -> None:
     fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 10, "few")
     outcome = Checker(cfg, filled, lambda model: HashingEncoder()).run("intents", now=NOW)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from monitors import CheckResult, MonitorSpec, Side, render_html, run_check
+from monitors import CheckResult, MonitorSpec, Side, export_to_workspace, render_html, run_check
 
 SIGNALS = ("descriptors", "text", "embedding")
 SPEC = MonitorSpec(task="classification", signals=SIGNALS, seed=7)
@@ -81,6 +81,21 @@ def test_the_result_is_plain_json_and_comes_back_equal(shifted: CheckResult) -> 
     assert CheckResult.from_dict(json.loads(text)) == shifted
     assert set(shifted.timings) == set(SIGNALS)
     assert all(seconds >= 0 for seconds in shifted.timings.values())
+
+
+def test_snapshots_go_to_an_evidently_workspace_one_project_per_deployment(
+    shifted: CheckResult, stable: CheckResult, tmp_path: Path
+) -> None:
+    from evidently.ui.workspace import Workspace
+
+    workspace = tmp_path / "workspace"
+    for number, result in enumerate((shifted, stable), start=1):
+        assert result.snapshot is not None
+        stored = json.loads(json.dumps(result.snapshot))
+        export_to_workspace(stored, workspace, "intents", run_name=f"check {number}")
+    space = Workspace(str(workspace))
+    (project,) = space.search_project("intents")
+    assert len(space.list_runs(project.id)) == 2
 
 
 def test_the_snapshot_renders_as_evidently_html(shifted: CheckResult, tmp_path: Path) -> None:
