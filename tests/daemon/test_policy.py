@@ -20,6 +20,7 @@ from daemon.policy import (
     History,
     Reason,
     decide,
+    decide_scheduled,
     history_for,
     record,
 )
@@ -551,3 +552,42 @@ def test_dry_run_would_be_actions_start_the_cooldown(store: Store, deployment: s
     assert reasons == [Reason.dry_run, Reason.cooldown, Reason.cooldown]
     assert history_for(store, deployment, NOW + timedelta(hours=2), 1).last_action_at == NOW
     assert history_for(store, deployment, NOW + timedelta(hours=2), 1).jobs_last_24h == 0
+
+
+# --- scheduled re-tunes: no drift needed, the same caps ----------------------------------------
+
+
+def scheduled(policy: Policy, past: History, estimate: float | None = None) -> Decision:
+    return decide_scheduled(policy, past, NOW, job_kind="retrain", estimated_cost_usd=estimate)
+
+
+def test_a_scheduled_retune_needs_no_drift() -> None:
+    decision = scheduled(RETRAIN, history())
+    assert (decision.action, decision.reason) == (DecisionAction.retrain, Reason.scheduled)
+    assert (decision.job_kind, decision.job_state) == ("retrain", JobState.queued)
+    assert decision.evidence["trigger"] == "schedule"
+
+
+def test_a_scheduled_retune_waits_for_approval_when_approval_is_manual() -> None:
+    manual = RETRAIN.model_copy(update={"approval": Approval.manual})
+    assert scheduled(manual, history()).job_state is JobState.awaiting_approval
+
+
+def test_a_scheduled_retune_holds_on_the_cap_the_budget_and_the_cooldown() -> None:
+    capped = scheduled(RETRAIN, history(jobs_last_24h=2))
+    assert (capped.action, capped.reason, capped.creates_job) == (
+        DecisionAction.hold,
+        Reason.daily_cap,
+        False,
+    )
+    budget = RETRAIN.model_copy(update={"budget": Budget(max_usd_per_day=10.0)})
+    spent = scheduled(budget, history(spent_usd_last_24h=8.0), estimate=5.0)
+    assert (spent.reason, spent.creates_job) == (Reason.budget, False)
+    recent = scheduled(RETRAIN, history(last_action_at=NOW - timedelta(hours=1)))
+    assert (recent.reason, recent.creates_job) == (Reason.cooldown, False)
+
+
+def test_a_scheduled_retune_in_dry_run_only_says_what_it_would_do() -> None:
+    dry = scheduled(RETRAIN.model_copy(update={"dry_run": True}), history())
+    assert (dry.action, dry.reason, dry.creates_job) == (DecisionAction.none, Reason.dry_run, False)
+    assert dry.evidence["would_be"]["job_kind"] == "retrain"

@@ -1,0 +1,153 @@
+"""What claimed ticks do, on SQLite and PostgreSQL: a check's verdict goes through the policy to
+an audit event and, when the policy says so, a job; scheduled re-tunes obey the same caps;
+retention deletes old samples; the embedding cache forgets vectors of a model no longer used."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from daemon.config import Config, parse_config
+from daemon.domain import CheckStatus
+from daemon.scheduler import CheckDone, Tick
+from daemon.scheduler.actions import Actions
+from daemon.store import NewCheck, NewSample, Store
+from daemon.store import jobs as job_store
+from daemon.store.models import Sample
+
+CONFIG = """\
+deployments:
+  - name: bot
+    kind: prompted
+    task: generation
+    prompt: {model: gpt-4o-mini, system: "You are helpful."}
+    policy: {on_drift: revise_prompt, consecutive: 2, cooldown: 1h, max_jobs_per_day: 1}
+    retune: {schedule: "0 3 * * *", golden_set: golden.jsonl}
+"""
+
+
+class FakeChecks:
+    """Stands in for the check workers: records a check with the verdict it is told to give,
+    as ``Checker.run`` would."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.verdicts: list[str] = []
+
+    def run(self, deployment: str, **_: Any) -> CheckDone:
+        status = self.verdicts.pop(0)
+        now = datetime.now(UTC)
+        signals = [
+            {"name": "judge", "group": "quality", "drifted": status == "drift", "score": 0.4}
+        ]
+        check_id = self.store.record_check(
+            deployment,
+            NewCheck(
+                started_at=now,
+                finished_at=now,
+                status=status,
+                window_start=now - timedelta(hours=1),
+                window_end=now,
+                reference_kind="previous_window",
+                current_rows=100,
+                reference_rows=100,
+                current_total=100,
+                reference_total=100,
+                signals={"status": status, "signals": signals},
+            ),
+        )
+        return CheckDone(check_id, status, ("judge",) if status == "drift" else (), 0.01)
+
+
+def config(tmp_path: Any) -> Config:
+    (tmp_path / "golden.jsonl").write_text('{"input": "hi", "expected": "hello"}\n')
+    return parse_config(CONFIG, environ={}, base_dir=tmp_path)
+
+
+def tick(kind: str) -> Tick:
+    return Tick("bot", kind, datetime.now(UTC).replace(microsecond=0))
+
+
+def test_two_drifted_checks_create_one_job_and_every_decision_is_recorded(
+    store: Store, tmp_path: Any
+) -> None:
+    store.ensure_deployment("bot", "prompted", "generation")
+    checks = FakeChecks(store)
+    actions = Actions(config(tmp_path), store, checks)  # type: ignore[arg-type]
+    checks.verdicts = ["drift", "drift", "drift"]
+    for _ in range(3):
+        actions.check(tick("check"))
+    jobs = job_store.list_jobs(store, deployment="bot")
+    assert [(job.kind, job.trigger, job.state) for _, job in jobs] == [
+        ("revise_prompt", "drift", "queued")
+    ]
+    decisions = [e for e in store.recent_events("bot") if e.kind == "policy.decision"]
+    reasons = [e.evidence["reason"] for e in reversed(decisions)]
+    assert reasons == ["hysteresis", "acted", "cooldown"]
+    (_, job) = jobs[0]
+    assert job.spec["check_ids"]
+    assert job.spec["decision_event_id"] == decisions[1].id
+
+
+def test_a_scheduled_retune_creates_a_job_then_waits_out_the_cooldown(store: Store, tmp_path: Any) -> None:
+    store.ensure_deployment("bot", "prompted", "generation")
+    actions = Actions(config(tmp_path), store, FakeChecks(store))  # type: ignore[arg-type]
+    actions.retune(tick("retune"))
+    actions.retune(tick("retune"))
+    jobs = job_store.list_jobs(store, deployment="bot")
+    assert [(job.kind, job.trigger) for _, job in jobs] == [("revise_prompt", "schedule")]
+    decisions = [e for e in store.recent_events("bot") if e.kind == "policy.decision"]
+    assert [e.evidence["reason"] for e in reversed(decisions)] == ["scheduled", "cooldown"]
+
+
+def test_a_failed_check_is_recorded_as_failed(store: Store, tmp_path: Any) -> None:
+    from daemon.scheduler import CheckTimeout
+
+    class TimingOut(FakeChecks):
+        def run(self, deployment: str, **_: Any) -> CheckDone:
+            raise CheckTimeout("check of deployment 'bot' ran longer than its timeout")
+
+    store.ensure_deployment("bot", "prompted", "generation")
+    actions = Actions(config(tmp_path), store, TimingOut(store))  # type: ignore[arg-type]
+    actions.check(tick("check"))
+    (check,) = store.recent_checks("bot")
+    assert check.status == CheckStatus.failed.value
+    assert check.error is not None
+    assert "timeout" in check.error
+
+
+def sample(request_id: str, ts: datetime) -> NewSample:
+    return NewSample(request_id=request_id, ts=ts, input="hello", output="hi")
+
+
+def test_retention_deletes_old_samples_and_keeps_recent_ones(store: Store, tmp_path: Any) -> None:
+    store.ensure_deployment("bot", "prompted", "generation")
+    now = datetime.now(UTC)
+    store.insert_samples("bot", [sample(f"old-{i}", now - timedelta(days=40)) for i in range(5)])
+    store.insert_samples("bot", [sample(f"new-{i}", now - timedelta(days=1)) for i in range(3)])
+    Actions(config(tmp_path), store, FakeChecks(store)).retention(tick("retention"))  # type: ignore[arg-type]
+    with store.session(readonly=True) as session:
+        left = sorted(session.scalars(select(Sample.request_id)))
+    assert left == ["new-0", "new-1", "new-2"]
+    (event,) = [e for e in store.recent_events("bot") if e.kind == "retention"]
+    assert event.evidence["deleted"] == 5
+
+
+def test_embeddings_of_a_model_no_longer_used_are_dropped(store: Store, tmp_path: Any) -> None:
+    store.ensure_deployment("bot", "prompted", "generation")
+    now = datetime.now(UTC)
+    store.insert_samples("bot", [sample(f"s-{i}", now) for i in range(4)])
+    with store.session(readonly=True) as session:
+        ids = list(session.scalars(select(Sample.id).order_by(Sample.id)))
+    store.store_embeddings("old-model/int8/128", {ids[0]: b"\0" * 8, ids[1]: b"\0" * 8})
+    store.store_embeddings("all-MiniLM-L6-v2/int8/128", {ids[2]: b"\0" * 8})
+    Actions(config(tmp_path), store, FakeChecks(store)).embeddings(tick("embeddings"))  # type: ignore[arg-type]
+    with store.session(readonly=True) as session:
+        kept = session.execute(
+            select(Sample.embedding_model, func.count())
+            .where(Sample.embedding.is_not(None))
+            .group_by(Sample.embedding_model)
+        ).all()
+    assert [tuple(row) for row in kept] == [("all-MiniLM-L6-v2/int8/128", 1)]
