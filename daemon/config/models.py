@@ -467,9 +467,44 @@ class Watch(Section):
     period: Duration = Field(
         timedelta(hours=24), description="How long a promoted version is watched."
     )
+    checks: int = Field(
+        3, ge=1, le=100, description="Checks after a promotion whose quality is compared."
+    )
     max_drop: float = Field(
         0.02, gt=0.0, le=1.0, description="Quality fall versus the gate that rolls back."
     )
+
+
+class Hooks(Section):
+    models_dir: RelativePath | None = Field(
+        None,
+        description="On promotion, point the symlink `current` in this folder at the new "
+        "version's artifact (atomically, by renaming a new link over it).",
+    )
+    webhook: str | None = Field(
+        None,
+        description="On promotion and rollback, POST JSON with the old and new version here.",
+    )
+    command: tuple[str, ...] | None = Field(
+        None,
+        description="On promotion and rollback, run this argument list (no shell); the "
+        "versions arrive as DRIFTD_* environment variables.",
+    )
+    timeout: Duration = Field(timedelta(seconds=30), description="Timeout of each hook.")
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _argument_list(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("expected a non-empty argument list such as [/usr/bin/reload, x]")
+        return value
 
 
 class Retune(Section):
@@ -491,6 +526,7 @@ class Retune(Section):
     trainer: Trainer = Field(default_factory=Trainer, description="transformers settings.")
     candidates: int = Field(4, ge=1, le=20, description="`prompt_revision`: prompts proposed.")
     watch: Watch = Field(default_factory=Watch, description="Rollback after promotion.")
+    hooks: Hooks = Field(default_factory=Hooks, description="What promotion and rollback run.")
     timeout: Duration = Field(timedelta(hours=2), description="A job running longer fails.")
 
 
