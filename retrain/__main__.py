@@ -1,5 +1,10 @@
 """``python -m retrain <kind> --spec job.json``: run one job, as the daemon's job runner does.
 
+Each kind is a module with ``parse_spec(raw, base, *, warn) -> spec`` (raising
+``retrain.errors.SpecError``; the spec has an ``output_dir``) and ``run(spec, progress) -> dict``
+(raising ``retrain.errors.JobError`` for failures an operator can act on). Modules are imported
+only for the kind that runs, so a job pays for no other kind's imports.
+
 The contract with whoever starts the job (driftd's runner, or an operator by hand):
 
 - progress lines go to stdout, errors and tracebacks to stderr (the runner sends both to the
@@ -15,6 +20,7 @@ The contract with whoever starts the job (driftd's runner, or an operator by han
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -23,9 +29,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from retrain import evaluate
+from retrain.errors import JobError, SpecError
 
-KINDS = ("evaluate",)
+KINDS = {
+    "evaluate": "retrain.evaluate",
+    "train": "retrain.train",
+    "openai_finetune": "retrain.openai_finetune",
+    "gate": "retrain.gate",
+}
 RESULT_FILE = "result.json"
 EXIT_FILE = "exit"  # the name driftd's executors read (daemon.jobs.executor.EXIT_FILE)
 
@@ -39,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m retrain",
         description="Run one driftd job: read its spec, write result.json in its output_dir.",
     )
-    parser.add_argument("kind", choices=KINDS, help="the job to run")
+    parser.add_argument("kind", choices=sorted(KINDS), help="the job to run")
     parser.add_argument("--spec", type=Path, required=True, help="the job's spec (JSON)")
     args = parser.parse_args(argv)
     code = run(args.kind, args.spec)
@@ -60,21 +71,18 @@ def run(kind: str, spec_path: Path) -> int:
         return _bad_spec(kind, spec_path, f"it is not JSON: {error}")
     if not isinstance(raw, dict):
         return _bad_spec(kind, spec_path, f"it must be a JSON object, not {type(raw).__name__}")
+    job: Any = importlib.import_module(KINDS[kind])
     try:
-        spec = evaluate.parse_spec(raw, spec_path.parent, warn=_warn(kind))
-    except evaluate.SpecError as error:
+        spec = job.parse_spec(raw, spec_path.parent, warn=_warn(kind))
+    except SpecError as error:
         return _bad_spec(kind, spec_path, str(error))
     print(f"{kind}: spec {spec_path}", flush=True)
     try:
-        result: dict[str, Any] = evaluate.run(spec, _progress)
+        result: dict[str, Any] = job.run(spec, _progress)
     except Exception as error:
         # The traceback is for the log; the result gets the message an operator can act on.
         traceback.print_exc()
-        message = (
-            str(error)
-            if isinstance(error, evaluate.EvaluationError)
-            else f"{type(error).__name__}: {error}"
-        )
+        message = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         print(f"{kind}: failed: {message}", file=sys.stderr, flush=True)
         _write_result(spec.output_dir, {"kind": kind, "status": "failed", "error": message})
         return EXIT_FAILED

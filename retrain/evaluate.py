@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrain.errors import JobError, SpecError
+
 Progress = Callable[[str], None]
 
 _DEFAULTS: dict[str, Any] = {
@@ -45,11 +47,7 @@ _DEFAULTS: dict[str, Any] = {
 _REQUIRED = ("golden_set", "model_dir", "output_dir")
 
 
-class SpecError(Exception):
-    """The spec is invalid, so the job cannot run; the message lists every problem."""
-
-
-class EvaluationError(Exception):
+class EvaluationError(JobError):
     """The evaluation could not be done with the data and model the spec names."""
 
 
