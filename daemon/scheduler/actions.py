@@ -20,6 +20,7 @@ from daemon.config.models import Deployment, Method
 from daemon.domain import JobState, Kind, VersionKind, VersionState
 from daemon.errors import DriftdError
 from daemon.policy import decide, decide_scheduled, history_for, record
+from daemon.retune import NotEnoughLabels, retune_spec
 from daemon.scheduler.pool import CheckPool
 from daemon.scheduler.scheduler import Tick, record_failed_check
 from daemon.store import Store, versions
@@ -116,13 +117,26 @@ class Actions:
         if not decision.creates_job:
             return
         kind = str(decision.job_kind)
-        spec = {
-            "deployment": deployment.name,
-            "kind": kind,
+        lineage = {
             "trigger": trigger,
             "decision_event_id": event_id,
             "check_ids": decision.evidence.get("check_ids", []),
         }
+        spec: dict[str, Any] = {"deployment": deployment.name, "kind": kind, **lineage}
+        if kind == "retrain":
+            try:
+                spec = retune_spec(
+                    self.config, self.store, deployment, trigger=trigger, lineage=lineage
+                )
+            except NotEnoughLabels as error:
+                self.store.add_event(
+                    deployment.name,
+                    "retune.skipped",
+                    str(error),
+                    {"decision_event_id": event_id, "reason": "not_enough_labels"},
+                )
+                log.warning("re-tune skipped", extra={"deployment": deployment.name})
+                return
         job_id = job_store.create_job(
             self.store,
             deployment.name,
@@ -231,28 +245,32 @@ class Actions:
         if version is not None and version.state != VersionState.candidate.value:
             return  # settled already: promoted, rejected, or since retired
         result = job.result or {}
+        produced: dict[str, Any] = result.get("candidate") or {}
         metrics = result.get("metrics")
         metrics = metrics if isinstance(metrics, dict) else result
-        score = metrics.get("accuracy")
-        floor = float(job.spec.get("min_accuracy", 0.0))
-        passed = isinstance(score, int | float) and float(score) >= floor
+        gate = result.get("gate") if isinstance(result.get("gate"), dict) else None
+        if gate is not None:  # a re-tune: the gate compared it with the champion
+            passed = bool(gate.get("passed"))
+        else:  # an evaluation of a given model: a floor on its accuracy
+            score = metrics.get("accuracy")
+            floor = float(job.spec.get("min_accuracy", 0.0))
+            passed = isinstance(score, int | float) and float(score) >= floor
         if version is None:
+            artifact = produced.get("artifact") or candidate.get("artifact")
             versions.add_version(
                 self.store,
                 deployment,
                 kind=VersionKind.model,
                 name=name,
-                artifact=str(candidate.get("artifact") or job.spec.get("model_dir", "")),
+                artifact=str(artifact or job.spec.get("model_dir", "")),
+                parent=job.spec.get("champion_version"),
                 state=VersionState.candidate if passed else VersionState.rejected,
                 eval_scores={k: v for k, v in metrics.items() if isinstance(v, int | float)},
-                meta={"job_id": job.id, "min_accuracy": floor},
+                meta={"job_id": job.id, "gate": gate, "lineage": result.get("lineage")},
                 job_id=job.id,
             )
         if not passed:
-            log.info(
-                "candidate rejected",
-                extra={"deployment": deployment, "version": name, "accuracy": score},
-            )
+            log.info("candidate rejected", extra={"deployment": deployment, "version": name})
             return
         epoch = self._epoch()
         if epoch is None:

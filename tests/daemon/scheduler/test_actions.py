@@ -4,7 +4,9 @@ retention deletes old samples; the embedding cache forgets vectors of a model no
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -91,7 +93,9 @@ def test_two_drifted_checks_create_one_job_and_every_decision_is_recorded(
     assert job.spec["decision_event_id"] == decisions[1].id
 
 
-def test_a_scheduled_retune_creates_a_job_then_waits_out_the_cooldown(store: Store, tmp_path: Any) -> None:
+def test_a_scheduled_retune_creates_a_job_then_waits_out_the_cooldown(
+    store: Store, tmp_path: Any
+) -> None:
     store.ensure_deployment("bot", "prompted", "generation")
     actions = Actions(config(tmp_path), store, FakeChecks(store))  # type: ignore[arg-type]
     actions.retune(tick("retune"))
@@ -151,3 +155,64 @@ def test_embeddings_of_a_model_no_longer_used_are_dropped(store: Store, tmp_path
             .group_by(Sample.embedding_model)
         ).all()
     assert [tuple(row) for row in kept] == [("all-MiniLM-L6-v2/int8/128", 1)]
+
+
+FINETUNED = """\
+deployments:
+  - name: intents
+    kind: finetuned
+    task: classification
+    model: {name: ./model}
+    labels: [card_arrival, card_linking]
+    policy: {on_drift: retrain, consecutive: 1}
+    retune:
+      golden_set: golden.jsonl
+      data: {min_labelled: 5}
+"""
+
+
+def finetuned(tmp_path: Any) -> Config:
+    (tmp_path / "golden.jsonl").write_text(
+        '{"input": "where is my card", "label": "card_arrival"}\n'
+    )
+    text = FINETUNED + f"scheduling: {{jobs_dir: {tmp_path / 'jobs'}}}\n"
+    return parse_config(text, environ={}, base_dir=tmp_path)
+
+
+def test_a_retrain_job_gets_the_labelled_production_samples(store: Store, tmp_path: Any) -> None:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    now = datetime.now(UTC)
+    labelled = [
+        NewSample(
+            request_id=f"l-{i}", ts=now - timedelta(hours=1), input=f"q {i}", label="card_linking"
+        )
+        for i in range(6)
+    ]
+    store.insert_samples("intents", [*labelled, sample("unlabelled", now)])
+    checks = FakeChecks(store)
+    checks.verdicts = ["drift"]
+    actions = Actions(finetuned(tmp_path), store, checks)  # type: ignore[arg-type]
+    actions.check(Tick("intents", "check", now))
+    ((_, job),) = job_store.list_jobs(store, deployment="intents")
+    assert (job.kind, job.spec["method"], job.spec["task"]) == (
+        "retrain",
+        "trainer",
+        "classification",
+    )
+    rows = [json.loads(line) for line in Path(job.spec["production_file"]).read_text().splitlines()]
+    assert [row["input"] for row in rows] == [f"q {i}" for i in range(6)]
+    assert all(row["label"] == "card_linking" and row["sample_id"] for row in rows)
+    assert job.spec["golden_set"].endswith("golden.jsonl")
+    assert job.spec["lineage"]["check_ids"]
+
+
+def test_too_few_labels_skip_the_retrain_and_say_why(store: Store, tmp_path: Any) -> None:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    checks = FakeChecks(store)
+    checks.verdicts = ["drift"]
+    actions = Actions(finetuned(tmp_path), store, checks)  # type: ignore[arg-type]
+    actions.check(Tick("intents", "check", datetime.now(UTC)))
+    assert job_store.list_jobs(store, deployment="intents") == []
+    (skipped,) = [e for e in store.recent_events("intents") if e.kind == "retune.skipped"]
+    assert "0 labelled samples" in skipped.message
+    assert "min_labelled is 5" in skipped.message
