@@ -28,6 +28,7 @@ from daemon.store import jobs as job_store
 from daemon.store.lease import epoch_is_current
 from daemon.store.models import Deployment as DeploymentRow
 from daemon.store.models import Job, Sample, Version
+from daemon.watch import watch
 
 log = logging.getLogger("driftd.scheduler")
 
@@ -95,11 +96,25 @@ class Actions:
                 "check failed",
                 extra={"deployment": tick.deployment, "check_id": check_id, "error": str(error)},
             )
+        watch(self.store, deployment, self.rollback, min_rows=deployment.monitor.min_rows)
         now = datetime.now(UTC)
         policy = deployment.policy
         history = history_for(self.store, tick.deployment, now, policy.consecutive)
         decision = decide(policy, history, now, estimated_cost_usd=None)
         self._act(deployment, decision, trigger="drift")
+
+    def rollback(self, deployment: str) -> None:
+        """Roll ``deployment`` back to its previous version, as the leader (fenced)."""
+        epoch = self._epoch()
+        if epoch is None:
+            return  # not the leader (any more): the next check of the next leader decides
+        lease = self._lease_name
+        versions.rollback(
+            self.store,
+            deployment,
+            actor=f"leader:{self.owner}",
+            fence=lambda connection: epoch_is_current(connection, lease, epoch),
+        )
 
     def retune(self, tick: Tick) -> None:
         deployment = self.config.deployment(tick.deployment)
