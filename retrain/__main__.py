@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from retrain.errors import JobError, SpecError
+from retrain.errors import JobCancelled, JobError, SpecError
 
 KINDS = {
     "evaluate": "retrain.evaluate",
@@ -84,7 +84,8 @@ def run(kind: str, spec_path: Path) -> int:
         traceback.print_exc()
         message = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         print(f"{kind}: failed: {message}", file=sys.stderr, flush=True)
-        _write_result(spec.output_dir, {"kind": kind, "status": "failed", "error": message})
+        status = "cancelled" if isinstance(error, JobCancelled) else "failed"
+        _write_result(spec.output_dir, {"kind": kind, "status": status, "error": message})
         return EXIT_FAILED
     _write_result(spec.output_dir, {"kind": kind, "status": "succeeded", **result})
     print(f"{kind}: succeeded; result in {spec.output_dir / RESULT_FILE}", flush=True)

@@ -7,3 +7,7 @@ class SpecError(Exception):
 
 class JobError(Exception):
     """The job ran but could not do its work with what the spec names; the message says why."""
+
+
+class JobCancelled(JobError):
+    """The job was cancelled before it finished."""

@@ -8,10 +8,13 @@ CI must never pass by skipping half of the store's tests.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -142,3 +145,21 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> ClassifierFacto
         return directory
 
     return build
+
+
+def _load_fake_openai() -> ModuleType:
+    """tests/fake_openai.py by path (tests/ is no package; --import-mode=importlib), registered
+    as ``fake_openai`` so that every test shares one copy of its classes."""
+    if "fake_openai" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "fake_openai", Path(__file__).with_name("fake_openai.py")
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fake_openai"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["fake_openai"]
+
+
+fake_openai = _load_fake_openai().fake_openai

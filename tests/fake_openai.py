@@ -1,0 +1,648 @@
+"""A small OpenAI-compatible server for tests, spoken to over HTTP by the real ``openai`` client.
+
+It serves what driftd's jobs and proxy use: files, fine-tuning jobs with their events, and a
+non-streaming chat completion that echoes the last user message. Tests script it (how each
+fine-tuning job ends, which request fails with which HTTP error) and inspect what it received
+(every request, every uploaded file's bytes). It runs in a thread of the test process, on
+127.0.0.1 and a free port, and stops when the test ends.
+
+Use it as a context manager, ``with serve_fake_openai() as fake: ...``, or as the pytest
+fixture ``fake_openai``. The module is loaded by path (``tests/`` is no package and
+``--import-mode=importlib`` puts nothing on ``sys.path``), under the name ``fake_openai`` so
+that every test shares one copy of its classes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from email import policy
+from email.parser import BytesParser
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+DEFAULT_API_KEY = "sk-fake-4c1d9e7a0b2f"
+ORGANIZATION = "org-fake"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# What a fine-tuning job resolves "auto" (or nothing) to, as OpenAI reports it once it runs.
+AUTO_HYPERPARAMETERS: dict[str, Any] = {
+    "n_epochs": 3,
+    "batch_size": 1,
+    "learning_rate_multiplier": 1.8,
+}
+
+Json = dict[str, Any]
+
+# Routes as ``Received.route`` and ``script_error`` name them.
+FILES_ROUTE = "POST /v1/files"
+FILE_ROUTE = "GET /v1/files/{file_id}"
+JOBS_ROUTE = "POST /v1/fine_tuning/jobs"
+JOB_ROUTE = "GET /v1/fine_tuning/jobs/{job_id}"
+CANCEL_ROUTE = "POST /v1/fine_tuning/jobs/{job_id}/cancel"
+EVENTS_ROUTE = "GET /v1/fine_tuning/jobs/{job_id}/events"
+CHAT_ROUTE = "POST /v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class Succeed:
+    """The job runs for ``after_polls - 1`` retrievals, then has succeeded.
+
+    ``fine_tuned_model`` defaults to an id of OpenAI's form, ``ft:<base>:<org>:<suffix>:<id>``;
+    ``trained_tokens`` to the training file's bytes / 4 times the epochs."""
+
+    after_polls: int = 2
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The job runs for ``after_polls - 1`` retrievals, then has failed with this error."""
+
+    after_polls: int = 1
+    code: str = "invalid_training_file"
+    message: str = "The job failed due to an invalid training file."
+    param: str | None = "training_file"
+
+
+@dataclass(frozen=True)
+class RunUntilCancelled:
+    """The job stays ``running`` until someone cancels it."""
+
+
+Outcome = Succeed | Fail | RunUntilCancelled
+
+
+@dataclass(frozen=True)
+class ScriptedError:
+    """An HTTP error the server answers ``times`` times on one route, with OpenAI's error JSON."""
+
+    status: int
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+    times: int
+    retry_after_s: float | None
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request the server answered: its route (``"POST /v1/files"``), the path it was sent
+    to, the status it got, and its JSON body (form fields, for an upload)."""
+
+    route: str
+    path: str
+    status: int
+    body: Any
+
+
+@dataclass
+class UploadedFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: int
+    retrievals: int = 0
+
+
+@dataclass
+class FineTuningJob:
+    id: str
+    request: Json
+    outcome: Outcome
+    created_at: int
+    status: str = "validating_files"
+    polls: int = 0
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+    finished_at: int | None = None
+    error: Json | None = None
+    events: list[Json] = field(default_factory=list)
+
+
+class FakeOpenAI:
+    """The server's state and script; read it from the test, change it only through methods.
+
+    ``base_url`` ends in ``/v1``, as the ``openai`` client expects; ``api_key`` is the one
+    bearer token it accepts.
+    """
+
+    def __init__(self, api_key: str = DEFAULT_API_KEY, *, file_processing_polls: int = 1) -> None:
+        """``file_processing_polls``: retrievals of an uploaded file before it is ``processed``
+        (0: processed at once)."""
+        self.api_key = api_key
+        self.base_url = ""
+        self.file_processing_polls = file_processing_polls
+        self.files: dict[str, UploadedFile] = {}
+        self.jobs: dict[str, FineTuningJob] = {}
+        self.received: list[Received] = []
+        self._outcomes: list[Outcome] = []
+        self._errors: dict[str, list[ScriptedError]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/files", self._create_file, methods=["POST"]),
+                Route("/v1/files/{file_id}", self._retrieve_file, methods=["GET"]),
+                Route("/v1/fine_tuning/jobs", self._create_job, methods=["POST"]),
+                Route("/v1/fine_tuning/jobs/{job_id}", self._retrieve_job, methods=["GET"]),
+                Route("/v1/fine_tuning/jobs/{job_id}/cancel", self._cancel_job, methods=["POST"]),
+                Route("/v1/fine_tuning/jobs/{job_id}/events", self._list_events, methods=["GET"]),
+                Route("/v1/chat/completions", self._chat_completion, methods=["POST"]),
+            ]
+        )
+
+    # -- the script ---------------------------------------------------------------------------
+
+    def script_job(self, *outcomes: Outcome) -> None:
+        """How the next fine-tuning jobs created end, in order; later ones ``Succeed()``."""
+        with self._lock:
+            self._outcomes.extend(outcomes)
+
+    def script_error(
+        self,
+        route: str,
+        status: int,
+        message: str = "scripted failure",
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        times: int = 1,
+        retry_after_s: float | None = None,
+    ) -> None:
+        """Answer the next ``times`` requests to ``route`` (e.g. ``"POST /v1/files"``, as in
+        ``Received.route``) with HTTP ``status`` and OpenAI's error JSON; ``retry_after_s``
+        adds ``retry-after-ms``, which the openai client honours when it retries."""
+        error = ScriptedError(status, message, type, code, param, times, retry_after_s)
+        with self._lock:
+            self._errors.setdefault(route, []).append(error)
+
+    # -- what it received ---------------------------------------------------------------------
+
+    def calls(self, route: str) -> list[Received]:
+        """The requests answered on ``route``, in order."""
+        with self._lock:
+            return [request for request in self.received if request.route == route]
+
+    def job(self) -> FineTuningJob:
+        """The one fine-tuning job created (a test with several looks them up in ``jobs``)."""
+        with self._lock:
+            if len(self.jobs) != 1:
+                raise AssertionError(f"expected one fine-tuning job, the fake has {len(self.jobs)}")
+            return next(iter(self.jobs.values()))
+
+    def wait_for(self, what: str, condition: Callable[[], object], timeout: float = 20.0) -> None:
+        """Wait until ``condition()`` is true; ``AssertionError`` naming ``what`` if it is not
+        within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the fake OpenAI server never saw {what} in {timeout} s")
+            time.sleep(0.02)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids):04d}{secrets.token_hex(4)}"
+
+    def _gate(self, request: Request, route: str, body: Any) -> Response | None:
+        """Authentication and scripted errors, in that order, as OpenAI checks the key first.
+
+        Called with the lock held; records the request when it is refused."""
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer "):
+            return self._refuse(
+                request,
+                route,
+                body,
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code=None,
+            )
+        key = header.removeprefix("Bearer ")
+        if key != self.api_key:
+            # Real OpenAI masks most of the key here; an OpenAI-compatible server may not, so
+            # the fake echoes it whole: a job must keep it out of its result and log all the same.
+            return self._refuse(
+                request,
+                route,
+                body,
+                401,
+                f"Incorrect API key provided: {key}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
+        queue = self._errors.get(route)
+        if not queue:
+            return None
+        scripted = queue[0]
+        if scripted.times <= 1:
+            queue.pop(0)
+        else:
+            queue[0] = replace(scripted, times=scripted.times - 1)
+        headers = {}
+        if scripted.retry_after_s is not None:
+            headers["retry-after-ms"] = str(int(scripted.retry_after_s * 1000))
+        return self._refuse(
+            request,
+            route,
+            body,
+            scripted.status,
+            scripted.message,
+            type=scripted.type,
+            code=scripted.code,
+            param=scripted.param,
+            headers=headers,
+        )
+
+    def _refuse(
+        self,
+        request: Request,
+        route: str,
+        body: Any,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        self.received.append(Received(route, request.url.path, status, body))
+        error = {"message": message, "type": type, "param": param, "code": code}
+        return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+    def _answer(self, request: Request, route: str, body: Any, payload: Json) -> Response:
+        self.received.append(Received(route, request.url.path, 200, body))
+        return JSONResponse(payload)
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def _create_file(self, request: Request) -> Response:
+        route = FILES_ROUTE
+        fields, uploads = parse_multipart(
+            request.headers.get("content-type", ""), await request.body()
+        )
+        with self._lock:
+            refused = self._gate(request, route, fields)
+            if refused is not None:
+                return refused
+            if "file" not in uploads:
+                return self._refuse(request, route, fields, 400, "'file' is a required property")
+            if fields.get("purpose") not in ("fine-tune", "batch", "assistants", "user_data"):
+                return self._refuse(
+                    request, route, fields, 400, f"Invalid purpose: {fields.get('purpose')!r}"
+                )
+            filename, content = uploads["file"]
+            uploaded = UploadedFile(
+                self._new_id("file"), filename, fields["purpose"], content, int(time.time())
+            )
+            self.files[uploaded.id] = uploaded
+            status = "processed" if self.file_processing_polls == 0 else "uploaded"
+            return self._answer(request, route, fields, _file_object(uploaded, status))
+
+    async def _retrieve_file(self, request: Request) -> Response:
+        route = FILE_ROUTE
+        with self._lock:
+            refused = self._gate(request, route, None)
+            if refused is not None:
+                return refused
+            uploaded = self.files.get(request.path_params["file_id"])
+            if uploaded is None:
+                return self._not_found(request, route, "file", request.path_params["file_id"])
+            uploaded.retrievals += 1
+            processed = uploaded.retrievals >= self.file_processing_polls
+            status = "processed" if processed else "uploaded"
+            return self._answer(request, route, None, _file_object(uploaded, status))
+
+    # -- fine-tuning jobs ---------------------------------------------------------------------
+
+    async def _create_job(self, request: Request) -> Response:
+        route = JOBS_ROUTE
+        body = await request.json()
+        with self._lock:
+            refused = self._gate(request, route, body)
+            if refused is not None:
+                return refused
+            for key in ("model", "training_file"):
+                if not isinstance(body.get(key), str):
+                    return self._refuse(
+                        request,
+                        route,
+                        body,
+                        400,
+                        f"Missing required parameter: '{key}'.",
+                        param=key,
+                    )
+            for key in ("training_file", "validation_file"):
+                file_id = body.get(key)
+                if file_id is not None and file_id not in self.files:
+                    return self._refuse(
+                        request,
+                        route,
+                        body,
+                        400,
+                        f"invalid file id {file_id!r}: no such file",
+                        param=key,
+                    )
+            outcome = self._outcomes.pop(0) if self._outcomes else Succeed()
+            job = FineTuningJob(self._new_id("ftjob"), body, outcome, int(time.time()))
+            self._event(job, f"Validating training file: {body['training_file']}")
+            self.jobs[job.id] = job
+            return self._answer(request, route, body, self._job_object(job))
+
+    async def _retrieve_job(self, request: Request) -> Response:
+        route = JOB_ROUTE
+        with self._lock:
+            refused = self._gate(request, route, None)
+            if refused is not None:
+                return refused
+            job = self.jobs.get(request.path_params["job_id"])
+            if job is None:
+                return self._not_found(
+                    request, route, "fine-tuning job", request.path_params["job_id"]
+                )
+            self._advance(job)
+            return self._answer(request, route, None, self._job_object(job))
+
+    async def _cancel_job(self, request: Request) -> Response:
+        route = CANCEL_ROUTE
+        with self._lock:
+            refused = self._gate(request, route, None)
+            if refused is not None:
+                return refused
+            job = self.jobs.get(request.path_params["job_id"])
+            if job is None:
+                return self._not_found(
+                    request, route, "fine-tuning job", request.path_params["job_id"]
+                )
+            if job.status in TERMINAL:
+                return self._refuse(
+                    request, route, None, 400, f"Job {job.id} has already {job.status}."
+                )
+            job.status = "cancelled"
+            job.finished_at = int(time.time())
+            self._event(job, "Fine-tuning job cancelled")
+            return self._answer(request, route, None, self._job_object(job))
+
+    async def _list_events(self, request: Request) -> Response:
+        route = EVENTS_ROUTE
+        with self._lock:
+            refused = self._gate(request, route, None)
+            if refused is not None:
+                return refused
+            job = self.jobs.get(request.path_params["job_id"])
+            if job is None:
+                return self._not_found(
+                    request, route, "fine-tuning job", request.path_params["job_id"]
+                )
+            newest_first = job.events[::-1]
+            after = request.query_params.get("after")
+            if after is not None:
+                ids = [event["id"] for event in newest_first]
+                newest_first = newest_first[ids.index(after) + 1 :] if after in ids else []
+            limit = int(request.query_params.get("limit", "20"))
+            page = newest_first[:limit]
+            payload = {"object": "list", "data": page, "has_more": len(newest_first) > limit}
+            return self._answer(request, route, None, payload)
+
+    def _advance(self, job: FineTuningJob) -> None:
+        """One retrieval's worth of progress, as the job's scripted outcome says."""
+        if job.status in TERMINAL:
+            return
+        job.polls += 1
+        outcome = job.outcome
+        if isinstance(outcome, RunUntilCancelled) or job.polls < outcome.after_polls:
+            if job.status != "running":
+                job.status = "running"
+                self._event(job, "Fine-tuning job started")
+            self._event(job, f"Step {job.polls}: training loss=0.{900 - job.polls}")
+            return
+        job.finished_at = int(time.time())
+        if isinstance(outcome, Fail):
+            job.status = "failed"
+            job.error = {"code": outcome.code, "message": outcome.message, "param": outcome.param}
+            self._event(job, outcome.message, level="error")
+            return
+        epochs = self._hyperparameters(job)["n_epochs"]
+        training = self.files[job.request["training_file"]].content
+        job.status = "succeeded"
+        job.trained_tokens = outcome.trained_tokens or len(training) // 4 * epochs
+        suffix = job.request.get("suffix") or ""
+        job.fine_tuned_model = (
+            outcome.fine_tuned_model
+            or f"ft:{job.request['model']}:{ORGANIZATION}:{suffix}:{job.id.removeprefix('ftjob-')}"
+        )
+        self._event(job, f"New fine-tuned model created: {job.fine_tuned_model}")
+        self._event(job, "The job has successfully completed")
+
+    def _event(self, job: FineTuningJob, message: str, *, level: str = "info") -> None:
+        job.events.append(
+            {
+                "id": self._new_id("ftevent"),
+                "object": "fine_tuning.job.event",
+                "created_at": int(time.time()),
+                "level": level,
+                "message": message,
+                "data": {},
+                "type": "message",
+            }
+        )
+
+    def _hyperparameters(self, job: FineTuningJob) -> Json:
+        """The hyperparameters asked for, under ``method`` or (deprecated) at the top level,
+        with ``auto`` resolved."""
+        method = job.request.get("method") or {}
+        asked = (
+            (method.get("supervised") or {}).get("hyperparameters")
+            or job.request.get("hyperparameters")
+            or {}
+        )
+        return {
+            key: default if asked.get(key, "auto") == "auto" else asked[key]
+            for key, default in AUTO_HYPERPARAMETERS.items()
+        }
+
+    def _job_object(self, job: FineTuningJob) -> Json:
+        hyperparameters = self._hyperparameters(job)
+        return {
+            "id": job.id,
+            "object": "fine_tuning.job",
+            "created_at": job.created_at,
+            "model": job.request["model"],
+            "organization_id": ORGANIZATION,
+            "status": job.status,
+            "fine_tuned_model": job.fine_tuned_model,
+            "finished_at": job.finished_at,
+            "trained_tokens": job.trained_tokens,
+            "training_file": job.request["training_file"],
+            "validation_file": job.request.get("validation_file"),
+            "hyperparameters": hyperparameters,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            "result_files": [],
+            "seed": job.request.get("seed") or 42,
+            "error": job.error,
+            "estimated_finish": None,
+            "integrations": [],
+            "metadata": job.request.get("metadata"),
+        }
+
+    def _not_found(self, request: Request, route: str, what: str, name: str) -> Response:
+        return self._refuse(request, route, None, 404, f"No {what} found with id '{name}'.")
+
+    # -- chat ---------------------------------------------------------------------------------
+
+    async def _chat_completion(self, request: Request) -> Response:
+        route = CHAT_ROUTE
+        body = await request.json()
+        with self._lock:
+            refused = self._gate(request, route, body)
+            if refused is not None:
+                return refused
+            if body.get("stream"):
+                return self._refuse(
+                    request,
+                    route,
+                    body,
+                    400,
+                    "the fake OpenAI server does not stream",
+                    param="stream",
+                )
+            messages = body.get("messages") or []
+            users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            if not users:
+                return self._refuse(
+                    request, route, body, 400, "messages must hold a user message", param="messages"
+                )
+            answer = _text(users[-1].get("content"))
+            prompt_tokens = sum(len(_text(m.get("content"))) for m in messages) // 4 + 1
+            completion_tokens = len(answer) // 4 + 1
+            payload = {
+                "id": self._new_id("chatcmpl"),
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "unknown"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer, "refusal": None},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+            return self._answer(request, route, body, payload)
+
+
+def _file_object(uploaded: UploadedFile, status: str) -> Json:
+    return {
+        "id": uploaded.id,
+        "object": "file",
+        "bytes": len(uploaded.content),
+        "created_at": uploaded.created_at,
+        "filename": uploaded.filename,
+        "purpose": uploaded.purpose,
+        "status": status,
+        "status_details": None,
+        "expires_at": None,
+    }
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def parse_multipart(
+    content_type: str, body: bytes
+) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+    """The text fields and the files (name and bytes) of a ``multipart/form-data`` body.
+
+    The standard library's MIME parser does it, so the fake needs no python-multipart."""
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    if not message.is_multipart():
+        return fields, files
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        content = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        if filename is None:
+            fields[name] = content.decode()
+        else:
+            files[name] = (filename, content)
+    return fields, files
+
+
+@contextmanager
+def serve_fake_openai(api_key: str = DEFAULT_API_KEY, **options: Any) -> Iterator[FakeOpenAI]:
+    """A running ``FakeOpenAI`` on 127.0.0.1 and a free port, stopped on exit."""
+    fake = FakeOpenAI(api_key, **options)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            fake.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [listener]}, name="fake-openai", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            listener.close()
+            raise RuntimeError("the fake OpenAI server did not start within 10 s")
+        time.sleep(0.01)
+    fake.base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield fake
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listener.close()
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server for this test; ``.base_url`` and ``.api_key`` to reach it."""
+    with serve_fake_openai() as fake:
+        yield fake
