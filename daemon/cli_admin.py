@@ -3,8 +3,9 @@
 They read and steer the store named by the configuration, as the admin API does over HTTP, and
 print rich tables, or with ``--json`` the very records the API serves. Exit status: 0 success,
 1 a failure the store reported (an unknown id, a change not possible in the current state, an
-unreachable store), 2 bad usage. They import only what ``driftd --help`` needs; the store is
-imported when a command runs.
+unreachable store) or a promotion hook that failed (the change stands all the same: hooks run
+after the store commits, see ``daemon.promotion``), 2 bad usage. They import only what
+``driftd --help`` needs; the store is imported when a command runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from daemon.errors import DriftdError
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from daemon.config import Config
+    from daemon.config.models import Hooks
+    from daemon.promotion import HookedChange
     from daemon.store import Store
 
 T = TypeVar("T")
@@ -321,22 +325,25 @@ def version_promote(
     force: Annotated[bool, typer.Option(help="Promote even a version its gate rejected.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Make a version the active one; the active one is retired."""
-    from daemon.store.queries import change_record
-    from daemon.store.versions import promote
+    """Make a version the active one; the active one is retired. Then run the hooks."""
+    from daemon.promotion import promote
 
-    change = _with_store(
+    settings = _load(config)
+    hooks = _hooks_of(settings, deployment)
+    done = _with_store(
         config,
         "versions promote",
-        lambda store: promote(store, deployment, version, actor=_actor(), force=force),
+        lambda store: promote(store, hooks, deployment, version, actor=_actor(), force=force),
+        settings=settings,
     )
-    if as_json:
-        _print_json(change_record(change))
-        return
+    change = done.change
     was = change.previous.name if change.previous is not None else "none"
-    typer.echo(
+    _report_change(
+        done,
+        as_json,
         f"{deployment}: version {change.active.name} is active (was {was}); "
-        f"audit event {change.event_id}"
+        f"audit event {change.event_id}",
+        "versions promote",
     )
 
 
@@ -346,21 +353,62 @@ def version_rollback(
     config: ConfigOption = Path("driftd.yaml"),
     as_json: JsonOption = False,
 ) -> None:
-    """Re-activate the version that was active before the current one."""
-    from daemon.store.queries import change_record
-    from daemon.store.versions import rollback
+    """Re-activate the version that was active before the current one. Then run the hooks."""
+    from daemon.promotion import rollback
 
-    change = _with_store(
-        config, "versions rollback", lambda store: rollback(store, deployment, actor=_actor())
+    settings = _load(config)
+    hooks = _hooks_of(settings, deployment)
+    done = _with_store(
+        config,
+        "versions rollback",
+        lambda store: rollback(store, hooks, deployment, actor=_actor()),
+        settings=settings,
     )
-    if as_json:
-        _print_json(change_record(change))
-        return
+    change = done.change
     assert change.previous is not None
-    typer.echo(
+    _report_change(
+        done,
+        as_json,
         f"{deployment}: rolled back from version {change.previous.name} to "
-        f"{change.active.name}; audit event {change.event_id}"
+        f"{change.active.name}; audit event {change.event_id}",
+        "versions rollback",
     )
+
+
+def _hooks_of(settings: Config, deployment: str) -> Hooks:
+    """The deployment's promotion hooks; none for a deployment the store has but the
+    configuration no longer names."""
+    from daemon.config.models import Hooks
+
+    try:
+        return settings.deployment(deployment).retune.hooks
+    except KeyError:
+        return Hooks()
+
+
+def _report_change(done: HookedChange, as_json: bool, summary: str, command: str) -> None:
+    """Print the change and each hook's outcome; exit 1 when a hook failed, saying that the
+    change itself was made."""
+    from daemon.promotion import outcome_record
+    from daemon.store.queries import change_record
+
+    if as_json:
+        record = change_record(done.change)
+        _print_json({**record, "hooks": [outcome_record(o) for o in done.hooks]})
+    else:
+        typer.echo(summary)
+        for outcome in done.hooks:
+            typer.echo(
+                f"  hook {outcome.hook}: {'ok' if outcome.ok else 'FAILED'}: {outcome.detail}"
+            )
+    if done.failed:
+        names = ", ".join(outcome.hook for outcome in done.failed)
+        _fail(
+            f"driftd {command}: the change was made (audit event {done.change.event_id}), but "
+            f"hook {names} failed; the hook.failed events of `driftd events -d "
+            f"{done.change.deployment} --kind hook.` say why",
+            EXIT_FAILURE,
+        )
 
 
 def events(
@@ -411,18 +459,22 @@ def events(
     _show(table, records, "no events match")
 
 
-def _with_store(config: Path, command: str, work: Callable[[Store], T]) -> T:
+def _with_store(
+    config: Path, command: str, work: Callable[[Store], T], *, settings: Config | None = None
+) -> T:
     """Run ``work`` on the configured store, failing with a message (exit 1) on what it reports.
 
     The schema must be current: these commands never migrate, and a store that is behind would
-    fail on a missing column instead of saying what to do.
+    fail on a missing column instead of saying what to do. ``settings`` is the configuration
+    when the caller has loaded it already (from ``config``).
     """
     from sqlalchemy.exc import SQLAlchemyError
 
     from daemon.store import Store, head_revision, is_current, mask_url
     from daemon.store.engine import unreachable
 
-    settings = _load(config)
+    if settings is None:
+        settings = _load(config)
     storage = settings.storage
     try:
         with Store.open(storage.url, busy_timeout=storage.busy_timeout.total_seconds()) as store:

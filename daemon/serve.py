@@ -134,6 +134,7 @@ class Daemon:
             limits=limits,
             stats=self.stats,
             leader=self._leads,
+            hooks={d.name: d.retune.hooks for d in self.config.deployments},
         )
         server = self.config.server
         self._server = _Server(

@@ -1,6 +1,10 @@
 """The admin routes: what the daemon did (checks, jobs, versions, audit events), and the steering
 an operator does by hand (approve, cancel or retry a job; promote or roll back a version).
 
+A promotion or rollback runs the deployment's hooks (``daemon.promotion``) once the store has
+committed it, and answers 200 with each hook's outcome under ``hooks``: a failed hook does not
+undo the change, so the answer is the change, with the failure in it and in the audit trail.
+
 Every route needs an admin token. The guard is the application's own ``authorize``, passed in
 and run as a dependency of the whole router, so these routes answer exactly as the others do
 without a second copy of the token check. Store calls block, so each runs in a worker thread.
@@ -15,7 +19,7 @@ action is told from a missing job by looking the job up first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -23,8 +27,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BeforeValidator
 
 from daemon.api.auth import Scope
+from daemon.config.models import Hooks
 from daemon.domain import CheckStatus, JobState
 from daemon.errors import DriftdError, StoreError
+from daemon.promotion import HookedChange, outcome_record, promote, rollback
 from daemon.store import Store
 from daemon.store import jobs as job_store
 from daemon.store.queries import (
@@ -38,7 +44,10 @@ from daemon.store.queries import (
     parse_time,
     version_record,
 )
-from daemon.store.versions import list_versions, promote, rollback
+from daemon.store.versions import list_versions
+
+NO_HOOKS = Hooks()
+"""What a deployment missing from ``hooks`` runs: nothing (it is in the store, not the config)."""
 
 Authorize = Callable[[Request, Scope], None]
 """The application's guard: returns when the request carries a token granting the scope."""
@@ -72,8 +81,9 @@ Until = Annotated[
 ]
 
 
-def admin_router(store: Store, authorize: Authorize) -> APIRouter:
-    """The admin routes over ``store``, each guarded by ``authorize`` with the admin scope."""
+def admin_router(store: Store, authorize: Authorize, *, hooks: Mapping[str, Hooks]) -> APIRouter:
+    """The admin routes over ``store``, each guarded by ``authorize`` with the admin scope;
+    ``hooks`` are each deployment's promotion hooks, by name, from the configuration."""
 
     async def require_admin(request: Request) -> None:
         authorize(request, Scope.admin)
@@ -147,15 +157,24 @@ def admin_router(store: Store, authorize: Authorize) -> APIRouter:
             bool, Query(description="Promote even a version its gate rejected.")
         ] = False,
     ) -> dict[str, Any]:
-        change = await _call(promote, store, name, version, actor=_actor(request), force=force)
-        return change_record(change)
+        done = await _call(
+            promote,
+            store,
+            hooks.get(name, NO_HOOKS),
+            name,
+            version,
+            actor=_actor(request),
+            force=force,
+        )
+        return _hooked_record(done)
 
     @router.post(
         "/deployments/{name}/rollback",
         summary="Re-activate the version that was active before the current one.",
     )
     async def rollback_version(name: str, request: Request) -> dict[str, Any]:
-        return change_record(await _call(rollback, store, name, actor=_actor(request)))
+        done = await _call(rollback, store, hooks.get(name, NO_HOOKS), name, actor=_actor(request))
+        return _hooked_record(done)
 
     @router.get("/events", summary="The audit trail, newest first.")
     async def events(
@@ -204,6 +223,10 @@ async def _call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> 
         raise HTTPException(404, str(exc)) from None
     except DriftdError as exc:
         raise HTTPException(409, str(exc)) from None
+
+
+def _hooked_record(done: HookedChange) -> dict[str, Any]:
+    return {**change_record(done.change), "hooks": [outcome_record(o) for o in done.hooks]}
 
 
 def _actor(request: Request) -> str:

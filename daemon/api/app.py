@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from daemon import __version__
 from daemon.api.admin import admin_router
 from daemon.api.auth import Scope, Tokens
-from daemon.config.models import Ingest
+from daemon.config.models import Hooks, Ingest
 from daemon.errors import DriftdError, StoreError
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
 from daemon.ingest.prepare import PreparerPool, count_items, invalid
@@ -58,8 +58,13 @@ def create_app(
     limits: Ingest,
     stats: IngestStats,
     leader: Callable[[], bool] = lambda: False,
+    hooks: Mapping[str, Hooks] | None = None,
 ) -> FastAPI:
-    """The API over a started store, writer and preparer; ``pipelines`` by deployment name."""
+    """The API over a started store, writer and preparer; ``pipelines`` by deployment name.
+
+    ``hooks`` are the promotion hooks by deployment name (``retune.hooks`` of each); a
+    deployment without an entry runs none when promoted or rolled back through the API.
+    """
     app = FastAPI(
         title="driftd",
         version=__version__,
@@ -204,7 +209,7 @@ def create_app(
             for p in pipelines.values()
         ]
 
-    app.include_router(admin_router(store, authorize))
+    app.include_router(admin_router(store, authorize, hooks=hooks or {}))
     _with_body_models(app)
     return app
 

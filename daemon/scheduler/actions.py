@@ -15,12 +15,13 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from daemon import promotion
 from daemon.config import Config
-from daemon.config.models import Deployment, Method
-from daemon.domain import JobState, Kind, VersionKind, VersionState
+from daemon.config.models import Deployment, Hooks, Method
+from daemon.domain import JobState, VersionKind, VersionState
 from daemon.errors import DriftdError
 from daemon.policy import decide, decide_scheduled, history_for, record
-from daemon.retune import NotEnoughLabels, retune_spec
+from daemon.retune import NotEnoughLabels, method_of, retune_spec
 from daemon.scheduler.pool import CheckPool
 from daemon.scheduler.scheduler import Tick, record_failed_check
 from daemon.store import Store, versions
@@ -38,11 +39,7 @@ SETTLE_LOOKBACK = 200  # succeeded jobs looked at per pass, newest first
 
 def job_kind_for(deployment: Deployment) -> str:
     """The job a re-tune of ``deployment`` is: a prompt revision or a model re-tune."""
-    if deployment.retune.method is Method.prompt_revision or (
-        deployment.retune.method is None and deployment.kind is Kind.prompted
-    ):
-        return "revise_prompt"
-    return "retrain"
+    return "revise_prompt" if method_of(deployment) is Method.prompt_revision else "retrain"
 
 
 class Actions:
@@ -109,8 +106,9 @@ class Actions:
         if epoch is None:
             return  # not the leader (any more): the next check of the next leader decides
         lease = self._lease_name
-        versions.rollback(
+        promotion.rollback(
             self.store,
+            self._hooks(deployment),
             deployment,
             actor=f"leader:{self.owner}",
             fence=lambda connection: epoch_is_current(connection, lease, epoch),
@@ -221,6 +219,12 @@ class Actions:
                 extra={"deployment": tick.deployment, "dropped": dropped, "model": current},
             )
 
+    def _hooks(self, name: str) -> Hooks:
+        try:
+            return self.config.deployment(name).retune.hooks
+        except KeyError:  # a deployment in the store that the config no longer names
+            return Hooks()
+
     def settle_jobs(self) -> None:
         """Register and promote the candidates of succeeded jobs, once each.
 
@@ -291,8 +295,9 @@ class Actions:
         if epoch is None:
             return  # not the leader (any more): the next leader settles it
         lease = self._lease_name
-        versions.promote(
+        promotion.promote(
             self.store,
+            self._hooks(deployment),
             deployment,
             name,
             actor=f"leader:{self.owner}",

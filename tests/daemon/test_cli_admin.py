@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -237,6 +239,60 @@ def test_refused_version_changes_exit_1_saying_why(driftd: Driftd, store: Store)
         assert result.stderr.startswith(f"driftd {args[0]}")
     forced = driftd("versions", "promote", "support-bot", "bad", "--force")
     assert forced.exit_code == 0, forced.output
+
+
+def test_promote_and_rollback_run_the_configured_hooks(store: Store, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    for name in ("v1", "v2"):
+        (models / name).mkdir(parents=True)
+        add_version(store, "support-bot", kind="prompt", name=name, artifact=name)
+    flag = tmp_path / "reload-ok"
+    # The reload succeeds once the flag file exists, and fails saying why before.
+    reload = (
+        "import os, sys; ok = os.path.exists(sys.argv[1]); "
+        "ok or sys.stderr.write('reload refused: no flag\\n'); sys.exit(0 if ok else 5)"
+    )
+    hooks = json.dumps(
+        {"models_dir": "models", "command": [sys.executable, "-c", reload, str(flag)]}
+    )
+    config = tmp_path / "hooked.yaml"
+    config.write_text(
+        CONFIG.format(db=(tmp_path / "driftd.db").as_posix()) + f"    retune: {{hooks: {hooks}}}\n"
+    )
+    driftd = Driftd(config)
+
+    failed = driftd("versions", "promote", "support-bot", "v1")
+
+    assert failed.exit_code == EXIT_FAILURE
+    assert failed.stdout.startswith("support-bot: version v1 is active (was none)")
+    assert f"  hook models_dir: ok: {models / 'current'} -> v1" in failed.stdout
+    assert "  hook command: FAILED: " in failed.stdout
+    assert "exited with 5: reload refused: no flag" in failed.stdout
+    assert "the change was made (audit event" in failed.stderr
+    assert "but hook command failed" in failed.stderr
+    assert os.readlink(models / "current") == "v1"
+    assert driftd.json("versions", "support-bot")[1]["state"] == "active"
+
+    flag.touch()
+    promoted = driftd.json("versions", "promote", "support-bot", "v2")
+    rolled = driftd("versions", "rollback", "support-bot")
+
+    assert [(h["hook"], h["ok"]) for h in promoted["hooks"]] == [
+        ("models_dir", True),
+        ("command", True),
+    ]
+    assert rolled.exit_code == 0, rolled.output
+    assert rolled.stdout.startswith("support-bot: rolled back from version v2 to v1;")
+    assert os.readlink(models / "current") == "v1"
+    trail = driftd.json("events", "--kind", "hook.")
+    assert [(e["kind"], e["evidence"]["hook"]) for e in trail] == [
+        ("hook.ok", "command"),
+        ("hook.ok", "models_dir"),
+        ("hook.ok", "command"),
+        ("hook.ok", "models_dir"),
+        ("hook.failed", "command"),
+        ("hook.ok", "models_dir"),
+    ]
 
 
 def test_events_table_filters_and_json(driftd: Driftd, store: Store) -> None:

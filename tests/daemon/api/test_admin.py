@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from daemon.api.admin import admin_router
 from daemon.api.auth import Scope, Tokens
+from daemon.config.models import Hooks
 from daemon.domain import JobState
 from daemon.store import NewCheck, Store
 from daemon.store import jobs as job_store
@@ -22,7 +26,7 @@ INGEST = {"Authorization": "Bearer ingest-1"}
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def guarded_app(store: Store) -> FastAPI:
+def guarded_app(store: Store, hooks: Mapping[str, Hooks] | None = None) -> FastAPI:
     """The admin router behind the same guard contract as ``create_app``'s ``authorize``."""
     tokens = Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",))
 
@@ -35,7 +39,7 @@ def guarded_app(store: Store) -> FastAPI:
             )
 
     app = FastAPI()
-    app.include_router(admin_router(store, authorize))
+    app.include_router(admin_router(store, authorize, hooks=hooks or {}))
     return app
 
 
@@ -290,6 +294,46 @@ def test_refused_version_changes(client: TestClient, store: Store) -> None:
 
     assert forced.status_code == 200
     assert forced.json()["active"]["name"] == "bad"
+
+
+def test_promote_and_roll_back_run_the_deployments_hooks(store: Store, tmp_path: Path) -> None:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    store.ensure_deployment("support-bot", "prompted", "generation")
+    models = tmp_path / "models"
+    for name in ("v1", "v2"):
+        (models / name).mkdir(parents=True)
+        add_version(store, "intents", kind="model", name=name, artifact=str(models / name))
+    add_version(store, "support-bot", kind="prompt", name="p1", artifact="p1.txt")
+    failing = "import sys; sys.stderr.write('reload refused\\n'); sys.exit(4)"
+    hooks = {"intents": Hooks(models_dir=models, command=(sys.executable, "-c", failing))}
+    with TestClient(guarded_app(store, hooks)) as client:
+        client.headers.update(ADMIN)
+
+        first = client.post("/v1/deployments/intents/versions/v1/promote")
+        second = client.post("/v1/deployments/intents/versions/v2/promote")
+        assert os.readlink(models / "current") == str(models / "v2")
+        rolled = client.post("/v1/deployments/intents/rollback")
+        # A deployment without hooks in the configuration runs none.
+        other = client.post("/v1/deployments/support-bot/versions/p1/promote")
+        trail = client.get("/v1/events", params={"kind": "hook.", "deployment": "intents"})
+
+    # The command fails every time, yet every change is made: hooks follow the commit.
+    for response in (first, second, rolled):
+        assert response.status_code == 200, response.text
+        assert [(h["hook"], h["ok"]) for h in response.json()["hooks"]] == [
+            ("models_dir", True),
+            ("command", False),
+        ]
+    assert "exited with 4: reload refused" in rolled.json()["hooks"][1]["detail"]
+    assert rolled.json()["active"]["name"] == "v1"
+    assert os.readlink(models / "current") == str(models / "v1")
+    assert other.status_code == 200
+    assert other.json()["hooks"] == []
+    events = trail.json()
+    assert [e["kind"] for e in events] == ["hook.failed", "hook.ok"] * 3
+    assert events[0]["evidence"]["change_event_id"] == rolled.json()["event_id"]
+    assert events[0]["evidence"]["action"] == "rolled_back"
+    assert events[0]["message"].startswith("intents: command hook after the rollback to version v1")
 
 
 def test_events_are_filtered_by_deployment_kind_and_time(client: TestClient, store: Store) -> None:

@@ -1,0 +1,588 @@
+"""The ``gate`` job: does a challenger beat the champion on the golden set, by enough, clearly?
+
+Both models label the SAME golden examples, so the comparison is paired: the difference of the
+gate's metric (challenger minus champion) comes with a 95% confidence interval from a paired
+bootstrap, which resamples example indices and scores both models on each resample. A
+challenger passes when the interval's LOWER bound reaches the margin and no guard metric is
+worse than the champion's by more than ``GUARD_TOLERANCE``.
+
+Why the lower bound and not the point estimate: the gate runs unattended, and its verdict
+replaces the model that serves production. On a golden set of a few hundred examples, a point
+estimate a little above the champion's is often luck of the draw, and promoting on luck makes
+versions flip back and forth. Turning down a challenger costs little (the champion keeps
+serving; an operator can still promote it by hand with force), while promoting a worse one costs
+a regression users see until the watch rolls it back. So the gate asks for evidence: a
+challenger that labels every example as the champion does passes a margin of 0 (its interval is
+[0, 0]), one that differs passes only if the gain is larger than the noise.
+
+The spec (``job.json``) names:
+
+``golden_set``
+    A JSONL file, read as the ``evaluate`` job reads it (``input_field``, ``label_field``).
+``champion``
+    ``{"model_dir": ...}``, or ``null`` when the deployment has no model yet: then the challenger
+    passes when the lower bound of its score's interval reaches ``min_score`` (or at once when
+    ``min_score`` is unset). The key is required, so that a misspelt key cannot turn a
+    comparison into a first promotion without anyone noticing.
+``challenger``
+    ``{"model_dir": ...}``: the model to judge.
+``metric`` (``accuracy``), ``margin`` (0), ``guard_metrics`` ([]), ``bootstrap_samples`` (1000),
+``seed`` (0), ``min_score`` (null)
+    As ``retune.gate`` in ``driftd.yaml``; metrics are ``accuracy`` and ``macro_f1``.
+``output_dir``, ``batch_size`` (32), ``max_length`` (128), ``pace_s`` (0)
+    As for ``evaluate``.
+
+Relative paths are read from the spec's directory. The result holds ``passed``, ``metric``,
+``champion`` and ``challenger`` (``model_dir`` and ``metrics`` as ``evaluate`` reports them),
+``difference``, ``ci``, ``guards`` and ``reasons`` (plain sentences). A rejection is a result,
+not a failure: the job succeeds (exit 0) whichever way the verdict goes.
+
+``compare`` and ``qualify`` are pure (predictions in, a verdict out; no torch), for other jobs
+that already hold predictions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from retrain.errors import SpecError
+from retrain.evaluate import Classifier, EvaluationError, read_golden_set, score
+
+Progress = Callable[[str], None]
+
+METRICS = ("accuracy", "macro_f1")
+CONFIDENCE = 0.95
+GUARD_TOLERANCE = 0.01
+"""How much worse than the champion a guard metric may be: one example in a hundred. A guard
+catches a real regression elsewhere, not one golden example flipping on a small set."""
+
+# Float noise between sklearn's point metrics and the bootstrap's: 0.1 + 0.2 is not 0.3.
+_EPSILON = 1e-9
+# Resample indices held in memory at once (int64): bounds memory at any bootstrap_samples.
+_CELLS_PER_CHUNK = 2_000_000
+
+_DEFAULTS: dict[str, Any] = {
+    "metric": "accuracy",
+    "margin": 0.0,
+    "guard_metrics": [],
+    "bootstrap_samples": 1000,
+    "seed": 0,
+    "min_score": None,
+    "input_field": "input",
+    "label_field": "label",
+    "batch_size": 32,
+    "max_length": 128,
+    "pace_s": 0.0,
+}
+_REQUIRED = ("golden_set", "champion", "challenger", "output_dir")
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A metric the challenger may not lose on: both scores and the verdict."""
+
+    metric: str
+    champion: float
+    challenger: float
+    tolerance: float
+
+    @property
+    def difference(self) -> float:
+        return self.challenger - self.champion
+
+    @property
+    def ok(self) -> bool:
+        return self.difference + self.tolerance + _EPSILON >= 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "difference": self.difference,
+            "tolerance": self.tolerance,
+            "ok": self.ok,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """The gate's verdict and its evidence.
+
+    ``ci`` is the 95% interval of what was held against the bar: the difference of ``metric``
+    (challenger minus champion) when there is a champion, the challenger's own score when
+    there is none (``difference`` is then None).
+    """
+
+    passed: bool
+    metric: str
+    n: int
+    champion: dict[str, Any] | None
+    challenger: dict[str, Any]
+    difference: float | None
+    ci: tuple[float, float]
+    margin: float
+    min_score: float | None
+    bootstrap_samples: int
+    seed: int
+    guards: dict[str, Guard] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-ready data, as the job's result holds it."""
+        return {
+            "passed": self.passed,
+            "metric": self.metric,
+            "n": self.n,
+            "champion": None if self.champion is None else {"metrics": self.champion},
+            "challenger": {"metrics": self.challenger},
+            "difference": self.difference,
+            "ci": list(self.ci),
+            "margin": self.margin,
+            "min_score": self.min_score,
+            "guards": {name: guard.as_dict() for name, guard in self.guards.items()},
+            "reasons": list(self.reasons),
+            "bootstrap_samples": self.bootstrap_samples,
+            "seed": self.seed,
+        }
+
+
+def compare(
+    champion_predictions: Sequence[str],
+    challenger_predictions: Sequence[str],
+    truth: Sequence[str],
+    *,
+    metric: str,
+    margin: float = 0.0,
+    guard_metrics: Sequence[str] = (),
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    guard_tolerance: float = GUARD_TOLERANCE,
+) -> GateResult:
+    """Judge a challenger against the champion on the same golden examples.
+
+    Passes when the lower bound of the 95% paired-bootstrap interval of the difference
+    (challenger minus champion) reaches ``margin`` (see the module's docstring for why the
+    bound and not the point estimate), and every guard metric is at most ``guard_tolerance``
+    below the champion's. Deterministic for a given ``seed``.
+    """
+    _check_inputs(truth, metric, guard_metrics, bootstrap_samples, champion_predictions)
+    _check_inputs(truth, metric, guard_metrics, bootstrap_samples, challenger_predictions)
+    champion = score(list(truth), list(champion_predictions))
+    challenger = score(list(truth), list(challenger_predictions))
+    difference = challenger[metric] - champion[metric]
+    low, high = _interval(
+        truth, [champion_predictions, challenger_predictions], metric, bootstrap_samples, seed
+    )
+    n = len(truth)
+    reasons = [
+        _difference_reason(metric, champion[metric], challenger[metric], difference, low, high)
+        + " "
+        + _verdict_of_bound(low, margin, "the margin", difference, n)
+    ]
+    guards: dict[str, Guard] = {}
+    for name in dict.fromkeys(guard_metrics):
+        guard = Guard(name, champion[name], challenger[name], guard_tolerance)
+        guards[name] = guard
+        reasons.append(_guard_reason(guard))
+    passed = low + _EPSILON >= margin and all(guard.ok for guard in guards.values())
+    return GateResult(
+        passed=passed,
+        metric=metric,
+        n=n,
+        champion=champion,
+        challenger=challenger,
+        difference=difference,
+        ci=(low, high),
+        margin=margin,
+        min_score=None,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        guards=guards,
+        reasons=reasons,
+    )
+
+
+def qualify(
+    challenger_predictions: Sequence[str],
+    truth: Sequence[str],
+    *,
+    metric: str,
+    min_score: float | None = None,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> GateResult:
+    """Judge a first version, with no champion to beat: it passes when the lower bound of the
+    95% bootstrap interval of its ``metric`` reaches ``min_score`` (the same evidence rule as
+    against a champion), or at once when ``min_score`` is None."""
+    _check_inputs(truth, metric, (), bootstrap_samples, challenger_predictions)
+    challenger = score(list(truth), list(challenger_predictions))
+    low, high = _interval(truth, [challenger_predictions], metric, bootstrap_samples, seed)
+    value = challenger[metric]
+    n = len(truth)
+    stated = (
+        f"There is no champion to compare with; the challenger's {metric} is {value:.4f} on "
+        f"{n} golden examples (95% confidence interval {low:.4f} to {high:.4f})."
+    )
+    if min_score is None:
+        reason = f"{stated} No min_score is set, so it passes."
+    else:
+        reason = f"{stated} " + _verdict_of_bound(low, min_score, "min_score", value, n)
+    return GateResult(
+        passed=min_score is None or low + _EPSILON >= min_score,
+        metric=metric,
+        n=n,
+        champion=None,
+        challenger=challenger,
+        difference=None,
+        ci=(low, high),
+        margin=0.0,
+        min_score=min_score,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        reasons=[reason],
+    )
+
+
+def resampled_scores(
+    truth: Sequence[str],
+    predicted: Sequence[str],
+    indices: npt.NDArray[np.integer[Any]],
+    metric: str,
+) -> npt.NDArray[np.float64]:
+    """``metric`` of ``predicted`` on each resample (a row of example ``indices``), as
+    ``retrain.evaluate.score`` computes it on that resample's examples.
+
+    The same definition as ``score`` (macro-F1 over the labels present in the resample's
+    truth, a prediction outside them simply wrong), computed from a confusion matrix per row
+    with numpy: ``score`` itself costs milliseconds a call, a thousand resamples of two models
+    would take seconds, and the configuration allows a hundred thousand.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    truth_codes, [predicted_codes], classes = _encode(truth, [predicted])
+    return _scores(truth_codes, predicted_codes, classes, np.asarray(indices, np.int64), metric)
+
+
+def _encode(
+    truth: Sequence[str], models: Sequence[Sequence[str]]
+) -> tuple[npt.NDArray[np.int64], list[npt.NDArray[np.int64]], int]:
+    """Labels as numbers: the golden set's labels sorted, as ``score`` orders them, and one
+    more number for every prediction outside them (always wrong)."""
+    position = {label: i for i, label in enumerate(sorted(set(truth)))}
+    classes = len(position)
+    truth_codes = np.array([position[label] for label in truth], dtype=np.int64)
+    coded = [
+        np.array([position.get(label, classes) for label in predicted], dtype=np.int64)
+        for predicted in models
+    ]
+    return truth_codes, coded, classes
+
+
+def _scores(
+    truth: npt.NDArray[np.int64],
+    predicted: npt.NDArray[np.int64],
+    classes: int,
+    indices: npt.NDArray[np.int64],
+    metric: str,
+) -> npt.NDArray[np.float64]:
+    rows, size = indices.shape
+    width = classes + 1
+    offsets = (np.arange(rows, dtype=np.int64) * width * width)[:, None]
+    codes = truth[indices] * width + predicted[indices] + offsets
+    confusion = np.bincount(codes.ravel(), minlength=rows * width * width).reshape(
+        rows, width, width
+    )
+    diagonal = np.arange(classes)
+    correct = confusion[:, diagonal, diagonal]
+    if metric == "accuracy":
+        accuracy: npt.NDArray[np.float64] = correct.sum(axis=1) / size
+        return accuracy
+    support = confusion[:, :classes, :].sum(axis=2)
+    predictions = confusion[:, :, :classes].sum(axis=1)
+    denominator = support + predictions
+    f1 = np.divide(
+        2.0 * correct,
+        denominator,
+        out=np.zeros(denominator.shape, dtype=np.float64),
+        where=denominator > 0,
+    )
+    present = support > 0
+    averaged: npt.NDArray[np.float64] = (f1 * present).sum(axis=1) / present.sum(axis=1)
+    return averaged
+
+
+def _interval(
+    truth: Sequence[str],
+    models: Sequence[Sequence[str]],
+    metric: str,
+    samples: int,
+    seed: int,
+) -> tuple[float, float]:
+    """The 95% percentile-bootstrap interval of the last model's metric minus the first's
+    (or of the only model's metric), resampling the SAME indices for every model."""
+    truth_codes, coded, classes = _encode(truth, models)
+    n = len(truth)
+    chunk = max(1, _CELLS_PER_CHUNK // max(n, (classes + 1) ** 2))
+    rng = np.random.default_rng(seed)
+    values: list[npt.NDArray[np.float64]] = []
+    for start in range(0, samples, chunk):
+        indices = rng.integers(0, n, size=(min(chunk, samples - start), n), dtype=np.int64)
+        scored = [_scores(truth_codes, codes, classes, indices, metric) for codes in coded]
+        values.append(scored[-1] - scored[0] if len(scored) == 2 else scored[0])
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(np.concatenate(values), [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _check_inputs(
+    truth: Sequence[str],
+    metric: str,
+    guard_metrics: Sequence[str],
+    bootstrap_samples: int,
+    predictions: Sequence[str],
+) -> None:
+    if not truth:
+        raise ValueError("the golden set is empty: there is nothing to compare on")
+    if len(predictions) != len(truth):
+        raise ValueError(
+            f"{len(predictions)} predictions for {len(truth)} golden examples: both models "
+            "must label every example of the same golden set"
+        )
+    for name in (metric, *guard_metrics):
+        if name not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {name!r}")
+    if bootstrap_samples < 1:
+        raise ValueError(f"bootstrap_samples must be at least 1, got {bootstrap_samples}")
+
+
+def _difference_reason(
+    metric: str, champion: float, challenger: float, difference: float, low: float, high: float
+) -> str:
+    return (
+        f"{metric}: the challenger scores {challenger:.4f} against the champion's "
+        f"{champion:.4f}, a difference of {difference:+.4f} (95% confidence interval "
+        f"{low:+.4f} to {high:+.4f})."
+    )
+
+
+def _verdict_of_bound(low: float, bar: float, bar_name: str, estimate: float, n: int) -> str:
+    if low + _EPSILON >= bar:
+        return f"The interval's lower bound clears {bar_name} of {bar:.4f}."
+    if estimate + _EPSILON >= bar:
+        return (
+            f"The estimate reaches {bar_name} of {bar:.4f} but the interval's lower bound "
+            f"({low:+.4f}) does not: on {n} golden examples the gain may be chance; a larger "
+            "golden set would tell."
+        )
+    return f"That is short of {bar_name} of {bar:.4f}."
+
+
+def _guard_reason(guard: Guard) -> str:
+    stated = (
+        f"Guard {guard.metric}: the challenger scores {guard.challenger:.4f} against the "
+        f"champion's {guard.champion:.4f}"
+    )
+    if guard.difference >= 0:
+        return f"{stated}, no worse."
+    if guard.ok:
+        return f"{stated}, within the tolerance of {guard.tolerance:.4f}."
+    return (
+        f"{stated}, {-guard.difference:.4f} worse, beyond the tolerance of "
+        f"{guard.tolerance:.4f}: the challenger may not lose on {guard.metric}."
+    )
+
+
+# The job.
+
+
+@dataclass(frozen=True, slots=True)
+class GateSpec:
+    golden_set: Path
+    champion: Path | None
+    challenger: Path
+    output_dir: Path
+    metric: str = "accuracy"
+    margin: float = 0.0
+    guard_metrics: tuple[str, ...] = ()
+    bootstrap_samples: int = 1000
+    seed: int = 0
+    min_score: float | None = None
+    input_field: str = "input"
+    label_field: str = "label"
+    batch_size: int = 32
+    max_length: int = 128
+    pace_s: float = 0.0
+
+
+def parse_spec(
+    raw: Mapping[str, Any], base: Path, *, warn: Callable[[str], None] = lambda _: None
+) -> GateSpec:
+    """Check a spec and resolve its paths against ``base``; ``SpecError`` lists what is wrong.
+
+    Unknown keys go to ``warn``: the daemon adds bookkeeping of its own to every job's spec.
+    """
+    problems = [f"{key!r} is required" for key in _REQUIRED if key not in raw]
+    known = set(_REQUIRED) | set(_DEFAULTS)
+    unknown = sorted(key for key in raw if key not in known)
+    if unknown:
+        warn(
+            f"ignoring spec key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(gate reads {', '.join(sorted(known))})"
+        )
+    values = _DEFAULTS | {key: raw[key] for key in raw if key in known}
+    root = base.absolute()
+
+    def path(key: str, value: Any) -> Path | None:
+        if not isinstance(value, str) or not value:
+            problems.append(f"{key!r} must be a path, got {value!r}")
+            return None
+        return root / value
+
+    golden = path("golden_set", raw["golden_set"]) if "golden_set" in raw else None
+    if golden is not None and not golden.is_file():
+        problems.append(f"golden_set {golden} is not a file")
+    output = path("output_dir", raw["output_dir"]) if "output_dir" in raw else None
+    models: dict[str, Path] = {}
+    for role in ("champion", "challenger"):
+        if role not in raw or (role == "champion" and raw[role] is None):
+            continue
+        entry = raw[role]
+        if not isinstance(entry, Mapping) or "model_dir" not in entry:
+            nullable = " or null (no champion yet)" if role == "champion" else ""
+            problems.append(f'{role!r} must be {{"model_dir": PATH}}{nullable}, got {entry!r}')
+            continue
+        found = path(f"{role}.model_dir", entry["model_dir"])
+        if found is not None and not found.is_dir():
+            problems.append(f"{role}.model_dir {found} is not a directory")
+        elif found is not None:
+            models[role] = found
+    guard_metrics = values["guard_metrics"]
+    if not isinstance(guard_metrics, list):
+        problems.append(f"'guard_metrics' must be a list, got {guard_metrics!r}")
+        guard_metrics = []
+    for key, name in [("metric", values["metric"])] + [("guard_metrics", g) for g in guard_metrics]:
+        if name not in METRICS:
+            problems.append(
+                f"{key!r} must name {' or '.join(METRICS)}, got {name!r} (the gate compares "
+                "classifiers; judge_score is for prompted deployments)"
+            )
+    for key in ("margin", "min_score"):
+        value = values[key]
+        if value is None and key == "min_score":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            problems.append(f"{key!r} must be a number from 0 to 1, got {value!r}")
+    for key in ("input_field", "label_field"):
+        if not isinstance(values[key], str) or not values[key]:
+            problems.append(f"{key!r} must be a non-empty string, got {values[key]!r}")
+    for key, low, high in (
+        ("bootstrap_samples", 100, 100_000),
+        ("seed", 0, 2**32 - 1),
+        ("batch_size", 1, 4096),
+        ("max_length", 8, 8192),
+    ):
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.append(f"{key!r} must be a whole number from {low} to {high}, got {value!r}")
+    pace = values["pace_s"]
+    if isinstance(pace, bool) or not isinstance(pace, int | float) or not 0 <= pace <= 60:
+        problems.append(f"'pace_s' must be seconds from 0 to 60, got {pace!r}")
+    if problems:
+        raise SpecError("; ".join(problems))
+    assert golden is not None
+    assert output is not None
+    return GateSpec(
+        golden_set=golden,
+        champion=models.get("champion"),
+        challenger=models["challenger"],
+        output_dir=output,
+        metric=values["metric"],
+        margin=float(values["margin"]),
+        guard_metrics=tuple(guard_metrics),
+        bootstrap_samples=values["bootstrap_samples"],
+        seed=values["seed"],
+        min_score=None if values["min_score"] is None else float(values["min_score"]),
+        input_field=values["input_field"],
+        label_field=values["label_field"],
+        batch_size=values["batch_size"],
+        max_length=values["max_length"],
+        pace_s=float(pace),
+    )
+
+
+def run(spec: GateSpec, progress: Progress) -> dict[str, Any]:
+    """Label the golden set with both models and judge the challenger; the job's result."""
+    started = time.monotonic()
+    examples = read_golden_set(spec.golden_set, spec.input_field, spec.label_field)
+    texts = [example.input for example in examples]
+    truth = [example.label for example in examples]
+    progress(f"gate: {len(examples)} examples of {len(set(truth))} labels from {spec.golden_set}")
+    challenger = _predict("challenger", spec.challenger, texts, truth, spec, progress)
+    if spec.champion is None:
+        verdict = qualify(
+            challenger,
+            truth,
+            metric=spec.metric,
+            min_score=spec.min_score,
+            bootstrap_samples=spec.bootstrap_samples,
+            seed=spec.seed,
+        )
+    else:
+        champion = _predict("champion", spec.champion, texts, truth, spec, progress)
+        verdict = compare(
+            champion,
+            challenger,
+            truth,
+            metric=spec.metric,
+            margin=spec.margin,
+            guard_metrics=spec.guard_metrics,
+            bootstrap_samples=spec.bootstrap_samples,
+            seed=spec.seed,
+        )
+    for reason in verdict.reasons:
+        progress(f"gate: {reason}")
+    progress(f"gate: the challenger {'passes' if verdict.passed else 'is rejected'}")
+    result = verdict.as_dict()
+    result["challenger"]["model_dir"] = str(spec.challenger)
+    if result["champion"] is not None:
+        result["champion"]["model_dir"] = str(spec.champion)
+    return {
+        **result,
+        "golden_set": str(spec.golden_set),
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+
+
+def _predict(
+    role: str,
+    model_dir: Path,
+    texts: list[str],
+    truth: list[str],
+    spec: GateSpec,
+    progress: Progress,
+) -> list[str]:
+    classifier = Classifier(model_dir)
+    progress(f"gate: {role} {model_dir} predicts {len(classifier.labels)} labels")
+    if not set(truth) & set(classifier.labels.values()):
+        raise EvaluationError(
+            f"none of the golden set's labels is a label of the {role} in {model_dir}: "
+            "its config.json must name them in id2label"
+        )
+
+    def relabel(line: str) -> None:
+        progress(f"gate: {role}: {line.removeprefix('evaluate: ')}")
+
+    return classifier.predict(
+        texts,
+        batch_size=spec.batch_size,
+        max_length=spec.max_length,
+        pace_s=spec.pace_s,
+        progress=relabel,
+    )

@@ -1,0 +1,358 @@
+"""The gate: challenger against champion on one golden set, with a paired bootstrap interval.
+
+The pure comparison is fed predictions built by hand, so each verdict can be worked out on
+paper; the job runs end to end with two tiny real transformers classifiers that always answer
+one label each, on Banking77 questions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from retrain.__main__ import main
+from retrain.evaluate import score
+from retrain.gate import GUARD_TOLERANCE, compare, qualify, resampled_scores
+
+ROOT = Path(__file__).resolve().parents[2]
+BANKING77 = ROOT / "examples" / "banking77" / "data" / "test.csv"
+LABELS = ["card_arrival", "card_linking", "exchange_rate", "refund_not_showing_up"]
+MAJORITY = "card_arrival"
+# Golden examples per label from Banking77's test split: card_arrival is 60% of them.
+MIX = {"card_arrival": 18, "card_linking": 6, "exchange_rate": 6}
+
+
+def labelled(right: int, wrong: int, label: str = "a", instead: str = "b") -> list[str]:
+    return [label] * right + [instead] * wrong
+
+
+def test_a_clearly_better_challenger_passes_with_an_interval_above_zero() -> None:
+    truth = ["a"] * 100 + ["b"] * 100
+    # The champion gets 70% of each class right, the challenger 95%.
+    champion = labelled(70, 30, "a", "b") + labelled(70, 30, "b", "a")
+    challenger = labelled(95, 5, "a", "b") + labelled(95, 5, "b", "a")
+
+    verdict = compare(champion, challenger, truth, metric="accuracy", seed=7)
+
+    assert verdict.passed
+    assert verdict.champion is not None
+    assert verdict.champion["accuracy"] == pytest.approx(0.70)
+    assert verdict.challenger["accuracy"] == pytest.approx(0.95)
+    assert verdict.difference == pytest.approx(0.25)
+    low, high = verdict.ci
+    assert 0 < low < 0.25 < high < 0.4
+    [reason] = verdict.reasons
+    assert "challenger scores 0.9500 against the champion's 0.7000" in reason
+    assert "lower bound clears the margin of 0.0000" in reason
+    result = verdict.as_dict()
+    assert json.loads(json.dumps(result)) == result
+    assert result["ci"] == [low, high]
+
+
+def test_a_worse_challenger_is_rejected_saying_by_how_much() -> None:
+    truth = ["a"] * 50 + ["b"] * 50
+    champion = labelled(45, 5, "a", "b") + labelled(45, 5, "b", "a")
+    challenger = labelled(30, 20, "a", "b") + labelled(30, 20, "b", "a")
+
+    verdict = compare(champion, challenger, truth, metric="macro_f1")
+
+    assert not verdict.passed
+    assert verdict.difference is not None
+    assert verdict.difference < 0
+    assert verdict.ci[1] < 0
+    [reason] = verdict.reasons
+    assert reason.startswith("macro_f1: the challenger scores 0.6000 against the champion's 0.9000")
+    assert "a difference of -0.3000" in reason
+    assert "That is short of the margin of 0.0000." in reason
+
+
+def test_the_margin_is_held_against_the_intervals_lower_bound() -> None:
+    truth = ["a"] * 400
+    champion = labelled(300, 100)
+    # Right wherever the champion is, and on 40 of its 100 misses: +0.10, give or take 0.03.
+    challenger = labelled(340, 60)
+
+    lenient = compare(champion, challenger, truth, metric="accuracy", margin=0.0)
+    estimate_only = compare(champion, challenger, truth, metric="accuracy", margin=0.09)
+    beyond = compare(champion, challenger, truth, metric="accuracy", margin=0.2)
+
+    assert lenient.difference == pytest.approx(0.1)
+    low, _ = lenient.ci
+    assert 0 < low < 0.09
+    assert lenient.passed
+    # 0.10 reaches a margin of 0.09, but the interval's lower bound does not: not enough.
+    assert not estimate_only.passed
+    assert "the interval's lower bound" in estimate_only.reasons[0]
+    assert "the gain may be chance; a larger golden set would tell" in estimate_only.reasons[0]
+    assert not beyond.passed
+    assert "That is short of the margin of 0.2000." in beyond.reasons[0]
+
+
+def test_a_challenger_as_good_as_the_champion_passes_a_zero_margin() -> None:
+    truth = ["a", "b", "c"] * 20
+    same = ["a", "b", "b"] * 20
+
+    verdict = compare(same, list(same), truth, metric="accuracy")
+
+    assert verdict.ci == (0.0, 0.0)
+    assert verdict.passed
+
+
+def test_a_guard_metric_that_drops_rejects_an_otherwise_better_challenger() -> None:
+    # Three copies of: 80 "a", 10 "b", 10 "c".
+    truth = (["a"] * 80 + ["b"] * 10 + ["c"] * 10) * 3
+    # The champion misses 20 "a" (as "b") and nothing else; the challenger gets every "a"
+    # right but never answers "c": better accuracy, worse macro-F1.
+    champion = (["a"] * 60 + ["b"] * 20 + ["b"] * 10 + ["c"] * 10) * 3
+    challenger = (["a"] * 80 + ["b"] * 10 + ["a"] * 10) * 3
+
+    unguarded = compare(champion, challenger, truth, metric="accuracy", seed=1)
+    guarded = compare(
+        champion, challenger, truth, metric="accuracy", guard_metrics=["macro_f1"], seed=1
+    )
+
+    assert unguarded.passed
+    assert unguarded.difference == pytest.approx(0.1)
+    assert not guarded.passed
+    assert guarded.ci == unguarded.ci
+    guard = guarded.guards["macro_f1"]
+    assert guard.champion == pytest.approx((2 * 60 / 140 + 2 * 10 / 40 + 1.0) / 3)
+    assert guard.challenger == pytest.approx((2 * 80 / 170 + 1.0 + 0.0) / 3)
+    assert not guard.ok
+    assert guarded.as_dict()["guards"]["macro_f1"]["ok"] is False
+    assert guarded.reasons[1].startswith("Guard macro_f1: the challenger scores 0.6471")
+    assert f"beyond the tolerance of {GUARD_TOLERANCE:.4f}" in guarded.reasons[1]
+
+
+def test_a_guard_tolerates_a_drop_within_the_tolerance() -> None:
+    truth = ["a"] * 200 + ["b"] * 200 + ["c"] * 20
+    champion = ["a"] * 180 + ["b"] * 20 + ["b"] * 200 + ["c"] * 20
+    # 20 more "a" right, 4 "c" lost: accuracy up, macro-F1 down by 0.007.
+    challenger = ["a"] * 200 + ["b"] * 200 + ["c"] * 16 + ["a"] * 4
+
+    verdict = compare(
+        champion, challenger, truth, metric="accuracy", guard_metrics=["macro_f1"], seed=2
+    )
+
+    guard = verdict.guards["macro_f1"]
+    assert -GUARD_TOLERANCE < guard.difference < 0
+    assert guard.ok
+    assert verdict.passed
+    assert f"within the tolerance of {GUARD_TOLERANCE:.4f}" in verdict.reasons[1]
+
+
+def test_the_verdict_is_the_same_for_the_same_seed() -> None:
+    rng = np.random.default_rng(3)
+    truth = [str(x) for x in rng.integers(0, 5, 150)]
+    champion = [t if rng.random() < 0.7 else "0" for t in truth]
+    challenger = [t if rng.random() < 0.8 else "1" for t in truth]
+
+    first = compare(champion, challenger, truth, metric="macro_f1", seed=11)
+    again = compare(champion, challenger, truth, metric="macro_f1", seed=11)
+    other = compare(champion, challenger, truth, metric="macro_f1", seed=12)
+
+    assert first.as_dict() == again.as_dict()
+    assert other.ci != first.ci
+    assert other.difference == first.difference
+
+
+def test_resamples_are_scored_as_evaluate_scores_them() -> None:
+    rng = np.random.default_rng(5)
+    labels = ["a", "b", "c", "d"]
+    truth = [labels[i] for i in rng.integers(0, 4, 60)]
+    # Some predictions are outside the golden set's labels: always wrong.
+    predicted = [t if rng.random() < 0.6 else ["a", "b", "z"][i % 3] for i, t in enumerate(truth)]
+    # Small resamples, so that some leave out a label of the golden set altogether.
+    indices = rng.integers(0, 60, size=(30, 8))
+
+    for metric in ("accuracy", "macro_f1"):
+        fast = resampled_scores(truth, predicted, indices, metric)
+        slow = [
+            score([truth[i] for i in row], [predicted[i] for i in row])[metric] for row in indices
+        ]
+        assert fast == pytest.approx(slow), metric
+
+
+def test_a_first_version_passes_when_it_clears_min_score() -> None:
+    truth = ["a"] * 100 + ["b"] * 100
+    predictions = labelled(90, 10, "a", "b") + labelled(90, 10, "b", "a")
+
+    free = qualify(predictions, truth, metric="accuracy")
+    cleared = qualify(predictions, truth, metric="accuracy", min_score=0.8)
+    missed = qualify(predictions, truth, metric="accuracy", min_score=0.89)
+
+    assert free.passed
+    assert "No min_score is set, so it passes." in free.reasons[0]
+    assert free.as_dict()["champion"] is None
+    assert free.difference is None
+    assert free.ci[0] < 0.9 < free.ci[1]
+    assert cleared.passed
+    assert not missed.passed
+    assert "the gain may be chance" in missed.reasons[0]
+
+
+def test_predictions_for_other_examples_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 predictions for 3 golden examples"):
+        compare(["a", "b"], ["a", "b", "c"], ["a", "b", "c"], metric="accuracy")
+    with pytest.raises(ValueError, match="metric must be one of accuracy, macro_f1"):
+        compare(["a"], ["a"], ["a"], metric="judge_score")
+
+
+# The job, end to end.
+
+
+@pytest.fixture
+def golden(tmp_path: Path) -> Path:
+    """Thirty Banking77 questions: 18 card_arrival, 6 card_linking, 6 exchange_rate."""
+    wanted = dict(MIX)
+    rows = []
+    with BANKING77.open(newline="") as source:
+        for row in csv.DictReader(source):
+            if wanted.get(row["category"], 0) > 0:
+                wanted[row["category"]] -= 1
+                rows.append({"input": row["text"], "label": row["category"]})
+    assert not any(wanted.values())
+    path = tmp_path / "golden.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def majority(tiny_classifier: Callable[[Sequence[str], str], Path]) -> Path:
+    return tiny_classifier(LABELS, MAJORITY)
+
+
+@pytest.fixture
+def minority(tiny_classifier: Callable[[Sequence[str], str], Path]) -> Path:
+    return tiny_classifier(LABELS, "card_linking")
+
+
+def write_spec(directory: Path, **spec: Any) -> Path:
+    path = directory / "job.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def retrain(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "retrain", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("challenger_answers", ["majority", "minority"])
+def test_python_m_retrain_gate_lets_the_model_that_labels_better_win(
+    golden: Path, majority: Path, minority: Path, tmp_path: Path, challenger_answers: str
+) -> None:
+    challenger, champion = (
+        (majority, minority) if challenger_answers == "majority" else (minority, majority)
+    )
+    spec = write_spec(
+        tmp_path,
+        golden_set=str(golden),
+        champion={"model_dir": str(champion)},
+        challenger={"model_dir": str(challenger)},
+        metric="accuracy",
+        guard_metrics=["macro_f1"],
+        bootstrap_samples=2000,
+        seed=3,
+        output_dir="out",
+        batch_size=8,
+        deployment="intents",  # the daemon's bookkeeping
+    )
+
+    done = retrain("gate", "--spec", str(spec))
+
+    # A rejection is a verdict, not a failure: exit 0 either way.
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "exit").read_text().strip() == "0"
+    assert "gate: challenger: batch 4/4, 30/30 examples" in done.stdout
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["status"] == "succeeded"
+    assert result["n"] == 30
+    assert result["challenger"]["model_dir"] == str(challenger)
+    assert result["champion"]["model_dir"] == str(champion)
+    winner, loser = (0.6, 0.2) if challenger_answers == "majority" else (0.2, 0.6)
+    assert result["challenger"]["metrics"]["accuracy"] == pytest.approx(winner)
+    assert result["champion"]["metrics"]["accuracy"] == pytest.approx(loser)
+    assert result["difference"] == pytest.approx(winner - loser)
+    low, high = result["ci"]
+    assert set(result["guards"]) == {"macro_f1"}
+    if challenger_answers == "majority":
+        assert result["passed"] is True
+        assert 0 < low < 0.4 < high
+        assert result["guards"]["macro_f1"]["ok"] is True
+        assert "gate: the challenger passes" in done.stdout
+    else:
+        assert result["passed"] is False
+        assert low < -0.4 < high < 0
+        assert "That is short of the margin of 0.0000." in result["reasons"][0]
+        assert "beyond the tolerance" in result["reasons"][1]
+        assert "gate: the challenger is rejected" in done.stdout
+
+
+def test_the_gate_job_without_a_champion_applies_min_score(
+    golden: Path, majority: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = write_spec(
+        tmp_path,
+        golden_set=str(golden),
+        champion=None,
+        challenger={"model_dir": str(majority)},
+        min_score=0.9,
+        output_dir="out",
+    )
+
+    assert main(["gate", "--spec", str(spec)]) == 0
+
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["passed"] is False
+    assert result["champion"] is None
+    assert result["difference"] is None
+    assert result["challenger"]["metrics"]["accuracy"] == pytest.approx(0.6)
+    assert result["reasons"][0].startswith("There is no champion to compare with")
+    assert "gate: the challenger is rejected" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"champion": "absent"}, "'champion' is required"),
+        ({"champion": "models/v1"}, "'champion' must be {\"model_dir\": PATH} or null"),
+        ({"challenger": {"model_dir": "nowhere"}}, "challenger.model_dir"),
+        ({"metric": "judge_score"}, "'metric' must name accuracy or macro_f1, got 'judge_score'"),
+        ({"guard_metrics": ["f2"]}, "'guard_metrics' must name accuracy or macro_f1, got 'f2'"),
+        ({"margin": 2}, "'margin' must be a number from 0 to 1, got 2"),
+        ({"bootstrap_samples": 10}, "'bootstrap_samples' must be a whole number from 100"),
+    ],
+)
+def test_a_bad_gate_spec_exits_2_naming_the_problem(
+    golden: Path, majority: Path, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    spec: dict[str, Any] = {
+        "golden_set": str(golden),
+        "champion": {"model_dir": str(majority)},
+        "challenger": {"model_dir": str(majority)},
+        "output_dir": "out",
+    }
+    spec.update(change)
+    if spec["champion"] == "absent":
+        del spec["champion"]
+    path = write_spec(tmp_path, **spec)
+
+    done = retrain("gate", "--spec", str(path))
+
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "out").exists()
