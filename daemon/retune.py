@@ -112,6 +112,8 @@ def retune_spec(
         "champion_version": None if active is None else active.name,
         "production_file": str(production),
         "original_file": None if data.training_data is None else str(data.training_data),
+        "original_input_field": data.input_field,
+        "original_label_field": data.label_field,
         "golden_set": None if retune.golden_set is None else str(retune.golden_set),
         "data": {
             "production_ratio": data.production_ratio,

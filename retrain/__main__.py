@@ -36,6 +36,7 @@ KINDS = {
     "train": "retrain.train",
     "openai_finetune": "retrain.openai_finetune",
     "gate": "retrain.gate",
+    "retrain": "retrain.retune",
 }
 RESULT_FILE = "result.json"
 EXIT_FILE = "exit"  # the name driftd's executors read (daemon.jobs.executor.EXIT_FILE)

@@ -443,6 +443,12 @@ class TrainingData(Section):
     training_data: RelativePath | None = Field(
         None, description="Original training set (CSV or JSONL), relative to this file."
     )
+    input_field: str = Field("input", min_length=1, description="Input column of training_data.")
+    label_field: str = Field(
+        "label",
+        min_length=1,
+        description="Label (classification) or wanted output (generation) column of training_data.",
+    )
     production_ratio: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of labelled production samples in the mix."
     )
