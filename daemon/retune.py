@@ -13,6 +13,7 @@ import hashlib
 import json
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -100,7 +101,7 @@ def retune_spec(
     name = f"{deployment.name}-{when:%Y%m%d-%H%M%S}"
     active = store.active_version(deployment.name)
     configured = deployment.model.name if deployment.model is not None else None
-    champion = active.artifact if active is not None else configured
+    champion = _local_or_hub(active.artifact if active is not None else configured)
     return {
         "deployment": deployment.name,
         "trigger": trigger,
@@ -111,10 +112,10 @@ def retune_spec(
         "champion": None if champion is None else {"model_dir": champion},
         "champion_version": None if active is None else active.name,
         "production_file": str(production),
-        "original_file": None if data.training_data is None else str(data.training_data),
+        "original_file": _absolute(data.training_data),
         "original_input_field": data.input_field,
         "original_label_field": data.label_field,
-        "golden_set": None if retune.golden_set is None else str(retune.golden_set),
+        "golden_set": _absolute(retune.golden_set),
         "data": {
             "production_ratio": data.production_ratio,
             "max_rows": data.max_rows,
@@ -133,3 +134,15 @@ def retune_spec(
 def _seed(name: str) -> int:
     """The job's seed (data split, training), from the candidate's name: recorded, repeatable."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") % 2**31
+
+
+def _absolute(path: Path | None) -> str | None:
+    """The job runs in another folder: every path it gets is absolute."""
+    return None if path is None else str(path.resolve())
+
+
+def _local_or_hub(model: str | None) -> str | None:
+    """A model folder made absolute; a hub id (or an OpenAI model id) as it is."""
+    if model is None or not Path(model).exists():
+        return model
+    return str(Path(model).resolve())

