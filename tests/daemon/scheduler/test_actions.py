@@ -12,12 +12,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from daemon.config import Config, parse_config
-from daemon.domain import CheckStatus
+from daemon.domain import CheckStatus, JobState
 from daemon.scheduler import CheckDone, Tick
 from daemon.scheduler.actions import Actions
-from daemon.store import NewCheck, NewSample, Store
+from daemon.store import NewCheck, NewSample, Store, versions
 from daemon.store import jobs as job_store
-from daemon.store.models import Sample
+from daemon.store.lease import acquire
+from daemon.store.models import Job, Sample
 
 CONFIG = """\
 deployments:
@@ -216,3 +217,50 @@ def test_too_few_labels_skip_the_retrain_and_say_why(store: Store, tmp_path: Any
     (skipped,) = [e for e in store.recent_events("intents") if e.kind == "retune.skipped"]
     assert "0 labelled samples" in skipped.message
     assert "min_labelled is 5" in skipped.message
+
+
+def finished_retune(store: Store, name: str, passed: bool, artifact: Path) -> int:
+    """A re-tune job that succeeded with ``passed`` as its gate's verdict."""
+    artifact.mkdir()
+    spec = {"candidate": {"name": name}, "promote": True, "champion_version": "v1"}
+    job_id = job_store.create_job(store, "intents", "retrain", "drift", spec)
+    with store.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.state = JobState.succeeded.value
+        job.finished_at = datetime.now(UTC)
+        job.result = {
+            "candidate": {"name": name, "artifact": str(artifact)},
+            "gate": {"passed": passed, "difference": 0.2 if passed else -0.1},
+            "metrics": {"accuracy": 0.9 if passed else 0.6},
+        }
+    return job_id
+
+
+def test_the_leader_promotes_a_passed_challenger_and_rejects_a_worse_one(
+    store: Store, tmp_path: Any
+) -> None:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    versions.add_version(store, "intents", kind="model", name="v1", artifact="/models/v1")
+    versions.promote(store, "intents", "v1", actor="test")
+    models = tmp_path / "models"
+    models.mkdir()
+    (tmp_path / "golden.jsonl").write_text("{}\n")
+    text = FINETUNED.replace("retune:\n", f"retune:\n      hooks: {{models_dir: {models}}}\n")
+    cfg = parse_config(text, environ={}, base_dir=tmp_path)
+    actions = Actions(cfg, store, FakeChecks(store), epoch=lambda: 1)  # type: ignore[arg-type]
+    assert acquire(store, "scheduler", "driftd", 10.0) is not None  # epoch 1: the leader
+
+    finished_retune(store, "worse", passed=False, artifact=tmp_path / "worse")
+    actions.settle_jobs()
+    states = {v.name: v.state for v in versions.list_versions(store, "intents")}
+    assert states == {"v1": "active", "worse": "rejected"}
+
+    finished_retune(store, "better", passed=True, artifact=tmp_path / "better")
+    actions.settle_jobs()
+    actions.settle_jobs()  # a second pass changes nothing
+    states = {v.name: v.state for v in versions.list_versions(store, "intents")}
+    assert states == {"v1": "retired", "worse": "rejected", "better": "active"}
+    promoted = [e for e in store.recent_events("intents") if e.kind == "version.promoted"]
+    assert [e.evidence["new"]["name"] for e in promoted] == ["better", "v1"]
+    assert (models / "current").resolve() == (tmp_path / "better").resolve()

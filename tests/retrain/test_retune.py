@@ -1,0 +1,143 @@
+"""``python -m retrain retrain``: a whole re-tune in one job, on the trainer path (a tiny
+classifier, so it runs in seconds) and the OpenAI path (against the local fake server)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.fake_openai import FakeOpenAI
+
+fakes = sys.modules["fake_openai"]  # loaded by tests/conftest.py, with its fixture
+
+ROOT = Path(__file__).resolve().parents[2]
+LABELS = ["card_arrival", "exchange_rate", "pin_blocked"]
+KEY_ENV = "DRIFTD_TEST_OPENAI_KEY"
+
+
+def questions(split: str, per_label: int, skip: int = 0) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    counts = dict.fromkeys(LABELS, 0)
+    path = ROOT / "examples" / "banking77" / "data" / f"{split}.csv"
+    with path.open(encoding="utf-8") as source:
+        for row in csv.DictReader(source):
+            label = row["category"]
+            if label in counts:
+                counts[label] += 1
+                if skip < counts[label] <= skip + per_label:
+                    rows.append({"input": row["text"], "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def run_job(spec: dict[str, Any], folder: Path, env: dict[str, str] | None = None) -> Any:
+    path = folder / "job.json"
+    path.write_text(json.dumps({**spec, "output_dir": str(folder / "out")}))
+    done = subprocess.run(
+        [sys.executable, "-m", "retrain", "retrain", "--spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    result = json.loads((folder / "out" / "result.json").read_text())
+    return done.returncode, result, done.stdout + done.stderr
+
+
+def base_spec(tmp_path: Path, method: str) -> dict[str, Any]:
+    production = [
+        {**row, "sample_id": i + 1} for i, row in enumerate(questions("train", 20, skip=0))
+    ]
+    return {
+        "method": method,
+        "task": "classification",
+        "labels": LABELS,
+        "production_file": write_jsonl(tmp_path / "production.jsonl", production),
+        "golden_set": write_jsonl(tmp_path / "golden.jsonl", questions("test", 5)),
+        "data": {"production_ratio": 1.0, "max_rows": 1000, "validation_share": 0.2},
+        "gate": {"metric": "accuracy", "margin": 0.0, "bootstrap_samples": 200},
+        "seed": 7,
+        "candidate": {"name": "intents-v2"},
+        "lineage": {"check_ids": [3, 4], "decision_event_id": 9},
+    }
+
+
+def test_the_trainer_path_builds_trains_gates_and_names_its_candidate(
+    tmp_path: Path, tiny_classifier: Callable[[Sequence[str], str], Path]
+) -> None:
+    champion = tiny_classifier(LABELS, "card_arrival")
+    spec = {
+        **base_spec(tmp_path, "trainer"),
+        "base_model": str(champion),
+        "champion": {"model_dir": str(champion)},
+        "trainer": {"epochs": 1, "batch_size": 16, "max_length": 32},
+    }
+    code, result, output = run_job(spec, tmp_path)
+    assert code == 0, output
+    assert result["candidate"]["name"] == "intents-v2"
+    assert Path(result["candidate"]["artifact"], "driftd-version.json").is_file()
+    gate = result["gate"]
+    assert gate["metric"] == "accuracy"
+    assert isinstance(gate["passed"], bool)
+    assert len(gate["ci"]) == 2
+    lineage = result["lineage"]
+    assert lineage["check_ids"] == [3, 4]
+    assert lineage["decision_event_id"] == 9
+    golden_inputs = {row["input"] for row in questions("test", 5)}
+    trained = (tmp_path / "out" / "data" / "train.jsonl").read_text()
+    assert not any(text in trained for text in golden_inputs)
+
+
+def test_the_openai_path_fine_tunes_and_keeps_the_model_for_an_operator(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_job(fakes.Succeed(after_polls=2))
+    spec = {
+        **base_spec(tmp_path, "openai"),
+        "system_prompt": "Answer with the intent of the customer's banking question.",
+        "openai": {
+            "base_model": "gpt-4o-mini-2024-07-18",
+            "base_url": fake_openai.base_url,
+            "api_key_env": KEY_ENV,
+            "poll_interval_s": 0.05,
+            "poll_max_interval_s": 0.2,
+            "max_retries": 0,
+        },
+    }
+    code, result, output = run_job(spec, tmp_path, {KEY_ENV: fake_openai.api_key})
+    assert code == 0, output
+    assert result["candidate"]["artifact"].startswith("ft:gpt-4o-mini-2024-07-18")
+    assert result["gate"]["passed"] is False
+    assert "cannot score OpenAI models" in result["gate"]["reasons"][0]
+    uploaded = (tmp_path / "out" / "data" / "train.chat.jsonl").read_text().splitlines()
+    first = json.loads(uploaded[0])["messages"]
+    assert [m["role"] for m in first] == ["system", "user", "assistant"]
+    assert first[2]["content"] in LABELS
+    assert fake_openai.api_key not in output
+
+
+def test_a_bad_spec_names_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"method": "sgd", "output_dir": "out"}))
+    done = subprocess.run(
+        [sys.executable, "-m", "retrain", "retrain", "--spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    for problem in ("'task' is required", "'golden_set' is required", "'method' must be one of"):
+        assert problem in done.stderr
