@@ -18,7 +18,7 @@ from daemon.scheduler.actions import Actions
 from daemon.store import NewCheck, NewSample, Store, versions
 from daemon.store import jobs as job_store
 from daemon.store.lease import acquire
-from daemon.store.models import Job, Sample
+from daemon.store.models import Job, Sample, Version
 
 CONFIG = """\
 deployments:
@@ -172,11 +172,13 @@ deployments:
 """
 
 
-def finetuned(tmp_path: Any) -> Config:
-    (tmp_path / "golden.jsonl").write_text(
-        '{"input": "where is my card", "label": "card_arrival"}\n'
-    )
+def finetuned(tmp_path: Any, *, models: Path | None = None, consecutive: int = 1) -> Config:
+    golden = {"input": "where is my card", "label": "card_arrival"}
+    (tmp_path / "golden.jsonl").write_text(json.dumps(golden) + "\n")
     text = FINETUNED + f"scheduling: {{jobs_dir: {tmp_path / 'jobs'}}}\n"
+    text = text.replace("consecutive: 1", f"consecutive: {consecutive}")
+    if models is not None:
+        text = text.replace("retune:\n", f"retune:\n      hooks: {{models_dir: {models}}}\n")
     return parse_config(text, environ={}, base_dir=tmp_path)
 
 
@@ -245,9 +247,7 @@ def test_the_leader_promotes_a_passed_challenger_and_rejects_a_worse_one(
     versions.promote(store, "intents", "v1", actor="test")
     models = tmp_path / "models"
     models.mkdir()
-    (tmp_path / "golden.jsonl").write_text("{}\n")
-    text = FINETUNED.replace("retune:\n", f"retune:\n      hooks: {{models_dir: {models}}}\n")
-    cfg = parse_config(text, environ={}, base_dir=tmp_path)
+    cfg = finetuned(tmp_path, models=models)
     actions = Actions(cfg, store, FakeChecks(store), epoch=lambda: 1)  # type: ignore[arg-type]
     assert acquire(store, "scheduler", "driftd", 10.0) is not None  # epoch 1: the leader
 
@@ -264,3 +264,51 @@ def test_the_leader_promotes_a_passed_challenger_and_rejects_a_worse_one(
     promoted = [e for e in store.recent_events("intents") if e.kind == "version.promoted"]
     assert [e.evidence["new"]["name"] for e in promoted] == ["better", "v1"]
     assert (models / "current").resolve() == (tmp_path / "better").resolve()
+
+
+def test_a_check_rolls_back_a_promoted_version_that_serves_worse(
+    store: Store, tmp_path: Any
+) -> None:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    assert acquire(store, "scheduler", "driftd", 10.0) is not None
+    for name, parent in (("v1", None), ("v2", "v1")):
+        (tmp_path / name).mkdir()
+        versions.add_version(
+            store, "intents", kind="model", name=name, artifact=str(tmp_path / name), parent=parent
+        )
+        versions.promote(store, "intents", name, actor="test")
+    promoted_at = datetime.now(UTC) - timedelta(hours=1)  # v2 has served for an hour
+    with store.session() as session:
+        v2 = session.scalars(select(Version).where(Version.name == "v2")).one()
+        v2.promoted_at = promoted_at
+    for version, start, right in (
+        ("v1", promoted_at - timedelta(minutes=50), 45),
+        ("v2", promoted_at + timedelta(seconds=1), 30),
+    ):
+        store.insert_samples(
+            "intents",
+            [
+                NewSample(
+                    f"{version}-{i}",
+                    start + timedelta(seconds=i),
+                    input=f"q {i}",
+                    prediction="card_arrival",
+                    label="card_arrival" if i < right else "card_linking",
+                    model_version=version,
+                )
+                for i in range(50)
+            ],
+        )
+    models = tmp_path / "models"
+    models.mkdir()
+    cfg = finetuned(tmp_path, models=models, consecutive=5)
+    checks = FakeChecks(store)
+    checks.verdicts = ["ok"]
+    actions = Actions(cfg, store, checks, epoch=lambda: 1)  # type: ignore[arg-type]
+    actions.check(Tick("intents", "check", datetime.now(UTC)))
+    active = store.active_version("intents")
+    assert active is not None
+    assert active.name == "v1"
+    kinds = [e.kind for e in store.recent_events("intents")]
+    assert {"watch.regressed", "version.rolled_back", "hook.ok"} <= set(kinds)
+    assert (models / "current").resolve() == (tmp_path / "v1").resolve()
