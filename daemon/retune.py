@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from daemon.config import Config
 from daemon.config.models import Deployment, Method, Provider
+from daemon.config.types import format_duration
 from daemon.errors import DriftdError
 from daemon.store import Store
 from daemon.store.models import Deployment as DeploymentRow
@@ -87,8 +88,8 @@ def retune_spec(
     if len(rows) < data.min_labelled:
         raise NotEnoughLabels(
             f"deployment {deployment.name!r} has {len(rows)} labelled samples in the last "
-            f"{data.lookback}; retune.data.min_labelled is {data.min_labelled}: send labels "
-            "through the feedback API, or lower min_labelled"
+            f"{format_duration(data.lookback)}; retune.data.min_labelled is "
+            f"{data.min_labelled}: send labels through the feedback API, or lower min_labelled"
         )
     inputs = (
         config.scheduling.jobs_dir.resolve()
@@ -102,10 +103,11 @@ def retune_spec(
     active = store.active_version(deployment.name)
     configured = deployment.model.name if deployment.model is not None else None
     champion = _local_or_hub(active.artifact if active is not None else configured)
-    return {
+    method = method_of(deployment)
+    spec: dict[str, Any] = {
         "deployment": deployment.name,
         "trigger": trigger,
-        "method": method_of(deployment).value,
+        "method": method.value,
         "task": deployment.task.value,
         "labels": list(deployment.labels),
         "base_model": champion,
@@ -129,6 +131,20 @@ def retune_spec(
         "lineage": {**lineage, "base_version": None if active is None else active.name},
         "created_at": when.isoformat(),
     }
+    if method is Method.openai:
+        upstream = deployment.upstream
+        spec["openai"] = {
+            # OpenAI fine-tunes a fine-tuned model further: the champion is the base.
+            "base_model": champion,
+            "base_url": upstream.base_url,
+            "api_key_env": upstream.api_key_env,
+            "suffix": deployment.name[:18],
+            "max_retries": upstream.max_retries,
+            "timeout_s": retune.timeout.total_seconds(),
+        }
+        spec["base_model"] = None
+        spec["champion"] = None
+    return spec
 
 
 def _seed(name: str) -> int:

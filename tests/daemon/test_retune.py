@@ -1,0 +1,90 @@
+"""The spec of a re-tune job, as the daemon writes it: what the job gets to work with."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Config, parse_config
+from daemon.retune import NotEnoughLabels, retune_spec
+from daemon.store import NewSample, Store
+
+CONFIG = """\
+deployments:
+  - name: intents
+    kind: finetuned
+    task: classification
+    model: {provider: %s, name: %s}
+    labels: [card_arrival, card_linking]
+    policy: {on_drift: retrain}
+    upstream: {base_url: "http://127.0.0.1:9/v1", api_key_env: DRIFTD_OPENAI_KEY}
+    retune:
+      golden_set: golden.jsonl
+      data: {min_labelled: 3, training_data: original.csv, input_field: text, label_field: category}
+"""
+
+
+def config(tmp_path: Path, provider: str, model: str) -> Config:
+    (tmp_path / "golden.jsonl").write_text(json.dumps({"input": "hi", "label": "card_arrival"}))
+    (tmp_path / "original.csv").write_text("text,category\nwhere is it,card_arrival\n")
+    text = CONFIG % (provider, model) + f"scheduling: {{jobs_dir: {tmp_path / 'jobs'}}}\n"
+    return parse_config(text, environ={}, base_dir=tmp_path)
+
+
+def labelled(store: Store, count: int) -> None:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    now = datetime.now(UTC)
+    store.insert_samples(
+        "intents",
+        [
+            NewSample(f"s-{i}", now - timedelta(minutes=i), input=f"q {i}", label="card_linking")
+            for i in range(count)
+        ],
+    )
+
+
+def test_a_trainer_spec_names_absolute_inputs_and_the_champion(
+    store: Store, tmp_path: Path
+) -> None:
+    (tmp_path / "model").mkdir()
+    cfg = config(tmp_path, "transformers", "./model")
+    labelled(store, 4)
+    spec = retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={"check_ids": [1]})
+    assert spec["method"] == "trainer"
+    assert spec["base_model"] == str((tmp_path / "model").resolve())
+    assert spec["champion"] == {"model_dir": spec["base_model"]}
+    for key in ("production_file", "original_file", "golden_set"):
+        assert Path(spec[key]).is_absolute()
+        assert Path(spec[key]).is_file()
+    assert (spec["original_input_field"], spec["original_label_field"]) == ("text", "category")
+    rows = Path(spec["production_file"]).read_text().splitlines()
+    assert len(rows) == 4
+    assert spec["lineage"] == {"check_ids": [1], "base_version": None}
+    again = retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
+    assert again["production_file"] != spec["production_file"]  # each job its own export
+
+
+def test_an_openai_spec_fine_tunes_the_champion_through_the_upstream(
+    store: Store, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, "openai", "ft:gpt-4o-mini-2024-07-18:acme::abc1")
+    labelled(store, 3)
+    spec = retune_spec(cfg, store, cfg.deployments[0], trigger="schedule", lineage={})
+    assert spec["method"] == "openai"
+    assert spec["openai"]["base_model"] == "ft:gpt-4o-mini-2024-07-18:acme::abc1"
+    assert spec["openai"]["base_url"] == "http://127.0.0.1:9/v1"
+    assert spec["openai"]["api_key_env"] == "DRIFTD_OPENAI_KEY"
+    assert "sk-" not in json.dumps(spec)
+
+
+def test_too_few_labels_is_an_error_that_says_what_to_do(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    cfg = config(tmp_path, "transformers", "./model")
+    labelled(store, 2)
+    with pytest.raises(
+        NotEnoughLabels, match=r"has 2 labelled samples in the last 30d; .*min_labelled is 3"
+    ):
+        retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
