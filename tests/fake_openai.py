@@ -1,10 +1,11 @@
 """A small OpenAI-compatible server for tests, spoken to over HTTP by the real ``openai`` client.
 
 It serves what driftd's jobs and proxy use: files, fine-tuning jobs with their events, and a
-non-streaming chat completion that echoes the last user message. Tests script it (how each
-fine-tuning job ends, which request fails with which HTTP error) and inspect what it received
-(every request, every uploaded file's bytes). It runs in a thread of the test process, on
-127.0.0.1 and a free port, and stops when the test ends.
+non-streaming chat completion that echoes the last user message, or answers what the test
+scripted (an LLM judge's verdicts, say). Tests script it (how each fine-tuning job ends, what
+the next chat completions answer, which request fails with which HTTP error) and inspect what
+it received (every request, every uploaded file's bytes). It runs in a thread of the test
+process, on 127.0.0.1 and a free port, and stops when the test ends.
 
 Use it as a context manager, ``with serve_fake_openai() as fake: ...``, or as the pytest
 fixture ``fake_openai``. The module is loaded by path (``tests/`` is no package and
@@ -151,6 +152,7 @@ class FakeOpenAI:
         self.jobs: dict[str, FineTuningJob] = {}
         self.received: list[Received] = []
         self._outcomes: list[Outcome] = []
+        self._answers: list[str] = []
         self._errors: dict[str, list[ScriptedError]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -172,6 +174,12 @@ class FakeOpenAI:
         """How the next fine-tuning jobs created end, in order; later ones ``Succeed()``."""
         with self._lock:
             self._outcomes.extend(outcomes)
+
+    def script_chat(self, *answers: str) -> None:
+        """What the next chat completions answer, in order (each the assistant's content);
+        once they are used up, a completion echoes the last user message again."""
+        with self._lock:
+            self._answers.extend(answers)
 
     def script_error(
         self,
@@ -530,7 +538,7 @@ class FakeOpenAI:
                 return self._refuse(
                     request, route, body, 400, "messages must hold a user message", param="messages"
                 )
-            answer = _text(users[-1].get("content"))
+            answer = self._answers.pop(0) if self._answers else _text(users[-1].get("content"))
             prompt_tokens = sum(len(_text(m.get("content"))) for m in messages) // 4 + 1
             completion_tokens = len(answer) // 4 + 1
             payload = {
