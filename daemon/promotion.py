@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from daemon.config.models import Hooks
+from daemon.prompts import prompt_cache
 from daemon.store.models import Version
 from daemon.store.repository import Store
 from daemon.store.versions import Fence, VersionChange
@@ -143,6 +144,7 @@ def promote(
     event and part of the answer.
     """
     change = promote_version(store, deployment, name, actor=actor, fence=fence, force=force)
+    prompt_cache(store).invalidate(deployment)  # this process serves the new prompt at once
     return HookedChange(change, _after(store, hooks, change, "promoted", environ))
 
 
@@ -158,6 +160,7 @@ def rollback(
     """Re-activate the previous version (``daemon.store.versions.rollback``), then run the
     hooks, with the same guarantees as ``promote``: ``current`` follows the rollback too."""
     change = rollback_version(store, deployment, actor=actor, fence=fence)
+    prompt_cache(store).invalidate(deployment)
     return HookedChange(change, _after(store, hooks, change, "rolled_back", environ))
 
 

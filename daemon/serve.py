@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Generator
 
+import httpx
 import uvicorn
 
 from daemon.api import Tokens, create_app
@@ -24,6 +26,8 @@ from daemon.ingest.prepare import PreparerPool, auto_workers, quiet_collector
 from daemon.ingest.writer import Writer
 from daemon.jobs.executor import LocalExecutor
 from daemon.jobs.runner import JobRunner
+from daemon.prompts import active_prompt, ensure_initial
+from daemon.proxy import ActivePrompt, ProxyStats, proxy_router, upstream_client
 from daemon.scheduler import CheckPool, Scheduler, new_owner
 from daemon.scheduler.actions import Actions
 from daemon.store import Store, mask_url, upgrade
@@ -56,6 +60,8 @@ class Daemon:
         self.config = config
         self.tokens = tokens
         self.stats = IngestStats()
+        self.proxy_stats = ProxyStats()
+        self._upstream: httpx.AsyncClient | None = None
         self._store: Store | None = None
         self._writer: Writer | None = None
         self._preparer: PreparerPool | None = None
@@ -83,6 +89,7 @@ class Daemon:
             migrated = upgrade(store.engine)
             for deployment in self.config.deployments:
                 store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
+                ensure_initial(store, deployment)  # a prompted deployment's prompt-1
         except BaseException:
             store.close()
             raise
@@ -135,6 +142,17 @@ class Daemon:
             stats=self.stats,
             leader=self._leads,
             hooks={d.name: d.retune.hooks for d in self.config.deployments},
+        )
+        self._upstream = upstream_client()
+        app.include_router(
+            proxy_router(
+                self.config.deployments,
+                self._writer,
+                self.proxy_stats,
+                client=self._upstream,
+                environ=os.environ,
+                prompt_for=lambda name: _proxy_prompt(store, name),
+            )
         )
         server = self.config.server
         self._server = _Server(
@@ -240,3 +258,12 @@ class Daemon:
             self._store.close()
             self._store = None
         log.info("driftd stopped")
+
+
+def _proxy_prompt(store: Store, deployment: str) -> ActivePrompt | None:
+    """The active prompt version of ``deployment`` as the proxy injects it (cached a few s)."""
+    prompt = active_prompt(store, deployment)
+    if prompt is None:
+        return None
+    examples = tuple((example.input, example.output) for example in prompt.few_shot)
+    return ActivePrompt(prompt.version, prompt.model, prompt.system, examples)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from daemon import __version__
 from daemon.api.admin import admin_router
 from daemon.api.auth import Scope, Tokens
+from daemon.api.prompt import prompt_router
 from daemon.config.models import Hooks, Ingest
 from daemon.errors import DriftdError, StoreError
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
@@ -34,6 +35,7 @@ from daemon.ingest.schema import (
     problems_of,
 )
 from daemon.ingest.writer import QueueFull, Writer
+from daemon.prompts import prompt_cache
 from daemon.store import Store, head_revision, is_current
 
 log = logging.getLogger("driftd.api")
@@ -209,6 +211,9 @@ def create_app(
             for p in pipelines.values()
         ]
 
+    app.include_router(
+        prompt_router(prompt_cache(store), authorize, deployments=list(pipelines.keys()))
+    )
     app.include_router(admin_router(store, authorize, hooks=hooks or {}))
     _with_body_models(app)
     return app

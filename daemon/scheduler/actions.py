@@ -63,10 +63,11 @@ class Actions:
         self._lease_name = lease_name
 
     def work(self) -> dict[str, Any]:
-        from daemon.scheduler.scheduler import CHECK, EMBEDDINGS, RETENTION, RETUNE
+        from daemon.scheduler.scheduler import CHECK, EMBEDDINGS, JUDGE, RETENTION, RETUNE
 
         return {
             CHECK: self.check,
+            JUDGE: self.judge,
             RETUNE: self.retune,
             RETENTION: self.retention,
             EMBEDDINGS: self.embeddings,
@@ -163,6 +164,34 @@ class Actions:
             "job created",
             extra={"deployment": deployment.name, "job_id": job_id, "job": kind},
         )
+
+    def judge(self, tick: Tick) -> None:
+        """Score recent unjudged outputs with the deployment's LLM judge, within its daily cap."""
+        import os
+
+        from daemon.judging import JudgeSettings, client_settings, judge_recent
+
+        deployment = self.config.deployment(tick.deployment)
+        settings = deployment.judge
+        if settings.rubric is None:
+            return
+        report = judge_recent(
+            self.store,
+            deployment.name,
+            JudgeSettings(
+                rubric=settings.rubric,
+                model=settings.model,
+                client=client_settings(deployment.upstream, os.environ),
+                sample_size=settings.sample_size,
+                lookback=settings.lookback,
+                max_tokens_per_day=settings.max_tokens_per_day,
+                max_attempts=settings.max_attempts,
+                price_per_million_input_tokens=settings.price_per_million_input_tokens,
+                price_per_million_output_tokens=settings.price_per_million_output_tokens,
+            ),
+            datetime.now(UTC),
+        )
+        log.info("judge run", extra={"deployment": deployment.name, "report": str(report)})
 
     def retention(self, tick: Tick) -> None:
         """Delete the samples of ``tick.deployment`` older than ``storage.retention``."""

@@ -44,6 +44,7 @@ log = logging.getLogger("driftd.scheduler")
 
 GRID_ANCHOR = datetime(2000, 1, 1, tzinfo=UTC)
 CHECK, RETUNE, RETENTION, EMBEDDINGS = "check", "retune", "retention", "embeddings"
+JUDGE = "judge"
 MAINTENANCE_EVERY = timedelta(hours=1)
 _CATCH_UP_STEPS = 100_000
 
@@ -191,6 +192,8 @@ class Scheduler:
             plans: list[tuple[str, Schedule]] = [(CHECK, deployment.monitor.schedule)]
             if deployment.retune.schedule is not None:
                 plans.append((RETUNE, deployment.retune.schedule))
+            if deployment.judge.rubric is not None:
+                plans.append((JUDGE, deployment.judge.schedule))
             plans.append((RETENTION, Schedule(every=MAINTENANCE_EVERY)))
             plans.append((EMBEDDINGS, Schedule(every=MAINTENANCE_EVERY * 6)))
             for kind, schedule in plans:

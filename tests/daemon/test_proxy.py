@@ -1,0 +1,638 @@
+"""The OpenAI-compatible proxy against llm-katan (echo backend, failure injection) over HTTP.
+
+llm-katan runs as subprocesses on 127.0.0.1 (one per failure setting, started together once per
+module, ended by pid); the proxy runs in uvicorn in a thread, in front of a real store (SQLite and
+PostgreSQL) and the real writer thread.
+
+llm-katan's echo makes every answer differ per call in three places: the completion id (a
+millisecond clock), ``created`` (seconds) and the ``time=`` it echoes in the text. A direct answer
+and a proxied one are compared byte for byte with only those masked; in a stream the echoed time
+is split over several deltas, so there the digits inside ``content`` deltas are masked instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from websockets.sync.client import connect
+
+from daemon.config import parse_config
+from daemon.ingest.writer import QueueFull, Writer
+from daemon.proxy import REQUEST_ID_HEADER, ActivePrompt, ProxyStats, proxy_router, upstream_client
+from daemon.store import Sample, Store
+from daemon.store.repository import SampleRows
+
+KEY = "sk-katan-right"
+KEY_ENV = "DRIFTD_UPSTREAM_KEY"
+CALLER = {"Authorization": f"Bearer {KEY}"}
+START_TIMEOUT = 60.0
+
+# Each llm-katan started for this module, by the name tests use, with its failure setting.
+KATANS: dict[str, tuple[str, ...]] = {
+    "plain": (),
+    "slow_tokens": ("--itl-ms", "60"),
+    "failing": ("--error-rate", "1.0"),
+    "rate_limited": ("--rate-limit-after", "1"),
+    "timing_out": ("--timeout-after", "1"),
+    "latency": ("--latency-ms", "1500"),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Katan:
+    url: str  # the OpenAI base URL, ending in /v1
+    port: int
+
+
+@pytest.fixture(scope="module")
+def katans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Katan]]:
+    """Every llm-katan of ``KATANS``, started at once (each takes seconds to boot)."""
+    folder = tmp_path_factory.mktemp("katan")
+    started: dict[str, tuple[subprocess.Popen[bytes], Katan]] = {}
+    try:
+        for name, flags in KATANS.items():
+            port = _free_port()
+            command = [
+                sys.executable,
+                "-m",
+                "llm_katan.cli",
+                "--model",
+                "katan-echo",
+                "--backend",
+                "echo",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--stats-file",
+                str(folder / f"{name}.json"),
+                "--validate-keys",
+                "--api-keys",
+                f"openai={KEY}",
+                "--log-level",
+                "warning",
+                *flags,
+            ]
+            log = (folder / f"{name}.log").open("wb")
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            started[name] = (process, Katan(f"http://127.0.0.1:{port}/v1", port))
+        deadline = time.monotonic() + START_TIMEOUT
+        for name, (process, katan) in started.items():
+            while True:
+                if process.poll() is not None:
+                    output = (folder / f"{name}.log").read_text()
+                    pytest.fail(f"llm-katan {name!r} exited at start:\n{output}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{katan.port}/health", timeout=1).is_success:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"llm-katan {name!r} did not start within {START_TIMEOUT:g} s")
+                time.sleep(0.05)
+        yield {name: katan for name, (_, katan) in started.items()}
+    finally:
+        for process, _ in started.values():
+            process.terminate()
+        for process, _ in started.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+class SaturatedWriter(Writer):
+    """A writer whose queue is always full: what a proxy sees when the store falls behind."""
+
+    def submit(self, rows: SampleRows) -> Any:
+        raise QueueFull("the write queue is full (64 batches waiting)")
+
+
+@dataclass
+class Proxy:
+    url: str
+    stats: ProxyStats
+    store: Store
+
+    def post(
+        self, deployment: str, body: dict[str, Any], headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        return httpx.post(
+            f"{self.url}/proxy/{deployment}/v1/chat/completions",
+            json=body,
+            headers=dict(CALLER if headers is None else headers),
+            timeout=30,
+        )
+
+    def sample(self, deployment: str, request_id: str, timeout: float = 10.0) -> Sample:
+        """The stored sample of a request, waiting for the writer to commit it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = datetime.now(UTC)
+            window = self.store.read_window(
+                deployment, now - timedelta(days=1), now + timedelta(days=1), max_rows=1000, seed=0
+            )
+            for sample in window.samples:
+                if sample.request_id == request_id:
+                    return sample
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no sample {request_id!r} of {deployment!r} was stored")
+            time.sleep(0.05)
+
+
+ProxyFactory = Callable[..., Proxy]
+
+
+def _config(upstreams: Mapping[str, tuple[str, float]]) -> str:
+    """One prompted generation deployment per (name: (upstream base URL, timeout seconds))."""
+    lines = ["deployments:"]
+    for name, (base_url, timeout) in upstreams.items():
+        lines += [
+            f"  - name: {name}",
+            "    kind: prompted",
+            "    task: generation",
+            "    prompt: {model: gpt-4o-mini, system: You help bank customers.}",
+            f"    upstream: {{base_url: '{base_url}', api_key_env: {KEY_ENV}, "
+            f"timeout: {timeout:g}s, max_retries: 1}}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def proxy(store: Store) -> Iterator[ProxyFactory]:
+    """Starts the proxy in front of ``store``; several per test if asked, all stopped at the end."""
+    stops: list[Callable[[], None]] = []
+
+    def start(
+        upstreams: Mapping[str, tuple[str, float]],
+        *,
+        environ: Mapping[str, str] | None = None,
+        prompt_for: Callable[[str], ActivePrompt | None] = lambda name: None,
+        writer: Writer | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> Proxy:
+        config = parse_config(_config(upstreams), environ={})
+        for deployment in config.deployments:
+            store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
+        writer = writer or Writer(store, queue_batches=8)
+        writer.start()
+        stats = ProxyStats()
+        shared = client or upstream_client(max_connections=10)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            yield
+            await shared.aclose()
+
+        app = FastAPI(lifespan=lifespan)
+        app.include_router(
+            proxy_router(
+                config.deployments,
+                writer,
+                stats,
+                client=shared,
+                environ={KEY_ENV: KEY} if environ is None else environ,
+                prompt_for=prompt_for,
+            )
+        )
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        )
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [listener]}, name="proxy", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive(), "the proxy's server died at start"
+            assert time.monotonic() < deadline, "the proxy did not start within 10 s"
+            time.sleep(0.01)
+
+        def stop() -> None:
+            server.should_exit = True
+            thread.join(timeout=10)
+            listener.close()
+            writer.stop()
+
+        stops.append(stop)
+        return Proxy(f"http://127.0.0.1:{port}", stats, store)
+
+    try:
+        yield start
+    finally:
+        for stop in stops:
+            stop()
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "bank-bot", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def masked(body: bytes) -> bytes:
+    """A body with llm-katan's per-call values masked: completion id, created, echoed time."""
+    body = re.sub(rb"chatcmpl-\d+", b"chatcmpl-ID", body)
+    body = re.sub(rb'"created": ?\d+', b'"created":0', body)
+    return re.sub(rb"time=[0-9T:Z-]+", b"time=T", body)
+
+
+def masked_stream(body: bytes) -> bytes:
+    """``masked`` for SSE, where the echoed time is split over several ``content`` deltas."""
+
+    def digits_out(match: re.Match[bytes]) -> bytes:
+        return b'"content": "' + re.sub(rb"\d", b"0", match.group(1)) + b'"'
+
+    return re.sub(rb'"content": "((?:[^"\\]|\\.)*)"', digits_out, masked(body))
+
+
+def deltas(body: bytes) -> str:
+    """The text a stream carried: its content deltas, concatenated."""
+    text = []
+    for line in body.split(b"\n"):
+        if line.startswith(b"data: {"):
+            for choice in json.loads(line[6:])["choices"]:
+                text.append(choice["delta"].get("content", ""))
+    return "".join(text)
+
+
+def test_a_completion_is_passed_through_as_a_direct_call_gets_it_and_recorded(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    katan = katans["plain"]
+    served = proxy({"bot": (katan.url, 5)})
+    body = chat("Where is my new card?")
+    direct = httpx.post(f"{katan.url}/chat/completions", json=body, headers=CALLER, timeout=30)
+    proxied = served.post("bot", body, CALLER | {"X-Request-Id": "req-plain-1"})
+
+    assert proxied.status_code == direct.status_code == 200
+    assert proxied.headers["content-type"] == direct.headers["content-type"]
+    assert masked(proxied.content) == masked(direct.content)
+    assert proxied.headers[REQUEST_ID_HEADER] == "req-plain-1"
+    answer = proxied.json()
+
+    sample = served.sample("bot", "req-plain-1")
+    assert sample.output == answer["choices"][0]["message"]["content"]
+    assert sample.input == "Where is my new card?"
+    assert sample.input_messages == [{"role": "user", "content": "Where is my new card?"}]
+    assert sample.tokens_in == answer["usage"]["prompt_tokens"]
+    assert sample.tokens_out == answer["usage"]["completion_tokens"]
+    assert sample.latency_ms is not None
+    assert sample.latency_ms > 0
+    assert sample.error is None
+    assert sample.prompt_version is None
+    assert sample.meta is not None
+    assert sample.meta["status"] == 200
+    assert sample.meta["stream"] is False
+    assert sample.meta["source"] == "proxy"
+
+
+def test_a_stream_is_relayed_as_a_direct_call_gets_it_and_recorded_when_it_ends(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    katan = katans["plain"]
+    served = proxy({"bot": (katan.url, 5)})
+    body = chat("Can I freeze my card?", stream=True)
+    with httpx.stream(
+        "POST", f"{katan.url}/chat/completions", json=body, headers=CALLER, timeout=30
+    ) as direct:
+        direct_bytes = b"".join(direct.iter_raw())
+    with httpx.stream(
+        "POST",
+        f"{served.url}/proxy/bot/v1/chat/completions",
+        json=body,
+        headers=CALLER | {"X-Request-Id": "req-stream-1"},
+        timeout=30,
+    ) as proxied:
+        proxied_bytes = b"".join(proxied.iter_raw())
+        assert proxied.status_code == 200
+        assert proxied.headers["content-type"] == direct.headers["content-type"]
+
+    assert proxied_bytes.endswith(b"data: [DONE]\n\n")
+    assert masked_stream(proxied_bytes) == masked_stream(direct_bytes)
+    text = deltas(proxied_bytes)
+    assert re.sub(r"time=\S+", "", text) == re.sub(r"time=\S+", "", deltas(direct_bytes))
+
+    sample = served.sample("bot", "req-stream-1")
+    assert sample.output == text
+    assert "User: Can I freeze my card?" in text
+    usage = json.loads(proxied_bytes.split(b"data: ")[-2])["usage"]
+    assert (sample.tokens_in, sample.tokens_out) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
+    assert sample.meta is not None
+    assert sample.meta["stream"] is True
+    assert 0 < sample.meta["ttft_ms"] <= (sample.latency_ms or 0)
+
+
+def test_a_stream_reaches_the_client_chunk_by_chunk_not_at_its_end(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    # 60 ms between the upstream's chunks, ~28 chunks: buffering would hold back the first
+    # bytes for the whole ~1.7 s.
+    served = proxy({"bot": (katans["slow_tokens"].url, 5)})
+    arrivals = []
+    started = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{served.url}/proxy/bot/v1/chat/completions",
+        json=chat("hello", stream=True),
+        headers=CALLER,
+        timeout=30,
+    ) as response:
+        for chunk in response.iter_raw():
+            if chunk:
+                arrivals.append(time.monotonic() - started)
+    assert len(arrivals) > 10
+    assert arrivals[-1] - arrivals[0] > 1.0
+    assert arrivals[0] < arrivals[-1] / 2
+
+
+@pytest.mark.parametrize(
+    ("katan", "status", "message"),
+    [
+        ("failing", 500, "internal server error"),
+        ("rate_limited", 429, "rate limit exceeded"),
+        ("timing_out", 504, "upstream request timeout"),
+    ],
+)
+def test_upstream_errors_pass_through_unchanged_and_are_recorded_with_their_error(
+    katans: dict[str, Katan], proxy: ProxyFactory, katan: str, status: int, message: str
+) -> None:
+    upstream = katans[katan]
+    served = proxy({"bot": (upstream.url, 5)})
+    body = chat("What is the exchange rate?")
+    served.post("bot", body)  # the first call may pass: the "after 1 request" failures
+    proxied = served.post("bot", body, CALLER | {"X-Request-Id": f"req-{katan}"})
+    direct = httpx.post(f"{upstream.url}/chat/completions", json=body, headers=CALLER, timeout=30)
+
+    assert proxied.status_code == direct.status_code == status
+    assert proxied.content == direct.content
+    assert proxied.headers["content-type"] == direct.headers["content-type"]
+    sample = served.sample("bot", f"req-{katan}")
+    assert sample.error == f"the upstream answered HTTP {status}: {message}"
+    assert sample.output is None
+    assert sample.meta is not None
+    assert sample.meta["status"] == status
+    assert served.stats.requests["bot", status] >= 1
+
+
+def test_a_failing_stream_request_passes_the_error_body_through(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    upstream = katans["failing"]
+    served = proxy({"bot": (upstream.url, 5)})
+    body = chat("hi", stream=True)
+    proxied = served.post("bot", body, CALLER | {"X-Request-Id": "req-failing-stream"})
+    direct = httpx.post(f"{upstream.url}/chat/completions", json=body, headers=CALLER, timeout=30)
+    assert proxied.status_code == direct.status_code == 500
+    assert proxied.content == direct.content
+    sample = served.sample("bot", "req-failing-stream")
+    assert sample.error == "the upstream answered HTTP 500: internal server error"
+
+
+def test_added_latency_is_passed_through_and_a_too_slow_upstream_answers_504(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    upstream = katans["latency"]  # answers after 1.5 s
+    served = proxy({"patient": (upstream.url, 5), "hasty": (upstream.url, 1)})
+
+    started = time.monotonic()
+    slow = served.post("patient", chat("hi"), CALLER | {"X-Request-Id": "req-patient"})
+    assert slow.status_code == 200
+    assert time.monotonic() - started >= 1.5
+    sample = served.sample("patient", "req-patient")
+    assert sample.latency_ms is not None
+    assert sample.latency_ms >= 1500
+
+    started = time.monotonic()
+    cut = served.post("hasty", chat("hi"), CALLER | {"X-Request-Id": "req-hasty"})
+    assert time.monotonic() - started < 1.5
+    assert cut.status_code == 504
+    error = cut.json()["error"]
+    assert error["type"] == "upstream_timeout"
+    assert "did not answer within 1 s (upstream.timeout)" in error["message"]
+    sample = served.sample("hasty", "req-hasty")
+    assert sample.error == error["message"]
+    assert sample.meta is not None
+    assert sample.meta["status"] == 504
+
+
+def test_an_unreachable_upstream_answers_502_and_is_recorded(proxy: ProxyFactory) -> None:
+    served = proxy({"bot": (f"http://127.0.0.1:{_free_port()}/v1", 5)})
+    response = served.post("bot", chat("hi"), CALLER | {"X-Request-Id": "req-nobody"})
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["type"] == "upstream_unreachable"
+    assert "cannot be reached" in error["message"]
+    assert "check upstream.base_url" in error["message"]
+    # Stored as every sample is: redacted (the upstream's address is an IP).
+    stored = served.sample("bot", "req-nobody").error
+    assert stored == error["message"].replace("127.0.0.1", "<IP>")
+
+
+def test_the_configured_key_is_sent_and_otherwise_the_callers_own(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    katan = katans["plain"]
+    keyed = proxy({"bot": (katan.url, 5)}, environ={KEY_ENV: KEY})
+    wrong = {"Authorization": "Bearer sk-the-callers-wrong-key"}
+    assert keyed.post("bot", chat("hi"), wrong).status_code == 200
+
+    unkeyed = proxy({"open": (katan.url, 5)}, environ={})
+    assert unkeyed.post("open", chat("hi"), CALLER).status_code == 200
+    refused = unkeyed.post("open", chat("hi"), wrong)
+    direct = httpx.post(f"{katan.url}/chat/completions", json=chat("hi"), headers=wrong)
+    assert refused.status_code == direct.status_code == 401
+    assert refused.content == direct.content
+    assert b"got 'sk-the-callers-wrong-key'" in refused.content
+
+
+def test_a_saturated_writer_drops_the_sample_counts_it_and_the_request_succeeds(
+    katans: dict[str, Katan], proxy: ProxyFactory, store: Store
+) -> None:
+    served = proxy({"bot": (katans["plain"].url, 5)}, writer=SaturatedWriter(store))
+    plain = served.post("bot", chat("hi"))
+    assert plain.status_code == 200
+    assert "User: hi" in plain.json()["choices"][0]["message"]["content"]
+    with httpx.stream(
+        "POST",
+        f"{served.url}/proxy/bot/v1/chat/completions",
+        json=chat("hi", stream=True),
+        headers=CALLER,
+        timeout=30,
+    ) as streamed:
+        assert streamed.status_code == 200
+        assert b"".join(streamed.iter_raw()).endswith(b"data: [DONE]\n\n")
+
+    deadline = time.monotonic() + 5
+    while served.stats.dropped["bot", "queue_full"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert served.stats.dropped["bot", "queue_full"] == 2
+    assert served.stats.recorded["bot"] == 0
+
+
+def test_the_active_prompt_is_injected_and_its_version_recorded(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    katan = katans["plain"]
+    prompt = ActivePrompt(
+        version="prompt-v7",
+        model="katan-active-model",
+        system="You answer in one sentence.",
+        examples=(("Hi", "Hello, how can I help?"),),
+    )
+    served = proxy(
+        {"bot": (katan.url, 5)}, prompt_for=lambda name: prompt if name == "bot" else None
+    )
+    asked = [
+        {"role": "system", "content": "The app's own system message."},
+        {"role": "user", "content": "How do I top up?"},
+    ]
+    # llm-katan's dashboard feed shows each request as it arrived upstream.
+    with connect(f"ws://127.0.0.1:{katan.port}/ws/events", open_timeout=5) as feed:
+        time.sleep(0.1)  # the server registers the listener after the handshake
+        response = served.post(
+            "bot",
+            {"model": "bank-bot", "messages": asked},
+            CALLER | {"X-Request-Id": "req-prompted"},
+        )
+        event = json.loads(feed.recv(timeout=5))
+
+    assert event["request_body"]["model"] == "katan-active-model"
+    assert event["request_body"]["messages"] == [
+        {"role": "system", "content": "You answer in one sentence."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello, how can I help?"},
+        {"role": "user", "content": "How do I top up?"},
+    ]
+    assert event["request_headers"]["authorization"] == f"Bearer {KEY}"
+    answer = response.json()
+    assert answer["model"] == "katan-active-model"
+    echoed = answer["choices"][0]["message"]["content"]
+    assert "messages=4" in echoed
+    assert echoed.endswith("User: How do I top up?")
+
+    sample = served.sample("bot", "req-prompted")
+    assert sample.prompt_version == "prompt-v7"
+    assert sample.input_messages == asked
+    assert sample.meta is not None
+    assert sample.meta["model"] == "katan-active-model"
+
+
+def test_embeddings_are_forwarded_with_their_headers_and_recorded(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    # llm-katan serves no embeddings: first its 404 passes through, then a scripted upstream
+    # (an httpx transport in the shared client) shows what is forwarded and recorded.
+    missing = proxy({"bot": (katans["plain"].url, 5)})
+    response = httpx.post(
+        f"{missing.url}/proxy/bot/v1/embeddings",
+        json={"model": "e", "input": "x"},
+        headers=CALLER,
+    )
+    assert response.status_code == 404
+    assert response.content == b'{"detail":"Not Found"}'
+
+    seen: list[httpx.Request] = []
+    answer = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    }
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        await asyncio.sleep(0)
+        return httpx.Response(
+            200,
+            json=answer,
+            headers={
+                "x-request-id": "upstream-req-9",
+                "x-ratelimit-remaining-requests": "99",
+                "openai-processing-ms": "12",
+                "set-cookie": "tracking=1",
+            },
+        )
+
+    scripted = proxy(
+        {"embedder": ("http://upstream.test/v1", 5)},
+        client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)),
+    )
+    body = {"model": "text-embedding-3-small", "input": ["first text", "second text"]}
+    response = httpx.post(f"{scripted.url}/proxy/embedder/v1/embeddings", json=body)
+
+    assert response.status_code == 200
+    assert response.json() == answer
+    assert response.headers["x-ratelimit-remaining-requests"] == "99"
+    assert response.headers["openai-processing-ms"] == "12"
+    assert response.headers["x-request-id"] == "upstream-req-9"
+    assert "set-cookie" not in response.headers
+    assert str(seen[0].url) == "http://upstream.test/v1/embeddings"
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+    assert json.loads(seen[0].content) == body
+
+    sample = scripted.sample("embedder", "upstream-req-9")
+    assert sample.input == "first text\nsecond text"
+    assert sample.output is None
+    assert sample.tokens_in == 4
+    assert sample.meta is not None
+    assert sample.meta["endpoint"] == "embeddings"
+
+
+def test_an_unknown_deployment_is_refused_in_openais_error_shape(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    served = proxy({"bot": (katans["plain"].url, 5)})
+    response = served.post("nobody", chat("hi"))
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "deployment_not_found"
+    assert error["message"] == "unknown deployment 'nobody'; configured: ['bot']"
+
+
+def test_active_prompt_replaces_system_and_developer_messages_only() -> None:
+    prompt = ActivePrompt(version="v1", model="m", system="S")
+    body = {
+        "model": "alias",
+        "temperature": 0,
+        "messages": [
+            {"role": "developer", "content": "D"},
+            {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "A"},
+        ],
+    }
+    assert prompt.apply(body) == {
+        "model": "m",
+        "temperature": 0,
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "A"},
+        ],
+    }
+    assert body["model"] == "alias"
