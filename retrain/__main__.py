@@ -37,6 +37,7 @@ KINDS = {
     "openai_finetune": "retrain.openai_finetune",
     "gate": "retrain.gate",
     "retrain": "retrain.retune",
+    "revise_prompt": "retrain.revise",
 }
 RESULT_FILE = "result.json"
 EXIT_FILE = "exit"  # the name driftd's executors read (daemon.jobs.executor.EXIT_FILE)

@@ -2,7 +2,8 @@
 
 It serves what driftd's jobs and proxy use: files, fine-tuning jobs with their events, and a
 non-streaming chat completion that echoes the last user message, or answers what the test
-scripted (an LLM judge's verdicts, say). Tests script it (how each fine-tuning job ends, what
+scripted (an LLM judge's verdicts, say), or plays a model that follows an instruction only when
+its system prompt holds it (``script_rule``). Tests script it (how each fine-tuning job ends, what
 the next chat completions answer, which request fails with which HTTP error) and inspect what
 it received (every request, every uploaded file's bytes). It runs in a thread of the test
 process, on 127.0.0.1 and a free port, and stops when the test ends.
@@ -110,6 +111,16 @@ class Received:
     body: Any
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A model that obeys one instruction: when the request's system message contains
+    ``trigger`` it answers ``follow(user text)``, otherwise ``otherwise(user text)``."""
+
+    trigger: str
+    follow: Callable[[str], str]
+    otherwise: Callable[[str], str]
+
+
 @dataclass
 class UploadedFile:
     id: str
@@ -153,6 +164,7 @@ class FakeOpenAI:
         self.received: list[Received] = []
         self._outcomes: list[Outcome] = []
         self._answers: list[str] = []
+        self._rule: Rule | None = None
         self._errors: dict[str, list[ScriptedError]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -180,6 +192,19 @@ class FakeOpenAI:
         once they are used up, a completion echoes the last user message again."""
         with self._lock:
             self._answers.extend(answers)
+
+    def script_rule(
+        self,
+        trigger: str,
+        follow: Callable[[str], str],
+        otherwise: Callable[[str], str],
+    ) -> None:
+        """From now on, chat completions with no scripted answer left play a model that follows
+        an instruction only when it is in its prompt: ``follow(user text)`` when the system
+        message contains ``trigger``, ``otherwise(user text)`` when it does not (the last user
+        message is the text). Replaces an earlier rule."""
+        with self._lock:
+            self._rule = Rule(trigger, follow, otherwise)
 
     def script_error(
         self,
@@ -538,7 +563,7 @@ class FakeOpenAI:
                 return self._refuse(
                     request, route, body, 400, "messages must hold a user message", param="messages"
                 )
-            answer = self._answers.pop(0) if self._answers else _text(users[-1].get("content"))
+            answer = self._answers.pop(0) if self._answers else self._reply(messages, users[-1])
             prompt_tokens = sum(len(_text(m.get("content"))) for m in messages) // 4 + 1
             completion_tokens = len(answer) // 4 + 1
             payload = {
@@ -561,6 +586,19 @@ class FakeOpenAI:
                 },
             }
             return self._answer(request, route, body, payload)
+
+    def _reply(self, messages: list[Any], user: Json) -> str:
+        """The unscripted answer: the rule's, when there is one, else the echo."""
+        text = _text(user.get("content"))
+        if self._rule is None:
+            return text
+        system = "".join(
+            _text(m.get("content"))
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "system"
+        )
+        rule = self._rule
+        return rule.follow(text) if rule.trigger in system else rule.otherwise(text)
 
 
 def _file_object(uploaded: UploadedFile, status: str) -> Json:
