@@ -68,6 +68,11 @@ class PromptSpec:
         }
 
     @classmethod
+    def from_json(cls, raw: Any, *, where: str) -> PromptSpec:
+        """A prompt from its JSON form (what ``to_json`` gives, or a revision job's result)."""
+        return cls.from_artifact(json.dumps(raw), where=where)
+
+    @classmethod
     def from_artifact(cls, text: str, *, where: str) -> PromptSpec:
         """Read an artifact back; ``DriftdError`` naming ``where`` when it is not a prompt."""
         try:

@@ -114,10 +114,10 @@ def retune_spec(
         "champion": None if champion is None else {"model_dir": champion},
         "champion_version": None if active is None else active.name,
         "production_file": str(production),
-        "original_file": _absolute(data.training_data),
+        "original_file": absolute_path(data.training_data),
         "original_input_field": data.input_field,
         "original_label_field": data.label_field,
-        "golden_set": _absolute(retune.golden_set),
+        "golden_set": absolute_path(retune.golden_set),
         "data": {
             "production_ratio": data.production_ratio,
             "max_rows": data.max_rows,
@@ -125,7 +125,7 @@ def retune_spec(
         },
         "trainer": retune.trainer.model_dump(mode="json"),
         "gate": retune.gate.model_dump(mode="json"),
-        "seed": _seed(name),
+        "seed": job_seed(name),
         "candidate": {"name": name},
         "promote": True,
         "lineage": {**lineage, "base_version": None if active is None else active.name},
@@ -147,12 +147,12 @@ def retune_spec(
     return spec
 
 
-def _seed(name: str) -> int:
+def job_seed(name: str) -> int:
     """The job's seed (data split, training), from the candidate's name: recorded, repeatable."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") % 2**31
 
 
-def _absolute(path: Path | None) -> str | None:
+def absolute_path(path: Path | None) -> str | None:
     """The job runs in another folder: every path it gets is absolute."""
     return None if path is None else str(path.resolve())
 

@@ -21,7 +21,9 @@ from daemon.config.models import Deployment, Hooks, Method
 from daemon.domain import JobState, VersionKind, VersionState
 from daemon.errors import DriftdError
 from daemon.policy import decide, decide_scheduled, history_for, record
+from daemon.prompts import PromptSpec
 from daemon.retune import NotEnoughLabels, method_of, retune_spec
+from daemon.revise import NothingFailed, revision_spec
 from daemon.scheduler.pool import CheckPool
 from daemon.scheduler.scheduler import Tick, record_failed_check
 from daemon.store import Store, versions
@@ -137,17 +139,16 @@ class Actions:
             "check_ids": decision.evidence.get("check_ids", []),
         }
         spec: dict[str, Any] = {"deployment": deployment.name, "kind": kind, **lineage}
-        if kind == "retrain":
+        if kind in ("retrain", "revise_prompt"):
+            build = retune_spec if kind == "retrain" else revision_spec
             try:
-                spec = retune_spec(
-                    self.config, self.store, deployment, trigger=trigger, lineage=lineage
-                )
-            except NotEnoughLabels as error:
+                spec = build(self.config, self.store, deployment, trigger=trigger, lineage=lineage)
+            except (NotEnoughLabels, NothingFailed) as error:
                 self.store.add_event(
                     deployment.name,
                     "retune.skipped",
                     str(error),
-                    {"decision_event_id": event_id, "reason": "not_enough_labels"},
+                    {"decision_event_id": event_id, "reason": type(error).__name__},
                 )
                 log.warning("re-tune skipped", extra={"deployment": deployment.name})
                 return
@@ -303,12 +304,18 @@ class Actions:
             score = metrics.get("accuracy")
             floor = float(job.spec.get("min_accuracy", 0.0))
             passed = isinstance(score, int | float) and float(score) >= floor
+        kind = VersionKind.model
+        artifact = produced.get("artifact") or candidate.get("artifact")
+        if job.kind == "revise_prompt":  # the candidate is a prompt: stored as its JSON
+            if not produced:
+                return  # no usable proposal: the job's result says why, nothing to register
+            kind = VersionKind.prompt
+            artifact = PromptSpec.from_json(produced, where=f"job {job.id}").artifact()
         if version is None:
-            artifact = produced.get("artifact") or candidate.get("artifact")
             versions.add_version(
                 self.store,
                 deployment,
-                kind=VersionKind.model,
+                kind=kind,
                 name=name,
                 artifact=str(artifact or job.spec.get("model_dir", "")),
                 parent=job.spec.get("champion_version"),

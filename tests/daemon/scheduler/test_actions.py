@@ -66,7 +66,27 @@ class FakeChecks:
 
 def config(tmp_path: Any) -> Config:
     (tmp_path / "golden.jsonl").write_text('{"input": "hi", "expected": "hello"}\n')
-    return parse_config(CONFIG, environ={}, base_dir=tmp_path)
+    text = CONFIG + f"scheduling: {{jobs_dir: {tmp_path / 'jobs'}}}\n"
+    return parse_config(text, environ={}, base_dir=tmp_path)
+
+
+def with_failures(store: Store) -> None:
+    """A prompted deployment whose users disliked three answers: something to revise on."""
+    store.ensure_deployment("bot", "prompted", "generation")
+    now = datetime.now(UTC)
+    store.insert_samples(
+        "bot",
+        [
+            NewSample(
+                f"bad-{i}",
+                now - timedelta(minutes=i),
+                input=f"q {i}",
+                output="meh",
+                feedback_score=0.0,
+            )
+            for i in range(3)
+        ],
+    )
 
 
 def tick(kind: str) -> Tick:
@@ -76,7 +96,7 @@ def tick(kind: str) -> Tick:
 def test_two_drifted_checks_create_one_job_and_every_decision_is_recorded(
     store: Store, tmp_path: Any
 ) -> None:
-    store.ensure_deployment("bot", "prompted", "generation")
+    with_failures(store)
     checks = FakeChecks(store)
     actions = Actions(config(tmp_path), store, checks)  # type: ignore[arg-type]
     checks.verdicts = ["drift", "drift", "drift"]
@@ -90,14 +110,17 @@ def test_two_drifted_checks_create_one_job_and_every_decision_is_recorded(
     reasons = [e.evidence["reason"] for e in reversed(decisions)]
     assert reasons == ["hysteresis", "acted", "cooldown"]
     (_, job) = jobs[0]
-    assert job.spec["check_ids"]
-    assert job.spec["decision_event_id"] == decisions[1].id
+    assert job.spec["lineage"]["check_ids"]
+    failing = Path(job.spec["failing_file"]).read_text().splitlines()
+    assert [json.loads(line)["why"] for line in failing] == ["negative feedback"] * 3
+    assert job.spec["champion"]["system"] == "You are helpful."
+    assert job.spec["lineage"]["decision_event_id"] == decisions[1].id
 
 
 def test_a_scheduled_retune_creates_a_job_then_waits_out_the_cooldown(
     store: Store, tmp_path: Any
 ) -> None:
-    store.ensure_deployment("bot", "prompted", "generation")
+    with_failures(store)
     actions = Actions(config(tmp_path), store, FakeChecks(store))  # type: ignore[arg-type]
     actions.retune(tick("retune"))
     actions.retune(tick("retune"))
@@ -312,3 +335,25 @@ def test_a_check_rolls_back_a_promoted_version_that_serves_worse(
     kinds = [e.kind for e in store.recent_events("intents")]
     assert {"watch.regressed", "version.rolled_back", "hook.ok"} <= set(kinds)
     assert (models / "current").resolve() == (tmp_path / "v1").resolve()
+
+
+def test_a_passed_prompt_revision_becomes_the_active_prompt(store: Store, tmp_path: Any) -> None:
+    from daemon.prompts import ensure_initial, read_active_prompt
+
+    cfg = config(tmp_path)
+    store.ensure_deployment("bot", "prompted", "generation")
+    ensure_initial(store, cfg.deployments[0])
+    assert acquire(store, "scheduler", "driftd", 10.0) is not None
+    revised = {"system": "You are helpful. Answer in one line.", "few_shot": [], "model": "m"}
+    spec = {"candidate": {"name": "prompt-2"}, "promote": True, "champion_version": "prompt-1"}
+    job_id = job_store.create_job(store, "bot", "revise_prompt", "drift", spec)
+    with store.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.state = JobState.succeeded.value
+        job.finished_at = datetime.now(UTC)
+        job.result = {"passed": True, "candidate": revised, "gate": {"passed": True}}
+    Actions(cfg, store, FakeChecks(store), epoch=lambda: 1).settle_jobs()  # type: ignore[arg-type]
+    active = read_active_prompt(store, "bot")
+    assert active is not None
+    assert (active.version, active.system) == ("prompt-2", revised["system"])
