@@ -636,3 +636,29 @@ def test_active_prompt_replaces_system_and_developer_messages_only() -> None:
         ],
     }
     assert body["model"] == "alias"
+
+
+def test_a_promoted_prompt_version_is_served_on_the_next_request(
+    katans: dict[str, Katan], proxy: ProxyFactory, store: Store
+) -> None:
+    from daemon.config.models import Hooks
+    from daemon.promotion import promote
+    from daemon.prompts import Example, PromptSpec, add_prompt_version
+    from daemon.serve import _proxy_prompt
+
+    served = proxy(
+        {"bot": (katans["plain"].url, 5)}, prompt_for=lambda name: _proxy_prompt(store, name)
+    )
+    first = add_prompt_version(store, "bot", PromptSpec("Be brief.", (), "katan-1"))
+    promote(store, Hooks(), "bot", first.name, actor="test")
+    revised = PromptSpec("Be brief. Name the intent.", (Example("Hi", "greeting"),), "katan-2")
+    second = add_prompt_version(store, "bot", revised, parent=first.name)
+    asked = {"model": "bank-bot", "messages": [{"role": "user", "content": "Lost my card"}]}
+    before = served.post("bot", asked, CALLER | {"X-Request-Id": "before"}).json()
+    promote(store, Hooks(), "bot", second.name, actor="test")  # a passed revision
+    after = served.post("bot", asked, CALLER | {"X-Request-Id": "after"}).json()
+    assert (before["model"], after["model"]) == ("katan-1", "katan-2")
+    assert "messages=2" in before["choices"][0]["message"]["content"]
+    assert "messages=4" in after["choices"][0]["message"]["content"]  # system + shot + user
+    versions = {served.sample("bot", rid).prompt_version for rid in ("before", "after")}
+    assert versions == {first.name, second.name}
