@@ -1,0 +1,338 @@
+"""Latency driftd's proxy adds over a direct call, beside LiteLLM's proxy, at 1, 10, 100 clients.
+
+    python benchmarks/proxy.py [--requests 2000] [--rounds 2] [--litellm PATH]
+
+One llm-katan (echo backend) on 127.0.0.1 is the upstream of all three paths: called directly,
+through `driftd serve` (a subprocess on a temporary SQLite store, one prompted deployment whose
+upstream is the llm-katan, so the active prompt is injected and every call is recorded), and
+through the LiteLLM proxy (an `openai/` model whose `api_base` is the llm-katan). Per number of
+concurrent clients, each path gets ``--requests`` non-streamed chat completions from one httpx
+AsyncClient, split over ``--rounds`` rounds taken in turn (the order rotating), so the machine's
+noise falls on all three alike. Added latency is a proxy's percentile minus the direct call's;
+requests/s is completed calls over the wall time of the level.
+
+LiteLLM is not a dependency of driftd and pulls in versions of openai, huggingface_hub and
+websockets that driftd's environment must not take, so it lives in a virtualenv of its own:
+
+    python -m venv .litellm && .litellm/bin/pip install "litellm[proxy]==1.106.0"
+    python benchmarks/proxy.py --litellm .litellm/bin/litellm
+
+(1.107.0 was reported compromised; 1.106.0 is the newest whose `[proxy]` extra resolves from
+the package index this was run against.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+DRIFTD = Path(sys.executable).parent / "driftd"
+KEY = "sk-bench-katan"
+KEY_ENV = "DRIFTD_BENCH_UPSTREAM_KEY"
+MASTER_KEY = f"sk-{secrets.token_hex(16)}"  # LiteLLM's own key, checked on every call
+MODEL = "katan-echo"
+START_TIMEOUT = 120.0
+LEVELS = (1, 10, 100)
+WARM_UP = 200
+BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "I still have not received my new card, why?"}],
+    "max_tokens": 32,
+}
+LITELLM_MISSING = """\
+LiteLLM's proxy was not found ({where}). It is not a driftd dependency; install it into a
+virtualenv of its own (it would change openai, huggingface_hub and websockets in driftd's) and
+pass its executable:
+
+    python -m venv .litellm && .litellm/bin/pip install "litellm[proxy]==1.106.0"
+    python benchmarks/proxy.py --litellm .litellm/bin/litellm
+
+Avoid litellm 1.107.0 (reported compromised)."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def process(
+    command: list[str], log: Path, ready: str, env: Mapping[str, str] | None = None
+) -> Iterator[int]:
+    """A subprocess that answers 200 on ``ready`` within START_TIMEOUT; ended by its pid."""
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=dict(env or os.environ)
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if child.poll() is not None:
+                sys.exit(f"{command[0]} exited at start (log {log}):\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(ready, timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                sys.exit(f"{command[0]} did not answer {ready} within {START_TIMEOUT:g} s ({log})")
+            time.sleep(0.1)
+        yield child.pid
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGTERM)
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+
+
+def katan(folder: Path, port: int) -> contextlib.AbstractContextManager[int]:
+    command = [
+        sys.executable,
+        "-m",
+        "llm_katan.cli",
+        "--model",
+        MODEL,
+        "--backend",
+        "echo",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--stats-file",
+        "",  # no stats file: llm-katan would rewrite it on every call
+        "--validate-keys",
+        "--api-keys",
+        f"openai={KEY}",
+        "--log-level",
+        "warning",
+    ]
+    return process(command, folder / "katan.log", f"http://127.0.0.1:{port}/health")
+
+
+def driftd(folder: Path, port: int, upstream: str) -> contextlib.AbstractContextManager[int]:
+    config = folder / "driftd.yaml"
+    config.write_text(
+        "deployments:\n"
+        "  - name: bot\n"
+        "    kind: prompted\n"
+        "    task: generation\n"
+        "    prompt: {model: katan-echo, system: You help bank customers.}\n"
+        f"    upstream: {{base_url: '{upstream}', api_key_env: {KEY_ENV}, timeout: 30s}}\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    environ |= {
+        "DRIFTD_STORAGE_URL": f"sqlite:///{folder / 'driftd.db'}",
+        "DRIFTD_INGEST_TOKENS": "bench-token",
+        KEY_ENV: KEY,
+    }
+    command = [str(DRIFTD), "serve", "-c", str(config), "--port", str(port)]
+    return process(command, folder / "driftd.log", f"http://127.0.0.1:{port}/healthz", environ)
+
+
+def litellm(
+    executable: str, folder: Path, port: int, upstream: str
+) -> contextlib.AbstractContextManager[int]:
+    config = folder / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: '{upstream}'\n"
+        f"      api_key: {KEY}\n"
+        "litellm_settings: {set_verbose: false, telemetry: false}\n"
+        f"general_settings: {{master_key: {MASTER_KEY}}}\n"  # LiteLLM refuses to start without
+    )
+    environ = dict(os.environ) | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    command = [executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    return process(
+        command, folder / "litellm.log", f"http://127.0.0.1:{port}/health/liveliness", environ
+    )
+
+
+@dataclass
+class Route:
+    """A path to the upstream: where to post and with which headers."""
+
+    name: str
+    url: str
+    headers: dict[str, str]
+    latencies: dict[int, list[float]] = field(default_factory=dict)  # clients -> seconds
+    elapsed: dict[int, float] = field(default_factory=dict)  # clients -> wall seconds
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # kind -> count, warm-ups included
+
+
+async def load(path: Route, clients: int, requests: int) -> tuple[list[float], float, int]:
+    """``requests`` calls from ``clients`` concurrent tasks: (latencies, wall seconds, failed)."""
+    latencies: list[float] = []
+    failed = 0
+    left = requests
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            nonlocal left, failed
+            while left > 0:
+                left -= 1
+                started = time.perf_counter()
+                try:
+                    response = await client.post(path.url, json=BODY, headers=path.headers)
+                except httpx.TransportError as exc:  # counted, not fatal: a level runs to its end
+                    failed += 1
+                    path.errors[type(exc).__name__] = path.errors.get(type(exc).__name__, 0) + 1
+                    continue
+                took = time.perf_counter() - started
+                if response.status_code == 200 and response.json()["choices"]:
+                    latencies.append(took)
+                else:
+                    failed += 1
+                    path.errors[f"HTTP {response.status_code}"] = (
+                        path.errors.get(f"HTTP {response.status_code}", 0) + 1
+                    )
+
+        # Connections are opened before the clock starts: a level measures calls, not handshakes.
+        await asyncio.gather(*(worker() for _ in range(min(clients, requests))))
+        latencies.clear()
+        left = requests
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return latencies, elapsed, failed
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
+
+
+async def measure(paths: list[Route], requests: int, rounds: int) -> None:
+    for path in paths:
+        await load(path, 10, WARM_UP)
+    for clients in LEVELS:
+        for turn in range(rounds):
+            order = paths[turn % len(paths) :] + paths[: turn % len(paths)]
+            for path in order:
+                latencies, elapsed, failed = await load(path, clients, requests // rounds)
+                path.latencies.setdefault(clients, []).extend(latencies)
+                path.elapsed[clients] = path.elapsed.get(clients, 0.0) + elapsed
+                path.failed += failed
+            print(f"  {clients} clients, round {turn + 1}/{rounds} done", file=sys.stderr)
+
+
+def recorded(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
+
+
+def report(paths: list[Route], stored: int, load_avg: tuple[float, ...]) -> None:
+    direct, *proxies = paths
+    print(f"\nload average before / after: {load_avg[0]:.2f} / {os.getloadavg()[0]:.2f}")
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores; samples stored: {stored}")
+    print("\n| clients | path | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s |")
+    print("|---|---|---|---|---|---|---|")
+    added: dict[tuple[str, int], tuple[float, float]] = {}
+    for clients in LEVELS:
+        base = direct.latencies[clients]
+        base50, base99 = percentile(base, 50), percentile(base, 99)
+        for path in paths:
+            values = path.latencies[clients]
+            p50, p99 = percentile(values, 50), percentile(values, 99)
+            rate = len(values) / path.elapsed[clients]
+            extra = ("", "")
+            if path is not direct:
+                added[path.name, clients] = (p50 - base50, p99 - base99)
+                extra = (f"{(p50 - base50) * 1e3:.2f}", f"{(p99 - base99) * 1e3:.2f}")
+            print(
+                f"| {clients} | {path.name} | {p50 * 1e3:.2f} | {p99 * 1e3:.2f} | {extra[0]} |"
+                f" {extra[1]} | {rate:,.0f} |"
+            )
+    failed = {p.name: (p.failed, p.errors) for p in paths}
+    print(f"\nfailed calls: {failed}")
+    ours, theirs = proxies[0].name, proxies[1].name if len(proxies) > 1 else None
+    p50, p99 = added[ours, 100]
+    for label, value, limit in (("p50", p50, 1e-3), ("p99", p99, 5e-3)):
+        # Below zero the proxy was faster than the direct call: the upstream, not the proxy,
+        # set the latency, and the difference says nothing about what the proxy adds.
+        verdict = "not measurable (negative)" if value < 0 else f"met: {value <= limit}"
+        print(
+            f"target {label} added <= {limit * 1e3:g} ms at 100 clients:"
+            f" {value * 1e3:.2f} ms, {verdict}"
+        )
+    if theirs is not None:
+        for clients in LEVELS:
+            mine, other = added[ours, clients], added[theirs, clients]
+            parts = []
+            for label, m, o in zip(("p50", "p99"), mine, other, strict=True):
+                # A ratio needs a positive added latency on both sides to mean anything.
+                parts.append(
+                    f"{label} {o / m:.1f}x (met: {o / m >= 3})"
+                    if m > 0 and o > 0
+                    else f"{label} not measurable ({m * 1e3:.2f} / {o * 1e3:.2f} ms)"
+                )
+            print(
+                f"LiteLLM added / driftd added at {clients} clients, target >= 3x: "
+                + ", ".join(parts)
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="per path and level")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per level, order rotated")
+    parser.add_argument("--litellm", help="the `litellm` executable (default: found on PATH)")
+    parser.add_argument("--no-litellm", action="store_true", help="driftd and direct only")
+    args = parser.parse_args()
+    executable = None
+    if not args.no_litellm:
+        executable = args.litellm or shutil.which("litellm")
+        if executable is None or not Path(executable).exists():
+            sys.exit(LITELLM_MISSING.format(where=args.litellm or "not on PATH"))
+    load_avg = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="driftd-proxy-bench-") as tmp:
+        folder = Path(tmp)
+        ports = [free_port() for _ in range(3)]
+        upstream = f"http://127.0.0.1:{ports[0]}/v1"
+        with contextlib.ExitStack() as running:
+            running.enter_context(katan(folder, ports[0]))
+            running.enter_context(driftd(folder, ports[1], upstream))
+            caller = {"Authorization": f"Bearer {KEY}"}
+            paths = [
+                Route("direct", f"{upstream}/chat/completions", caller),
+                Route("driftd", f"http://127.0.0.1:{ports[1]}/proxy/bot/v1/chat/completions", {}),
+            ]
+            if executable is not None:
+                running.enter_context(litellm(executable, folder, ports[2], upstream))
+                paths.append(
+                    Route(
+                        "litellm",
+                        f"http://127.0.0.1:{ports[2]}/v1/chat/completions",
+                        {"Authorization": f"Bearer {MASTER_KEY}"},
+                    )
+                )
+            asyncio.run(measure(paths, args.requests, args.rounds))
+        stored = recorded(folder / "driftd.db")  # read after driftd stopped: its writer drained
+    report(paths, stored, load_avg)
+
+
+if __name__ == "__main__":
+    main()
