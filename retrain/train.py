@@ -82,6 +82,7 @@ _DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "max_steps": None,
     "save_steps": None,
+    "evaluate_during_training": False,
     "lineage": {},
 }
 _WHOLE_NUMBERS = {
@@ -116,6 +117,10 @@ class TrainSpec:
     seed: int = 0
     max_steps: int | None = None
     save_steps: int | None = None
+    evaluate_during_training: bool = False
+    """Also score the validation set before training and after each epoch (progress lines,
+    ``metrics.before_training``); off by default: each pass over the validation set costs
+    about a third of a training pass per example, and the final score is always computed."""
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
@@ -182,6 +187,11 @@ def parse_spec(
     rate = values["learning_rate"]
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < 1:
         problems.append(f"'learning_rate' must be a number above 0 and below 1, got {rate!r}")
+    if not isinstance(values["evaluate_during_training"], bool):
+        problems.append(
+            "'evaluate_during_training' must be true or false, "
+            f"got {values['evaluate_during_training']!r}"
+        )
     if not isinstance(values["lineage"], dict):
         problems.append(f"'lineage' must be a JSON object, got {values['lineage']!r}")
     if problems:
@@ -200,6 +210,7 @@ def parse_spec(
         seed=values["seed"],
         max_steps=values["max_steps"],
         save_steps=values["save_steps"],
+        evaluate_during_training=values["evaluate_during_training"],
         lineage=dict(values["lineage"]),
     )
 
@@ -622,10 +633,10 @@ def _trainer(
         per_device_eval_batch_size=spec.batch_size,
         learning_rate=spec.learning_rate,
         seed=spec.seed,
-        eval_strategy="epoch",
+        eval_strategy="epoch" if spec.evaluate_during_training else "no",
         # The score before training is the yardstick of what training did; a resumed run
         # has it in the checkpoint's history already.
-        eval_on_start=resume is None,
+        eval_on_start=spec.evaluate_during_training and resume is None,
         save_strategy="steps" if spec.save_steps is not None else "epoch",
         save_steps=spec.save_steps or 500,
         save_total_limit=KEEP_CHECKPOINTS,

@@ -44,7 +44,12 @@ CALLER_LINEAGE = {"check_id": 41, "decision_id": 9, "base_version": "v3"}
 # chance is 1/3), golden-set accuracy 0.87 to 1.0 (30 examples).
 MIN_VALIDATION_ACCURACY = 0.8
 MIN_GOLDEN_ACCURACY = 0.75
-TRAINING = {"epochs": 8, "batch_size": 16, "learning_rate": 3e-3}
+TRAINING = {
+    "epochs": 8,
+    "batch_size": 16,
+    "learning_rate": 3e-3,
+    "evaluate_during_training": True,
+}
 
 
 def questions(split: str, per_intent: int, *, skip: int = 0) -> list[Example]:
@@ -411,6 +416,7 @@ def test_generation_fine_tuning_lowers_the_loss_on_the_answers_only(
                 "batch_size": 8,
                 "learning_rate": 0.01,
                 "max_length": 64,
+                "evaluate_during_training": True,
             }
         )
     )
