@@ -197,12 +197,12 @@ class Actions:
     def retention(self, tick: Tick) -> None:
         """Delete the samples of ``tick.deployment`` older than ``storage.retention``."""
         cutoff = datetime.now(UTC) - self.config.storage.retention
+        deployment_id = self.store.deployment_ids()[tick.deployment]
         deleted = 0
-        with self.store.session() as session:
-            deployment_id = session.scalars(
-                select(DeploymentRow.id).where(DeploymentRow.name == tick.deployment)
-            ).one()
-            while True:
+        while True:
+            # One transaction per batch: the ingest writer waits for at most one batch's delete,
+            # not for the whole backlog.
+            with self.store.session() as session:
                 ids = list(
                     session.scalars(
                         select(Sample.id)
@@ -210,10 +210,11 @@ class Actions:
                         .limit(RETENTION_BATCH)
                     )
                 )
-                if not ids:
-                    break
-                session.execute(delete(Sample).where(Sample.id.in_(ids)))
-                deleted += len(ids)
+                if ids:
+                    session.execute(delete(Sample).where(Sample.id.in_(ids)))
+            if not ids:
+                break
+            deleted += len(ids)
         if deleted:
             self.store.add_event(
                 tick.deployment,
@@ -229,10 +230,8 @@ class Actions:
 
         deployment = self.config.deployment(tick.deployment)
         current = LazyEmbedder(deployment.monitor.embedding_model).name
+        deployment_id = self.store.deployment_ids()[tick.deployment]
         with self.store.session() as session:
-            deployment_id = session.scalars(
-                select(DeploymentRow.id).where(DeploymentRow.name == tick.deployment)
-            ).one()
             result = session.execute(
                 update(Sample)
                 .where(
