@@ -16,7 +16,6 @@ import os
 import socket
 from collections.abc import Generator
 
-import httpx
 import uvicorn
 
 from daemon.api import Tokens, create_app
@@ -27,7 +26,7 @@ from daemon.ingest.writer import Writer
 from daemon.jobs.executor import LocalExecutor
 from daemon.jobs.runner import JobRunner
 from daemon.prompts import active_prompt, ensure_initial
-from daemon.proxy import ActivePrompt, ProxyStats, proxy_router, upstream_client
+from daemon.proxy import ActivePrompt, ProxyRecorder, ProxyStats, UpstreamClient, proxy_router
 from daemon.scheduler import CheckPool, Scheduler, new_owner
 from daemon.scheduler.actions import Actions
 from daemon.store import Store, mask_url, upgrade
@@ -61,7 +60,7 @@ class Daemon:
         self.tokens = tokens
         self.stats = IngestStats()
         self.proxy_stats = ProxyStats()
-        self._upstream: httpx.AsyncClient | None = None
+        self._recorder: ProxyRecorder | None = None
         self._store: Store | None = None
         self._writer: Writer | None = None
         self._preparer: PreparerPool | None = None
@@ -143,13 +142,13 @@ class Daemon:
             leader=self._leads,
             hooks={d.name: d.retune.hooks for d in self.config.deployments},
         )
-        self._upstream = upstream_client()
+        self._recorder = ProxyRecorder(self.config.deployments, self._writer, self.proxy_stats)
+        self._recorder.start()
         app.include_router(
             proxy_router(
                 self.config.deployments,
-                self._writer,
-                self.proxy_stats,
-                client=self._upstream,
+                self._recorder,
+                client=UpstreamClient(),
                 environ=os.environ,
                 prompt_for=lambda name: _proxy_prompt(store, name),
             )
@@ -251,6 +250,9 @@ class Daemon:
         if self._preparer is not None:
             self._preparer.close()
             self._preparer = None
+        if self._recorder is not None:
+            self._recorder.stop()
+            self._recorder = None
         if self._writer is not None:
             self._writer.stop()
             self._writer = None

@@ -12,7 +12,6 @@ is split over several deltas, so there the digits inside ``content`` deltas are 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -24,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -34,7 +34,14 @@ from websockets.sync.client import connect
 
 from daemon.config import parse_config
 from daemon.ingest.writer import QueueFull, Writer
-from daemon.proxy import REQUEST_ID_HEADER, ActivePrompt, ProxyStats, proxy_router, upstream_client
+from daemon.proxy import (
+    REQUEST_ID_HEADER,
+    ActivePrompt,
+    ProxyRecorder,
+    ProxyStats,
+    UpstreamClient,
+    proxy_router,
+)
 from daemon.store import Sample, Store
 from daemon.store.repository import SampleRows
 
@@ -190,7 +197,6 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
         environ: Mapping[str, str] | None = None,
         prompt_for: Callable[[str], ActivePrompt | None] = lambda name: None,
         writer: Writer | None = None,
-        client: httpx.AsyncClient | None = None,
     ) -> Proxy:
         config = parse_config(_config(upstreams), environ={})
         for deployment in config.deployments:
@@ -198,7 +204,9 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
         writer = writer or Writer(store, queue_batches=8)
         writer.start()
         stats = ProxyStats()
-        shared = client or upstream_client(max_connections=10)
+        recorder = ProxyRecorder(config.deployments, writer, stats)
+        recorder.start()
+        shared = UpstreamClient(max_connections=10)
 
         @contextlib.asynccontextmanager
         async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -209,8 +217,7 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
         app.include_router(
             proxy_router(
                 config.deployments,
-                writer,
-                stats,
+                recorder,
                 client=shared,
                 environ={KEY_ENV: KEY} if environ is None else environ,
                 prompt_for=prompt_for,
@@ -236,6 +243,7 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
             server.should_exit = True
             thread.join(timeout=10)
             listener.close()
+            recorder.stop()
             writer.stop()
 
         stops.append(stop)
@@ -547,7 +555,7 @@ def test_embeddings_are_forwarded_with_their_headers_and_recorded(
     katans: dict[str, Katan], proxy: ProxyFactory
 ) -> None:
     # llm-katan serves no embeddings: first its 404 passes through, then a scripted upstream
-    # (an httpx transport in the shared client) shows what is forwarded and recorded.
+    # (a local HTTP server) shows what is forwarded and recorded.
     missing = proxy({"bot": (katans["plain"].url, 5)})
     response = httpx.post(
         f"{missing.url}/proxy/bot/v1/embeddings",
@@ -557,34 +565,51 @@ def test_embeddings_are_forwarded_with_their_headers_and_recorded(
     assert response.status_code == 404
     assert response.content == b'{"detail":"Not Found"}'
 
-    seen: list[httpx.Request] = []
     answer = {
         "object": "list",
         "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
         "model": "text-embedding-3-small",
         "usage": {"prompt_tokens": 4, "total_tokens": 4},
     }
+    seen: list[tuple[str, dict[str, str], bytes]] = []
 
-    async def upstream(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        await asyncio.sleep(0)
-        return httpx.Response(
-            200,
-            json=answer,
-            headers={
-                "x-request-id": "upstream-req-9",
-                "x-ratelimit-remaining-requests": "99",
-                "openai-processing-ms": "12",
-                "set-cookie": "tracking=1",
-            },
-        )
+    class Upstream(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length", "0"))
+            seen.append(
+                (
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.rfile.read(length),
+                )
+            )
+            payload = json.dumps(answer).encode()
+            self.send_response(200)
+            for name, value in (
+                ("Content-Type", "application/json"),
+                ("X-Request-Id", "upstream-req-9"),
+                ("X-RateLimit-Remaining-Requests", "99"),
+                ("OpenAI-Processing-Ms", "12"),
+                ("Set-Cookie", "tracking=1"),
+                ("Content-Length", str(len(payload))),
+            ):
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
 
-    scripted = proxy(
-        {"embedder": ("http://upstream.test/v1", 5)},
-        client=httpx.AsyncClient(transport=httpx.MockTransport(upstream)),
-    )
-    body = {"model": "text-embedding-3-small", "input": ["first text", "second text"]}
-    response = httpx.post(f"{scripted.url}/proxy/embedder/v1/embeddings", json=body)
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    thread = threading.Thread(target=server.serve_forever, name="upstream", daemon=True)
+    thread.start()
+    try:
+        scripted = proxy({"embedder": (f"http://127.0.0.1:{server.server_port}/v1", 5)})
+        body = {"model": "text-embedding-3-small", "input": ["first text", "second text"]}
+        response = httpx.post(f"{scripted.url}/proxy/embedder/v1/embeddings", json=body)
+    finally:
+        server.shutdown()
+        server.server_close()
 
     assert response.status_code == 200
     assert response.json() == answer
@@ -592,9 +617,10 @@ def test_embeddings_are_forwarded_with_their_headers_and_recorded(
     assert response.headers["openai-processing-ms"] == "12"
     assert response.headers["x-request-id"] == "upstream-req-9"
     assert "set-cookie" not in response.headers
-    assert str(seen[0].url) == "http://upstream.test/v1/embeddings"
-    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
-    assert json.loads(seen[0].content) == body
+    path, headers, content = seen[0]
+    assert path == "/v1/embeddings"
+    assert headers["authorization"] == f"Bearer {KEY}"
+    assert json.loads(content) == body
 
     sample = scripted.sample("embedder", "upstream-req-9")
     assert sample.input == "first text\nsecond text"

@@ -1,0 +1,39 @@
+"""The OpenAI-compatible proxy: apps point their OpenAI SDK's base URL at driftd.
+
+``POST /proxy/{deployment}/v1/chat/completions`` (plain and ``stream: true``) and
+``POST /proxy/{deployment}/v1/embeddings`` are forwarded to the deployment's upstream, and what
+comes back is passed through as it came: status, body (error bodies too) and the headers a client
+acts on. Streams are relayed chunk by chunk as they arrive, never buffered.
+
+Monitoring never costs the user anything: the sample of a call is built after its response is
+complete and handed to a recorder thread (``recorder``), which batches calls through the ingest
+pipeline to the writer without the request ever waiting for storage. When the recorder's or the
+writer's queue is full the sample is dropped and counted (the one place in driftd that may drop a
+sample, see DESIGN.md); nothing the recording does can fail or slow the request.
+
+For a prompted deployment, ``prompt_for`` names the active prompt version, which the proxy injects
+(system message, few-shot turns, model), so a promoted prompt goes live without touching the app.
+
+Modules: ``routes`` (forwarding, streaming), ``upstream`` (the pooled client), ``call`` (a call
+and its sample), ``recorder`` (samples to the writer), ``prompt`` (prompt injection), ``stats``.
+"""
+
+from daemon.proxy.call import CHAT, EMBEDDINGS
+from daemon.proxy.prompt import ActivePrompt, PromptFor
+from daemon.proxy.recorder import ProxyRecorder
+from daemon.proxy.routes import OPENAI_BASE_URL, REQUEST_ID_HEADER, proxy_router
+from daemon.proxy.stats import ProxyStats
+from daemon.proxy.upstream import UpstreamClient
+
+__all__ = [
+    "CHAT",
+    "EMBEDDINGS",
+    "OPENAI_BASE_URL",
+    "REQUEST_ID_HEADER",
+    "ActivePrompt",
+    "PromptFor",
+    "ProxyRecorder",
+    "ProxyStats",
+    "UpstreamClient",
+    "proxy_router",
+]
