@@ -6,8 +6,8 @@ One llm-katan (echo backend) on 127.0.0.1 is the upstream of all three paths: ca
 through `driftd serve` (a subprocess on a temporary SQLite store, one prompted deployment whose
 upstream is the llm-katan, so the active prompt is injected and every call is recorded), and
 through the LiteLLM proxy (an `openai/` model whose `api_base` is the llm-katan). Per number of
-concurrent clients, each path gets ``--requests`` non-streamed chat completions from one httpx
-AsyncClient, split over ``--rounds`` rounds taken in turn (the order rotating), so the machine's
+concurrent clients, each path gets ``--requests`` non-streamed chat completions from one aiohttp
+ClientSession, split over ``--rounds`` rounds taken in turn (the order rotating), so the machine's
 noise falls on all three alike. Added latency is a proxy's percentile minus the direct call's;
 requests/s is completed calls over the wall time of the level.
 
@@ -42,6 +42,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 DRIFTD = Path(sys.executable).parent / "driftd"
@@ -184,12 +185,16 @@ class Route:
 
 
 async def load(path: Route, clients: int, requests: int) -> tuple[list[float], float, int]:
-    """``requests`` calls from ``clients`` concurrent tasks: (latencies, wall seconds, failed)."""
+    """``requests`` calls from ``clients`` concurrent tasks: (latencies, wall seconds, failed).
+
+    The client is aiohttp: httpx's pool polls every idle connection on each request, so at 100
+    connections the load generator itself would be what is measured."""
     latencies: list[float] = []
     failed = 0
     left = requests
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    connector = aiohttp.TCPConnector(limit=clients, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
         async def worker() -> None:
             nonlocal left, failed
@@ -197,19 +202,19 @@ async def load(path: Route, clients: int, requests: int) -> tuple[list[float], f
                 left -= 1
                 started = time.perf_counter()
                 try:
-                    response = await client.post(path.url, json=BODY, headers=path.headers)
-                except httpx.TransportError as exc:  # counted, not fatal: a level runs to its end
+                    async with client.post(path.url, json=BODY, headers=path.headers) as response:
+                        status = response.status
+                        answer = await response.json() if status == 200 else None
+                except (aiohttp.ClientError, TimeoutError) as exc:  # counted; the level goes on
                     failed += 1
                     path.errors[type(exc).__name__] = path.errors.get(type(exc).__name__, 0) + 1
                     continue
                 took = time.perf_counter() - started
-                if response.status_code == 200 and response.json()["choices"]:
+                if answer is not None and answer["choices"]:
                     latencies.append(took)
                 else:
                     failed += 1
-                    path.errors[f"HTTP {response.status_code}"] = (
-                        path.errors.get(f"HTTP {response.status_code}", 0) + 1
-                    )
+                    path.errors[f"HTTP {status}"] = path.errors.get(f"HTTP {status}", 0) + 1
 
         # Connections are opened before the clock starts: a level measures calls, not handshakes.
         await asyncio.gather(*(worker() for _ in range(min(clients, requests))))
