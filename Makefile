@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export DRIFTD_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup run test
+.PHONY: setup run test sync-chart
 
 # torch is installed first and pinned: it is the CPU build, and an unpinned torch would pull a
 # multi-GB CUDA build as a dependency of the project.
@@ -28,3 +28,7 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The Helm chart carries copies of the alert rules and dashboards (Helm reads nothing outside it).
+sync-chart:
+	sh deploy/helm/sync-chart-files.sh

@@ -384,7 +384,7 @@ def serve(
         )
         settings = settings.model_copy(update={"server": server})
     setup_logging(settings.logging.level, settings.logging.format)
-    daemon = Daemon(settings, Tokens.from_environ(os.environ))
+    daemon = Daemon(settings, Tokens.from_environ(os.environ), environ=os.environ)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         daemon.request_stop(signal.Signals(signum).name)

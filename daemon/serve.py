@@ -14,17 +14,23 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Mapping
+from datetime import timedelta
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from daemon.api import Tokens, create_app
 from daemon.config import Config
+from daemon.config.models import ExecutorKind
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats
 from daemon.ingest.prepare import PreparerPool, auto_workers, quiet_collector
 from daemon.ingest.writer import Writer
-from daemon.jobs.executor import LocalExecutor
+from daemon.jobs.executor import Executor, LocalExecutor
+from daemon.jobs.kubernetes import KubernetesExecutor
 from daemon.jobs.runner import JobRunner
+from daemon.metrics import DriftdMetrics
+from daemon.notify import Notifier, NotifierStats
 from daemon.prompts import active_prompt, ensure_initial
 from daemon.proxy import ActivePrompt, ProxyRecorder, ProxyStats, UpstreamClient, proxy_router
 from daemon.scheduler import CheckPool, Scheduler, new_owner
@@ -55,9 +61,15 @@ class _Server(uvicorn.Server):
 class Daemon:
     """One driftd process: ``start`` → ``serve`` → ``stop``; ``request_stop`` is signal-safe."""
 
-    def __init__(self, config: Config, tokens: Tokens) -> None:
+    def __init__(
+        self, config: Config, tokens: Tokens, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
         self.tokens = tokens
+        # The notification channels' URLs; no environ means no channel is on.
+        self.environ: Mapping[str, str] = environ if environ is not None else {}
+        self.notifier_stats = NotifierStats()
+        self._notifier: Notifier | None = None
         self.stats = IngestStats()
         self.proxy_stats = ProxyStats()
         self._recorder: ProxyRecorder | None = None
@@ -68,6 +80,7 @@ class Daemon:
         self._checks: CheckPool | None = None
         self._runner: JobRunner | None = None
         self._scheduler: Scheduler | None = None
+        self.metrics: DriftdMetrics | None = None
         self._stop_reason: str | None = None
         self.owner = new_owner()
 
@@ -89,6 +102,9 @@ class Daemon:
             for deployment in self.config.deployments:
                 store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
                 ensure_initial(store, deployment)  # a prompted deployment's prompt-1
+            notifier = Notifier(
+                store, self.config.notifications, self.environ, stats=self.notifier_stats
+            )
         except BaseException:
             store.close()
             raise
@@ -130,7 +146,20 @@ class Daemon:
             store, queue_batches=limits.queue_batches, commit_rows=limits.commit_rows
         )
         self._writer.start()
-        self._start_scheduling(store)
+        self._notifier = notifier
+        notifier.start()
+        # Its own registry, not prometheus_client's global one: /metrics shows driftd only.
+        self.metrics = DriftdMetrics(
+            CollectorRegistry(),
+            config=self.config,
+            store=store,
+            ingest=self.stats,
+            proxy=self.proxy_stats,
+            writer=self._writer,
+            is_leader=self._leads,
+            notifications=self.notifier_stats,
+        )
+        self._start_scheduling(store, self.metrics)
         app = create_app(
             store=store,
             writer=self._writer,
@@ -141,6 +170,8 @@ class Daemon:
             stats=self.stats,
             leader=self._leads,
             hooks={d.name: d.retune.hooks for d in self.config.deployments},
+            metrics=self.metrics,
+            metrics_auth=self.config.server.metrics_auth,
         )
         self._recorder = ProxyRecorder(self.config.deployments, self._writer, self.proxy_stats)
         self._recorder.start()
@@ -167,14 +198,20 @@ class Daemon:
             self,
         )
 
-    def _start_scheduling(self, store: Store) -> None:
+    def _start_scheduling(self, store: Store, metrics: DriftdMetrics) -> None:
         """Check workers, the job runner and the scheduler; leader-only work waits for the
         lease."""
         scheduling = self.config.scheduling
+        # Before the check workers start: reaching the cluster is what fails most often.
+        executor: Executor = (
+            KubernetesExecutor(scheduling.kubernetes, scheduling.jobs_dir)
+            if scheduling.executor is ExecutorKind.kubernetes
+            else LocalExecutor()
+        )
         self._checks = CheckPool(self.config, scheduling.check_workers)
         runner = JobRunner(
             store,
-            LocalExecutor(),
+            executor,
             scheduling.jobs_dir,
             self.owner,
             heartbeat=scheduling.job_heartbeat,
@@ -182,7 +219,12 @@ class Daemon:
         )
         self._runner = runner
         actions = Actions(
-            self.config, store, self._checks, owner=self.owner, epoch=lambda: self._epoch()
+            self.config,
+            store,
+            self._checks,
+            owner=self.owner,
+            epoch=lambda: self._epoch(),
+            metrics=metrics.leader,
         )
         self._scheduler = Scheduler(
             self.config,
@@ -192,15 +234,23 @@ class Daemon:
             periodic={
                 "jobs": (scheduling.job_poll, runner.tick),
                 "settle": (scheduling.job_poll, actions.settle_jobs),
+                **self._notification_chore(),
             },
             on_gain=lambda epoch: runner.recover(),
             warm_up=self._checks.wait_ready,
+            metrics=metrics.leader,
         )
         self._scheduler.start()
         log.info(
             "scheduler started",
             extra={"owner": self.owner, "lease_ttl": scheduling.lease_ttl.total_seconds()},
         )
+
+    def _notification_chore(self) -> dict[str, tuple[timedelta, Callable[[], object]]]:
+        notifier = self._notifier
+        if notifier is None:
+            return {}
+        return {"notifications": (self.config.notifications.poll, notifier.process)}
 
     def _epoch(self) -> int | None:
         scheduler = self._scheduler
@@ -241,6 +291,9 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.stop(self.config.server.shutdown_grace)
             self._scheduler = None
+        if self._notifier is not None:
+            self._notifier.stop(self.config.server.shutdown_grace)
+            self._notifier = None
         if self._runner is not None:
             self._runner.shutdown()  # running jobs stay running, to be adopted
             self._runner = None

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from daemon import __version__
@@ -35,6 +35,7 @@ from daemon.ingest.schema import (
     problems_of,
 )
 from daemon.ingest.writer import QueueFull, Writer
+from daemon.metrics import DriftdMetrics
 from daemon.prompts import prompt_cache
 from daemon.store import Store, head_revision, is_current
 
@@ -61,11 +62,15 @@ def create_app(
     stats: IngestStats,
     leader: Callable[[], bool] = lambda: False,
     hooks: Mapping[str, Hooks] | None = None,
+    metrics: DriftdMetrics | None = None,
+    metrics_auth: bool = False,
 ) -> FastAPI:
     """The API over a started store, writer and preparer; ``pipelines`` by deployment name.
 
     ``hooks`` are the promotion hooks by deployment name (``retune.hooks`` of each); a
     deployment without an entry runs none when promoted or rolled back through the API.
+    ``metrics`` are served at ``/metrics``, open like ``/healthz`` unless ``metrics_auth``
+    (``server.metrics_auth``) asks for an admin token.
     """
     app = FastAPI(
         title="driftd",
@@ -110,6 +115,17 @@ def create_app(
     async def healthz() -> dict[str, Any]:
         # Whether this replica leads: cheap (no store access), and what an operator asks first.
         return {"status": "ok", "leader": leader()}
+
+    if metrics is not None:
+        exported = metrics
+
+        @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format).")
+        async def prometheus_metrics(request: Request) -> Response:
+            if metrics_auth:
+                authorize(request, Scope.admin)
+            # The leader's metrics read the store: off the event loop.
+            body = await asyncio.to_thread(exported.exposition)
+            return Response(body, media_type=exported.CONTENT_TYPE)
 
     @app.get("/readyz", tags=["health"], summary="Readiness: store reachable and migrated.")
     async def readyz() -> JSONResponse:

@@ -99,6 +99,7 @@ def proxy_router(
                 f"the upstream of deployment {deployment!r} did not answer within {seconds:g} s "
                 "(upstream.timeout); retry, or raise the timeout in driftd.yaml"
             )
+            stats.upstream_error(deployment, "timeout")
             return _failed(call, 504, message, "upstream_timeout", recorder, stats)
         except UpstreamError as exc:
             place = upstream.base_url or OPENAI_BASE_URL
@@ -106,8 +107,11 @@ def proxy_router(
                 f"the upstream of deployment {deployment!r} at {place}"
                 f" cannot be reached ({type(exc).__name__}: {exc}); check upstream.base_url"
             )
+            stats.upstream_error(deployment, "connect")
             return _failed(call, 502, message, "upstream_unreachable", recorder, stats)
         call.status = answer.status
+        if answer.status >= 400:
+            stats.upstream_error(deployment, "http_5xx" if answer.status >= 500 else "http_4xx")
         call.request_id = call.request_id or answer.headers.get("x-request-id") or new_id()
         passed = _passed_back(answer.headers)
         passed[REQUEST_ID_HEADER] = call.request_id
@@ -117,6 +121,7 @@ def proxy_router(
                 body = await answer.read()
             except (UpstreamError, *UpstreamTimeout) as exc:
                 answer.close()
+                stats.upstream_error(deployment, _failure(exc))
                 message = f"the upstream of deployment {deployment!r} broke off its answer: {exc}"
                 return _failed(call, 502, message, "upstream_unreachable", recorder, stats)
             call.finish()
@@ -181,6 +186,7 @@ async def _relay(
         complete = True
     except (UpstreamError, *UpstreamTimeout) as exc:
         call.error = clip(f"the upstream's stream broke off: {type(exc).__name__}: {exc}")
+        stats.upstream_error(call.deployment, _failure(exc))
         log.warning("an upstream stream broke off", extra=where(call))
     except BaseException:
         call.error = "the client went away before the stream ended"
@@ -197,6 +203,11 @@ async def _relay(
         call.output = "".join(call.pieces)
         stats.served(call.deployment, call.status, call.latency_ms / 1000.0)
         recorder.record(call)
+
+
+def _failure(exc: BaseException) -> str:
+    """The ``driftd_proxy_upstream_errors_total`` reason of an upstream that broke off."""
+    return "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
 
 
 def _failed(

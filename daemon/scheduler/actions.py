@@ -9,9 +9,10 @@ the policy asks for is created in the ``jobs`` table, where the job runner picks
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
 
@@ -32,6 +33,9 @@ from daemon.store.lease import epoch_is_current
 from daemon.store.models import Deployment as DeploymentRow
 from daemon.store.models import Job, Sample, Version
 from daemon.watch import watch
+
+if TYPE_CHECKING:
+    from daemon.metrics import LeaderCounters
 
 log = logging.getLogger("driftd.scheduler")
 
@@ -56,8 +60,10 @@ class Actions:
         owner: str = "driftd",
         epoch: Callable[[], int | None] = lambda: None,
         lease_name: str = "scheduler",
+        metrics: LeaderCounters | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.checks = checks
         self.owner = owner
@@ -77,8 +83,11 @@ class Actions:
 
     def check(self, tick: Tick) -> None:
         deployment = self.config.deployment(tick.deployment)
+        started = time.perf_counter()
+        status = "failed"
         try:
             done = self.checks.run(tick.deployment, scheduled_for=tick.scheduled_for)
+            status = done.status
             log.info(
                 "check done",
                 extra={
@@ -96,6 +105,9 @@ class Actions:
                 "check failed",
                 extra={"deployment": tick.deployment, "check_id": check_id, "error": str(error)},
             )
+        finally:
+            if self.metrics is not None:
+                self.metrics.checked(tick.deployment, status, time.perf_counter() - started)
         watch(self.store, deployment, self.rollback, min_rows=deployment.monitor.min_rows)
         now = datetime.now(UTC)
         policy = deployment.policy

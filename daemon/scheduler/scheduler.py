@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.base import run_job
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -39,6 +40,9 @@ from daemon.scheduler.leader import Leadership
 from daemon.store import NewCheck, Store
 from daemon.store.models import Deployment as DeploymentRow
 from daemon.store.models import RunClaim
+
+if TYPE_CHECKING:
+    from daemon.metrics import LeaderCounters
 
 log = logging.getLogger("driftd.scheduler")
 
@@ -159,8 +163,10 @@ class Scheduler:
         periodic: dict[str, tuple[timedelta, Callable[[], object]]] | None = None,
         on_gain: Callable[[int], object] | None = None,
         warm_up: Callable[[], object] | None = None,
+        metrics: LeaderCounters | None = None,
     ) -> None:
         self.config = config
+        self._metrics = metrics
         self.store = store
         self.owner = owner
         self._work = work
@@ -185,6 +191,8 @@ class Scheduler:
         )
         self._triggers: dict[tuple[str, str], BaseTrigger] = {}
         self._build()
+        # A tick APScheduler skipped (too late, or the previous run still going) is visible.
+        self._scheduler.add_listener(self._missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
 
     def _build(self) -> None:
         timezone = self.config.timezone
@@ -218,6 +226,15 @@ class Scheduler:
                 misfire_grace_time=int(max(1, every.total_seconds())),
                 kwargs={"tick": _ticker("", name)},
             )
+
+    def _missed(self, event: JobEvent) -> None:
+        kind = str(event.job_id).split(":", 1)[0]
+        if kind != "chore":
+            self._count(kind, "missed")
+
+    def _count(self, kind: str, status: str) -> None:
+        if self._metrics is not None:
+            self._metrics.scheduler_run(kind, status)
 
     @property
     def epoch(self) -> int | None:
@@ -301,12 +318,15 @@ class Scheduler:
             tick.deployment, tick.kind, tick.scheduled_for, self.owner, lease.epoch
         ):
             log.debug("tick already claimed", extra={"deployment": tick.deployment})
+            self._count(tick.kind, "claimed_elsewhere")
             return
         current = threading.current_thread()
         self._running.add(current)
         try:
             self._work[tick.kind](tick)
+            self._count(tick.kind, "ran")
         except Exception:
+            self._count(tick.kind, "error")
             log.exception(
                 "scheduled run failed",
                 extra={"deployment": tick.deployment, "job": tick.kind},

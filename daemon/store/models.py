@@ -271,3 +271,69 @@ class RunClaim(Base):
     owner: Mapped[str] = mapped_column(String(NAME))
     epoch: Mapped[int] = mapped_column(BigInteger)
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class NotificationState(StrEnum):
+    """What a notification says about its incident: it started, it ended, or just news."""
+
+    firing = "firing"
+    resolved = "resolved"
+    info = "info"
+
+
+class Delivery(StrEnum):
+    """Where a notification's delivery stands."""
+
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"
+
+
+class Notification(Base):
+    """The outbox: one message for one channel, written with the audit event's processing and
+    delivered later by the sender (``daemon.notify``); the unique key makes a message once."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        one_of("state", NotificationState),
+        one_of("delivery", Delivery),
+        UniqueConstraint("channel", "event_id"),
+        Index(None, "delivery", "next_try_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(KIND))
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"))
+    incident: Mapped[str | None] = mapped_column(String(NAME))
+    state: Mapped[str] = mapped_column(String(KIND))
+    payload: Mapped[Any] = mapped_column(json_type())
+    delivery: Mapped[str] = mapped_column(String(KIND), default=Delivery.pending.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_try_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class NotificationIncident(Base):
+    """An incident that is open (drift, a failed job kind): a row exists from the firing
+    message until the resolving one, so repeats in between send nothing."""
+
+    __tablename__ = "notification_incidents"
+    __table_args__ = (UniqueConstraint("deployment_id", "incident"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
+    incident: Mapped[str] = mapped_column(String(NAME))
+    opened_event_id: Mapped[int] = mapped_column(BigInteger)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class NotificationCursor(Base):
+    """How far the notifier has read the audit log: the last event id it processed."""
+
+    __tablename__ = "notification_cursor"
+
+    name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)

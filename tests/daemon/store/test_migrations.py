@@ -30,6 +30,9 @@ TABLES = {
     "events",
     "leases",
     "run_claims",
+    "notifications",
+    "notification_incidents",
+    "notification_cursor",
 }
 
 
@@ -71,7 +74,7 @@ def test_upgrade_creates_every_table_and_sets_head(engine: Engine) -> None:
     result = upgrade(engine)
 
     assert result.before is None
-    assert result.after == head_revision() == "0003"
+    assert result.after == head_revision() == "0004"
     assert result.changed
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     assert current_revision(engine) == head_revision()

@@ -1,0 +1,729 @@
+"""The notifier against a local HTTP receiver, on SQLite and PostgreSQL: one message per
+incident, resolve messages, retries, nothing sent twice, each channel's body, and a real
+Alertmanager accepting (and resolving) driftd's alerts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from daemon.config.models import Notifications, NotifyOn
+from daemon.domain import JobState
+from daemon.errors import ConfigError
+from daemon.notify import Notifier
+from daemon.store import NewCheck, Store, upgrade
+from daemon.store.jobs import claim_job, create_job, finish_job, get_job
+from daemon.store.models import Event, Notification, utcnow
+from daemon.store.versions import add_version, promote, rollback
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    body: Any
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that keeps every POST's path and JSON body and answers 200,
+    or the status given to ``fail_next`` for that many requests; while ``hang`` is on it keeps
+    each request waiting (until ``release``) before it answers."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self._statuses: list[int] = []
+        self._lock = threading.Lock()
+        self._hanging = threading.Event()
+        self._released = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                receiver._arrived(Received(self.path, json.loads(self.rfile.read(length))))
+                if receiver._hanging.is_set():
+                    receiver._released.wait(30)
+                status = receiver._next_status()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(f"answered {status}".encode())
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # A token in the URL, as Slack's webhook URLs carry one: it must never be logged.
+        self.url = f"{self.base}/hooks/driftd?token=s3cret-token"
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def _arrived(self, received: Received) -> None:
+        with self._lock:
+            self.received.append(received)
+
+    def _next_status(self) -> int:
+        with self._lock:
+            return self._statuses.pop(0) if self._statuses else 200
+
+    def fail_next(self, count: int, status: int = 500) -> None:
+        with self._lock:
+            self._statuses.extend([status] * count)
+
+    def hang(self) -> None:
+        self._hanging.set()
+
+    def release(self) -> None:
+        self._hanging.clear()
+        self._released.set()
+
+    def bodies(self, path_prefix: str = "/") -> list[Any]:
+        with self._lock:
+            return [r.body for r in self.received if r.path.startswith(path_prefix)]
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def settings(**changes: Any) -> Notifications:
+    """Notification settings with fast retries, for tests."""
+    values: dict[str, Any] = {
+        "poll": timedelta(milliseconds=50),
+        "timeout": timedelta(seconds=2),
+        "backoff": timedelta(milliseconds=50),
+        "max_attempts": 3,
+        **changes,
+    }
+    return Notifications(**values)
+
+
+def webhook(store: Store, receiver: Receiver, **changes: Any) -> Notifier:
+    return Notifier(store, settings(**changes), {"DRIFTD_WEBHOOK_URL": receiver.url})
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}")
+        time.sleep(0.02)
+
+
+def deliver_all(notifier: Notifier) -> None:
+    """Deliver in this thread until nothing is due."""
+    for _ in range(50):
+        if not notifier.deliver():
+            return
+    pytest.fail("the outbox never emptied")
+
+
+def check_completed(store: Store, deployment: str, status: str, **drifted: float) -> int:
+    """Record a check and its audit event as the daemon's checker does."""
+    now = utcnow()
+    check_id = store.record_check(
+        deployment,
+        NewCheck(
+            started_at=now,
+            finished_at=now,
+            status=status,
+            window_start=now - timedelta(hours=1),
+            window_end=now,
+            reference_kind="window",
+            current_rows=500,
+            reference_rows=500,
+            current_total=500,
+            reference_total=500,
+            signals={"status": status, "signals": []},
+        ),
+    )
+    store.add_event(
+        deployment,
+        "check.completed",
+        f"check {check_id}: {status}",
+        {"check_id": check_id, "status": status, "drifted": drifted},
+    )
+    return check_id
+
+
+def run_job(store: Store, deployment: str, kind: str, state: JobState, error: str | None) -> int:
+    """Queue a job, start it and end it through the job runner's own transitions."""
+    job_id = create_job(store, deployment, kind, "drift", {}, max_attempts=1)
+    _, queued = get_job(store, job_id)
+    assert claim_job(store, queued, "daemon-a", utcnow(), "job.log")
+    _, running = get_job(store, job_id)
+    assert finish_job(
+        store, running, "daemon-a", state, utcnow(), f"{kind} job {job_id}: {state}", error=error
+    )
+    return job_id
+
+
+def outbox(store: Store) -> list[Notification]:
+    with store.session(readonly=True) as session:
+        return list(session.scalars(select(Notification).order_by(Notification.id)))
+
+
+def test_one_firing_message_per_incident_and_one_resolve_message(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    notifier = webhook(store, receiver)
+    first = check_completed(store, deployment, "drift", text=0.001, embedding=0.02)
+    check_completed(store, deployment, "drift", text=0.001)
+    check_completed(store, deployment, "drift", text=0.002)
+    check_completed(store, deployment, "insufficient_data")
+
+    assert notifier.process().messages == 1
+    deliver_all(notifier)
+
+    [firing] = receiver.bodies()
+    assert firing["status"] == "firing"
+    assert firing["event"] == "check.completed"
+    assert firing["deployment"] == deployment
+    assert firing["incident"] == "drift"
+    assert firing["details"]["check_id"] == first
+    assert firing["summary"] == (f"{deployment}: drift detected by check {first} (embedding, text)")
+    assert firing["started_at"] == firing["ts"]
+
+    check_completed(store, deployment, "failed")
+    ok = check_completed(store, deployment, "ok")
+    check_completed(store, deployment, "ok")
+    notifier.process()
+    deliver_all(notifier)
+
+    assert len(receiver.bodies()) == 2
+    resolved = receiver.bodies()[1]
+    assert resolved["status"] == "resolved"
+    assert resolved["incident"] == "drift"
+    assert resolved["details"]["check_id"] == ok
+    assert resolved["started_at"] == firing["ts"]
+    assert resolved["ts"] > firing["ts"]
+    assert resolved["id"] != firing["id"]
+
+
+def test_a_delivery_that_failed_is_retried_and_arrives_once_before_the_resolve(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    notifier = webhook(store, receiver)
+    receiver.fail_next(1, 500)
+    notifier.start()
+    try:
+        check_completed(store, deployment, "drift", text=0.001)
+        check_completed(store, deployment, "ok")
+        notifier.process()
+        wait_for(lambda: len(receiver.bodies()) == 3, "the retry and the resolve")
+        wait_for(lambda: all(row.delivery == "sent" for row in outbox(store)), "both marked sent")
+    finally:
+        notifier.stop(timedelta(seconds=5))
+
+    first, retried, resolved = receiver.bodies()
+    assert first == retried  # the same body, byte for byte the same message
+    assert first["status"] == "firing"
+    assert resolved["status"] == "resolved"  # never before its firing message
+    rows = outbox(store)
+    assert [(row.state, row.attempts, row.delivery) for row in rows] == [
+        ("firing", 2, "sent"),
+        ("resolved", 1, "sent"),
+    ]
+    assert rows[0].last_error is None
+    assert notifier.stats.snapshot() == {("webhook", "retried"): 1, ("webhook", "sent"): 2}
+
+
+def test_a_resolve_held_back_by_its_firing_retry_waits_without_spinning(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    notifier = webhook(store, receiver, backoff=timedelta(seconds=30))
+    receiver.fail_next(1, 503)
+    notifier.start()
+    try:
+        check_completed(store, deployment, "drift", text=0.001)
+        check_completed(store, deployment, "ok")
+        notifier.process()
+        wait_for(lambda: len(receiver.bodies()) == 1, "the first, failing, delivery")
+        cpu = time.process_time()
+        time.sleep(1.0)
+        spent = time.process_time() - cpu
+    finally:
+        notifier.stop(timedelta(seconds=5))
+
+    assert [body["status"] for body in receiver.bodies()] == ["firing"]
+    assert spent < 0.3, f"the sender spun for {spent:.2f} s of CPU while waiting"
+    assert [(row.state, row.delivery) for row in outbox(store)] == [
+        ("firing", "pending"),
+        ("resolved", "pending"),
+    ]
+
+
+def test_nothing_is_sent_twice_across_passes_restarts_and_replicas(
+    store: Store, db_url: str, deployment: str, receiver: Receiver
+) -> None:
+    notifier = webhook(store, receiver)
+    check_completed(store, deployment, "drift", text=0.001)
+    notifier.process()
+    notifier.process()
+    deliver_all(notifier)
+    deliver_all(notifier)
+    assert len(receiver.bodies()) == 1
+
+    # A restart, or another replica taking over: a new store connection, a new notifier.
+    with Store.open(db_url) as restarted:
+        successor = webhook(restarted, receiver)
+        assert successor.process().messages == 0
+        deliver_all(successor)
+        check_completed(store, deployment, "drift", text=0.003)  # still the same incident
+        check_completed(store, deployment, "ok")
+        assert successor.process().messages == 1
+        deliver_all(successor)
+        deliver_all(notifier)
+
+    assert [body["status"] for body in receiver.bodies()] == ["firing", "resolved"]
+    assert len(outbox(store)) == 2
+
+
+def test_two_leaders_processing_at_once_write_each_message_once(
+    store: Store, db_url: str, deployment: str
+) -> None:
+    # No channel is needed to see the outbox: a channel URL that is never called will do.
+    environ = {"DRIFTD_WEBHOOK_URL": "http://127.0.0.1:9/unused"}
+    with Store.open(db_url) as other:
+        leaders = [Notifier(store, settings(), environ), Notifier(other, settings(), environ)]
+        errors: list[BaseException] = []
+        writing = threading.Event()
+
+        def chore(notifier: Notifier) -> None:
+            while not writing.is_set():
+                try:
+                    notifier.process()
+                except BaseException as error:
+                    errors.append(error)
+                    return
+
+        threads = [threading.Thread(target=chore, args=(n,)) for n in leaders]
+        for thread in threads:
+            thread.start()
+        try:
+            for _ in range(10):
+                check_completed(store, deployment, "drift", text=0.001)
+                check_completed(store, deployment, "ok")
+        finally:
+            writing.set()
+            for thread in threads:
+                thread.join(timeout=30)
+        leaders[0].process()
+
+    assert errors == []
+    assert [row.state for row in outbox(store)] == ["firing", "resolved"] * 10
+    assert len({row.event_id for row in outbox(store)}) == 20
+
+
+def _taking_ids_before_commit(store: Store) -> None:
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writes one transaction at a time, so its event ids have no gaps")
+
+
+def _drift_event(store: Store, deployment: str) -> Event:
+    return Event(
+        deployment_id=store.deployment_ids()[deployment],
+        ts=utcnow(),
+        kind="check.completed",
+        message="check 1: drift",
+        evidence={"check_id": 1, "status": "drift", "drifted": {"text": 0.001}},
+    )
+
+
+def test_an_event_committed_after_a_later_one_is_not_skipped(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    _taking_ids_before_commit(store)
+    notifier = webhook(store, receiver)
+    with store.session() as slow:  # a writer that took its event id but has not committed yet
+        slow.add(_drift_event(store, deployment))
+        slow.flush()
+        check_completed(store, deployment, "ok")  # a higher id, visible first
+        assert notifier.process().events == 0  # waits at the gap
+    notifier.process()
+    deliver_all(notifier)
+
+    assert [body["status"] for body in receiver.bodies()] == ["firing", "resolved"]
+
+
+def test_a_gap_left_by_a_rolled_back_insert_is_passed_once_settled(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    _taking_ids_before_commit(store)
+    notifier = Notifier(
+        store,
+        settings(),
+        {"DRIFTD_WEBHOOK_URL": receiver.url},
+        gap_settle=timedelta(milliseconds=300),
+    )
+    with store.session() as aborted:  # takes an event id, then rolls back: a gap for good
+        aborted.add(_drift_event(store, deployment))
+        aborted.flush()
+        aborted.rollback()
+    check_completed(store, deployment, "drift", text=0.001)
+    assert notifier.process().events == 0
+
+    wait_for(lambda: notifier.process().events == 1, "the gap to settle")
+    deliver_all(notifier)
+    assert [body["status"] for body in receiver.bodies()] == ["firing"]
+
+
+def test_a_4xx_answer_is_given_up_at_once_without_leaking_the_url(
+    store: Store, deployment: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    notifier = webhook(store, receiver, max_attempts=5)
+    receiver.fail_next(1, 404)
+    check_completed(store, deployment, "drift", text=0.001)
+    notifier.process()
+
+    with caplog.at_level(logging.INFO, logger="driftd.notify"):
+        deliver_all(notifier)
+        deliver_all(notifier)
+
+    assert len(receiver.bodies()) == 1
+    [row] = outbox(store)
+    assert (row.delivery, row.attempts) == ("failed", 1)
+    assert row.last_error == "HTTP 404: answered 404"
+    assert "given up" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert notifier.stats.snapshot() == {("webhook", "failed"): 1}
+
+
+def test_an_unreachable_channel_is_retried_until_max_attempts(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/hook?token=s3cret-token"
+    notifier = Notifier(store, settings(max_attempts=3), {"DRIFTD_WEBHOOK_URL": url})
+    check_completed(store, deployment, "drift", text=0.001)
+    notifier.process()
+
+    def given_up() -> bool:
+        notifier.deliver()
+        return outbox(store)[0].delivery != "pending"
+
+    wait_for(given_up, "three attempts")
+
+    [row] = outbox(store)
+    assert (row.delivery, row.attempts) == ("failed", 3)
+    assert row.last_error is not None
+    assert row.last_error.startswith("ConnectError")
+    assert "s3cret" not in row.last_error
+    assert notifier.stats.snapshot() == {("webhook", "retried"): 2, ("webhook", "failed"): 1}
+
+
+def test_a_failed_job_fires_once_and_the_next_success_of_its_kind_resolves_it(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    notifier = webhook(store, receiver)
+    failed = run_job(store, deployment, "retrain", JobState.failed, "CUDA out of memory")
+    run_job(store, deployment, "retrain", JobState.failed, "CUDA out of memory")
+    run_job(store, deployment, "revise_prompt", JobState.succeeded, None)  # another kind
+    notifier.process()
+    deliver_all(notifier)
+
+    [firing] = receiver.bodies()
+    assert firing["status"] == "firing"
+    assert firing["event"] == "job.failed"
+    assert firing["incident"] == "job_failed:retrain"
+    assert firing["details"]["job_id"] == failed
+    assert firing["details"]["error"] == "CUDA out of memory"
+    assert "CUDA out of memory" in firing["summary"]
+
+    succeeded = run_job(store, deployment, "retrain", JobState.succeeded, None)
+    notifier.process()
+    deliver_all(notifier)
+
+    resolved = receiver.bodies()[1]
+    assert len(receiver.bodies()) == 2
+    assert resolved["status"] == "resolved"
+    assert resolved["event"] == "job.succeeded"
+    assert resolved["incident"] == "job_failed:retrain"
+    assert resolved["details"]["job_id"] == succeeded
+
+
+def test_promotion_and_rollback_send_one_info_message_each(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    notifier = webhook(store, receiver)
+    for name in ("v1", "v2"):
+        add_version(store, deployment, kind="prompt", name=name, artifact=f"{name}.txt")
+        promote(store, deployment, name, actor="leader")
+    rollback(store, deployment, actor="watch")
+    notifier.process()
+    deliver_all(notifier)
+
+    bodies = receiver.bodies()
+    assert [(b["status"], b["event"], b["incident"]) for b in bodies] == [
+        ("info", "version.promoted", None),
+        ("info", "version.promoted", None),
+        ("info", "version.rolled_back", None),
+    ]
+    assert bodies[1]["summary"] == f"{deployment}: version v2 promoted by leader (was v1)"
+    assert bodies[2]["details"]["new"]["name"] == "v1"
+    assert bodies[2]["details"]["old"]["name"] == "v2"
+
+
+def test_each_channel_gets_its_own_body(store: Store, deployment: str, receiver: Receiver) -> None:
+    environ = {
+        "DRIFTD_WEBHOOK_URL": receiver.url,
+        "DRIFTD_SLACK_WEBHOOK_URL": f"{receiver.base}/slack/T000/B000/s3cret",
+        "DRIFTD_ALERTMANAGER_URL": f"{receiver.base}/am/",
+    }
+    notifier = Notifier(store, settings(driftd_url="https://driftd.test"), environ)
+    check_completed(store, deployment, "drift", text=0.001)
+    check_completed(store, deployment, "ok")
+    add_version(store, deployment, kind="prompt", name="v7", artifact="v7.txt")
+    promote(store, deployment, "v7", actor="leader")
+    assert notifier.process().messages == 9
+    deliver_all(notifier)
+
+    hooks = receiver.bodies("/hooks/")
+    assert [body["driftd_url"] for body in hooks] == ["https://driftd.test"] * 3
+
+    # Order holds within an incident; the promotion may overtake the drift's resolution.
+    slack = sorted(body["text"] for body in receiver.bodies("/slack/"))
+    assert all(set(body) == {"text"} for body in receiver.bodies("/slack/"))
+    assert slack[0].startswith(":information_source: *[INFO]* ")
+    assert slack[1].startswith(f":rotating_light: *[FIRING]* {deployment}: drift detected by")
+    assert slack[2].startswith(f":white_check_mark: *[RESOLVED]* {deployment}: drift")
+    assert "<https://driftd.test|driftd>" in slack[1]
+
+    alerts = receiver.bodies("/am/api/v2/alerts")
+    assert len(alerts) == 3
+    assert all(isinstance(body, list) and len(body) == 1 for body in alerts)
+    firing = next(a for (a,) in alerts if a["labels"]["alertname"] == "DriftdDriftDetected")
+    resolved = next(
+        a for (a,) in alerts if a["labels"]["alertname"] == "DriftdDriftDetected" and a != firing
+    )
+    promoted = next(a for (a,) in alerts if a["labels"]["alertname"] == "DriftdPromotion")
+    assert firing["labels"] == {
+        "alertname": "DriftdDriftDetected",
+        "deployment": deployment,
+        "severity": "warning",
+        "source": "driftd",
+    }
+    assert resolved["labels"] == firing["labels"]
+    assert set(firing["annotations"]) == {"summary", "description"}
+    assert firing["generatorURL"] == "https://driftd.test"
+    starts = datetime.fromisoformat(firing["startsAt"])
+    assert datetime.fromisoformat(firing["endsAt"]) - starts == timedelta(days=7)
+    assert resolved["startsAt"] == firing["startsAt"]
+    ended = datetime.fromisoformat(resolved["endsAt"])
+    assert starts < ended <= datetime.now(UTC)
+    assert promoted["labels"] == {
+        "alertname": "DriftdPromotion",
+        "deployment": deployment,
+        "severity": "info",
+        "source": "driftd",
+        "version": "v7",
+    }
+    promoted_at = datetime.fromisoformat(promoted["startsAt"])
+    assert datetime.fromisoformat(promoted["endsAt"]) - promoted_at == timedelta(hours=1)
+
+
+def test_a_channel_without_a_url_and_an_event_class_not_chosen_send_nothing(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    off = Notifier(store, settings(), {"DRIFTD_WEBHOOK_URL": "", "DRIFTD_SLACK_WEBHOOK_URL": " "})
+    assert off.channels == {}
+    check_completed(store, deployment, "drift", text=0.001)
+    assert off.process().messages == 0
+    assert off.deliver() == 0
+    assert outbox(store) == []
+
+    promotions_only = webhook(store, receiver, events=(NotifyOn.promotion,))
+    check_completed(store, deployment, "ok")  # resolves the drift the first one tracked
+    add_version(store, deployment, kind="prompt", name="v1", artifact="v1.txt")
+    promote(store, deployment, "v1", actor="leader")
+    promotions_only.process()
+    deliver_all(promotions_only)
+
+    assert [body["event"] for body in receiver.bodies()] == ["version.promoted"]
+
+
+def test_a_channel_url_that_is_not_a_url_stops_start_up_without_showing_it(store: Store) -> None:
+    environ = {"DRIFTD_SLACK_WEBHOOK_URL": "services/T000/B000/s3cret"}
+
+    with pytest.raises(ConfigError, match=r"DRIFTD_SLACK_WEBHOOK_URL \(notifications.slack") as e:
+        Notifier(store, settings(), environ)
+
+    assert "s3cret" not in str(e.value)
+
+
+def test_a_hanging_channel_never_blocks_the_chore(
+    store: Store, deployment: str, receiver: Receiver
+) -> None:
+    notifier = webhook(store, receiver, timeout=timedelta(seconds=1))
+    receiver.hang()
+    notifier.start()
+    try:
+        check_completed(store, deployment, "drift", text=0.001)
+        notifier.process()
+        wait_for(lambda: len(receiver.bodies()) == 1, "the sender to be stuck on the receiver")
+
+        check_completed(store, deployment, "ok")
+        started = time.monotonic()
+        processed = notifier.process()
+        took = time.monotonic() - started
+
+        assert processed.messages == 1
+        assert took < 0.5
+        receiver.release()
+        wait_for(
+            lambda: [row.delivery for row in outbox(store)] == ["sent", "sent"],
+            "delivery once the receiver answers",
+        )
+    finally:
+        started = time.monotonic()
+        notifier.stop(timedelta(seconds=5))
+        assert time.monotonic() - started < 5
+    statuses = [body["status"] for body in receiver.bodies()]
+    assert statuses[-1] == "resolved"
+    assert set(statuses[:-1]) == {"firing"}  # the timed-out attempt, then its retry
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (a local URL)
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager (Debian's prometheus-alertmanager) on 127.0.0.1; its base URL."""
+    if ALERTMANAGER is None:
+        pytest.skip("prometheus-alertmanager is not installed (Debian package)")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            ALERTMANAGER,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            urllib.request.urlopen(f"{base}/-/ready", timeout=1).close()  # noqa: S310
+        except OSError:
+            assert process.poll() is None, "alertmanager exited at start"
+            return False
+        return True
+
+    try:
+        wait_for(ready, "alertmanager to start", timeout=20)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_a_real_alertmanager_takes_the_alert_and_its_resolution(
+    tmp_path: Path, alertmanager: str
+) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'driftd.db'}") as store:
+        upgrade(store.engine)
+        store.ensure_deployment("intents", "finetuned", "classification")
+        notifier = Notifier(store, settings(), {"DRIFTD_ALERTMANAGER_URL": alertmanager})
+        check_completed(store, "intents", "drift", text=0.001)
+        notifier.process()
+        deliver_all(notifier)
+
+        def active() -> list[dict[str, Any]]:
+            alerts: list[dict[str, Any]] = _get_json(f"{alertmanager}/api/v2/alerts")
+            return [a for a in alerts if a["labels"].get("source") == "driftd"]
+
+        wait_for(lambda: len(active()) == 1, "the alert in alertmanager")
+        [alert] = active()
+        assert alert["labels"]["alertname"] == "DriftdDriftDetected"
+        assert alert["labels"]["deployment"] == "intents"
+        assert alert["status"]["state"] in ("active", "unprocessed")
+
+        check_completed(store, "intents", "ok")
+        notifier.process()
+        deliver_all(notifier)
+
+        wait_for(lambda: active() == [], "alertmanager to resolve the alert")
+        assert [row.delivery for row in outbox(store)] == ["sent", "sent"]
+
+
+def test_the_daemon_sends_what_its_leader_sees_to_the_channels_in_its_environ(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    from daemon.api import Tokens
+    from daemon.config import parse_config
+    from daemon.serve import Daemon
+
+    config = parse_config(
+        f"storage: {{url: 'sqlite:///{tmp_path / 'driftd.db'}'}}\n"
+        f"scheduling: {{lease_ttl: 3s, job_poll: 1s, jobs_dir: '{tmp_path / 'jobs'}'}}\n"
+        "notifications: {poll: 1s, backoff: 1s}\n"
+        "deployments:\n"
+        "  - {name: support-bot, kind: prompted, task: generation,\n"
+        "     prompt: {model: m, system: Be brief.}}\n",
+        environ={},
+    )
+    daemon = Daemon(config, Tokens(), environ={"DRIFTD_WEBHOOK_URL": receiver.url})
+    daemon.start()
+    try:
+        check_completed(daemon.store, "support-bot", "drift", text=0.001)
+        wait_for(lambda: len(receiver.bodies()) == 2, "the leader's messages", timeout=60)
+    finally:
+        daemon.stop()
+
+    # Start-up promoted the prompt from the file as the first version: news, too.
+    assert sorted((b["status"], b["event"]) for b in receiver.bodies()) == [
+        ("firing", "check.completed"),
+        ("info", "version.promoted"),
+    ]
+    assert daemon.notifier_stats.snapshot() == {("webhook", "sent"): 2}
