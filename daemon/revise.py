@@ -2,9 +2,17 @@
 
 Like a re-tune, the job never reads the store. When the policy asks for a revision, the daemon
 exports the failing production samples of the look-back period (negative feedback, a low judge
-score, or a wrong label), and — separately — recent labelled samples that did not fail, so that
-the samples that inspire the new prompt are not the ones that score it; it writes a spec naming
+score, or a wrong label), and — separately — recent samples that did not fail, so that the
+samples that inspire the new prompt are not the ones that score it; it writes a spec naming
 them, the golden set, the champion prompt and the models that propose and that run the prompt.
+
+The scorer follows the deployment's task. ``classification``: answers must match labels, so the
+fresh samples are labelled ones. ``generation``: answers are free text that the deployment's LLM
+judge scores against its rubric (``judge`` section: its model, on the deployment's upstream),
+so failing samples need no label, the fresh ones are recent production inputs (no label
+needed: the judge scores whatever each prompt makes the model answer), and the gate's metric
+is ``judge_score``. A generation deployment without a rubric has nothing to score a candidate
+with; its revision is skipped, saying so.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from sqlalchemy import and_, or_, select
 from daemon.config import Config
 from daemon.config.models import Deployment
 from daemon.config.types import format_duration
+from daemon.domain import Task
 from daemon.errors import DriftdError
 from daemon.prompts import initial_prompt, read_active_prompt
 from daemon.retune import absolute_path, job_seed
@@ -29,10 +38,16 @@ from daemon.store.models import Sample
 FAILING_SCORE = 0.5  # feedback or judge scores below this count as failures
 FRESH_ROWS = 500
 TOKENS_PER_JOB = 200_000
+JUDGE_METRIC = "judge_score"  # what retrain.gate.compare_scores reports
 
 
 class NothingFailed(DriftdError):
     """No failing production sample to learn from; the revision job is not created."""
+
+
+class NoRubric(NothingFailed):
+    """A generation deployment has no judge rubric to score candidates with; the revision job
+    is not created. A ``NothingFailed``, so that the scheduler skips it the same way."""
 
 
 def revision_spec(
@@ -45,17 +60,28 @@ def revision_spec(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Export the failing and fresh samples of ``deployment`` and return the job's spec."""
+    generation = deployment.task is Task.generation
+    rubric = deployment.judge.rubric
+    if generation and rubric is None:
+        raise NoRubric(
+            f"deployment {deployment.name!r} is a generation deployment without judge.rubric: "
+            "a revised prompt's answers are scored by the LLM judge against that rubric; set "
+            f"deployments.{deployment.name}.judge.rubric to revise its prompt"
+        )
     when = now or datetime.now(UTC)
     since = when - deployment.retune.data.lookback
+    # Each term is true or false, never NULL: a sample with no feedback, no judge score or no
+    # label is simply not failing on that count, and NOT(...) of it selects it as fresh.
     failed = or_(
-        Sample.feedback_score < FAILING_SCORE,
-        Sample.judge_score < FAILING_SCORE,
+        and_(Sample.feedback_score.is_not(None), Sample.feedback_score < FAILING_SCORE),
+        and_(Sample.judge_score.is_not(None), Sample.judge_score < FAILING_SCORE),
         and_(
             Sample.label.is_not(None),
             Sample.prediction.is_not(None),
             Sample.label != Sample.prediction,
         ),
     )
+    fresh_wanted = Sample.input != "" if generation else Sample.label.is_not(None)
     with store.session(readonly=True) as session:
         in_window = (
             DeploymentRow.name == deployment.name,
@@ -73,7 +99,7 @@ def revision_spec(
         fresh = session.execute(
             select(*columns)
             .join(DeploymentRow, DeploymentRow.id == Sample.deployment_id)
-            .where(*in_window, Sample.label.is_not(None), ~failed)
+            .where(*in_window, fresh_wanted, ~failed)
             .order_by(Sample.ts.desc())
             .limit(FRESH_ROWS)
         ).all()
@@ -90,16 +116,17 @@ def revision_spec(
     failing_file.write_text(
         "".join(json.dumps(_failure(row)) + "\n" for row in failing), encoding="utf-8"
     )
-    fresh_file.write_text(
-        "".join(json.dumps({"input": row.input, "label": row.label}) + "\n" for row in fresh),
-        encoding="utf-8",
-    )
+    fresh_rows = [
+        {"input": row.input} if generation else {"input": row.input, "label": row.label}
+        for row in fresh
+    ]
+    fresh_file.write_text("".join(json.dumps(row) + "\n" for row in fresh_rows), encoding="utf-8")
     active = read_active_prompt(store, deployment.name)
     champion = active.spec if active is not None else initial_prompt(deployment)
     upstream = deployment.upstream
     endpoint = {"base_url": upstream.base_url, "api_key_env": upstream.api_key_env}
     retune = deployment.retune
-    return {
+    spec: dict[str, Any] = {
         "deployment": deployment.name,
         "trigger": trigger,
         "task": deployment.task.value,
@@ -113,7 +140,9 @@ def revision_spec(
         "target": {"model": champion.model, **endpoint},
         "max_tokens": TOKENS_PER_JOB,
         "gate": {
-            "metric": retune.gate.metric.value,
+            # A generation prompt's answers have no label to be accurate against: whatever
+            # retune.gate.metric says, the judge's mean score is what is compared.
+            "metric": JUDGE_METRIC if generation else retune.gate.metric.value,
             "margin": retune.gate.margin,
             "bootstrap_samples": retune.gate.bootstrap_samples,
         },
@@ -123,6 +152,11 @@ def revision_spec(
         "lineage": {**lineage, "failing": len(failing), "fresh": len(fresh)},
         "created_at": when.isoformat(),
     }
+    if generation:
+        # The same judge as the scheduled judging (daemon.judging): its model on the
+        # deployment's upstream, and the rubric of the config.
+        spec["judge"] = {"model": deployment.judge.model, **endpoint, "rubric": rubric}
+    return spec
 
 
 def _failure(row: Any) -> dict[str, Any]:

@@ -38,7 +38,9 @@ Relative paths are read from the spec's directory. The result holds ``passed``, 
 not a failure: the job succeeds (exit 0) whichever way the verdict goes.
 
 ``compare`` and ``qualify`` are pure (predictions in, a verdict out; no torch), for other jobs
-that already hold predictions.
+that already hold predictions. ``compare_scores`` is the same paired comparison for per-example
+numeric scores (an LLM judge's, metric ``judge_score``): the mean instead of a label metric,
+drawn from the same bootstrap.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from retrain.evaluate import Classifier, EvaluationError, read_golden_set, score
 Progress = Callable[[str], None]
 
 METRICS = ("accuracy", "macro_f1")
+SCORE_METRIC = "judge_score"
+"""The metric ``compare_scores`` reports: the mean of per-example scores, as an LLM judge's."""
 CONFIDENCE = 0.95
 GUARD_TOLERANCE = 0.01
 """How much worse than the champion a guard metric may be: one example in a hundred. A guard
@@ -209,6 +213,62 @@ def compare(
     )
 
 
+def compare_scores(
+    champion_scores: Sequence[float],
+    challenger_scores: Sequence[float],
+    *,
+    metric: str = SCORE_METRIC,
+    margin: float = 0.0,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> GateResult:
+    """Judge a challenger against the champion on per-example numeric scores in [0, 1] (an
+    LLM judge's, say) of the SAME examples, with the same evidence rule as ``compare``.
+
+    The statistic is the mean score; the difference (challenger minus champion) comes with a
+    95% paired-bootstrap interval, and the challenger passes when its lower bound reaches
+    ``margin``. Deterministic for a given ``seed``. The result has ``compare``'s shape, with
+    ``{metric: mean}`` as each side's metrics and no guards.
+    """
+    if not champion_scores:
+        raise ValueError("no scores: there is nothing to compare on")
+    if len(challenger_scores) != len(champion_scores):
+        raise ValueError(
+            f"{len(challenger_scores)} challenger scores for {len(champion_scores)} champion "
+            "scores: both must be scored on every example of the same set"
+        )
+    for side, scores in (("champion", champion_scores), ("challenger", challenger_scores)):
+        bad = [x for x in scores if not (isinstance(x, int | float) and 0.0 <= x <= 1.0)]
+        if bad:
+            raise ValueError(f"{side} scores must be numbers from 0 to 1, got {bad[0]!r}")
+    if bootstrap_samples < 1:
+        raise ValueError(f"bootstrap_samples must be at least 1, got {bootstrap_samples}")
+    champion = float(np.mean(champion_scores))
+    challenger = float(np.mean(challenger_scores))
+    difference = challenger - champion
+    low, high = _score_interval([champion_scores, challenger_scores], bootstrap_samples, seed)
+    n = len(champion_scores)
+    reason = (
+        _difference_reason(metric, champion, challenger, difference, low, high)
+        + " "
+        + _verdict_of_bound(low, margin, "the margin", difference, n)
+    )
+    return GateResult(
+        passed=low + _EPSILON >= margin,
+        metric=metric,
+        n=n,
+        champion={metric: champion},
+        challenger={metric: challenger},
+        difference=difference,
+        ci=(low, high),
+        margin=margin,
+        min_score=None,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        reasons=[reason],
+    )
+
+
 def qualify(
     challenger_predictions: Sequence[str],
     truth: Sequence[str],
@@ -328,14 +388,50 @@ def _interval(
     """The 95% percentile-bootstrap interval of the last model's metric minus the first's
     (or of the only model's metric), resampling the SAME indices for every model."""
     truth_codes, coded, classes = _encode(truth, models)
-    n = len(truth)
-    chunk = max(1, _CELLS_PER_CHUNK // max(n, (classes + 1) ** 2))
+
+    def statistic(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        scored = [_scores(truth_codes, codes, classes, indices, metric) for codes in coded]
+        return scored[-1] - scored[0] if len(scored) == 2 else scored[0]
+
+    cells = max(len(truth), (classes + 1) ** 2)
+    return _bootstrap(len(truth), statistic, samples, seed, cells_per_resample=cells)
+
+
+def _score_interval(
+    models: Sequence[Sequence[float]], samples: int, seed: int
+) -> tuple[float, float]:
+    """As ``_interval``, for per-example numeric scores: the statistic is the mean score (of
+    the last model minus the first's, or of the only model)."""
+    values = [np.asarray(scores, dtype=np.float64) for scores in models]
+
+    def statistic(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        means: list[npt.NDArray[np.float64]] = [s[indices].mean(axis=1) for s in values]
+        return means[-1] - means[0] if len(means) == 2 else means[0]
+
+    n = len(values[0])
+    return _bootstrap(n, statistic, samples, seed, cells_per_resample=n)
+
+
+def _bootstrap(
+    n: int,
+    statistic: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float64]],
+    samples: int,
+    seed: int,
+    *,
+    cells_per_resample: int,
+) -> tuple[float, float]:
+    """The 95% percentile interval of ``statistic`` over ``samples`` resamples of ``n``
+    example indices (one row of indices per resample, drawn with replacement), in chunks of
+    rows so that memory stays bounded at any ``samples``. Deterministic for a given ``seed``.
+
+    One resampling loop for every statistic, so that the label gate and the score gate draw
+    the same indices for the same seed and differ only in what they compute on them."""
+    chunk = max(1, _CELLS_PER_CHUNK // max(1, cells_per_resample))
     rng = np.random.default_rng(seed)
     values: list[npt.NDArray[np.float64]] = []
     for start in range(0, samples, chunk):
         indices = rng.integers(0, n, size=(min(chunk, samples - start), n), dtype=np.int64)
-        scored = [_scores(truth_codes, codes, classes, indices, metric) for codes in coded]
-        values.append(scored[-1] - scored[0] if len(scored) == 2 else scored[0])
+        values.append(statistic(indices))
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(np.concatenate(values), [tail, 100 - tail])
     return float(low), float(high)

@@ -57,14 +57,25 @@ ASSISTANT OUTPUT:
 {output}
 >>>"""
 
+REFERENCE_PROMPT = """
+
+REFERENCE ANSWER (a good answer to compare with; the assistant did not see it):
+<<<
+{reference}
+>>>"""
+
 
 @dataclass(frozen=True, slots=True)
 class JudgeSample:
-    """One output to score; ``id`` is the caller's (a sample id) and comes back in its Score."""
+    """One output to score; ``id`` is the caller's (a sample id) and comes back in its Score.
+
+    ``reference``, when known (a golden set's wanted answer), is shown to the judge as a good
+    answer to compare with."""
 
     id: int | str
     input: str
     output: str
+    reference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +129,13 @@ class Stop(StrEnum):
 class Judgement:
     """What one run did: a Score per sample it reached, in order, and whether it stopped early.
 
-    ``stopped`` is None when every sample was reached; ``detail`` says why it stopped."""
+    ``stopped`` is None when every sample was reached; ``detail`` says why it stopped;
+    ``needed`` is the estimated cost of the request a budget stop did not send."""
 
     scores: list[Score]
     stopped: Stop | None = None
     detail: str | None = None
+    needed: int | None = None
 
     @property
     def tokens_in(self) -> int:
@@ -175,10 +188,7 @@ def judge(
         for sample in samples:
             messages = [
                 {"role": "system", "content": system},
-                {
-                    "role": "user",
-                    "content": USER_PROMPT.format(input=sample.input, output=sample.output),
-                },
+                {"role": "user", "content": _user_prompt(sample)},
             ]
             estimate = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN + max_tokens
             if not TokenBudget(budget.limit, spent).allows(estimate):
@@ -186,7 +196,7 @@ def judge(
                     f"token budget reached: {spent} of {budget.limit} spent, the next request "
                     f"needs about {estimate}; {len(scores)} samples scored this run"
                 )
-                return Judgement(scores, Stop.budget, detail)
+                return Judgement(scores, Stop.budget, detail, needed=estimate)
             score = _score_one(api, sample, messages, model, max_attempts, max_tokens)
             spent += score.tokens_in + score.tokens_out
             scores.append(score)
@@ -195,6 +205,13 @@ def judge(
     finally:
         api.close()
     return Judgement(scores)
+
+
+def _user_prompt(sample: JudgeSample) -> str:
+    text = USER_PROMPT.format(input=sample.input, output=sample.output)
+    if sample.reference:
+        text += REFERENCE_PROMPT.format(reference=sample.reference)
+    return text
 
 
 def _score_one(

@@ -1,37 +1,47 @@
 """Job kind ``revise_prompt``: an LLM proposes revised system prompts from failing production
-samples, each is scored on held-out labelled data, and the best is gated against the champion.
+samples, each is scored on held-out data with the deployment's scorer, and the best is gated
+against the champion.
 
 For a ``prompted`` deployment, re-tuning means a better prompt, not new weights. The job
 
-1. asks the proposer model ``candidates`` times, with the meta-prompt (``meta_prompt.md``
-   beside this module) filled with the champion prompt and a sample of the failing examples,
-   for a revised system prompt (its reply: JSON ``{"system": ...}``);
+1. asks the proposer model ``candidates`` times, with the meta-prompt beside this module
+   (``meta_prompt.md`` for classification, ``meta_prompt_generation.md`` for generation)
+   filled with the champion prompt and a sample of the failing examples, for a revised system
+   prompt (its reply: JSON ``{"system": ...}``);
 2. runs the champion prompt and each candidate on the target model (the deployment's) over the
-   golden set and the fresh production samples, and scores each answer by exact match with the
-   label (whitespace stripped, case folded);
-3. gates the best candidate against the champion with ``retrain.gate.compare`` on those same
-   examples (paired bootstrap; see ``retrain.gate`` for why the interval's lower bound).
+   golden set and the fresh production samples, and scores each answer with the deployment's
+   scorer: for ``task: classification`` exact match with the label (whitespace stripped, case
+   folded); for ``task: generation`` an LLM judge (``retrain.judge``) scoring the answer
+   against the rubric in [0, 1], shown the example's reference answer where the golden set has
+   one. An answer the judge cannot score counts as 0, and the result says how many and why:
+   leaving it out would let a prompt that provokes unscorable answers look better than it is;
+3. gates the best candidate (highest accuracy, F1 or mean judge score) against the champion on
+   those same examples, paired: ``retrain.gate.compare`` on labels, ``compare_scores`` on
+   judge scores (see ``retrain.gate`` for why the interval's lower bound).
 
 The samples used to write a prompt are not the ones used to score it: a golden or fresh row
 whose input is also in ``failing_file`` is dropped before scoring, and the result says how many
 were. Otherwise a proposer that copies the failures into its prompt would look better than it is.
 
-Every call's tokens (from its answer's ``usage``) count against ``max_tokens``, the cap of the
-whole job. Before each call the job estimates its cost (prompt characters / 4 plus the answer's
-cap) and stops with a ``JobError`` giving the numbers when that would pass the cap: a scheduled
-job spends at most what it was allowed, and a half-scored comparison is no verdict.
+Every call's tokens (from its answer's ``usage``), the judge's included, count against
+``max_tokens``, the cap of the whole job. Before each call the job estimates its cost (prompt
+characters / 4 plus the answer's cap) and stops with a ``JobError`` giving the numbers when
+that would pass the cap: a scheduled job spends at most what it was allowed, and a half-scored
+comparison is no verdict.
 
-Only ``task: classification`` is supported: exact match needs a label set. Revising the prompt
-of a ``generation`` deployment needs a judge to score free text and is not built yet; such a
-spec is refused.
-
-Spec keys: ``champion`` ({"system", "few_shot": [{"input", "output"}], "model"}),
-``failing_file`` (JSONL: ``input``, ``output``, ``label`` or ``expected``, ``why``),
-``golden_set`` (JSONL: ``input``, ``label``), ``fresh_file`` (optional JSONL: ``input``,
-``label``), ``task``, ``candidates`` (3), ``failures_shown`` (20), ``proposer`` and ``target``
-(``model``, ``base_url``, ``api_key_env`` (``OPENAI_API_KEY``)), ``max_tokens``, ``gate``
-(``metric`` (accuracy), ``margin`` (0), ``bootstrap_samples`` (1000)), ``seed`` (0),
-``output_dir``. Keys come from the job's environment, never the spec. Relative paths are read
+Spec keys: ``champion`` ({"system", "few_shot": [{"input", "output"}], "model"}), ``task``
+(``classification`` or ``generation``), ``failing_file``, ``golden_set``, ``fresh_file``
+(optional), ``candidates`` (3), ``failures_shown`` (20), ``proposer`` and ``target``
+(``model``, ``base_url``, ``api_key_env`` (``OPENAI_API_KEY``)), ``judge`` (generation only,
+required there: the same three plus ``rubric``), ``answer_max_tokens`` (32 for a label, 300
+for generation), ``max_tokens``, ``gate`` (``metric``: ``accuracy`` or ``macro_f1`` for
+classification, ``judge_score`` for generation, its default there; ``margin`` (0),
+``bootstrap_samples`` (1000)), ``seed`` (0), ``output_dir``. The JSONL files hold, for
+classification: failing ``input``, ``output``, ``label`` or ``expected``, ``why``; golden and
+fresh ``input``, ``label``. For generation: failing ``input``, ``output``, ``why`` (a wanted
+answer under ``label`` or ``expected`` is shown if present); golden ``input`` and optionally
+``reference`` or ``expected``; fresh ``input`` (production inputs, unlabelled). An empty fresh
+file is no error. Keys come from the job's environment, never the spec. Relative paths are read
 from the spec's directory. A rejection is a result (exit 0), not a failure.
 
 Never imports ``daemon``.
@@ -41,33 +51,43 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from retrain.errors import JobError, SpecError
 from retrain.evaluate import EvaluationError, Example, read_golden_set
-from retrain.gate import METRICS, compare
-from retrain.judge import CHARS_PER_TOKEN, TokenBudget
+from retrain.gate import METRICS, SCORE_METRIC, GateResult, compare, compare_scores
+from retrain.judge import CHARS_PER_TOKEN, ClientSettings, JudgeSample, Stop, TokenBudget, judge
 
 if TYPE_CHECKING:
     from openai import OpenAIError
 
 Progress = Callable[[str], None]
 
+CLASSIFICATION, GENERATION = "classification", "generation"
+TASKS = (CLASSIFICATION, GENERATION)
 META_PROMPT_FILE = Path(__file__).with_name("meta_prompt.md")
+META_PROMPT_GENERATION_FILE = Path(__file__).with_name("meta_prompt_generation.md")
 ANSWER_MAX_TOKENS = 32
 """The cap on one label answer: a label is a few words, and a model that rambles is wrong."""
+GENERATION_ANSWER_MAX_TOKENS = 300
+"""The default cap on one free-text answer: a few paragraphs, enough for the judge to tell a
+good answer from a bad one, without paying for essays on every example of every candidate."""
+JUDGE_MAX_TOKENS = 200
+"""The cap on one verdict of the judge: a score and a short reason."""
 PROPOSAL_MAX_TOKENS = 1500
 """The cap on one proposed prompt: room for a thorough prompt, not for an essay."""
 MAX_SHOWN_CHARS = 500
 """How much of each failing example's text the meta-prompt shows: enough to see the pattern."""
 PROPOSER_TEMPERATURE = 1.0
 """Candidates asked of one model with one prompt must differ to be worth scoring apart."""
+UNSCORED_SHOWN = 5
+"""Reasons the judge could not score an answer, kept per prompt in the result."""
 
 _REQUIRED = ("champion", "failing_file", "golden_set", "task", "max_tokens", "output_dir")
 
@@ -83,6 +103,14 @@ class Endpoint:
     model: str
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """The LLM judge that scores a generation deployment's answers: its model and rubric."""
+
+    endpoint: Endpoint
+    rubric: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +131,21 @@ class Prompt:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A production sample the champion got wrong: what it answered, the right label, why."""
+    """A production sample that failed: what the deployment answered, the right answer where
+    known (always, for classification), and why it failed."""
 
     input: str
     output: str
-    label: str
+    label: str | None
     why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A generation example: its input, and a reference answer for the judge where known."""
+
+    input: str
+    reference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +166,9 @@ class RevisionSpec:
     target: Endpoint
     max_tokens: int
     fresh_file: Path | None = None
-    task: str = "classification"
+    task: str = CLASSIFICATION
+    judge: Judge | None = None
+    answer_max_tokens: int = ANSWER_MAX_TOKENS
     candidates: int = 3
     failures_shown: int = 20
     metric: str = "accuracy"
@@ -154,17 +193,12 @@ def parse_spec(
     if raw.get("api_key") is not None:
         problems.append(
             "'api_key' must not be in the spec: put the keys in the job's environment, in the "
-            "variables that proposer.api_key_env and target.api_key_env name"
+            "variables that proposer.api_key_env, target.api_key_env and judge.api_key_env name"
         )
     task = raw.get("task")
-    if task == "generation":
-        problems.append(
-            "task 'generation' is not supported by revise_prompt yet: candidates are scored by "
-            "exact match with a label, which needs task 'classification'; revise a generation "
-            "prompt by hand for now"
-        )
-    elif task is not None and task != "classification":
-        problems.append(f"'task' must be classification, got {task!r}")
+    if task is not None and task not in TASKS:
+        problems.append(f"'task' must be classification or generation, got {task!r}")
+    generation = task == GENERATION
 
     def path(key: str) -> Path | None:
         value = raw.get(key)
@@ -192,13 +226,27 @@ def parse_spec(
     target = _endpoint(raw, "target", problems)
     proposer = _endpoint(raw, "proposer", problems)
     champion = _prompt(raw.get("champion"), target, problems)
+    judge_spec: Judge | None = None
+    if generation:
+        judge_spec = _judge(raw.get("judge"), problems)
+    elif raw.get("judge") is not None:
+        warn("ignoring 'judge': a classification prompt is scored by exact match with labels")
     gate = raw.get("gate") or {}
     if not isinstance(gate, Mapping):
         problems.append(f"'gate' must be an object, got {gate!r}")
         gate = {}
-    metric = gate.get("metric", "accuracy")
-    if metric not in METRICS:
-        problems.append(f"gate.metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    allowed = (SCORE_METRIC,) if generation else METRICS
+    metric = gate.get("metric", allowed[0])
+    if metric not in allowed:
+        why = (
+            ": a generation prompt's answers are free text, scored by the judge"
+            if generation
+            else ": a classification prompt is scored by exact match with labels"
+        )
+        problems.append(
+            f"gate.metric must be {' or '.join(allowed)} for task {task or CLASSIFICATION}, "
+            f"got {metric!r}{why}"
+        )
     margin = gate.get("margin", 0.0)
     if isinstance(margin, bool) or not isinstance(margin, int | float):
         problems.append(f"gate.margin must be a number, got {margin!r}")
@@ -214,6 +262,9 @@ def parse_spec(
     max_tokens = integer("max_tokens", 0)
     candidates = integer("candidates", 3)
     shown = integer("failures_shown", 20)
+    answer_cap = integer(
+        "answer_max_tokens", GENERATION_ANSWER_MAX_TOKENS if generation else ANSWER_MAX_TOKENS
+    )
     if problems:
         raise SpecError("; ".join(problems))
     assert failing is not None
@@ -231,6 +282,9 @@ def parse_spec(
         target=target,
         max_tokens=max_tokens,
         fresh_file=fresh,
+        task=str(task),
+        judge=judge_spec,
+        answer_max_tokens=answer_cap,
         candidates=candidates,
         failures_shown=shown,
         metric=str(metric),
@@ -259,6 +313,24 @@ def _endpoint(raw: Mapping[str, Any], key: str, problems: list[str]) -> Endpoint
             f"that {key}.api_key_env names"
         )
     return Endpoint(str(model), url, str(env))
+
+
+def _judge(value: Any, problems: list[str]) -> Judge | None:
+    if not isinstance(value, Mapping):
+        problems.append(
+            "task 'generation' needs 'judge' ({'model', 'base_url', 'api_key_env', 'rubric'}): "
+            f"free-text answers are scored by an LLM judge against the rubric, got {value!r}"
+        )
+        return None
+    endpoint = _endpoint({"judge": value}, "judge", problems)
+    rubric = value.get("rubric")
+    if not isinstance(rubric, str) or not rubric.strip():
+        problems.append(
+            f"judge.rubric must say what a good answer is (the judge scores against it), "
+            f"got {rubric!r}"
+        )
+        return None
+    return None if endpoint is None else Judge(endpoint, rubric.strip())
 
 
 def _prompt(value: Any, target: Endpoint | None, problems: list[str]) -> Prompt | None:
@@ -290,8 +362,11 @@ def run(
     Keys are read from ``environ`` (the process environment by default) under each endpoint's
     ``api_key_env``; error messages are redacted of them."""
     environment = os.environ if environ is None else environ
+    roles = [("proposer", spec.proposer), ("target", spec.target)]
+    if spec.judge is not None:
+        roles.append(("judge", spec.judge.endpoint))
     keys = {}
-    for role, endpoint in (("proposer", spec.proposer), ("target", spec.target)):
+    for role, endpoint in roles:
         key = environment.get(endpoint.api_key_env, "").strip()
         if not key:
             raise RevisionError(
@@ -299,13 +374,16 @@ def run(
                 f"{endpoint.api_key_env} for the job ({role}.api_key_env in the spec names it)"
             )
         keys[role] = key
-    failures = read_failures(spec.failing_file)
+    generation = spec.task == GENERATION
+    failures = read_failures(spec.failing_file, labelled=not generation)
     failing_inputs = {_normal(failure.input) for failure in failures}
-    golden, dropped_golden = _disjoint(_read_labelled(spec.golden_set), failing_inputs)
-    fresh: list[Example] = []
+    read: Callable[[Path, bool], Sequence[Example | Query]]
+    read = _read_queries if generation else _read_labelled
+    golden, dropped_golden = _disjoint(read(spec.golden_set, False), failing_inputs)
+    fresh: list[Example | Query] = []
     dropped_fresh = 0
     if spec.fresh_file is not None:
-        fresh, dropped_fresh = _disjoint(_read_labelled(spec.fresh_file), failing_inputs)
+        fresh, dropped_fresh = _disjoint(read(spec.fresh_file, True), failing_inputs)
     examples = golden + fresh
     if dropped_golden or dropped_fresh:
         progress(
@@ -316,34 +394,37 @@ def run(
         raise RevisionError(
             f"nothing left to score on: every example of {spec.golden_set}"
             + (f" and {spec.fresh_file}" if spec.fresh_file else "")
-            + f" is also in {spec.failing_file}; add labelled examples the failures do not hold"
+            + f" is also in {spec.failing_file}; add examples the failures do not hold"
         )
     budget = _Budget(spec.max_tokens)
     proposer = _Chat(spec.proposer, keys["proposer"], "proposer", budget)
     target = _Chat(spec.target, keys["target"], "target", budget)
+    scorer: _Scorer
+    if spec.judge is not None:
+        judged = _JudgeModel(spec.judge, keys["judge"], budget)
+        scorer = _JudgeScorer([e for e in examples if isinstance(e, Query)], target, judged, spec)
+    else:
+        scorer = _LabelScorer([e for e in examples if isinstance(e, Example)], target, spec)
     try:
         proposals = _propose(spec, failures, examples, proposer, progress)
-        truth = [_normal(example.label) for example in examples]
-        champion_predictions = _answers(spec.champion, examples, target)
-        champion_scores = _score(truth, champion_predictions)
-        progress(f"champion: {spec.metric} {champion_scores[spec.metric]:.4f} on {len(truth)}")
+        champion = scorer.evaluate(spec.champion, "champion")
+        progress(f"champion: {_summary(spec.metric, champion)} on {len(examples)}")
         scored: list[dict[str, Any]] = []
-        predictions: list[list[str] | None] = []
+        evaluated: list[_Evaluation | None] = []
         for number, proposal in enumerate(proposals, start=1):
             if proposal.system is None:
                 scored.append({"index": number, "system": None, "error": proposal.error})
-                predictions.append(None)
+                evaluated.append(None)
                 continue
             prompt = Prompt(proposal.system, spec.champion.few_shot, spec.champion.model)
-            predicted = _answers(prompt, examples, target)
-            scores = _score(truth, predicted)
-            progress(f"candidate {number}: {spec.metric} {scores[spec.metric]:.4f}")
-            scored.append({"index": number, "system": proposal.system, "scores": scores})
-            predictions.append(predicted)
+            evaluation = scorer.evaluate(prompt, f"candidate {number}")
+            progress(f"candidate {number}: {_summary(spec.metric, evaluation)}")
+            scored.append({"index": number, "system": proposal.system, **evaluation.report()})
+            evaluated.append(evaluation)
     finally:
         proposer.close()
         target.close()
-    usable = [i for i, predicted in enumerate(predictions) if predicted is not None]
+    usable = [i for i, evaluation in enumerate(evaluated) if evaluation is not None]
     if not usable:
         reasons = "; ".join(str(entry["error"]) for entry in scored)
         raise RevisionError(
@@ -351,40 +432,64 @@ def run(
             f"answers ({reasons}); check the proposer model, or raise 'candidates'"
         )
     best = max(usable, key=lambda i: scored[i]["scores"][spec.metric])
-    best_predictions = predictions[best]
-    assert best_predictions is not None
-    verdict = compare(
-        champion_predictions,
-        best_predictions,
-        truth,
-        metric=spec.metric,
-        margin=spec.margin,
-        bootstrap_samples=spec.bootstrap_samples,
-        seed=spec.seed,
-    )
+    best_evaluation = evaluated[best]
+    assert best_evaluation is not None
+    verdict = scorer.gate(champion, best_evaluation)
     progress(f"gate: candidate {best + 1} {'passed' if verdict.passed else 'rejected'}")
     candidate = Prompt(scored[best]["system"], spec.champion.few_shot, spec.champion.model)
+    tokens = {
+        "used": budget.spent,
+        "limit": budget.limit,
+        "proposer": proposer.spent,
+        "target": target.spent,
+        "judge": scorer.judge_tokens,
+    }
     return {
         "passed": verdict.passed,
+        "task": spec.task,
         "candidate": candidate.as_dict(),
         "best": best + 1,
         "gate": verdict.as_dict(),
-        "champion": {"scores": champion_scores},
+        "champion": champion.report(),
         "candidates": scored,
-        "tokens": {
-            "used": budget.spent,
-            "limit": budget.limit,
-            "proposer": proposer.spent,
-            "target": target.spent,
-        },
+        "tokens": tokens,
         "dropped_overlaps": {"golden": dropped_golden, "fresh": dropped_fresh},
         "evaluated_on": {"golden": len(golden), "fresh": len(fresh)},
     }
 
 
-def read_failures(path: Path) -> list[Failure]:
-    """The failing examples of a JSONL file; ``RevisionError`` names the first bad line."""
+def read_failures(path: Path, *, labelled: bool = True) -> list[Failure]:
+    """The failing examples of a JSONL file; ``RevisionError`` names the first bad line.
+
+    ``labelled``: each needs its right label (classification); otherwise the label is
+    optional, as a generation deployment's failures seldom come with a wanted answer."""
     failures = []
+    for where, row in _rows(path):
+        label = row.get("label", row.get("expected"))
+        if not isinstance(row.get("input"), str):
+            raise RevisionError(f"{where} has no text under 'input'")
+        if labelled and (not isinstance(label, str) or not label):
+            raise RevisionError(
+                f"{where} has no right answer: a failing example needs 'label' or "
+                "'expected' (the label the deployment should have given)"
+            )
+        failures.append(
+            Failure(
+                row["input"],
+                str(row.get("output") or ""),
+                label if isinstance(label, str) and label else None,
+                str(row.get("why") or ""),
+            )
+        )
+    if not failures:
+        raise RevisionError(
+            f"failing file {path} has no examples: there is nothing to revise the prompt from"
+        )
+    return failures
+
+
+def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each JSON object of a JSONL file, with where it is; ``RevisionError`` for a bad line."""
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -394,34 +499,39 @@ def read_failures(path: Path) -> list[Failure]:
                 row = json.loads(line)
             except ValueError as error:
                 raise RevisionError(f"{where} is not JSON: {error}") from error
-            label = row.get("label", row.get("expected")) if isinstance(row, dict) else None
-            if not isinstance(row, dict) or not isinstance(row.get("input"), str):
-                raise RevisionError(f"{where} has no text under 'input'")
-            if not isinstance(label, str) or not label:
-                raise RevisionError(
-                    f"{where} has no right answer: a failing example needs 'label' or "
-                    "'expected' (the label the deployment should have given)"
-                )
-            failures.append(
-                Failure(
-                    row["input"], str(row.get("output") or ""), label, str(row.get("why") or "")
-                )
-            )
-    if not failures:
-        raise RevisionError(
-            f"failing file {path} has no examples: there is nothing to revise the prompt from"
-        )
-    return failures
+            if not isinstance(row, dict):
+                raise RevisionError(f"{where} is not a JSON object")
+            yield where, row
 
 
-def _read_labelled(path: Path) -> list[Example]:
+def _read_labelled(path: Path, may_be_empty: bool) -> list[Example]:
+    if may_be_empty and not path.read_text(encoding="utf-8").strip():
+        return []  # no fresh production sample: the golden set scores alone
     try:
         return read_golden_set(path, "input", "label")
     except EvaluationError as error:
         raise RevisionError(str(error)) from None
 
 
-def _disjoint(examples: list[Example], failing: set[str]) -> tuple[list[Example], int]:
+def _read_queries(path: Path, may_be_empty: bool) -> list[Query]:
+    """Generation examples: ``input``, and a ``reference`` (or ``expected``) answer if given."""
+    queries = []
+    for where, row in _rows(path):
+        given = row.get("input")
+        if not isinstance(given, str) or not given:
+            raise RevisionError(f"{where} has no text under 'input'")
+        reference = row.get("reference", row.get("expected"))
+        queries.append(
+            Query(given, reference if isinstance(reference, str) and reference else None)
+        )
+    if not queries and not may_be_empty:
+        raise RevisionError(f"golden set {path} has no examples")
+    return queries
+
+
+def _disjoint(
+    examples: Sequence[Example | Query], failing: set[str]
+) -> tuple[list[Example | Query], int]:
     kept = [example for example in examples if _normal(example.input) not in failing]
     return kept, len(examples) - len(kept)
 
@@ -433,7 +543,7 @@ def _normal(text: str) -> str:
 def _propose(
     spec: RevisionSpec,
     failures: Sequence[Failure],
-    examples: Sequence[Example],
+    examples: Sequence[Example | Query],
     proposer: _Chat,
     progress: Progress,
 ) -> list[Proposal]:
@@ -442,21 +552,7 @@ def _propose(
     # show one moment's failures only. numpy, as the gate's bootstrap draws its resamples.
     picked = np.random.default_rng(spec.seed).permutation(len(failures))[: spec.failures_shown]
     shown = [failures[i] for i in sorted(picked)]
-    labels = sorted({example.label for example in examples} | {f.label for f in failures})
-    meta = Template(META_PROMPT_FILE.read_text(encoding="utf-8")).substitute(
-        labels="\n".join(f"- {label}" for label in labels),
-        system=spec.champion.system,
-        few_shot="\n".join(
-            f"- user: {_clip(given)}\n  assistant: {_clip(answer)}"
-            for given, answer in spec.champion.few_shot
-        )
-        or "(none)",
-        failures="\n".join(
-            f"- message: {_clip(f.input)}\n  answered: {_clip(f.output)}\n  right label: "
-            f"{f.label}" + (f"\n  why wrong: {_clip(f.why)}" if f.why else "")
-            for f in shown
-        ),
-    )
+    meta = _meta_prompt(spec, shown, examples)
     proposals: list[Proposal] = []
     for number in range(1, spec.candidates + 1):
         progress(f"asking {spec.proposer.model} for candidate {number} of {spec.candidates}")
@@ -469,6 +565,40 @@ def _propose(
             progress(f"candidate {number}: {unreadable}")
             proposals.append(Proposal(None, str(unreadable)))
     return proposals
+
+
+def _meta_prompt(
+    spec: RevisionSpec, shown: Sequence[Failure], examples: Sequence[Example | Query]
+) -> str:
+    """The proposer's request: the task's meta-prompt filled with the champion and failures."""
+    few_shot = "\n".join(
+        f"- user: {_clip(given)}\n  assistant: {_clip(answer)}"
+        for given, answer in spec.champion.few_shot
+    )
+    if spec.judge is not None:
+        return Template(META_PROMPT_GENERATION_FILE.read_text(encoding="utf-8")).substitute(
+            rubric=spec.judge.rubric,
+            system=spec.champion.system,
+            few_shot=few_shot or "(none)",
+            failures="\n".join(
+                f"- message: {_clip(f.input)}\n  answered: {_clip(f.output)}"
+                + (f"\n  a better answer: {_clip(f.label)}" if f.label else "")
+                + (f"\n  why it failed: {_clip(f.why)}" if f.why else "")
+                for f in shown
+            ),
+        )
+    labels = {e.label for e in examples if isinstance(e, Example)}
+    labels |= {f.label for f in shown if f.label}
+    return Template(META_PROMPT_FILE.read_text(encoding="utf-8")).substitute(
+        labels="\n".join(f"- {label}" for label in sorted(labels)),
+        system=spec.champion.system,
+        few_shot=few_shot or "(none)",
+        failures="\n".join(
+            f"- message: {_clip(f.input)}\n  answered: {_clip(f.output)}\n  right label: "
+            f"{f.label}" + (f"\n  why wrong: {_clip(f.why)}" if f.why else "")
+            for f in shown
+        ),
+    )
 
 
 def parse_proposal(text: str) -> str:
@@ -491,22 +621,14 @@ def parse_proposal(text: str) -> str:
     raise ValueError(f'the answer holds no JSON object with a non-empty "system": {shown!r}')
 
 
-def _answers(prompt: Prompt, examples: Sequence[Example], target: _Chat) -> list[str]:
-    """The target model's answer to each example under ``prompt``, normalised for exact match."""
+def _answers(prompt: Prompt, inputs: Sequence[str], target: _Chat, max_tokens: int) -> list[str]:
+    """The target model's answer to each input under ``prompt``, at temperature 0: the
+    champion and the candidates are compared on what each prompt makes the model say, not on
+    sampling noise."""
     base: list[dict[str, str]] = [{"role": "system", "content": prompt.system}]
     for given, answer in prompt.few_shot:
         base += [{"role": "user", "content": given}, {"role": "assistant", "content": answer}]
-    return [
-        _normal(target.ask([*base, {"role": "user", "content": example.input}], ANSWER_MAX_TOKENS))
-        for example in examples
-    ]
-
-
-def _score(truth: list[str], predicted: list[str]) -> dict[str, float]:
-    from retrain.evaluate import score
-
-    found = score(truth, predicted)
-    return {metric: float(found[metric]) for metric in METRICS}
+    return [target.ask([*base, {"role": "user", "content": text}], max_tokens) for text in inputs]
 
 
 def _clip(text: str) -> str:
@@ -514,12 +636,178 @@ def _clip(text: str) -> str:
     return flat if len(flat) <= MAX_SHOWN_CHARS else flat[: MAX_SHOWN_CHARS - 1] + "…"
 
 
+# Scoring: what a prompt's answers are worth, and how the best candidate is gated.
+
+
+@dataclass(frozen=True, slots=True)
+class _Evaluation:
+    """One prompt's answers on every example, scored.
+
+    ``labels`` (classification: the normalised answers) or ``values`` (generation: the judge's
+    score per example, 0 where it gave none) are what the gate pairs up; ``unscored`` says why
+    the judge could not score some answers."""
+
+    scores: dict[str, float]
+    labels: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    unscored: list[str] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        """Its part of the job's result: the scores, and for the judge what it missed."""
+        found: dict[str, Any] = {"scores": self.scores}
+        if self.values:
+            found["unscored"] = len(self.unscored)
+            found["unscored_errors"] = self.unscored[:UNSCORED_SHOWN]
+        return found
+
+
+def _summary(metric: str, evaluation: _Evaluation) -> str:
+    text = f"{metric} {evaluation.scores[metric]:.4f}"
+    if evaluation.unscored:
+        text += f" ({len(evaluation.unscored)} answers the judge could not score count as 0)"
+    return text
+
+
+class _Scorer(Protocol):
+    @property
+    def judge_tokens(self) -> int: ...
+
+    def evaluate(self, prompt: Prompt, who: str) -> _Evaluation: ...
+
+    def gate(self, champion: _Evaluation, challenger: _Evaluation) -> GateResult: ...
+
+
+class _LabelScorer:
+    """Classification: exact match of the target's answer with the example's label."""
+
+    judge_tokens = 0  # no judge: labels are matched exactly
+
+    def __init__(self, examples: Sequence[Example], target: _Chat, spec: RevisionSpec) -> None:
+        self.examples = examples
+        self.truth = [_normal(example.label) for example in examples]
+        self.target = target
+        self.spec = spec
+
+    def evaluate(self, prompt: Prompt, who: str) -> _Evaluation:
+        from retrain.evaluate import score
+
+        inputs = [example.input for example in self.examples]
+        answers = _answers(prompt, inputs, self.target, self.spec.answer_max_tokens)
+        predicted = [_normal(answer) for answer in answers]
+        found = score(self.truth, predicted)
+        return _Evaluation({m: float(found[m]) for m in METRICS}, labels=predicted)
+
+    def gate(self, champion: _Evaluation, challenger: _Evaluation) -> GateResult:
+        return compare(
+            champion.labels,
+            challenger.labels,
+            self.truth,
+            metric=self.spec.metric,
+            margin=self.spec.margin,
+            bootstrap_samples=self.spec.bootstrap_samples,
+            seed=self.spec.seed,
+        )
+
+
+class _JudgeScorer:
+    """Generation: the judge's score of the target's answer against the rubric."""
+
+    def __init__(
+        self, queries: Sequence[Query], target: _Chat, judge: _JudgeModel, spec: RevisionSpec
+    ) -> None:
+        self.queries = queries
+        self.target = target
+        self.judge = judge
+        self.spec = spec
+
+    @property
+    def judge_tokens(self) -> int:
+        return self.judge.spent
+
+    def evaluate(self, prompt: Prompt, who: str) -> _Evaluation:
+        inputs = [query.input for query in self.queries]
+        answers = _answers(prompt, inputs, self.target, self.spec.answer_max_tokens)
+        values, unscored = self.judge.score(self.queries, answers)
+        if len(unscored) == len(values):
+            raise RevisionError(
+                f"the judge {self.judge.judge.endpoint.model} could score none of the "
+                f"{len(values)} answers of the {who} (last: {unscored[-1]}); check judge.model "
+                'and that it answers JSON {"score": <0 to 1>, "reason": ...}'
+            )
+        return _Evaluation(
+            {self.spec.metric: float(np.mean(values))}, values=values, unscored=unscored
+        )
+
+    def gate(self, champion: _Evaluation, challenger: _Evaluation) -> GateResult:
+        return compare_scores(
+            champion.values,
+            challenger.values,
+            metric=self.spec.metric,
+            margin=self.spec.margin,
+            bootstrap_samples=self.spec.bootstrap_samples,
+            seed=self.spec.seed,
+        )
+
+
 @dataclass
 class _Budget:
-    """The job's token cap, shared by the proposer and the target."""
+    """The job's token cap, shared by the proposer, the target and the judge."""
 
     limit: int
     spent: int = 0
+
+    def exhausted(self, role: str, needed: int) -> RevisionError:
+        """The error that stops the job before a request of ``role`` would pass the cap."""
+        return RevisionError(
+            f"token cap reached: {self.spent} of max_tokens {self.limit} spent, and the next "
+            f"{role} request needs about {needed}; the job stopped before a verdict. Raise "
+            "max_tokens, or lower 'candidates' or the size of the golden and fresh sets"
+        )
+
+
+class _JudgeModel:
+    """The LLM judge (``retrain.judge``), spending from the job's token cap."""
+
+    def __init__(self, judge: Judge, key: str, budget: _Budget) -> None:
+        self.judge = judge
+        self.budget = budget
+        self.spent = 0
+        self._client = ClientSettings(
+            api_key=key, base_url=judge.endpoint.base_url, timeout_s=60.0, max_retries=2
+        )
+
+    def score(
+        self, queries: Sequence[Query], answers: Sequence[str]
+    ) -> tuple[list[float], list[str]]:
+        """The judge's score of each answer (0 where it gave none) and why it gave none."""
+        judgement = judge(
+            [
+                JudgeSample(number, query.input, answer, query.reference)
+                for number, (query, answer) in enumerate(zip(queries, answers, strict=True))
+            ],
+            rubric=self.judge.rubric,
+            model=self.judge.endpoint.model,
+            client=self._client,
+            budget=TokenBudget(self.budget.limit, self.budget.spent),
+            max_tokens=JUDGE_MAX_TOKENS,
+        )
+        self.spent += judgement.tokens
+        self.budget.spent += judgement.tokens
+        if judgement.stopped is Stop.budget:
+            raise self.budget.exhausted("judge", judgement.needed or JUDGE_MAX_TOKENS)
+        if judgement.stopped is not None:
+            raise RevisionError(
+                f"the judge ({self.judge.endpoint.model}, key from "
+                f"{self.judge.endpoint.api_key_env}) refused: {judgement.detail}; the job "
+                "stopped before a verdict"
+            )
+        values = [score.score if score.score is not None else 0.0 for score in judgement.scores]
+        unscored = [
+            f"example {int(score.sample_id) + 1}: {score.error}"
+            for score in judgement.scores
+            if score.score is None
+        ]
+        return values, unscored
 
 
 class _Chat:
@@ -547,12 +835,7 @@ class _Chat:
 
         estimate = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN + max_tokens
         if not TokenBudget(self.budget.limit, self.budget.spent).allows(estimate):
-            raise RevisionError(
-                f"token cap reached: {self.budget.spent} of max_tokens {self.budget.limit} "
-                f"spent, and the next {self.role} request needs about {estimate}; the job "
-                "stopped before a verdict. Raise max_tokens, or lower 'candidates' or the size "
-                "of the golden and fresh sets"
-            )
+            raise self.budget.exhausted(self.role, estimate)
         try:
             completion = self._api.chat.completions.create(
                 model=self.endpoint.model,

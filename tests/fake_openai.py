@@ -165,6 +165,7 @@ class FakeOpenAI:
         self._outcomes: list[Outcome] = []
         self._answers: list[str] = []
         self._rule: Rule | None = None
+        self._by_system: dict[str, Callable[[str], str]] = {}
         self._errors: dict[str, list[ScriptedError]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -205,6 +206,14 @@ class FakeOpenAI:
         message is the text). Replaces an earlier rule."""
         with self._lock:
             self._rule = Rule(trigger, follow, otherwise)
+
+    def script_system(self, marker: str, answer: Callable[[str], str]) -> None:
+        """From now on, chat completions with no scripted answer left whose system message
+        contains ``marker`` answer ``answer(last user text)``, before any ``script_rule``: a
+        second model behind the same server, told apart by its prompt (an LLM judge, whose
+        system prompt holds its rubric, say). Replaces an earlier answer for the same marker."""
+        with self._lock:
+            self._by_system[marker] = answer
 
     def script_error(
         self,
@@ -588,15 +597,19 @@ class FakeOpenAI:
             return self._answer(request, route, body, payload)
 
     def _reply(self, messages: list[Any], user: Json) -> str:
-        """The unscripted answer: the rule's, when there is one, else the echo."""
+        """The unscripted answer: a ``script_system`` model's whose marker the system message
+        holds, else the rule's, when there is one, else the echo."""
         text = _text(user.get("content"))
-        if self._rule is None:
-            return text
         system = "".join(
             _text(m.get("content"))
             for m in messages
             if isinstance(m, dict) and m.get("role") == "system"
         )
+        for marker, answer in self._by_system.items():
+            if marker in system:
+                return answer(text)
+        if self._rule is None:
+            return text
         rule = self._rule
         return rule.follow(text) if rule.trigger in system else rule.otherwise(text)
 

@@ -658,6 +658,20 @@ class Deployment(Section):
                 "re-tuning can run (policy.on_drift or retune.schedule) but retune.golden_set "
                 "is not set: a challenger cannot be gated without it"
             )
+        revises = retunes and self.kind is Kind.prompted and self.task is Task.generation
+        if revises and self.judge.rubric is None:
+            raise ValueError(
+                "a generation deployment's prompt revision is scored by the LLM judge, but "
+                "judge.rubric is not set: say what a good answer is, or turn re-tuning off"
+            )
+        if self.task is Task.classification and Metric.judge_score in (
+            self.retune.gate.metric,
+            *self.retune.gate.guard_metrics,
+        ):
+            raise ValueError(
+                "retune.gate metric 'judge_score' scores free text; a classification "
+                "deployment is gated on accuracy or macro_f1"
+            )
 
 
 class ExecutorKind(StrEnum):

@@ -306,9 +306,13 @@ class Actions:
             return  # settled already: promoted, rejected, or since retired
         result = job.result or {}
         produced: dict[str, Any] = result.get("candidate") or {}
-        metrics = result.get("metrics")
-        metrics = metrics if isinstance(metrics, dict) else result
         gate = result.get("gate") if isinstance(result.get("gate"), dict) else None
+        metrics = result.get("metrics")
+        if not isinstance(metrics, dict):
+            # A prompt revision reports its candidate's scores in the gate's challenger side.
+            challenger = (gate or {}).get("challenger")
+            scored = challenger.get("metrics") if isinstance(challenger, dict) else None
+            metrics = scored if isinstance(scored, dict) else result
         if gate is not None:  # a re-tune: the gate compared it with the champion
             passed = bool(gate.get("passed"))
         else:  # an evaluation of a given model: a floor on its accuracy

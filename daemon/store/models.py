@@ -231,7 +231,7 @@ class Event(Base):
     """An audit entry: something changed, why, and the evidence (check id, signals, scores)."""
 
     __tablename__ = "events"
-    __table_args__ = (Index(None, "deployment_id", "ts"),)
+    __table_args__ = (Index(None, "deployment_id", "ts"), Index(None, "kind", "deployment_id"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ import pytest
 
 from retrain.__main__ import main
 from retrain.evaluate import score
-from retrain.gate import GUARD_TOLERANCE, compare, qualify, resampled_scores
+from retrain.gate import GUARD_TOLERANCE, compare, compare_scores, qualify, resampled_scores
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT / "examples" / "banking77" / "data" / "test.csv"
@@ -356,3 +357,39 @@ def test_a_bad_gate_spec_exits_2_naming_the_problem(
     assert done.returncode == 2
     assert message in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_numeric_scores_pass_when_the_whole_interval_clears_the_margin() -> None:
+    champion = [0.2, 0.3, 0.25, 0.4, 0.1, 0.3, 0.2, 0.35] * 10
+    better = [min(1.0, x + 0.5) for x in champion]
+    verdict = compare_scores(champion, better, margin=0.1, bootstrap_samples=500, seed=3)
+    assert verdict.passed
+    assert verdict.metric == "judge_score"
+    assert verdict.difference == pytest.approx(0.5)
+    assert verdict.ci[0] > 0.1
+    # Deterministic for a seed: the same call gives the same interval.
+    again = compare_scores(champion, better, margin=0.1, bootstrap_samples=500, seed=3)
+    assert again.ci == verdict.ci
+
+
+def test_numeric_scores_that_are_no_better_are_rejected() -> None:
+    champion = [0.6, 0.7, 0.5, 0.8, 0.6, 0.7] * 5
+    noisy = [0.7, 0.6, 0.6, 0.7, 0.5, 0.8] * 5  # the same mean, shuffled per example
+    verdict = compare_scores(champion, noisy, bootstrap_samples=500)
+    assert not verdict.passed
+    assert verdict.ci[0] < 0 < verdict.ci[1]
+
+
+@pytest.mark.parametrize(
+    ("champion", "challenger", "message"),
+    [
+        ([], [], "no scores"),
+        ([0.5, 0.5], [0.5], "1 challenger scores for 2 champion scores"),
+        ([0.5, 1.5], [0.5, 0.5], "champion scores must be numbers from 0 to 1, got 1.5"),
+    ],
+)
+def test_numeric_scores_that_cannot_be_compared_say_why(
+    champion: list[float], challenger: list[float], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compare_scores(champion, challenger)

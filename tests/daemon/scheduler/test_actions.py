@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pytest
 from sqlalchemy import func, select
 
 from daemon.config import Config, parse_config
 from daemon.domain import CheckStatus, JobState
+from daemon.errors import ConfigError
 from daemon.scheduler import CheckDone, Tick
 from daemon.scheduler.actions import Actions
 from daemon.store import NewCheck, NewSample, Store, versions
@@ -20,12 +22,16 @@ from daemon.store import jobs as job_store
 from daemon.store.lease import acquire
 from daemon.store.models import Job, Sample, Version
 
+if TYPE_CHECKING:
+    from tests.fake_openai import FakeOpenAI
+
 CONFIG = """\
 deployments:
   - name: bot
     kind: prompted
     task: generation
     prompt: {model: gpt-4o-mini, system: "You are helpful."}
+    judge: {rubric: "The answer is helpful."}
     policy: {on_drift: revise_prompt, consecutive: 2, cooldown: 1h, max_jobs_per_day: 1}
     retune: {schedule: "0 3 * * *", golden_set: golden.jsonl}
 """
@@ -357,3 +363,149 @@ def test_a_passed_prompt_revision_becomes_the_active_prompt(store: Store, tmp_pa
     active = read_active_prompt(store, "bot")
     assert active is not None
     assert (active.version, active.system) == ("prompt-2", revised["system"])
+
+
+GENERATION = """\
+deployments:
+  - name: helpdesk
+    kind: prompted
+    task: generation
+    prompt: {{model: target-mini, system: "You answer customers' questions, briefly."}}
+    upstream: {{base_url: "{base_url}", api_key_env: {key_env}}}
+    judge: {{model: judge-large, rubric: "{rubric}"}}
+    policy: {{on_drift: revise_prompt, consecutive: 1}}
+    retune:
+      schedule: "0 3 * * *"
+      golden_set: golden.jsonl
+      candidates: 1
+      gate: {{bootstrap_samples: 200}}
+scheduling: {{jobs_dir: {jobs}}}
+"""
+SIGN_OFF = "Kind regards, the support team."
+RUBRIC = "The answer helps and ends with the sign-off: " + SIGN_OFF
+LLM_KEY_ENV = "DRIFTD_TEST_LLM_KEY"
+
+
+def generation_config(tmp_path: Path, base_url: str, *, rubric: str | None = RUBRIC) -> Config:
+    golden = [{"input": f"How do I reset my PIN, case {i}?"} for i in range(6)]
+    (tmp_path / "golden.jsonl").write_text("".join(json.dumps(g) + "\n" for g in golden))
+    text = GENERATION.format(
+        base_url=base_url, key_env=LLM_KEY_ENV, rubric=rubric, jobs=tmp_path / "jobs"
+    )
+    if rubric is None:
+        text = text.replace('    judge: {model: judge-large, rubric: "None"}\n', "")
+    return parse_config(text, environ={}, base_dir=tmp_path)
+
+
+def helpdesk_traffic(store: Store) -> None:
+    """Three answers users disliked or the judge scored low, and four recent ones nobody has
+    rated yet (no feedback, no judge score, no label): production inputs to score on."""
+    store.ensure_deployment("helpdesk", "prompted", "generation")
+    now = datetime.now(UTC)
+    failing = [
+        NewSample(
+            f"bad-{i}",
+            now - timedelta(minutes=i + 1),
+            input=f"How do I close my account, case {i}?",
+            output="Close it online.",
+            feedback_score=0.0 if i else None,
+            judge_score=None if i else 0.2,
+        )
+        for i in range(3)
+    ]
+    fresh = [
+        NewSample(
+            f"new-{i}",
+            now - timedelta(minutes=10 + i),
+            input=f"How do I raise my limit, case {i}?",
+            output="Ask us.",
+        )
+        for i in range(4)
+    ]
+    liked = NewSample(
+        "liked", now - timedelta(minutes=20), input="How do I order a card?", judge_score=0.9
+    )
+    store.insert_samples("helpdesk", [*failing, *fresh, liked])
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_a_passed_generation_revision_scored_by_the_judge_becomes_the_active_prompt(
+    store: Store, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    from daemon.jobs.executor import LocalExecutor
+    from daemon.jobs.runner import JobRunner
+    from daemon.prompts import ensure_initial, read_active_prompt
+
+    rule = "End every answer with: " + SIGN_OFF
+    fake_openai.script_chat(json.dumps({"system": "You answer customers' questions. " + rule}))
+    fake_openai.script_rule(rule, lambda text: f"Do this: {text} {SIGN_OFF}", lambda text: "Ok.")
+    fake_openai.script_system(
+        RUBRIC,
+        lambda message: json.dumps(
+            {"score": 1.0 if SIGN_OFF in message.split("ASSISTANT OUTPUT:")[1] else 0.1}
+        ),
+    )
+    cfg = generation_config(tmp_path, fake_openai.base_url)
+    helpdesk_traffic(store)
+    ensure_initial(store, cfg.deployments[0])
+    assert acquire(store, "scheduler", "driftd", 10.0) is not None  # epoch 1: the leader
+    actions = Actions(cfg, store, FakeChecks(store), epoch=lambda: 1)  # type: ignore[arg-type]
+    actions.retune(Tick("helpdesk", "retune", datetime.now(UTC).replace(microsecond=0)))
+
+    ((_, job),) = job_store.list_jobs(store, deployment="helpdesk")
+    assert (job.kind, job.spec["task"]) == ("revise_prompt", "generation")
+    assert job.spec["judge"] == {
+        "model": "judge-large",
+        "base_url": fake_openai.base_url,
+        "api_key_env": LLM_KEY_ENV,
+        "rubric": RUBRIC,
+    }
+    assert job.spec["gate"]["metric"] == "judge_score"
+    failing = read_jsonl(job.spec["failing_file"])
+    assert sorted(row["why"] for row in failing) == ["low judge score"] + ["negative feedback"] * 2
+    assert all(row["label"] is None for row in failing)
+    fresh = read_jsonl(job.spec["fresh_file"])
+    assert sorted(row["input"] for row in fresh) == sorted(
+        ["How do I order a card?", *(f"How do I raise my limit, case {i}?" for i in range(4))]
+    )
+
+    runner = JobRunner(
+        store,
+        LocalExecutor(),
+        cfg.scheduling.jobs_dir,
+        "test-runner",
+        heartbeat=timedelta(seconds=1),
+        env={LLM_KEY_ENV: fake_openai.api_key},
+    )
+    runner.run_until_idle(timeout=60)
+    ((_, done),) = job_store.list_jobs(store, deployment="helpdesk")
+    assert done.state == JobState.succeeded.value, done.error
+    assert done.result is not None
+    assert done.result["passed"] is True
+    assert done.result["gate"]["metric"] == "judge_score"
+    assert done.result["evaluated_on"] == {"golden": 6, "fresh": 5}
+    assert done.result["tokens"]["judge"] > 0
+
+    actions.settle_jobs()
+    active = read_active_prompt(store, "helpdesk")
+    assert active is not None
+    assert active.system == "You answer customers' questions. " + rule
+    assert active.version == job.spec["candidate"]["name"]
+    with store.session(readonly=True) as session:
+        promoted = session.scalars(select(Version).where(Version.name == active.version)).one()
+    # The version keeps the judge's mean score the gate saw, not the job's bookkeeping.
+    assert promoted.eval_scores is not None
+    assert (
+        promoted.eval_scores["judge_score"]
+        == done.result["gate"]["challenger"]["metrics"]["judge_score"]
+    )
+    assert "passed" not in promoted.eval_scores
+
+
+def test_a_generation_deployment_that_can_revise_needs_a_rubric(tmp_path: Path) -> None:
+    # Its revisions are scored by the judge: the configuration says so before anything runs.
+    with pytest.raises(ConfigError, match=r"judge\.rubric is not set"):
+        generation_config(tmp_path, "http://127.0.0.1:9/v1", rubric=None)

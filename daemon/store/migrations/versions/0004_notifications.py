@@ -1,5 +1,5 @@
 """The notifier's state: the outbox of messages per channel, the open incidents, and how far the
-audit log has been read.
+audit log has been read; and an index of events by kind for the metrics.
 
 Revision ID: 0004
 Revises: 0003
@@ -92,6 +92,8 @@ def upgrade() -> None:
         sa.Column("last_event_id", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_notification_cursor")),
     )
+    # The leader's metrics count promotions, rollbacks and policy decisions by kind.
+    op.create_index(op.f("ix_events_kind_deployment_id"), "events", ["kind", "deployment_id"])
     events = sa.table("events", sa.column("id", sa.BigInteger()))
     op.execute(
         sa.insert(cursor).from_select(
@@ -102,6 +104,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_events_kind_deployment_id"), table_name="events")
     op.drop_table("notification_cursor")
     op.drop_table("notification_incidents")
     op.drop_index(op.f("ix_notifications_delivery_next_try_at"), table_name="notifications")
