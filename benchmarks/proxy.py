@@ -77,12 +77,22 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def process(
-    command: list[str], log: Path, ready: str, env: Mapping[str, str] | None = None
+    command: list[str],
+    log: Path,
+    ready: str,
+    env: Mapping[str, str] | None = None,
+    cpus: set[int] | None = None,
 ) -> Iterator[int]:
-    """A subprocess that answers 200 on ``ready`` within START_TIMEOUT; ended by its pid."""
+    """A subprocess that answers 200 on ``ready`` within START_TIMEOUT; ended by its pid.
+
+    ``cpus``: the CPUs it (and every process it starts) may run on; None leaves it free."""
     with log.open("wb") as out:
         child = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=dict(env or os.environ)
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env or os.environ),
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -106,7 +116,7 @@ def process(
             child.wait(timeout=10)
 
 
-def katan(folder: Path, port: int) -> contextlib.AbstractContextManager[int]:
+def katan(folder: Path, port: int, cpus: set[int] | None) -> contextlib.AbstractContextManager[int]:
     command = [
         sys.executable,
         "-m",
@@ -127,10 +137,12 @@ def katan(folder: Path, port: int) -> contextlib.AbstractContextManager[int]:
         "--log-level",
         "warning",
     ]
-    return process(command, folder / "katan.log", f"http://127.0.0.1:{port}/health")
+    return process(command, folder / "katan.log", f"http://127.0.0.1:{port}/health", cpus=cpus)
 
 
-def driftd(folder: Path, port: int, upstream: str) -> contextlib.AbstractContextManager[int]:
+def driftd(
+    folder: Path, port: int, upstream: str, cpus: set[int] | None
+) -> contextlib.AbstractContextManager[int]:
     config = folder / "driftd.yaml"
     config.write_text(
         "deployments:\n"
@@ -147,11 +159,12 @@ def driftd(folder: Path, port: int, upstream: str) -> contextlib.AbstractContext
         KEY_ENV: KEY,
     }
     command = [str(DRIFTD), "serve", "-c", str(config), "--port", str(port)]
-    return process(command, folder / "driftd.log", f"http://127.0.0.1:{port}/healthz", environ)
+    ready = f"http://127.0.0.1:{port}/healthz"
+    return process(command, folder / "driftd.log", ready, environ, cpus)
 
 
 def litellm(
-    executable: str, folder: Path, port: int, upstream: str
+    executable: str, folder: Path, port: int, upstream: str, cpus: set[int] | None
 ) -> contextlib.AbstractContextManager[int]:
     config = folder / "litellm.yaml"
     config.write_text(
@@ -166,9 +179,8 @@ def litellm(
     )
     environ = dict(os.environ) | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
     command = [executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-    return process(
-        command, folder / "litellm.log", f"http://127.0.0.1:{port}/health/liveliness", environ
-    )
+    ready = f"http://127.0.0.1:{port}/health/liveliness"
+    return process(command, folder / "litellm.log", ready, environ, cpus)
 
 
 @dataclass
@@ -306,7 +318,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="turns per level, order rotated")
     parser.add_argument("--litellm", help="the `litellm` executable (default: found on PATH)")
     parser.add_argument("--no-litellm", action="store_true", help="driftd and direct only")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="give the proxies CPU 1 and the client and upstream CPU 0 (a proxy on its own core)",
+    )
     args = parser.parse_args()
+    near: set[int] | None = None
+    proxies: set[int] | None = None
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            sys.exit("--pin needs at least 2 CPUs")
+        near, proxies = {0}, {1}
+        os.sched_setaffinity(0, near)
     executable = None
     if not args.no_litellm:
         executable = args.litellm or shutil.which("litellm")
@@ -318,15 +342,15 @@ def main() -> None:
         ports = [free_port() for _ in range(3)]
         upstream = f"http://127.0.0.1:{ports[0]}/v1"
         with contextlib.ExitStack() as running:
-            running.enter_context(katan(folder, ports[0]))
-            running.enter_context(driftd(folder, ports[1], upstream))
+            running.enter_context(katan(folder, ports[0], near))
+            running.enter_context(driftd(folder, ports[1], upstream, proxies))
             caller = {"Authorization": f"Bearer {KEY}"}
             paths = [
                 Route("direct", f"{upstream}/chat/completions", caller),
                 Route("driftd", f"http://127.0.0.1:{ports[1]}/proxy/bot/v1/chat/completions", {}),
             ]
             if executable is not None:
-                running.enter_context(litellm(executable, folder, ports[2], upstream))
+                running.enter_context(litellm(executable, folder, ports[2], upstream, proxies))
                 paths.append(
                     Route(
                         "litellm",
