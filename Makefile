@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export DRIFTD_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup run test sync-chart
+.PHONY: setup run demo test sync-chart
 
 # torch is installed first and pinned: it is the CPU build, and an unpinned torch would pull a
 # multi-GB CUDA build as a dependency of the project.
@@ -22,6 +22,10 @@ setup: $(BIN)/driftd
 
 run: setup
 	$(BIN)/driftd serve -c examples/banking77/driftd.yaml
+
+# The whole loop, offline, in ./driftd-demo: drift, policy, re-tuning, gate, promotion.
+demo: setup
+	$(BIN)/driftd demo
 
 test: setup
 	$(BIN)/ruff check .

@@ -407,6 +407,39 @@ def serve(
     daemon.stop()
 
 
+@app.command("demo")
+def demo(
+    workdir: Annotated[
+        Path, typer.Option("--dir", help="Working folder; a new run resets it.")
+    ] = Path("driftd-demo"),
+    small: Annotated[
+        bool, typer.Option(help="Fewer intents, questions and epochs: one to two minutes, for CI.")
+    ] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="The daemon's port (default: 8477 if free)."),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option(help="Leave the daemon running at the end, until Ctrl-C.")
+    ] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="Folder of Banking77's train.csv and test.csv.")
+    ] = None,
+) -> None:
+    """Watch the whole loop offline: drift, policy, re-tuning job, gate, promotion, recovery."""
+    from daemon.demo import DemoOptions, run_demo
+
+    # The app's model runs in this process, which starts subprocesses: no tokenizers warning.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    options = DemoOptions(workdir=workdir, small=small, port=port, keep=keep, data=data)
+    try:
+        run_demo(options, os.environ)
+    except DriftdError as exc:
+        _fail(f"driftd demo: {exc}", EXIT_FAILURE)
+    except KeyboardInterrupt:
+        _fail("driftd demo: interrupted; the daemon and its jobs were stopped", 130)
+
+
 from daemon.cli_admin import register  # noqa: E402  (it imports the helpers defined above)
 
 register(app)

@@ -32,3 +32,8 @@ class LeaseLost(DriftdError):
 
 class JobFailed(DriftdError):
     """A job (re-tune, prompt revision, evaluation) ended in failure."""
+
+
+class DemoError(DriftdError):
+    """A step of ``driftd demo`` failed; the message names the step, what went wrong, and where
+    the logs are."""

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from daemon.demo.data import Predictor, by_intent, write_jsonl
+from daemon.demo.jobs import run_job
 from daemon.domain import JobState, VersionKind
 from daemon.store import Store, upgrade, versions
 from daemon.store import jobs as job_store
@@ -37,64 +38,11 @@ TOKEN = "e2e-ingest-token"
 TRAINER = {"epochs": 3, "batch_size": 16, "learning_rate": 1e-4, "max_length": 32}
 
 
-def by_intent(path: Path) -> dict[str, list[str]]:
-    rows: dict[str, list[str]] = defaultdict(list)
-    with path.open(encoding="utf-8") as source:
-        for row in csv.DictReader(source):
-            if row["category"] in LABELS:
-                rows[row["category"]].append(row["text"])
-    return rows
-
-
-TRAIN, TEST = by_intent(DATA / "train.csv"), by_intent(DATA / "test.csv")
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+TRAIN, TEST = by_intent(DATA / "train.csv", LABELS), by_intent(DATA / "test.csv", LABELS)
 
 
 def retrain(kind: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
-    folder.mkdir(parents=True, exist_ok=True)
-    spec_path = folder / "job.json"
-    spec_path.write_text(json.dumps({**spec, "output_dir": str(folder / "out")}))
-    done = subprocess.run(
-        [sys.executable, "-m", "retrain", kind, "--spec", str(spec_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result: dict[str, Any] = json.loads((folder / "out" / "result.json").read_text())
-    return result
-
-
-class Predictor:
-    """The deployed app's side: the active model labels each question."""
-
-    def __init__(self, model_dir: str) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-
-    def __call__(self, texts: list[str]) -> list[tuple[str, float]]:
-        with self.torch.inference_mode():
-            batch = self.tokenizer(
-                texts, padding=True, truncation=True, max_length=32, return_tensors="pt"
-            )
-            probabilities = self.model(**batch).logits.softmax(-1)
-        best = probabilities.max(-1)
-        labels = self.model.config.id2label
-        return [(labels[int(i)], float(p)) for p, i in zip(best.values, best.indices, strict=True)]
-
-    def accuracy(self, examples: list[tuple[str, str]]) -> float:
-        predicted = self([text for text, _ in examples])
-        pairs = zip(examples, predicted, strict=True)
-        return sum(label == guess for (_, label), (guess, _) in pairs) / len(examples)
+    return run_job(kind, spec, folder, timeout=600)
 
 
 def free_port() -> int:
