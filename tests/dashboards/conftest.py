@@ -57,6 +57,7 @@ deployments:
       timeout: 30s
       signals: [descriptors, refusal, errors]
     retune: {{schedule: "0 3 * * *", golden_set: {golden}}}
+    judge: {{rubric: The answer helps the customer., schedule: every 24h}}
 """
 
 

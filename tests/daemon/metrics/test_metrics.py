@@ -50,6 +50,7 @@ deployments:
       max_rows: 400
       signals: [descriptors, refusal, errors]
     retune: {schedule: "0 3 * * *", golden_set: golden.jsonl}
+    judge: {rubric: The answer helps the customer., schedule: every 24h}
 """
 INGEST = {"Authorization": "Bearer ingest-1"}
 ADMIN = {"Authorization": "Bearer admin-1"}
