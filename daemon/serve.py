@@ -173,13 +173,22 @@ class Daemon:
             metrics=self.metrics,
             metrics_auth=self.config.server.metrics_auth,
         )
-        self._recorder = ProxyRecorder(self.config.deployments, self._writer, self.proxy_stats)
+        proxy = self.config.proxy
+        self._recorder = ProxyRecorder(
+            self.config.deployments,
+            self._writer,
+            self.proxy_stats,
+            capacity=proxy.recorder_capacity,
+        )
         self._recorder.start()
         app.include_router(
             proxy_router(
                 self.config.deployments,
                 self._recorder,
-                client=UpstreamClient(),
+                client=UpstreamClient(
+                    max_connections=proxy.max_connections,
+                    keepalive_expiry=proxy.keepalive.total_seconds(),
+                ),
                 environ=os.environ,
                 prompt_for=lambda name: _proxy_prompt(store, name),
             )

@@ -97,6 +97,29 @@ class Server(Section):
     )
 
 
+class Proxy(Section):
+    """The connection pool the proxy forwards through, shared by every deployment's upstream."""
+
+    max_connections: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Connections open to upstreams at once; calls beyond wait.",
+    )
+    keepalive: Duration = Field(
+        timedelta(seconds=4),
+        description="How long an idle upstream connection is kept for the next call. Keep it "
+        "below the upstream's own keep-alive timeout (uvicorn's is 5 s), or a call may meet a "
+        "connection the upstream is closing.",
+    )
+    recorder_capacity: int = Field(
+        10_000,
+        ge=1,
+        description="Finished calls that may wait to be recorded; beyond, samples are dropped "
+        "(counted), never the calls.",
+    )
+
+
 class Ingest(Section):
     """Limits of the ingest API and of the write queue behind it."""
 
@@ -186,7 +209,14 @@ class Upstream(Section):
         description="Environment variable holding the API key (`OPENAI_API_KEY` or `DRIFTD_*`).",
     )
     timeout: Duration = Field(timedelta(seconds=60), description="Timeout of one request.")
-    max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed request.")
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a request that never reached the upstream (a failed connect, a "
+        "kept-alive connection closed before any answer); never of one it answered or timed out "
+        "on.",
+    )
 
 
 class Provider(StrEnum):
@@ -989,6 +1019,7 @@ class Config(Section):
     server: Server = Field(default_factory=Server, description="The HTTP API.")
     storage: Storage = Field(default_factory=Storage, description="The store.")
     ingest: Ingest = Field(default_factory=Ingest, description="The ingest API's limits.")
+    proxy: Proxy = Field(default_factory=Proxy, description="The OpenAI-compatible proxy.")
     scheduling: Scheduling = Field(
         default_factory=Scheduling, description="Leader lease, check workers and jobs."
     )

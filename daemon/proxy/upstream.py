@@ -34,7 +34,7 @@ class UpstreamClient:
     environment (no proxy variables, no netrc).
     """
 
-    def __init__(self, *, max_connections: int = 100, keepalive_expiry: float = 30.0) -> None:
+    def __init__(self, *, max_connections: int = 100, keepalive_expiry: float = 4.0) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self.max_connections = max_connections
@@ -79,8 +79,11 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         """POST ``content``; the response's body is the caller's to read and release.
 
-        Only failures to connect are retried: the upstream never saw those requests, so a retry
-        cannot run a completion twice. Every other failure is the caller's to retry.
+        Retried: failures to connect (the upstream never saw the request), and a kept-alive
+        connection the upstream closed before answering anything — the race of an idle
+        connection reused just as the upstream's keep-alive timeout closes it; the upstream
+        drops such a connection without reading the request, and OpenAI's own clients retry it
+        the same way. Every other failure (a timeout, an answer broken off) is the caller's.
         """
         session = self._open()
         for attempt in range(retries + 1):
@@ -92,6 +95,9 @@ class UpstreamClient:
                     timeout=self._timeout(timeout),
                     allow_redirects=False,
                 )
+            except aiohttp.ServerDisconnectedError:
+                if attempt == retries:
+                    raise
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
                 if attempt == retries:
                     raise

@@ -16,6 +16,7 @@ import contextlib
 import json
 import re
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -688,3 +689,57 @@ def test_a_promoted_prompt_version_is_served_on_the_next_request(
     assert "messages=4" in after["choices"][0]["message"]["content"]  # system + shot + user
     versions = {served.sample("bot", rid).prompt_version for rid in ("before", "after")}
     assert versions == {first.name, second.name}
+
+
+class _ClosesKeptAliveConnections(socketserver.BaseRequestHandler):
+    """An upstream that answers the first request of each connection (keeping it open) and drops
+    the connection, unanswered, when a second request comes on it: what an upstream whose
+    keep-alive timeout fires just as a call reuses the idle connection does."""
+
+    answered: ClassVar[list[int]] = []
+
+    def handle(self) -> None:
+        stream = self.request.makefile("rb")
+        for turn in range(2):
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = stream.readline()
+                if not line:
+                    return
+                head += line
+            length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+            stream.read(int(length.group(1)) if length else 0)
+            if turn == 1:
+                return  # closed without a word
+            body = json.dumps(
+                {
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+                }
+            ).encode()
+            self.request.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            self.answered.append(1)
+
+
+def test_a_kept_alive_connection_the_upstream_drops_is_retried_on_a_new_one(
+    proxy: ProxyFactory,
+) -> None:
+    _ClosesKeptAliveConnections.answered.clear()
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ClosesKeptAliveConnections)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="upstream", daemon=True)
+    thread.start()
+    try:
+        served = proxy({"bot": (f"http://127.0.0.1:{server.server_address[1]}/v1", 5)})
+        answers = [served.post("bot", chat(f"call {n}")) for n in range(4)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Every call after the first reuses a connection the upstream then drops: each is sent
+    # again on a fresh one and answered, none reaches the app as a 502.
+    assert [a.status_code for a in answers] == [200, 200, 200, 200]
+    assert len(_ClosesKeptAliveConnections.answered) == 4
