@@ -795,6 +795,12 @@ class Kubernetes(Section):
         description="PersistentVolumeClaim (ReadWriteMany) holding `scheduling.jobs_dir`, mounted "
         "in each job at that same path; required with `executor: kubernetes`.",
     )
+    env_from_secrets: tuple[str, ...] = Field(
+        (),
+        description="Secrets whose keys become environment variables of every job's container "
+        "(`envFrom`), e.g. the one holding OPENAI_API_KEY for OpenAI fine-tuning and prompt "
+        "revision: a job does not inherit the daemon's environment.",
+    )
     ttl_after_finished: Duration = Field(
         timedelta(days=1),
         description="A finished Job and its pod are deleted this long after it ended; keep it "
@@ -829,6 +835,13 @@ class Kubernetes(Section):
                 "expected a Kubernetes object name: lowercase letters, digits, '-' or '.', "
                 f"starting and ending with a letter or digit, got {value!r}"
             )
+        return value
+
+    @field_validator("env_from_secrets")
+    @classmethod
+    def _secret_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            cls._object_name(name)
         return value
 
     @field_validator("tolerations")

@@ -254,6 +254,11 @@ class KubernetesExecutor:
             working_dir=str(spec_path.parent),
             env=[client.V1EnvVar(name=key, value=value) for key, value in sorted(env.items())]
             or None,
+            env_from=[
+                client.V1EnvFromSource(secret_ref=client.V1SecretEnvSource(name=secret))
+                for secret in settings.env_from_secrets
+            ]
+            or None,
             resources=client.V1ResourceRequirements(
                 requests=requests or None, limits=limits or None
             ),

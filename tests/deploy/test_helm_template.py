@@ -30,6 +30,7 @@ EVERYTHING_ON = (
     "grafanaDashboards.enabled=true",
     "kubernetesExecutor.enabled=true",
     "jobsVolume.enabled=true",
+    "kubernetesExecutor.job.env_from_secrets={driftd-openai}",
 )
 
 HELM = shutil.which("helm")
@@ -145,6 +146,7 @@ def test_the_kubernetes_executor_gets_its_rights_its_volume_and_its_configuratio
     (text,) = _one(manifests, "ConfigMap", deployment["metadata"]["name"])["data"].values()
     config = parse_config(text, environ={})
     assert config.scheduling.executor == "kubernetes"
+    assert config.scheduling.kubernetes.env_from_secrets == ("driftd-openai",)
     # The Jobs the executor creates mount the same claim, where driftd's pods mount it.
     assert config.scheduling.kubernetes.jobs_volume_claim == claim["metadata"]["name"]
     (mount,) = [

@@ -55,6 +55,7 @@ SETTINGS: dict[str, Any] = {
     "node_selector": {"nvidia.com/gpu.present": "true"},
     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     "jobs_volume_claim": "driftd-jobs",
+    "env_from_secrets": ["driftd-openai"],
     "ttl_after_finished": "1h",
     "active_deadline": "6h",
 }
@@ -167,6 +168,8 @@ def test_a_job_that_succeeds_runs_as_the_configured_job_and_its_log_is_kept(
         str(spec.resolve()),
     ]
     assert container["env"] == [{"name": "OMP_NUM_THREADS", "value": "1"}]
+    # Keys such as OPENAI_API_KEY reach the job from a Secret, never written into the Job.
+    assert container["envFrom"] == [{"secretRef": {"name": "driftd-openai"}}]
     assert container["resources"] == {
         "requests": {"cpu": "2", "memory": "8Gi"},
         "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
@@ -324,13 +327,15 @@ def test_config_names_what_the_kubernetes_executor_is_missing() -> None:
         parse_config(
             "scheduling:\n  kubernetes:\n    namespace: Re_Tune\n"
             "    resources: {limits: {memory: lots}}\n"
-            "    tolerations: [{key: gpu, opertor: Exists}]\n",
+            "    tolerations: [{key: gpu, opertor: Exists}]\n"
+            "    env_from_secrets: [OpenAI_Keys]\n",
             environ={},
         )
     assert [p.split(": ", 2)[1] for p in caught.value.problems] == [
         "scheduling.kubernetes.namespace",
         "scheduling.kubernetes.resources.limits",
         "scheduling.kubernetes.tolerations",
+        "scheduling.kubernetes.env_from_secrets",
     ]
     assert "memory: 'lots'" in caught.value.problems[1]
     assert "unknown key(s) opertor" in caught.value.problems[2]
