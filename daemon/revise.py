@@ -45,11 +45,6 @@ class NothingFailed(DriftdError):
     """No failing production sample to learn from; the revision job is not created."""
 
 
-class NoRubric(NothingFailed):
-    """A generation deployment has no judge rubric to score candidates with; the revision job
-    is not created. A ``NothingFailed``, so that the scheduler skips it the same way."""
-
-
 def revision_spec(
     config: Config,
     store: Store,
@@ -63,11 +58,8 @@ def revision_spec(
     generation = deployment.task is Task.generation
     rubric = deployment.judge.rubric
     if generation and rubric is None:
-        raise NoRubric(
-            f"deployment {deployment.name!r} is a generation deployment without judge.rubric: "
-            "a revised prompt's answers are scored by the LLM judge against that rubric; set "
-            f"deployments.{deployment.name}.judge.rubric to revise its prompt"
-        )
+        # The configuration refuses a revisable generation deployment without one.
+        raise ValueError(f"deployment {deployment.name!r}: generation without judge.rubric")
     when = now or datetime.now(UTC)
     since = when - deployment.retune.data.lookback
     # Each term is true or false, never NULL: a sample with no feedback, no judge score or no

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from retrain.errors import JobError
+from retrain.jsonl import json_objects
 
 Source = Literal["production", "original"]
 SOURCES: tuple[Source, ...] = ("production", "original")
@@ -317,18 +318,7 @@ def read_examples(
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise DataSetError(f"{where} is not JSON: {error}") from error
-            if not isinstance(row, dict):
-                raise DataSetError(f"{where} is not a JSON object")
-            yield where, row
+    return json_objects(path, DataSetError)
 
 
 def _csv_rows(path: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:

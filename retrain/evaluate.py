@@ -26,7 +26,6 @@ a bad spec is reported in a fraction of a second.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from retrain.errors import JobError, SpecError
+from retrain.jsonl import json_objects
 
 Progress = Callable[[str], None]
 
@@ -125,25 +125,15 @@ def parse_spec(
 def read_golden_set(path: Path, input_field: str, label_field: str) -> list[Example]:
     """The examples of a JSONL golden set; ``EvaluationError`` names the first bad line."""
     examples = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise EvaluationError(f"{where} is not JSON: {error}") from error
-            if not isinstance(row, dict):
-                raise EvaluationError(f"{where} is not a JSON object")
-            for field in (input_field, label_field):
-                if not isinstance(row.get(field), str) or not row[field]:
-                    raise EvaluationError(
-                        f"{where} has no text under {field!r}; every line needs "
-                        f"{input_field!r} and {label_field!r} (set input_field and "
-                        "label_field in the spec to read other keys)"
-                    )
-            examples.append(Example(row[input_field], row[label_field]))
+    for where, row in json_objects(path, EvaluationError):
+        for field in (input_field, label_field):
+            if not isinstance(row.get(field), str) or not row[field]:
+                raise EvaluationError(
+                    f"{where} has no text under {field!r}; every line needs "
+                    f"{input_field!r} and {label_field!r} (set input_field and "
+                    "label_field in the spec to read other keys)"
+                )
+        examples.append(Example(row[input_field], row[label_field]))
     if not examples:
         raise EvaluationError(f"golden set {path} has no examples")
     return examples

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -62,6 +62,7 @@ import numpy as np
 from retrain.errors import JobError, SpecError
 from retrain.evaluate import EvaluationError, Example, read_golden_set
 from retrain.gate import METRICS, SCORE_METRIC, GateResult, compare, compare_scores
+from retrain.jsonl import json_objects
 from retrain.judge import CHARS_PER_TOKEN, ClientSettings, JudgeSample, Stop, TokenBudget, judge
 
 if TYPE_CHECKING:
@@ -464,7 +465,7 @@ def read_failures(path: Path, *, labelled: bool = True) -> list[Failure]:
     ``labelled``: each needs its right label (classification); otherwise the label is
     optional, as a generation deployment's failures seldom come with a wanted answer."""
     failures = []
-    for where, row in _rows(path):
+    for where, row in json_objects(path, RevisionError):
         label = row.get("label", row.get("expected"))
         if not isinstance(row.get("input"), str):
             raise RevisionError(f"{where} has no text under 'input'")
@@ -488,22 +489,6 @@ def read_failures(path: Path, *, labelled: bool = True) -> list[Failure]:
     return failures
 
 
-def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Each JSON object of a JSONL file, with where it is; ``RevisionError`` for a bad line."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise RevisionError(f"{where} is not JSON: {error}") from error
-            if not isinstance(row, dict):
-                raise RevisionError(f"{where} is not a JSON object")
-            yield where, row
-
-
 def _read_labelled(path: Path, may_be_empty: bool) -> list[Example]:
     if may_be_empty and not path.read_text(encoding="utf-8").strip():
         return []  # no fresh production sample: the golden set scores alone
@@ -516,7 +501,7 @@ def _read_labelled(path: Path, may_be_empty: bool) -> list[Example]:
 def _read_queries(path: Path, may_be_empty: bool) -> list[Query]:
     """Generation examples: ``input``, and a ``reference`` (or ``expected``) answer if given."""
     queries = []
-    for where, row in _rows(path):
+    for where, row in json_objects(path, RevisionError):
         given = row.get("input")
         if not isinstance(given, str) or not given:
             raise RevisionError(f"{where} has no text under 'input'")
