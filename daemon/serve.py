@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 from collections.abc import Callable, Generator, Mapping
 from datetime import timedelta
 
 import uvicorn
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from daemon.api import Tokens, create_app
 from daemon.config import Config
-from daemon.config.models import ExecutorKind
+from daemon.config.models import ExecutorKind, UpstreamAuth
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats
 from daemon.ingest.prepare import PreparerPool, auto_workers, quiet_collector
 from daemon.ingest.writer import Writer
@@ -81,6 +81,7 @@ class Daemon:
         self._runner: JobRunner | None = None
         self._scheduler: Scheduler | None = None
         self.metrics: DriftdMetrics | None = None
+        self.app: FastAPI | None = None  # the served application, once started
         self._stop_reason: str | None = None
         self.owner = new_owner()
 
@@ -132,6 +133,7 @@ class Daemon:
             log.warning(
                 "no DRIFTD_INGEST_TOKENS or DRIFTD_ADMIN_TOKENS set: every write is refused (401)"
             )
+        self._warn_about_the_proxy()
         limits = self.config.ingest
         workers = auto_workers() if limits.workers is None else limits.workers
         self._preparer = PreparerPool(
@@ -189,10 +191,13 @@ class Daemon:
                     max_connections=proxy.max_connections,
                     keepalive_expiry=proxy.keepalive.total_seconds(),
                 ),
-                environ=os.environ,
+                environ=self.environ,
                 prompt_for=lambda name: _proxy_prompt(store, name),
+                tokens=self.tokens,
+                limits=proxy,
             )
         )
+        self.app = app
         server = self.config.server
         self._server = _Server(
             uvicorn.Config(
@@ -206,6 +211,30 @@ class Daemon:
             ),
             self,
         )
+
+    def _warn_about_the_proxy(self) -> None:
+        """Say at start what would otherwise surprise at the first proxied call: an open
+        deployment, a missing upstream key, no token that may call."""
+        proxied = [d for d in self.config.deployments if d.proxied]
+        for deployment in proxied:
+            upstream = deployment.upstream
+            if upstream.auth is UpstreamAuth.passthrough_anonymous:
+                log.warning(
+                    "ANONYMOUS PROXY: anyone who reaches this port may call the upstream of "
+                    "this deployment with their own key and write its samples "
+                    "(upstream.auth: passthrough_anonymous)",
+                    extra={"deployment": deployment.name},
+                )
+            elif upstream.auth is UpstreamAuth.key and not self.environ.get(upstream.api_key_env):
+                log.warning(
+                    "the upstream key is not set: proxied calls answer 503 until it is",
+                    extra={"deployment": deployment.name, "variable": upstream.api_key_env},
+                )
+        if proxied and not self.tokens.proxy and not self.tokens.admin:
+            log.warning(
+                "no DRIFTD_PROXY_TOKENS or DRIFTD_ADMIN_TOKENS set: every proxied call that "
+                "needs a driftd token is refused (401)"
+            )
 
     def _start_scheduling(self, store: Store, metrics: DriftdMetrics) -> None:
         """Check workers, the job runner and the scheduler; leader-only work waits for the

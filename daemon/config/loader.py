@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -19,16 +20,33 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from daemon.config.models import Config
+from daemon.config.types import ENV_STORAGE_URL
 from daemon.errors import ConfigError
 
-Loc = tuple[str | int, ...]
+__all__ = ["ENV_STORAGE_URL", "load_config", "parse_config"]
 
-ENV_STORAGE_URL = "DRIFTD_STORAGE_URL"
+Loc = tuple[str | int, ...]
 
 # Key names that hold credentials. `*_env` keys (which name a variable) never match.
 _SECRET_KEY = re.compile(
     r"(?:^|_)(?:api_?key|secret|password|passwd|token|access_key|private_key|credentials?)$",
     re.IGNORECASE,
+)
+# The URL of an incoming webhook is itself the credential: whoever has it may post.
+_WEBHOOK_URLS = (
+    (
+        "a Slack webhook URL",
+        re.compile(
+            r"\bhooks\.slack(?:-gov)?\.com/(?:services|workflows|triggers)/[^\s/]+", re.IGNORECASE
+        ),
+    ),
+    (
+        "a Discord webhook URL",
+        re.compile(
+            r"\b(?:(?:ptb|canary)\.)?discord(?:app)?\.com/api/(?:v\d+/)?webhooks/\d+/[^\s/]+",
+            re.IGNORECASE,
+        ),
+    ),
 )
 _SECRET_VALUES = (
     ("an OpenAI-style API key", re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")),
@@ -38,7 +56,28 @@ _SECRET_VALUES = (
     ("a Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{20,}")),
     ("a Slack token", re.compile(r"\bxox[abpr]-[A-Za-z0-9-]{10,}")),
     ("a private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
-    ("a password in a URL", re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")),
+    ("a JSON Web Token", re.compile(r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")),
+    *_WEBHOOK_URLS,
+    # The `secret` group is the part a command may take from its environment instead.
+    (
+        "a password in a URL",
+        re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:(?P<secret>[^/\s@]+)@"),
+    ),
+)
+
+# Options whose argument is a credential, as curl, wget, httpie and most command-line clients
+# spell them. `-p` is left out: it is a port, a parent directory or a publish far more often.
+_USER_OPTIONS = frozenset({"-u", "--user", "--auth"})  # USER:PASSWORD
+_SECRET_OPTION = re.compile(
+    r"--(?!no-)(?:[a-z0-9]+-)*(?:password|passwd|token|api-?key|client-secret)", re.IGNORECASE
+)
+_UID_GID = re.compile(r"\d+:\d+")  # `docker run --user 1000:1000` names no password
+_HEADER = re.compile(r"(?:-H|--header=)?\s*([A-Za-z][A-Za-z0-9_-]*)\s*:\s*(.*)", re.DOTALL)
+_AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_COMMAND_HINT = (
+    "the command inherits driftd's environment, so read it from a variable there, e.g. "
+    "[sh, -c, 'curl -H \"Authorization: Bearer $HOOK_TOKEN\" URL'] (an argument list runs "
+    "without a shell, and only a shell expands $HOOK_TOKEN)"
 )
 
 
@@ -128,12 +167,16 @@ def _walk(data: Any, loc: Loc = ()) -> Iterator[tuple[Loc, Any]]:
 
 
 def _secret_problems(data: Any) -> Iterator[tuple[Loc, str]]:
+    found: dict[Loc, str] = {}  # one problem per value, however many patterns it matches
     for loc, value in _walk(data):
+        if loc and loc[-1] == "command":
+            for where, what in _command_credentials(loc, value):
+                found.setdefault(where, _refusal(where, what))
         if not isinstance(value, str) or not value.strip():
             continue
         key = loc[-1] if loc else ""
         if isinstance(key, str) and _SECRET_KEY.search(key):
-            yield (
+            found.setdefault(
                 loc,
                 (
                     "looks like a secret; driftd reads secrets only from the environment: "
@@ -142,15 +185,106 @@ def _secret_problems(data: Any) -> Iterator[tuple[Loc, str]]:
                 ),
             )
             continue
+        in_command = _in_command(loc)
         for what, pattern in _SECRET_VALUES:
-            if pattern.search(value):
-                hint = (
-                    f"set the full URL in {ENV_STORAGE_URL} instead"
-                    if loc == ("storage", "url")
-                    else "move it to an environment variable (OPENAI_API_KEY or DRIFTD_<NAME>)"
-                )
-                yield loc, f"contains {what}; secrets never go in the file: {hint}"
+            if any(
+                not (in_command and _from_environment(match.groupdict().get("secret", "")))
+                for match in pattern.finditer(value)
+            ):
+                found.setdefault(loc, _refusal(loc, what))
                 break
+    yield from found.items()
+
+
+def _refusal(loc: Loc, what: str) -> str:
+    """The message for a secret at ``loc``; it names the kind of secret, never its text."""
+    return f"contains {what}; secrets never go in the file: {_hint(loc, what)}"
+
+
+def _hint(loc: Loc, what: str) -> str:
+    if loc == ("storage", "url"):
+        return f"set the full URL in {ENV_STORAGE_URL} instead"
+    if _in_command(loc):
+        return _COMMAND_HINT
+    if loc[-2:] == ("hooks", "webhook"):
+        # The hook's URL is posted to as written; there is no `webhook_env` to move it to.
+        return (
+            "retune.hooks.webhook has no environment-variable form, so point it at a receiver "
+            "whose URL is not itself a credential (e.g. a relay in your network that holds it)"
+        )
+    if what in {kind for kind, _ in _WEBHOOK_URLS}:
+        return (
+            "put the URL in an environment variable and name that, as notifications do "
+            "(notifications.slack.url_env, notifications.webhook.url_env)"
+        )
+    return "move it to an environment variable (OPENAI_API_KEY or DRIFTD_<NAME>)"
+
+
+def _in_command(loc: Loc) -> bool:
+    """A command given as one string, or an argument of one given as a list."""
+    return bool(loc) and (
+        loc[-1] == "command" or (isinstance(loc[-1], int) and loc[-2:-1] == ("command",))
+    )
+
+
+def _from_environment(text: str) -> bool:
+    """``$NAME``, ``${NAME}``, ``$(cat FILE)``: a shell supplies the value when the command runs."""
+    return text.strip("\"'").startswith("$")
+
+
+def _command_credentials(loc: Loc, command: Any) -> Iterator[tuple[Loc, str]]:
+    """Credentials written into a command (``curl -u admin:PASSWORD``), at the argument that
+    holds each, for a command written as an argument list or as one string."""
+    if isinstance(command, str):
+        args = [(loc, command)]
+    elif isinstance(command, list):
+        args = [((*loc, i), arg) for i, arg in enumerate(command) if isinstance(arg, str)]
+    else:
+        return
+    # The arguments as driftd passes them, then the words of each argument that is a script of
+    # its own (`sh -c 'curl -u ...'`, or a command mistakenly written as one string).
+    yield from _credential_arguments(args)
+    for where, arg in args:
+        if any(char.isspace() for char in arg):
+            yield from _credential_arguments([(where, word) for word in _words(arg)])
+
+
+def _words(script: str) -> list[str]:
+    try:
+        return shlex.split(script)
+    except ValueError:  # an unbalanced quote: still look at what is there
+        return script.split()
+
+
+def _credential_arguments(args: list[tuple[Loc, str]]) -> Iterator[tuple[Loc, str]]:
+    for i, (where, arg) in enumerate(args):
+        option, equals, attached = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if arg.startswith("-u") and len(arg) > 2 and not equals:  # curl's -uUSER:PASSWORD
+            option, equals, attached = "-u", "=", arg[2:]
+        argument = (where, attached) if equals else args[i + 1] if i + 1 < len(args) else None
+        if argument is not None and option in _USER_OPTIONS:
+            _, colon, password = argument[1].partition(":")
+            if colon and _literal(password) and not _UID_GID.fullmatch(argument[1]):
+                yield argument[0], f"a password in {option} USER:PASSWORD"
+        elif (
+            argument is not None
+            and _SECRET_OPTION.fullmatch(option)
+            and _literal(argument[1])
+            and not argument[1].startswith("-")  # the next option: this one took no value
+        ):
+            yield argument[0], f"a credential after {option}"
+        header = _HEADER.fullmatch(arg)
+        if header and _secret_header(header[1]) and _literal((header[2].split() or [""])[-1]):
+            yield where, f"a credential in the header {header[1]}"
+
+
+def _secret_header(name: str) -> bool:
+    return name.lower() in _AUTH_HEADERS or bool(_SECRET_KEY.search(name.replace("-", "_")))
+
+
+def _literal(value: str) -> bool:
+    """A value written out in the file, as opposed to none or one taken from the environment."""
+    return bool(value.strip("\"'")) and not _from_environment(value)
 
 
 def _duplicate_names(data: Any) -> Iterator[tuple[Loc, str]]:

@@ -98,7 +98,8 @@ class Server(Section):
 
 
 class Proxy(Section):
-    """The connection pool the proxy forwards through, shared by every deployment's upstream."""
+    """The proxy's limits on what callers send, and the connection pool it forwards through,
+    shared by every deployment's upstream."""
 
     max_connections: int = Field(
         100,
@@ -117,6 +118,18 @@ class Proxy(Section):
         ge=1,
         description="Finished calls that may wait to be recorded; beyond, samples are dropped "
         "(counted), never the calls.",
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Size of one proxied request body; more → 413, nothing forwarded.",
+    )
+    max_depth: int = Field(
+        64,
+        ge=4,
+        le=512,
+        description="Nesting of arrays and objects in a proxied JSON body; deeper → 400, "
+        "nothing forwarded.",
     )
 
 
@@ -198,6 +211,14 @@ class Logging(Section):
     )
 
 
+class UpstreamAuth(StrEnum):
+    """How the proxy authenticates a caller and what key it sends upstream."""
+
+    key = "key"
+    passthrough = "passthrough"
+    passthrough_anonymous = "passthrough_anonymous"
+
+
 class Upstream(Section):
     """An OpenAI-compatible endpoint: the proxy's upstream and the fine-tuning API."""
 
@@ -207,6 +228,16 @@ class Upstream(Section):
     api_key_env: SecretEnv = Field(
         "OPENAI_API_KEY",
         description="Environment variable holding the API key (`OPENAI_API_KEY` or `DRIFTD_*`).",
+    )
+    auth: UpstreamAuth = Field(
+        UpstreamAuth.key,
+        description="How proxy callers are authenticated. `key`: the caller presents a driftd "
+        "proxy token (`DRIFTD_PROXY_TOKENS`, or an admin token) as its API key and driftd sends "
+        "the key from `api_key_env` instead. `passthrough`: the caller sends its own upstream "
+        "key as its API key and proves itself to driftd with an `X-Driftd-Token` header. "
+        "`passthrough_anonymous`: the caller's own key is forwarded and anyone who reaches the "
+        "port may call (and write samples); logged as a warning at start-up. driftd's own "
+        "tokens are never forwarded.",
     )
     timeout: Duration = Field(timedelta(seconds=60), description="Timeout of one request.")
     max_retries: int = Field(
@@ -626,6 +657,16 @@ class Deployment(Section):
     @property
     def signals(self) -> tuple[Signal, ...]:
         return self.monitor.signals or DEFAULT_SIGNALS[self.task]
+
+    @property
+    def proxied(self) -> bool:
+        """Whether the proxy serves this deployment: it is prompted, served by OpenAI, or its
+        ``upstream`` is configured (a transformers model behind an OpenAI-compatible server)."""
+        return (
+            self.kind is Kind.prompted
+            or (self.model is not None and self.model.provider is Provider.openai)
+            or "upstream" in self.model_fields_set
+        )
 
     @property
     def method(self) -> Method:

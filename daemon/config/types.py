@@ -113,12 +113,29 @@ Name = Annotated[str, AfterValidator(check_name)]
 # owns, so that a config file can never point driftd at an unrelated credential by mistake.
 _SECRET_ENV = re.compile(r"DRIFTD_[A-Z0-9_]+|OPENAI_API_KEY")
 
+ENV_STORAGE_URL = "DRIFTD_STORAGE_URL"
+
+# driftd's own credentials: the callers' tokens and the store's URL. A `SecretEnv` is sent
+# elsewhere (an upstream's API key, a channel's URL), so naming one of these would hand driftd's
+# keys to a third party. The token names are repeated from daemon.api.auth (INGEST_ENV, ADMIN_ENV,
+# PROXY_ENV) because daemon.config sits below daemon.api and does not import it; a test keeps the
+# two in step.
+DRIFTD_CREDENTIALS = frozenset(
+    {"DRIFTD_ADMIN_TOKENS", "DRIFTD_INGEST_TOKENS", "DRIFTD_PROXY_TOKENS", ENV_STORAGE_URL}
+)
+
 
 def check_secret_env(value: str) -> str:
     if not _SECRET_ENV.fullmatch(value):
         raise ValueError(
             f"expected the name of an environment variable DRIFTD_<NAME> or OPENAI_API_KEY, "
             f"got {value!r}"
+        )
+    if value in DRIFTD_CREDENTIALS:
+        raise ValueError(
+            f"{value} holds driftd's own credentials, which must never travel to an upstream or "
+            "a webhook: name the variable that holds the upstream's key or the channel's URL "
+            "(OPENAI_API_KEY or another DRIFTD_<NAME>)"
         )
     return value
 

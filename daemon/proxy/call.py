@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from daemon.domain import Task
 from daemon.ingest.pipeline import DeploymentPipeline
-from daemon.ingest.schema import MAX_TEXT, Message, SampleIn
+from daemon.ingest.schema import MAX_TEXT, Id, Message, SampleIn
 
 CHAT = "chat/completions"
 EMBEDDINGS = "embeddings"
@@ -36,7 +38,7 @@ class Call:
     body: dict[str, Any] | None
     prompt_version: str | None
     stream: bool
-    request_id: str | None
+    request_id: str
     status: int = 0
     output: str | None = None
     tokens_in: int | None = None
@@ -45,6 +47,7 @@ class Call:
     ttft_ms: float | None = None
     latency_ms: float = 0.0
     model: str | None = None
+    upstream_request_id: str | None = None
     pieces: list[str] = field(default_factory=list)
 
     def finish(self) -> None:
@@ -144,11 +147,13 @@ def sample_of(call: Call, pipeline: DeploymentPipeline) -> SampleIn | None:
         "stream": call.stream,
     }
     if call.model is not None:
-        metadata["model"] = call.model[:256]
+        metadata["model"] = clip(call.model, 256)
     if call.ttft_ms is not None:
         metadata["ttft_ms"] = round(call.ttft_ms, 3)
+    if call.upstream_request_id is not None and valid_request_id(call.upstream_request_id):
+        metadata["upstream_request_id"] = call.upstream_request_id
     return SampleIn(
-        request_id=(call.request_id or new_id())[:255],
+        request_id=call.request_id,
         ts=call.ts,
         input=text_input,
         output=output,
@@ -157,7 +162,7 @@ def sample_of(call: Call, pipeline: DeploymentPipeline) -> SampleIn | None:
         tokens_in=call.tokens_in,
         tokens_out=call.tokens_out,
         prompt_version=call.prompt_version,
-        error=call.error,
+        error=None if call.error is None else clip(call.error, MAX_TEXT),
         metadata=metadata,
     )
 
@@ -196,11 +201,27 @@ def text_or_none(value: Any) -> str | None:
 
 
 def clip(text: str, limit: int = ERROR_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, and with NUL characters (which a sample cannot
+    hold: PostgreSQL refuses them in text) replaced by U+FFFD, as a decoder marks bad bytes."""
+    text = text.replace("\x00", "\ufffd")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def new_id() -> str:
     return f"driftd-{uuid.uuid4().hex}"
+
+
+_REQUEST_ID: TypeAdapter[str] = TypeAdapter(Id)
+
+
+def valid_request_id(value: str) -> bool:
+    """Whether a caller's (or an upstream's) id is one the ingest schema accepts as a sample's
+    ``request_id``; any other is replaced by driftd's own, never truncated into a collision."""
+    try:
+        _REQUEST_ID.validate_python(value)
+    except ValidationError:
+        return False
+    return True
 
 
 def where(call: Call) -> dict[str, Any]:

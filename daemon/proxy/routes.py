@@ -6,15 +6,20 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from multidict import CIMultiDictProxy
+from pydantic import BaseModel
 
-from daemon.config.models import Deployment
+from daemon.api.auth import TOKEN_HEADER, Scope, Tokens, bearer
+from daemon.config.models import Deployment, UpstreamAuth
+from daemon.config.models import Proxy as ProxyLimits
 from daemon.proxy.call import (
     CHAT,
     EMBEDDINGS,
@@ -24,6 +29,7 @@ from daemon.proxy.call import (
     new_id,
     read_answer,
     text_or_none,
+    valid_request_id,
     where,
 )
 from daemon.proxy.prompt import PromptFor
@@ -56,6 +62,23 @@ _PASSED_BACK = frozenset({"content-type", "cache-control", "x-request-id", "retr
 _PASSED_BACK_PREFIXES = ("openai-", "x-ratelimit-", "retry-after-")
 
 
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """Who is calling, once the proxy let the call through: whether it proved itself with a
+    driftd token (only then may it choose the sample's request id), and the ``Authorization``
+    header to send upstream."""
+
+    authenticated: bool
+    upstream_authorization: str | None
+
+
+class _Refusal(Exception):
+    """A call the proxy answers itself, before anything is forwarded or recorded."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
 def proxy_router(
     deployments: Sequence[Deployment],
     recorder: ProxyRecorder,
@@ -63,32 +86,81 @@ def proxy_router(
     client: UpstreamClient,
     environ: Mapping[str, str],
     prompt_for: PromptFor,
+    tokens: Tokens,
+    limits: ProxyLimits | None = None,
 ) -> APIRouter:
-    """The proxy's routes; finished calls go to ``recorder`` (started, over a started writer).
+    """The proxy's routes for the ``deployments`` that have an upstream (``Deployment.proxied``);
+    finished calls go to ``recorder`` (started, over a started writer).
 
     ``client`` is shared by every call (its owner closes it); ``environ`` holds the upstream
-    keys, named by each deployment's ``upstream.api_key_env``.
+    keys, named by each deployment's ``upstream.api_key_env``; ``tokens`` are driftd's own,
+    which callers present (``upstream.auth``) and which never travel upstream; ``limits`` bound
+    the request bodies.
     """
-    by_name = {d.name: d for d in deployments}
+    limits = limits or ProxyLimits()
+    by_name = {d.name: d for d in deployments if d.proxied}
     stats = recorder.stats
     router = APIRouter(prefix="/proxy/{deployment}/v1", tags=["proxy"])
 
+    def admit(config: Deployment | None, request: Request) -> _Caller:
+        """The caller, if the deployment's ``upstream.auth`` lets it call; else ``_Refusal``."""
+        headers = request.headers
+        token = headers.get(TOKEN_HEADER)
+        authorization = headers.get("authorization")
+        mode = UpstreamAuth.key if config is None else config.upstream.auth
+        if mode is UpstreamAuth.key:
+            presented = token if token is not None else bearer(authorization)
+            if not tokens.grants(presented, Scope.proxy):
+                raise _Refusal(_unauthorized(None if config is None else config.name, mode))
+            assert config is not None or presented is not None
+            if config is None:
+                raise _Refusal(_unknown(request.path_params.get("deployment", ""), by_name))
+            key = environ.get(config.upstream.api_key_env)
+            if not key:
+                raise _Refusal(
+                    _openai_error(
+                        503,
+                        f"deployment {config.name!r} has no upstream key: the environment "
+                        f"variable {config.upstream.api_key_env} (upstream.api_key_env) is not "
+                        "set in driftd's environment; set it and restart driftd",
+                        "server_error",
+                        "upstream_key_missing",
+                    )
+                )
+            return _Caller(True, f"Bearer {key}")
+        assert config is not None
+        authenticated = tokens.grants(token, Scope.proxy)
+        if not authenticated and (token is not None or mode is UpstreamAuth.passthrough):
+            raise _Refusal(_unauthorized(config.name, mode))
+        if tokens.owns(bearer(authorization)):
+            raise _Refusal(
+                _openai_error(
+                    401,
+                    f"deployment {config.name!r} forwards the caller's own upstream key "
+                    "(upstream.auth: passthrough), and the Authorization header carries a "
+                    f"driftd token, which never leaves driftd: send your upstream key as the "
+                    f"API key and the driftd token in the {TOKEN_HEADER} header",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                )
+            )
+        return _Caller(authenticated, authorization)
+
     async def forward(deployment: str, endpoint: str, request: Request) -> Response:
         config = by_name.get(deployment)
-        if config is None:
-            return _openai_error(
-                404,
-                f"unknown deployment {deployment!r}; configured: {sorted(by_name)}",
-                "invalid_request_error",
-                "deployment_not_found",
-            )
-        raw = await request.body()
-        call, content = _start(deployment, endpoint, raw, request, prompt_for)
+        try:
+            caller = admit(config, request)
+            assert config is not None
+            raw = await _read_body(request, limits.max_body_bytes)
+            body = _parse_body(raw, limits.max_depth)
+        except _Refusal as refusal:
+            return refusal.response
+        call, content = _start(deployment, endpoint, raw, body, request, caller, prompt_for)
         upstream = config.upstream
         url = f"{(upstream.base_url or OPENAI_BASE_URL).rstrip('/')}/{endpoint}"
         if request.url.query:
             url = f"{url}?{request.url.query}"
-        headers = _upstream_headers(request, environ.get(upstream.api_key_env), call.stream)
+        headers = _upstream_headers(request, caller.upstream_authorization, call.stream)
         seconds = upstream.timeout.total_seconds()
         try:
             answer = await client.post(
@@ -112,52 +184,214 @@ def proxy_router(
         call.status = answer.status
         if answer.status >= 400:
             stats.upstream_error(deployment, "http_5xx" if answer.status >= 500 else "http_4xx")
-        call.request_id = call.request_id or answer.headers.get("x-request-id") or new_id()
+        # The upstream's own id is kept beside the sample, never used as its key: an upstream
+        # that repeats one would make driftd drop every later sample as a duplicate.
+        call.upstream_request_id = text_or_none(answer.headers.get("x-request-id"))
         passed = _passed_back(answer.headers)
         passed[REQUEST_ID_HEADER] = call.request_id
         streaming = call.stream and answer.status < 400 and _is_event_stream(answer.headers)
         if not streaming:
             try:
-                body = await answer.read()
+                body_out = await answer.read()
             except (UpstreamError, *UpstreamTimeout) as exc:
                 answer.close()
                 stats.upstream_error(deployment, _failure(exc))
                 message = f"the upstream of deployment {deployment!r} broke off its answer: {exc}"
                 return _failed(call, 502, message, "upstream_unreachable", recorder, stats)
             call.finish()
-            read_answer(call, body)
+            read_answer(call, body_out)
             stats.served(deployment, call.status, call.latency_ms / 1000.0)
             recorder.record(call)
-            return Response(body, status_code=answer.status, headers=passed)
+            return Response(body_out, status_code=answer.status, headers=passed)
         return StreamingResponse(
             _relay(answer, call, recorder, stats), status_code=answer.status, headers=passed
         )
 
-    @router.post(f"/{CHAT}", summary="Chat completions, forwarded to the upstream and sampled.")
-    async def chat_completions(deployment: str, request: Request) -> Response:
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"description": what, "model": OpenAIErrorBody}
+        for code, what in _ERROR_RESPONSES.items()
+    }
+
+    if not by_name:
+        return router  # no deployment has an upstream: no proxy routes at all
+    # Documented, not enforced: an unknown name gets the proxy's own 401 or 404.
+    name = Path(description="A proxied deployment.", json_schema_extra={"enum": sorted(by_name)})
+
+    @router.post(
+        f"/{CHAT}",
+        summary="Chat completions, forwarded to the upstream and sampled.",
+        responses=responses,
+        openapi_extra=_OPENAPI_BODY,
+    )
+    async def chat_completions(request: Request, deployment: str = name) -> Response:
         return await forward(deployment, CHAT, request)
 
-    @router.post(f"/{EMBEDDINGS}", summary="Embeddings, forwarded to the upstream and sampled.")
-    async def embeddings(deployment: str, request: Request) -> Response:
+    @router.post(
+        f"/{EMBEDDINGS}",
+        summary="Embeddings, forwarded to the upstream and sampled.",
+        responses=responses,
+        openapi_extra=_OPENAPI_BODY,
+    )
+    async def embeddings(request: Request, deployment: str = name) -> Response:
         return await forward(deployment, EMBEDDINGS, request)
 
     return router
 
 
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """An error in the shape OpenAI's SDKs read (the upstream's own errors pass through as
+    they came, usually in this shape too)."""
+
+    error: OpenAIError
+
+
+_ERROR_RESPONSES = {
+    400: "The body is not a JSON object, or nests deeper than proxy.max_depth.",
+    401: "No driftd token, or a wrong one (or the upstream's own 401, passed through).",
+    404: "No proxied deployment of that name (or the upstream's own 404).",
+    413: "The body exceeds proxy.max_body_bytes.",
+    429: "The upstream's rate limit, passed through with its headers.",
+    502: "The upstream cannot be reached.",
+    503: "The deployment's upstream key is not set in driftd's environment.",
+    504: "The upstream did not answer within upstream.timeout.",
+}
+
+_OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "The OpenAI API's request body, forwarded as it is (with the "
+                    "active prompt injected for a prompted deployment).",
+                }
+            }
+        },
+    }
+}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _Refusal(_too_large(limit))
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _Refusal(_too_large(limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
+    """The body as a JSON object; ``_Refusal`` (400) for anything else, or one nested deeper
+    than ``max_depth``, so that nothing malformed spends an upstream call."""
+    # Each level opens a bracket, so a body with few brackets cannot be deep; only one with
+    # many is measured (after parsing, which itself stops at the interpreter's recursion limit).
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _depth_exceeds(raw, max_depth):
+        raise _Refusal(
+            _bad_request(f"the body nests deeper than {max_depth} levels (proxy.max_depth)")
+        )
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _Refusal(_bad_request(f"the body is not valid JSON: {exc}")) from None
+    if not isinstance(parsed, dict):
+        raise _Refusal(_bad_request("the body must be a JSON object"))
+    return parsed
+
+
+def _depth_exceeds(raw: bytes, max_depth: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``max_depth`` (a linear scan)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
+def _unauthorized(deployment: str | None, mode: UpstreamAuth) -> JSONResponse:
+    if mode is UpstreamAuth.key:
+        how = "as the API key (Authorization: Bearer <token>)"
+    else:
+        how = f"in the {TOKEN_HEADER} header (your own upstream key stays the API key)"
+    response = _openai_error(
+        401,
+        f"a driftd proxy token (DRIFTD_PROXY_TOKENS, or an admin token) is needed {how}",
+        "invalid_request_error",
+        "invalid_api_key",
+    )
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _unknown(deployment: str, by_name: Mapping[str, Deployment]) -> JSONResponse:
+    # Only a caller with a token gets here, so naming the deployments tells no stranger.
+    return _openai_error(
+        404,
+        f"unknown deployment {deployment!r}; proxied: {sorted(by_name)} (the proxy serves "
+        "prompted deployments, OpenAI fine-tuned ones and those with an upstream section)",
+        "invalid_request_error",
+        "deployment_not_found",
+    )
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return _openai_error(
+        413,
+        f"the body exceeds {limit} bytes (proxy.max_body_bytes)",
+        "invalid_request_error",
+        "request_too_large",
+    )
+
+
+def _bad_request(message: str) -> JSONResponse:
+    return _openai_error(400, message, "invalid_request_error", "invalid_body")
+
+
 def _start(
-    deployment: str, endpoint: str, raw: bytes, request: Request, prompt_for: PromptFor
+    deployment: str,
+    endpoint: str,
+    raw: bytes,
+    body: dict[str, Any],
+    request: Request,
+    caller: _Caller,
+    prompt_for: PromptFor,
 ) -> tuple[Call, bytes]:
     """The call's record, and the body to send: the caller's bytes as they are, unless a prompt
     is injected (then the re-encoded JSON)."""
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        parsed = None
-    body = parsed if isinstance(parsed, dict) else None
-    prompt = prompt_for(deployment) if endpoint == CHAT and body is not None else None
+    prompt = prompt_for(deployment) if endpoint == CHAT else None
     content = raw
-    if prompt is not None and body is not None:
+    if prompt is not None:
         content = json.dumps(prompt.apply(body)).encode()
+    # Only a caller that proved itself may name the sample: an anonymous one could otherwise
+    # claim an id ahead of the app, whose real sample would then be dropped as a duplicate.
+    asked = request.headers.get("x-request-id") if caller.authenticated else None
     call = Call(
         deployment=deployment,
         endpoint=endpoint,
@@ -165,9 +399,9 @@ def _start(
         started=time.monotonic(),
         body=body,
         prompt_version=None if prompt is None else prompt.version,
-        stream=body is not None and body.get("stream") is True,
-        request_id=request.headers.get("x-request-id"),
-        model=prompt.model if prompt is not None else text_or_none((body or {}).get("model")),
+        stream=body.get("stream") is True,
+        request_id=asked if asked is not None and valid_request_id(asked) else new_id(),
+        model=prompt.model if prompt is not None else text_or_none(body.get("model")),
     )
     return call, content
 
@@ -217,7 +451,6 @@ def _failed(
     call.finish()
     call.status = status
     call.error = message
-    call.request_id = call.request_id or new_id()
     stats.served(call.deployment, status, call.latency_ms / 1000.0)
     response = _openai_error(status, message, kind, None)
     response.headers[REQUEST_ID_HEADER] = call.request_id
@@ -225,12 +458,10 @@ def _failed(
     return response
 
 
-def _upstream_headers(request: Request, key: str | None, stream: bool) -> dict[str, str]:
+def _upstream_headers(request: Request, authorization: str | None, stream: bool) -> dict[str, str]:
     headers = {k: v for k, v in request.headers.items() if k in _FORWARDED_REQUEST}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    elif "authorization" in request.headers:
-        headers["authorization"] = request.headers["authorization"]
+    if authorization:
+        headers["authorization"] = authorization
     # A stream is relayed byte for byte, so it must arrive as the client will read it.
     headers["accept-encoding"] = "identity" if stream else "gzip, deflate"
     return headers

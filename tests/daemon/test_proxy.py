@@ -33,6 +33,7 @@ import uvicorn
 from fastapi import FastAPI
 from websockets.sync.client import connect
 
+from daemon.api.auth import Tokens
 from daemon.config import parse_config
 from daemon.ingest.writer import QueueFull, Writer
 from daemon.proxy import (
@@ -48,7 +49,10 @@ from daemon.store.repository import SampleRows
 
 KEY = "sk-katan-right"
 KEY_ENV = "DRIFTD_UPSTREAM_KEY"
-CALLER = {"Authorization": f"Bearer {KEY}"}
+PROXY_TOKEN = "proxy-token-1"
+TOKENS = Tokens(ingest=(b"ingest-token-1",), proxy=(PROXY_TOKEN.encode(),), admin=(b"admin-1",))
+CALLER = {"Authorization": f"Bearer {PROXY_TOKEN}"}
+UPSTREAM_KEY = {"Authorization": f"Bearer {KEY}"}  # what a direct call to the upstream sends
 START_TIMEOUT = 60.0
 
 # Each llm-katan started for this module, by the name tests use, with its failure setting.
@@ -222,6 +226,7 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
                 client=shared,
                 environ={KEY_ENV: KEY} if environ is None else environ,
                 prompt_for=prompt_for,
+                tokens=TOKENS,
             )
         )
         listener = socket.socket()
@@ -293,7 +298,9 @@ def test_a_completion_is_passed_through_as_a_direct_call_gets_it_and_recorded(
     katan = katans["plain"]
     served = proxy({"bot": (katan.url, 5)})
     body = chat("Where is my new card?")
-    direct = httpx.post(f"{katan.url}/chat/completions", json=body, headers=CALLER, timeout=30)
+    direct = httpx.post(
+        f"{katan.url}/chat/completions", json=body, headers=UPSTREAM_KEY, timeout=30
+    )
     proxied = served.post("bot", body, CALLER | {"X-Request-Id": "req-plain-1"})
 
     assert proxied.status_code == direct.status_code == 200
@@ -325,7 +332,7 @@ def test_a_stream_is_relayed_as_a_direct_call_gets_it_and_recorded_when_it_ends(
     served = proxy({"bot": (katan.url, 5)})
     body = chat("Can I freeze my card?", stream=True)
     with httpx.stream(
-        "POST", f"{katan.url}/chat/completions", json=body, headers=CALLER, timeout=30
+        "POST", f"{katan.url}/chat/completions", json=body, headers=UPSTREAM_KEY, timeout=30
     ) as direct:
         direct_bytes = b"".join(direct.iter_raw())
     with httpx.stream(
@@ -396,7 +403,9 @@ def test_upstream_errors_pass_through_unchanged_and_are_recorded_with_their_erro
     body = chat("What is the exchange rate?")
     served.post("bot", body)  # the first call may pass: the "after 1 request" failures
     proxied = served.post("bot", body, CALLER | {"X-Request-Id": f"req-{katan}"})
-    direct = httpx.post(f"{upstream.url}/chat/completions", json=body, headers=CALLER, timeout=30)
+    direct = httpx.post(
+        f"{upstream.url}/chat/completions", json=body, headers=UPSTREAM_KEY, timeout=30
+    )
 
     assert proxied.status_code == direct.status_code == status
     assert proxied.content == direct.content
@@ -416,7 +425,9 @@ def test_a_failing_stream_request_passes_the_error_body_through(
     served = proxy({"bot": (upstream.url, 5)})
     body = chat("hi", stream=True)
     proxied = served.post("bot", body, CALLER | {"X-Request-Id": "req-failing-stream"})
-    direct = httpx.post(f"{upstream.url}/chat/completions", json=body, headers=CALLER, timeout=30)
+    direct = httpx.post(
+        f"{upstream.url}/chat/completions", json=body, headers=UPSTREAM_KEY, timeout=30
+    )
     assert proxied.status_code == direct.status_code == 500
     assert proxied.content == direct.content
     sample = served.sample("bot", "req-failing-stream")
@@ -463,21 +474,26 @@ def test_an_unreachable_upstream_answers_502_and_is_recorded(proxy: ProxyFactory
     assert stored == error["message"].replace("127.0.0.1", "<IP>")
 
 
-def test_the_configured_key_is_sent_and_otherwise_the_callers_own(
+def test_the_configured_key_is_sent_and_a_missing_one_forwards_nothing(
     katans: dict[str, Katan], proxy: ProxyFactory
 ) -> None:
     katan = katans["plain"]
     keyed = proxy({"bot": (katan.url, 5)}, environ={KEY_ENV: KEY})
+    assert keyed.post("bot", chat("hi")).status_code == 200
+    # The upstream (validating keys) took driftd's configured key, not the caller's token.
     wrong = {"Authorization": "Bearer sk-the-callers-wrong-key"}
-    assert keyed.post("bot", chat("hi"), wrong).status_code == 200
+    refused = keyed.post("bot", chat("hi"), wrong)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert "DRIFTD_PROXY_TOKENS" in refused.json()["error"]["message"]
 
     unkeyed = proxy({"open": (katan.url, 5)}, environ={})
-    assert unkeyed.post("open", chat("hi"), CALLER).status_code == 200
-    refused = unkeyed.post("open", chat("hi"), wrong)
-    direct = httpx.post(f"{katan.url}/chat/completions", json=chat("hi"), headers=wrong)
-    assert refused.status_code == direct.status_code == 401
-    assert refused.content == direct.content
-    assert b"got 'sk-the-callers-wrong-key'" in refused.content
+    missing = unkeyed.post("open", chat("hi"))
+    assert missing.status_code == 503
+    error = missing.json()["error"]
+    assert error["code"] == "upstream_key_missing"
+    assert KEY_ENV in error["message"]
+    assert not unkeyed.stats.requests  # answered by driftd, nothing went upstream
 
 
 def test_a_saturated_writer_drops_the_sample_counts_it_and_the_request_succeeds(
@@ -607,7 +623,9 @@ def test_embeddings_are_forwarded_with_their_headers_and_recorded(
     try:
         scripted = proxy({"embedder": (f"http://127.0.0.1:{server.server_port}/v1", 5)})
         body = {"model": "text-embedding-3-small", "input": ["first text", "second text"]}
-        response = httpx.post(f"{scripted.url}/proxy/embedder/v1/embeddings", json=body)
+        response = httpx.post(
+            f"{scripted.url}/proxy/embedder/v1/embeddings", json=body, headers=CALLER
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -621,14 +639,18 @@ def test_embeddings_are_forwarded_with_their_headers_and_recorded(
     path, headers, content = seen[0]
     assert path == "/v1/embeddings"
     assert headers["authorization"] == f"Bearer {KEY}"
+    assert PROXY_TOKEN not in json.dumps(headers)
     assert json.loads(content) == body
 
-    sample = scripted.sample("embedder", "upstream-req-9")
+    # driftd names the sample itself; the upstream's id is kept beside it.
+    assert response.headers[REQUEST_ID_HEADER].startswith("driftd-")
+    sample = scripted.sample("embedder", response.headers[REQUEST_ID_HEADER])
     assert sample.input == "first text\nsecond text"
     assert sample.output is None
     assert sample.tokens_in == 4
     assert sample.meta is not None
     assert sample.meta["endpoint"] == "embeddings"
+    assert sample.meta["upstream_request_id"] == "upstream-req-9"
 
 
 def test_an_unknown_deployment_is_refused_in_openais_error_shape(
@@ -639,7 +661,7 @@ def test_an_unknown_deployment_is_refused_in_openais_error_shape(
     assert response.status_code == 404
     error = response.json()["error"]
     assert error["code"] == "deployment_not_found"
-    assert error["message"] == "unknown deployment 'nobody'; configured: ['bot']"
+    assert error["message"].startswith("unknown deployment 'nobody'; proxied: ['bot']")
 
 
 def test_active_prompt_replaces_system_and_developer_messages_only() -> None:

@@ -155,6 +155,185 @@ def test_secrets_in_the_file_are_refused_without_echoing_them(
     assert "sk-abc" not in problem
 
 
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+    "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+)
+SLACK_HOOK = "https://hooks.slack.com/services/T000/B000/XXXXXXXX"
+DISCORD_HOOK = "https://discord.com/api/webhooks/123456789012345678/Zt9-x_secretpart"
+
+
+def hook(line: str) -> str:
+    return MINIMAL + "    retune:\n      hooks:\n" + f"        {line}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "what", "secret"),
+    [
+        (
+            MINIMAL + f"    prompt_note: 'token {JWT}'\n",
+            "deployments[0].prompt_note",
+            "contains a JSON Web Token",
+            "dozjgNry",
+        ),
+        (
+            hook(f"webhook: {SLACK_HOOK}"),
+            "deployments[0].retune.hooks.webhook",
+            "contains a Slack webhook URL",
+            "XXXXXXXX",
+        ),
+        (
+            hook(f"webhook: {DISCORD_HOOK}"),
+            "deployments[0].retune.hooks.webhook",
+            "contains a Discord webhook URL",
+            "secretpart",
+        ),
+        (
+            hook("command: [curl, -u, 'admin:hunter2', 'https://hooks.internal/x']"),
+            "deployments[0].retune.hooks.command[2]",
+            "contains a password in -u USER:PASSWORD",
+            "hunter2",
+        ),
+        (
+            hook("command: [curl, '--user=admin:hunter2', 'https://hooks.internal/x']"),
+            "deployments[0].retune.hooks.command[1]",
+            "contains a password in --user USER:PASSWORD",
+            "hunter2",
+        ),
+        (
+            hook("command: [reload, '--password=hunter2']"),
+            "deployments[0].retune.hooks.command[1]",
+            "contains a credential after --password",
+            "hunter2",
+        ),
+        (
+            hook("command: [reload, --token, hunter2]"),
+            "deployments[0].retune.hooks.command[2]",
+            "contains a credential after --token",
+            "hunter2",
+        ),
+        (
+            hook("command: [reload, --api-key, hunter2]"),
+            "deployments[0].retune.hooks.command[2]",
+            "contains a credential after --api-key",
+            "hunter2",
+        ),
+        (
+            hook("command: [curl, -H, 'Authorization: Basic hunter2', 'https://hooks.internal/x']"),
+            "deployments[0].retune.hooks.command[2]",
+            "contains a credential in the header Authorization",
+            "hunter2",
+        ),
+        (
+            hook("command: [curl, 'https://admin:hunter2@hooks.internal/x']"),
+            "deployments[0].retune.hooks.command[1]",
+            "contains a password in a URL",
+            "hunter2",
+        ),
+        (
+            hook("command: [sh, -c, 'curl -u admin:hunter2 https://hooks.internal/x']"),
+            "deployments[0].retune.hooks.command[2]",
+            "contains a password in -u USER:PASSWORD",
+            "hunter2",
+        ),
+        (
+            hook("command: [sh, -c, \"curl -H 'X-Api-Key: hunter2' https://hooks.internal\"]"),
+            "deployments[0].retune.hooks.command[2]",
+            "contains a credential in the header X-Api-Key",
+            "hunter2",
+        ),
+        (
+            hook("command: 'curl -u admin:hunter2 https://hooks.internal/x'"),
+            "deployments[0].retune.hooks.command",
+            "contains a password in -u USER:PASSWORD",
+            "hunter2",
+        ),
+    ],
+)
+def test_more_secret_shapes_are_refused_without_echoing_them(
+    text: str, path: str, what: str, secret: str
+) -> None:
+    (problem,) = problems(text)
+    assert problem.startswith(f"driftd.yaml:{text.count(chr(10))}: {path}: {what}; ")
+    assert "secrets never go in the file" in problem
+    assert secret not in problem
+
+
+def test_a_credential_in_a_command_says_to_read_it_from_the_environment() -> None:
+    (problem,) = problems(hook("command: [reload, --token, hunter2]"))
+    assert "the command inherits driftd's environment" in problem
+    assert "$HOOK_TOKEN" in problem
+
+
+def test_a_webhook_url_in_the_retune_hook_asks_for_a_receiver_that_is_no_credential() -> None:
+    (problem,) = problems(hook(f"webhook: {SLACK_HOOK}"))
+    assert problem.endswith(
+        "retune.hooks.webhook has no environment-variable form, so point it at a receiver whose "
+        "URL is not itself a credential (e.g. a relay in your network that holds it)"
+    )
+
+
+def test_a_webhook_url_elsewhere_points_to_an_environment_variable() -> None:
+    (problem,) = problems(MINIMAL + f"    prompt_note: 'alerts go to {DISCORD_HOOK}'\n")
+    assert "contains a Discord webhook URL" in problem
+    assert "notifications.slack.url_env" in problem
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "[curl, -u, 'admin:$HOOK_PASSWORD', 'https://hooks.internal/x']",
+        "[curl, -u, admin, 'https://hooks.internal/x']",
+        "[reload, --token, '\"$TOKEN\"']",
+        "[reload, '--token=${TOKEN}', --no-password, 'https://hooks.internal/x']",
+        "[reload, --token-file, /run/secrets/token]",
+        "[curl, -H, 'Authorization: Bearer $HOOK_TOKEN', -H, 'Content-Type: application/json']",
+        "[sh, -c, 'curl -u \"admin:$HOOK_PASSWORD\" https://hooks.internal/x']",
+        "[sh, -c, 'curl -H \"Authorization: Bearer ${HOOK_TOKEN}\" https://$USER:$PW@h/x']",
+        "[sh, -c, 'curl --token \"$(cat /run/secrets/token)\" https://hooks.internal/x']",
+        "[docker, run, --rm, -u, '1000:1000', -p, '8080:80', reloader]",
+        "[mkdir, -p, /srv/models]",
+        "[systemctl, reload, vllm]",
+    ],
+)
+def test_commands_that_take_credentials_from_the_environment_are_accepted(command: str) -> None:
+    config = parse_config(hook(f"command: {command}"), environ={})
+    assert config.deployments[0].retune.hooks.command is not None
+
+
+def test_a_url_password_taken_from_a_variable_is_still_refused_outside_a_command() -> None:
+    # Only a shell expands $PW; driftd would send these characters as the password.
+    (problem,) = problems(MINIMAL + "    upstream: {base_url: 'https://u:$PW@llm.internal/v1'}\n")
+    assert "deployments[0].upstream.base_url: contains a password in a URL" in problem
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["DRIFTD_ADMIN_TOKENS", "DRIFTD_INGEST_TOKENS", "DRIFTD_PROXY_TOKENS", "DRIFTD_STORAGE_URL"],
+)
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ("    upstream: {{api_key_env: {}}}\n", "deployments[0].upstream.api_key_env"),
+        ("notifications: {{slack: {{url_env: {}}}}}\n", "notifications.slack.url_env"),
+    ],
+)
+def test_a_secret_env_must_not_name_driftds_own_credentials(
+    variable: str, extra: str, path: str
+) -> None:
+    (problem,) = problems(MINIMAL + extra.format(variable))
+    assert problem.startswith(f"driftd.yaml:7: {path}: {variable} holds driftd's own credentials")
+    assert "must never travel to an upstream or a webhook" in problem
+
+
+@pytest.mark.parametrize("path", ["deploy/compose/driftd.yaml", "deploy/docker/driftd.yaml"])
+def test_the_shipped_deploy_configurations_are_valid(path: str) -> None:
+    # The compose stack mounts examples/banking77/data beside the file, so its paths resolve there.
+    text = (ROOT / path).read_text()
+    config = parse_config(text, source=path, base_dir=ROOT / "examples" / "banking77", environ={})
+    assert config.server.port == 8477
+
+
 def test_storage_password_points_to_the_environment_variable() -> None:
     (problem,) = problems("storage: {url: 'postgresql://driftd:pw@db/driftd'}\n")
     assert "storage.url: contains a password in a URL" in problem

@@ -2,7 +2,10 @@ from datetime import timedelta
 
 import pytest
 
+from daemon.api.auth import ADMIN_ENV, INGEST_ENV, PROXY_ENV
+from daemon.config import ENV_STORAGE_URL
 from daemon.config.types import (
+    DRIFTD_CREDENTIALS,
     Schedule,
     check_name,
     check_secret_env,
@@ -67,3 +70,16 @@ def test_secrets_come_only_from_driftd_or_openai_variables() -> None:
     assert check_secret_env("DRIFTD_JUDGE_KEY") == "DRIFTD_JUDGE_KEY"
     with pytest.raises(ValueError, match="DRIFTD_<NAME> or OPENAI_API_KEY"):
         check_secret_env("AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.mark.parametrize("name", sorted(DRIFTD_CREDENTIALS))
+def test_secrets_never_come_from_driftds_own_credentials(name: str) -> None:
+    with pytest.raises(
+        ValueError, match=f"^{name} holds driftd's own credentials, which must never"
+    ):
+        check_secret_env(name)
+
+
+def test_driftds_own_credentials_are_the_variables_driftd_reads_them_from() -> None:
+    # types.py repeats the names of daemon.api.auth, which daemon.config may not import.
+    assert {ADMIN_ENV, INGEST_ENV, PROXY_ENV, ENV_STORAGE_URL} == DRIFTD_CREDENTIALS
