@@ -48,6 +48,7 @@ import httpx
 DRIFTD = Path(sys.executable).parent / "driftd"
 KEY = "sk-bench-katan"
 KEY_ENV = "DRIFTD_BENCH_UPSTREAM_KEY"
+PROXY_TOKEN = "bench-proxy-token"
 MASTER_KEY = f"sk-{secrets.token_hex(16)}"  # LiteLLM's own key, checked on every call
 MODEL = "katan-echo"
 START_TIMEOUT = 120.0
@@ -156,6 +157,7 @@ def driftd(
     environ |= {
         "DRIFTD_STORAGE_URL": f"sqlite:///{folder / 'driftd.db'}",
         "DRIFTD_INGEST_TOKENS": "bench-token",
+        "DRIFTD_PROXY_TOKENS": PROXY_TOKEN,
         KEY_ENV: KEY,
     }
     command = [str(DRIFTD), "serve", "-c", str(config), "--port", str(port)]
@@ -347,7 +349,11 @@ def main() -> None:
             caller = {"Authorization": f"Bearer {KEY}"}
             paths = [
                 Route("direct", f"{upstream}/chat/completions", caller),
-                Route("driftd", f"http://127.0.0.1:{ports[1]}/proxy/bot/v1/chat/completions", {}),
+                Route(
+                    "driftd",
+                    f"http://127.0.0.1:{ports[1]}/proxy/bot/v1/chat/completions",
+                    {"Authorization": f"Bearer {PROXY_TOKEN}"},
+                ),
             ]
             if executable is not None:
                 running.enter_context(litellm(executable, folder, ports[2], upstream, proxies))

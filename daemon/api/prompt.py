@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from daemon.api.auth import Scope
+from daemon.auth import Scope
 from daemon.errors import DriftdError, StoreError
 from daemon.prompts import ActivePrompt, PromptCache, prompt_record
 

@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from daemon.api.auth import TOKEN_HEADER, Scope
+from daemon.auth import TOKEN_HEADER, Scope
 from daemon.ingest.schema import FeedbackBatch, Problem, SampleBatch
 
 BEARER = "bearerToken"

@@ -117,7 +117,7 @@ ENV_STORAGE_URL = "DRIFTD_STORAGE_URL"
 
 # driftd's own credentials: the callers' tokens and the store's URL. A `SecretEnv` is sent
 # elsewhere (an upstream's API key, a channel's URL), so naming one of these would hand driftd's
-# keys to a third party. The token names are repeated from daemon.api.auth (INGEST_ENV, ADMIN_ENV,
+# keys to a third party. The token names are repeated from daemon.auth (INGEST_ENV, ADMIN_ENV,
 # PROXY_ENV) because daemon.config sits below daemon.api and does not import it; a test keeps the
 # two in step.
 DRIFTD_CREDENTIALS = frozenset(

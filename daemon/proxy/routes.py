@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from multidict import CIMultiDictProxy
 from pydantic import BaseModel
 
-from daemon.api.auth import TOKEN_HEADER, Scope, Tokens, bearer
+from daemon.auth import TOKEN_HEADER, Scope, Tokens, bearer
 from daemon.config.models import Deployment, UpstreamAuth
 from daemon.config.models import Proxy as ProxyLimits
 from daemon.proxy.call import (
@@ -297,42 +297,35 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
     """The body as a JSON object; ``_Refusal`` (400) for anything else, or one nested deeper
     than ``max_depth``, so that nothing malformed spends an upstream call."""
-    # Each level opens a bracket, so a body with few brackets cannot be deep; only one with
-    # many is measured (after parsing, which itself stops at the interpreter's recursion limit).
-    if raw.count(b"[") + raw.count(b"{") > max_depth and _depth_exceeds(raw, max_depth):
-        raise _Refusal(
-            _bad_request(f"the body nests deeper than {max_depth} levels (proxy.max_depth)")
-        )
     try:
         parsed = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:  # deeper than the interpreter's limit, far beyond max_depth
+        raise _Refusal(_too_deep(max_depth)) from None
+    except ValueError as exc:
         raise _Refusal(_bad_request(f"the body is not valid JSON: {exc}")) from None
     if not isinstance(parsed, dict):
         raise _Refusal(_bad_request("the body must be a JSON object"))
+    # Each level opens a bracket, so a body with few brackets cannot be deep: only one with
+    # many (a long conversation, say) is measured.
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(parsed, max_depth):
+        raise _Refusal(_too_deep(max_depth))
     return parsed
 
 
-def _depth_exceeds(raw: bytes, max_depth: int) -> bool:
-    """Whether brackets outside strings nest deeper than ``max_depth`` (a linear scan)."""
-    depth = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > max_depth:
-                return True
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
+def _deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether parsed JSON nests arrays and objects more than ``max_depth`` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
+
+
+def _too_deep(max_depth: int) -> JSONResponse:
+    return _bad_request(f"the body nests deeper than {max_depth} levels (proxy.max_depth)")
 
 
 def _unauthorized(deployment: str | None, mode: UpstreamAuth) -> JSONResponse:

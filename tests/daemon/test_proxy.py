@@ -33,7 +33,7 @@ import uvicorn
 from fastapi import FastAPI
 from websockets.sync.client import connect
 
-from daemon.api.auth import Tokens
+from daemon.auth import Tokens
 from daemon.config import parse_config
 from daemon.ingest.writer import QueueFull, Writer
 from daemon.proxy import (

@@ -37,6 +37,7 @@ DRIFTD = Path(sys.executable).parent / "driftd"
 GOLDEN = ROOT / "examples" / "support-bot" / "golden.jsonl"
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 INGEST_TOKEN, ADMIN_TOKEN = "metrics-ingest", "metrics-admin"
+PROXY_TOKEN = "metrics-proxy"
 REFUSAL = "I'm sorry, but I can't help with that."
 READY_WITHIN = 120.0
 CONFIG = """\
@@ -199,6 +200,7 @@ def running_driftd(
                     "DRIFTD_STORAGE_URL": db_url,
                     "DRIFTD_INGEST_TOKENS": INGEST_TOKEN,
                     "DRIFTD_ADMIN_TOKENS": ADMIN_TOKEN,
+                    "DRIFTD_PROXY_TOKENS": PROXY_TOKEN,
                     "DRIFTD_UPSTREAM_KEY": upstream.api_key,
                     "OMP_NUM_THREADS": "1",
                 },
@@ -216,10 +218,11 @@ def running_driftd(
                 answer = _post(running.base_url, "/v1/deployments/bot/samples", {"samples": batch})
                 assert answer.status_code == 200, answer.text
             chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
-            proxied = _post(running.base_url, "/proxy/bot/v1/chat/completions", chat)
+            path = "/proxy/bot/v1/chat/completions"
+            proxied = _post(running.base_url, path, chat, PROXY_TOKEN)
             assert proxied.status_code == 200, proxied.text
             upstream.script_error(fake_openai.CHAT_ROUTE, 503, "overloaded", type="server_error")
-            failed = _post(running.base_url, "/proxy/bot/v1/chat/completions", chat)
+            failed = _post(running.base_url, path, chat, PROXY_TOKEN)
             assert failed.status_code == 503, failed.text
             store = Store.open(db_url)
             try:

@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 
-from daemon.api.auth import Scope, Tokens
 from daemon.api.prompt import prompt_router
+from daemon.auth import Scope, Tokens
 from daemon.config.models import Deployment
 from daemon.prompts import Example, PromptCache, PromptSpec, add_prompt_version, ensure_initial
 from daemon.store import Store

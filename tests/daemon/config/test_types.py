@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import pytest
 
-from daemon.api.auth import ADMIN_ENV, INGEST_ENV, PROXY_ENV
+from daemon.auth import ADMIN_ENV, INGEST_ENV, PROXY_ENV
 from daemon.config import ENV_STORAGE_URL
 from daemon.config.types import (
     DRIFTD_CREDENTIALS,
@@ -81,5 +81,5 @@ def test_secrets_never_come_from_driftds_own_credentials(name: str) -> None:
 
 
 def test_driftds_own_credentials_are_the_variables_driftd_reads_them_from() -> None:
-    # types.py repeats the names of daemon.api.auth, which daemon.config may not import.
+    # types.py repeats the names of daemon.auth, which daemon.config may not import.
     assert {ADMIN_ENV, INGEST_ENV, PROXY_ENV, ENV_STORAGE_URL} == DRIFTD_CREDENTIALS
