@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.api.auth import ADMIN_ENV, INGEST_ENV
+from daemon.auth import ADMIN_ENV, INGEST_ENV, PROXY_ENV
 from daemon.config import ENV_STORAGE_URL, load_config, parse_config
 from daemon.config.models import Server
 
@@ -37,6 +37,7 @@ UNIT = DEPLOY / "systemd" / "driftd.service"
 ALERT_RULES = ROOT / "dashboards" / "prometheus" / "driftd-alerts.yml"
 DASHBOARDS = ROOT / "dashboards" / "grafana" / "dashboards"
 SYNC = "sh deploy/helm/sync-chart-files.sh"
+TOKEN_ENVS = (INGEST_ENV, PROXY_ENV, ADMIN_ENV)
 
 # A password in DRIFTD_STORAGE_URL, as the compose file and the chart's Secret pass it.
 STORE_ENV = {ENV_STORAGE_URL: "postgresql://driftd:secret@postgres:5432/driftd"}
@@ -96,7 +97,7 @@ def test_the_compose_stack_has_its_five_services() -> None:
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "@postgres:5432/" in driftd["environment"][ENV_STORAGE_URL]
     # Secrets come from the operator's environment, not from the file.
-    for name in (INGEST_ENV, ADMIN_ENV, "OPENAI_API_KEY"):
+    for name in (*TOKEN_ENVS, "OPENAI_API_KEY"):
         assert driftd["environment"][name] == f"${{{name}:-}}"
     # Published on the loopback interface only.
     for service in services.values():
@@ -497,7 +498,7 @@ def test_the_unit_restarts_on_failure_and_stops_within_the_shutdown_grace() -> N
 def test_the_environment_file_example_names_what_driftd_reads() -> None:
     example = (DEPLOY / "systemd" / "driftd.env.example").read_text()
     names = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", example, re.M))
-    assert {ENV_STORAGE_URL, INGEST_ENV, ADMIN_ENV, "OPENAI_API_KEY"} <= names
+    assert {ENV_STORAGE_URL, *TOKEN_ENVS, "OPENAI_API_KEY"} <= names
     (env_file,) = _unit_settings()["EnvironmentFile"]
     assert env_file == "/etc/driftd/driftd.env"
 
@@ -522,3 +523,43 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     result = _run(analyze, "verify", str(original))
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert all("/opt/driftd/bin/driftd" in line for line in complaints), complaints
+
+
+# ---- tokens, across the files -----------------------------------------------------------------
+
+# Where an operator reads or sets driftd's token lists: each names all three.
+TOKEN_FILES = (
+    "README.md",
+    "compose/compose.yaml",
+    "systemd/driftd.env.example",
+    "helm/driftd/values.yaml",
+    "helm/driftd/templates/deployment.yaml",
+    "helm/driftd/templates/NOTES.txt",
+)
+
+
+@pytest.mark.parametrize("file", TOKEN_FILES)
+def test_every_file_that_names_the_ingest_tokens_names_the_proxy_tokens(file: str) -> None:
+    text = (DEPLOY / file).read_text(encoding="utf-8")
+    assert INGEST_ENV in text
+    assert PROXY_ENV in text, f"deploy/{file} names {INGEST_ENV} but not {PROXY_ENV}"
+
+
+def test_the_deploy_readme_says_which_token_opens_what() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    rows = {
+        name: line
+        for line in readme.splitlines()
+        for name in TOKEN_ENVS
+        if line.startswith(f"| `{name}` |")
+    }
+    assert set(rows) == set(TOKEN_ENVS)
+    assert "do not open the proxy" in rows[INGEST_ENV]
+    assert "proxy" in rows[PROXY_ENV]
+    # The three modes of upstream.auth, and the header the passthrough modes use.
+    for mode in ("`key`", "`passthrough`", "`passthrough_anonymous`", "`X-Driftd-Token`"):
+        assert mode in readme, mode
+    # Every example that sets the ingest tokens sets the proxy tokens too.
+    for block in re.findall(r"```sh\n(.*?)```", readme, re.S):
+        if f"{INGEST_ENV}=" in block:
+            assert f"{PROXY_ENV}=" in block, block

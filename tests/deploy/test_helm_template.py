@@ -16,13 +16,16 @@ from typing import Any
 import pytest
 import yaml
 
+from daemon.auth import ADMIN_ENV, INGEST_ENV, PROXY_ENV
 from daemon.config import parse_config
+from daemon.config.models import UpstreamAuth
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "driftd"
 ALERT_RULES = ROOT / "dashboards" / "prometheus" / "driftd-alerts.yml"
 DASHBOARDS = ROOT / "dashboards" / "grafana" / "dashboards"
 KUBE_VERSION = "1.29.0"
+TOKEN_ENVS = (INGEST_ENV, PROXY_ENV, ADMIN_ENV)
 EVERYTHING_ON = (
     "existingSecret=driftd-secrets",
     "serviceMonitor.enabled=true",
@@ -39,19 +42,49 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _render(*settings: str) -> subprocess.CompletedProcess[str]:
+def _render(*settings: str, values: Path | None = None) -> subprocess.CompletedProcess[str]:
     assert HELM is not None
     command = [HELM, "template", "demo", str(CHART), "--kube-version", KUBE_VERSION]
     command += ["--api-versions", "monitoring.coreos.com/v1"]
+    if values is not None:
+        command += ["--values", str(values)]
     for setting in settings:
         command += ["--set", setting]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
-def _manifests(*settings: str) -> list[dict[str, Any]]:
-    rendered = _render(*settings)
+def _manifests(*settings: str, values: Path | None = None) -> list[dict[str, Any]]:
+    rendered = _render(*settings, values=values)
     assert rendered.returncode == 0, rendered.stderr
     return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def _environment(container: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The environment the kubelet gives ``container``, with ``secrets`` (name -> data) in the
+    namespace: every key of an envFrom Secret, then the container's own env over it. A missing
+    Secret, or a missing key of a secretKeyRef not marked optional, fails as the pod would."""
+    environment: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source["secretRef"]
+        assert ref["name"] in secrets or ref.get("optional"), f"no Secret {ref['name']}"
+        environment |= secrets.get(ref["name"], {})
+    for variable in container.get("env", []):
+        if "value" in variable:
+            environment[variable["name"]] = variable["value"]
+            continue
+        ref = variable["valueFrom"]["secretKeyRef"]
+        data = secrets.get(ref["name"], {})
+        if ref["key"] in data:
+            environment[variable["name"]] = data[ref["key"]]
+        else:
+            assert ref.get("optional"), f"{variable['name']}: no key {ref['key']} in {ref['name']}"
+    return environment
+
+
+def _container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = _one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
 
 
 def _one(manifests: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -155,3 +188,60 @@ def test_the_kubernetes_executor_gets_its_rights_its_volume_and_its_configuratio
         if m["mountPath"] == str(config.scheduling.jobs_dir)
     ]
     assert mount
+
+
+def test_every_token_list_of_the_secret_reaches_driftd() -> None:
+    container = _container(_manifests("existingSecret=driftd-secrets"))
+    secret = {name: f"{name.lower()}-value" for name in (*TOKEN_ENVS, "OPENAI_API_KEY")}
+    environment = _environment(container, {"driftd-secrets": secret})
+    for name in TOKEN_ENVS:
+        assert environment[name] == secret[name], name
+    # A Secret made before DRIFTD_PROXY_TOKENS existed still starts the pods (no proxy token:
+    # the proxy takes admin tokens only).
+    older = {INGEST_ENV: "ingest", ADMIN_ENV: "admin"}
+    environment = _environment(container, {"driftd-secrets": older})
+    assert PROXY_ENV not in environment
+    assert environment[INGEST_ENV] == "ingest"
+
+
+def test_proxy_tokens_can_come_from_a_secret_of_their_own() -> None:
+    container = _container(
+        _manifests(
+            "existingSecret=driftd-secrets",
+            f"secretEnv[0].name={PROXY_ENV}",
+            "secretEnv[0].secretName=driftd-proxy",
+            "secretEnv[0].key=tokens",
+        )
+    )
+    (variable,) = [v for v in container["env"] if v["name"] == PROXY_ENV]
+    assert variable["valueFrom"]["secretKeyRef"] == {"name": "driftd-proxy", "key": "tokens"}
+    secrets = {"driftd-secrets": {INGEST_ENV: "ingest"}, "driftd-proxy": {"tokens": "a,b"}}
+    assert _environment(container, secrets)[PROXY_ENV] == "a,b"
+
+
+def test_no_plain_value_in_the_chart_sets_a_token() -> None:
+    # A token given as a plain env value would sit in the manifest, and override the Secret's.
+    container = _container(_manifests(*EVERYTHING_ON))
+    plain = {v["name"] for v in container.get("env", []) if "value" in v}
+    assert plain.isdisjoint(TOKEN_ENVS), plain
+
+
+@pytest.mark.parametrize("auth", list(UpstreamAuth))
+def test_a_deployments_upstream_auth_reaches_driftds_configuration(
+    tmp_path: Path, auth: UpstreamAuth
+) -> None:
+    values = tmp_path / "values.yaml"
+    deployment = {
+        "name": "support-bot",
+        "kind": "prompted",
+        "task": "generation",
+        "upstream": {"api_key_env": "OPENAI_API_KEY", "auth": auth.value},
+        "prompt": {"model": "gpt-4o-mini", "system": "You are the support assistant of a bank."},
+    }
+    values.write_text(yaml.safe_dump({"config": {"deployments": [deployment]}}))
+    manifests = _manifests("existingSecret=driftd-secrets", values=values)
+    (text,) = _one(manifests, "ConfigMap")["data"].values()
+    config = parse_config(text, environ={})
+    proxied = config.deployment("support-bot")
+    assert proxied.proxied
+    assert proxied.upstream.auth is auth
