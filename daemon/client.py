@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -42,6 +43,17 @@ from typing import Any, Final, Literal, Self
 from urllib.parse import quote
 
 import httpx
+
+from daemon.ingest.rules import (
+    EARLIEST,
+    LATEST,
+    MAX_INTEGER,
+    MAX_METADATA_INTEGER,
+    SAFE_ID,
+    SAFE_ID_CHARACTERS,
+    SAFE_KEY,
+    SAFE_KEY_CHARACTERS,
+)
 
 log = logging.getLogger("driftd.client")
 
@@ -559,7 +571,8 @@ class Client:
 
 # -- building and checking what is sent ------------------------------------------------------
 
-_SHORT_FIELDS: Final = ("prediction", "label", "model_version", "prompt_version")
+_SHORT_FIELDS: Final = ("prediction", "label")
+_VERSION_FIELDS: Final = ("model_version", "prompt_version")
 
 
 def _sample(
@@ -571,9 +584,12 @@ def _sample(
 ) -> dict[str, Any]:
     if not isinstance(ts, datetime):
         raise TypeError(f"ts must be a datetime, got {type(ts).__name__}")
+    aware = ts if ts.tzinfo is not None else ts.astimezone()
+    if not EARLIEST <= aware < LATEST:
+        raise ValueError(f"ts must lie from {EARLIEST:%Y-%m-%d} up to {LATEST:%Y-%m-%d} in UTC")
     body: dict[str, Any] = {
         "request_id": _request_id(request_id),
-        "ts": (ts if ts.tzinfo is not None else ts.astimezone()).isoformat(),
+        "ts": aware.isoformat(),
         "input": _input(input),
     }
     if output is not None:
@@ -583,6 +599,8 @@ def _sample(
             continue
         if name in _SHORT_FIELDS:
             body[name] = _text(name, value, MAX_SHORT_TEXT)
+        elif name in _VERSION_FIELDS:
+            body[name] = _identifier(name, value)
         elif name == "error":
             body[name] = _text(name, value, MAX_TEXT)
         elif name == "confidence":
@@ -629,8 +647,15 @@ def _feedback(
 
 
 def _request_id(value: object) -> str:
+    return _identifier("request_id", value)
+
+
+def _identifier(name: str, value: object) -> str:
+    """An id stored in clear (never redacted), so held to the server's safe alphabet."""
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LENGTH:
-        raise ValueError(f"request_id must be a string of 1 to {MAX_ID_LENGTH} characters")
+        raise ValueError(f"{name} must be a string of 1 to {MAX_ID_LENGTH} characters")
+    if not re.fullmatch(SAFE_ID, value):
+        raise ValueError(f"{name} may hold only {SAFE_ID_CHARACTERS}, got {value!r:.40}")
     return value
 
 
@@ -639,6 +664,8 @@ def _text(name: str, value: object, limit: int) -> str:
         raise TypeError(f"{name} must be a string, got {type(value).__name__}")
     if len(value) > limit:
         raise ValueError(f"{name} has {len(value)} characters, at most {limit} are accepted")
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character, which the store cannot hold")
     return value
 
 
@@ -658,8 +685,8 @@ def _fraction(name: str, value: object) -> float:
 
 
 def _count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r:.40}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INTEGER:
+        raise ValueError(f"{name} must be an integer from 0 to {MAX_INTEGER}, got {value!r:.40}")
     return value
 
 
@@ -700,10 +727,14 @@ def _metadata(value: object) -> dict[str, Scalar]:
     for key, item in value.items():
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
             raise ValueError(f"metadata keys must be strings of 1 to {MAX_METADATA_KEY} characters")
+        if not re.fullmatch(SAFE_KEY, key):
+            raise ValueError(f"metadata keys may hold only {SAFE_KEY_CHARACTERS}, got {key!r:.40}")
         where = f"metadata[{key!r}]"
         if isinstance(item, str):
             flat[key] = _text(where, item, MAX_METADATA_TEXT)
-        elif isinstance(item, int) or (isinstance(item, float) and math.isfinite(item)):
+        elif (
+            isinstance(item, int) and -MAX_METADATA_INTEGER - 1 <= item <= MAX_METADATA_INTEGER
+        ) or (isinstance(item, float) and math.isfinite(item)):
             flat[key] = item  # bool is an int
         else:
             raise ValueError(

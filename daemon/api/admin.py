@@ -11,7 +11,8 @@ without a second copy of the token check. Store calls block, so each runs in a w
 
 Errors: 404 when a deployment, check, job or version does not exist; 409 when the change is not
 possible from the state things are in (e.g. approving a job that is not awaiting approval);
-422 for a bad filter. Each has a ``detail`` that says what was wrong. The store reports a missing
+422 for a bad filter or path parameter (an id out of range, a NUL character, a moment outside
+the years 1-9999). Each has a ``detail`` that says what was wrong. The store reports a missing
 row as ``StoreError``; a refused version change is any other ``DriftdError``, and a refused job
 action is told from a missing job by looking the job up first.
 """
@@ -23,10 +24,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ParamSpec, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BeforeValidator
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import AfterValidator, BeforeValidator
 
-from daemon.api.auth import Scope
+from daemon.auth import Scope
 from daemon.config.models import Hooks
 from daemon.domain import CheckStatus, JobState
 from daemon.errors import DriftdError, StoreError
@@ -66,10 +67,24 @@ def _moment(value: object) -> object:
     return value
 
 
+def _without_nul(value: str) -> str:
+    # PostgreSQL refuses NUL in text, so the query would fail rather than find nothing.
+    if "\x00" in value:
+        raise ValueError("contains a NUL character (%00), which no name holds")
+    return value
+
+
+MAX_ROW_ID = 2**31 - 1
+"""The largest id of a check or job: their ids are INTEGER columns (PostgreSQL's int4)."""
+
 Moment = Annotated[datetime, BeforeValidator(_moment)]
+Text = Annotated[str, AfterValidator(_without_nul)]
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="The id, as lists show it.")]
+DeploymentName = Annotated[Text, Path(description="The deployment's name.", max_length=255)]
+VersionName = Annotated[Text, Path(description="The version's name.", max_length=255)]
 
 DeploymentFilter = Annotated[
-    str | None, Query(description="Only this deployment's rows.", max_length=255)
+    Text | None, Query(description="Only this deployment's rows.", max_length=255)
 ]
 Since = Annotated[
     Moment | None,
@@ -103,7 +118,7 @@ def admin_router(store: Store, authorize: Authorize, *, hooks: Mapping[str, Hook
         return [check_record(name, check) for name, check in rows]
 
     @router.get("/checks/{check_id}", summary="One check with every signal's result.")
-    async def check(check_id: int) -> dict[str, Any]:
+    async def check(check_id: RowId) -> dict[str, Any]:
         name, found = await _call(store.get_check, check_id)
         return check_record(name, found, signals=True)
 
@@ -129,19 +144,19 @@ def admin_router(store: Store, authorize: Authorize, *, hooks: Mapping[str, Hook
         return job_record(name, job)
 
     @router.post("/jobs/{job_id}/approve", summary="Let a job awaiting approval run.")
-    async def approve(job_id: int, request: Request) -> dict[str, Any]:
+    async def approve(job_id: RowId, request: Request) -> dict[str, Any]:
         return await act_on_job(job_id, job_store.approve_job, request)
 
     @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued, waiting or running job.")
-    async def cancel(job_id: int, request: Request) -> dict[str, Any]:
+    async def cancel(job_id: RowId, request: Request) -> dict[str, Any]:
         return await act_on_job(job_id, job_store.cancel_job, request)
 
     @router.post("/jobs/{job_id}/retry", summary="Queue a failed or cancelled job again.")
-    async def retry(job_id: int, request: Request) -> dict[str, Any]:
+    async def retry(job_id: RowId, request: Request) -> dict[str, Any]:
         return await act_on_job(job_id, job_store.retry_job, request)
 
     @router.get("/deployments/{name}/versions", summary="A deployment's versions, newest first.")
-    async def versions(name: str) -> list[dict[str, Any]]:
+    async def versions(name: DeploymentName) -> list[dict[str, Any]]:
         rows = await _call(list_versions, store, name)
         return [version_record(name, version) for version in rows]
 
@@ -150,8 +165,8 @@ def admin_router(store: Store, authorize: Authorize, *, hooks: Mapping[str, Hook
         summary="Make a version the active one; the active one is retired.",
     )
     async def promote_version(
-        name: str,
-        version: str,
+        name: DeploymentName,
+        version: VersionName,
         request: Request,
         force: Annotated[
             bool, Query(description="Promote even a version its gate rejected.")
@@ -172,7 +187,7 @@ def admin_router(store: Store, authorize: Authorize, *, hooks: Mapping[str, Hook
         "/deployments/{name}/rollback",
         summary="Re-activate the version that was active before the current one.",
     )
-    async def rollback_version(name: str, request: Request) -> dict[str, Any]:
+    async def rollback_version(name: DeploymentName, request: Request) -> dict[str, Any]:
         done = await _call(rollback, store, hooks.get(name, NO_HOOKS), name, actor=_actor(request))
         return _hooked_record(done)
 
@@ -180,8 +195,11 @@ def admin_router(store: Store, authorize: Authorize, *, hooks: Mapping[str, Hook
     async def events(
         deployment: DeploymentFilter = None,
         kind: Annotated[
-            str | None,
-            Query(description="A prefix of the kind: job. or policy or version.promoted."),
+            Text | None,
+            Query(
+                description="A prefix of the kind: job. or policy or version.promoted.",
+                max_length=255,
+            ),
         ] = None,
         since: Since = None,
         until: Until = None,

@@ -20,8 +20,9 @@ from pydantic import ValidationError
 
 from daemon import __version__
 from daemon.api.admin import admin_router
-from daemon.api.auth import Scope, Tokens
 from daemon.api.prompt import prompt_router
+from daemon.api.spec import body_schema, document
+from daemon.auth import Scope, Tokens, bearer
 from daemon.config.models import Hooks, Ingest
 from daemon.errors import DriftdError, StoreError
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
@@ -83,12 +84,18 @@ def create_app(
         return exc.response
 
     def authorize(request: Request, scope: Scope) -> None:
-        if not tokens.allows(request.headers.get("authorization"), scope):
+        presented = bearer(request.headers.get("authorization"))
+        if tokens.grants(presented, scope):
+            return
+        if tokens.owns(presented):
             raise _Refused(
-                401,
-                f"a valid bearer token is needed ({scope.value} or admin)",
-                {"WWW-Authenticate": "Bearer"},
+                403, f"this token does not grant {scope.value}; use a {scope.value} or admin token"
             )
+        raise _Refused(
+            401,
+            f"a valid bearer token is needed ({scope.value} or admin)",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
     def pipeline_of(name: str) -> DeploymentPipeline:
         pipeline = pipelines.get(name)
@@ -143,7 +150,7 @@ def create_app(
         "/v1/deployments/{name}/samples",
         tags=["ingest"],
         summary="Store a batch of samples; 200 only once it is committed.",
-        openapi_extra=_body_schema(SampleBatch),
+        openapi_extra=body_schema(SampleBatch),
     )
     async def ingest_samples(name: str, request: Request) -> dict[str, int]:
         authorize(request, Scope.ingest)
@@ -183,7 +190,7 @@ def create_app(
         "/v1/deployments/{name}/feedback",
         tags=["ingest"],
         summary="Join late labels, user feedback and judge scores to stored samples.",
-        openapi_extra=_body_schema(FeedbackBatch),
+        openapi_extra=body_schema(FeedbackBatch),
     )
     async def ingest_feedback(name: str, request: Request) -> dict[str, Any]:
         authorize(request, Scope.ingest)
@@ -195,12 +202,18 @@ def create_app(
             stats.reject(name, "malformed")
             raise _Refused(400, str(exc)) from None
         except ValidationError as exc:
-            outcome = invalid(problems_of(exc, "feedback"), count_items(body, "feedback"))
+            problems = problems_of(exc, "feedback")
+            outcome = invalid(problems, count_items(body, "feedback"), "feedback")
             stats.reject(name, "invalid")
             raise _Refused(outcome.status, outcome.detail) from None
         if len(batch.feedback) > limits.max_batch:
             stats.reject(name, "too_large")
             raise _Refused(413, f"{len(batch.feedback)} items; at most {limits.max_batch}")
+        problems = pipeline.check_feedback(batch.feedback)
+        if problems:
+            outcome = invalid(problems, len(batch.feedback), "feedback")
+            stats.reject(name, "invalid")
+            raise _Refused(outcome.status, outcome.detail)
         now = datetime.now(UTC)
         redacted: Counter[str] = Counter()
         updates = [pipeline.feedback(item, now, redacted) for item in batch.feedback]
@@ -231,38 +244,5 @@ def create_app(
         prompt_router(prompt_cache(store), authorize, deployments=list(pipelines.keys()))
     )
     app.include_router(admin_router(store, authorize, hooks=hooks or {}))
-    _with_body_models(app)
+    document(app, deployments=list(pipelines), metrics_auth=metrics_auth)
     return app
-
-
-_REF = "#/components/schemas/{model}"
-
-
-def _body_schema(model: type[SampleBatch] | type[FeedbackBatch]) -> dict[str, Any]:
-    """Document a hand-read body in the OpenAPI spec (its models are added by ``_openapi``)."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}
-            },
-        }
-    }
-
-
-def _with_body_models(app: FastAPI) -> None:
-    """Add the hand-read bodies' models to the spec's components, where the refs point."""
-    default = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            spec = default()
-            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (SampleBatch, FeedbackBatch):
-                schema = model.model_json_schema(ref_template=_REF)
-                schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
-            app.openapi_schema = spec
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -103,7 +104,10 @@ def _as_sample(raw: dict[str, Any], renames: Mapping[str, str], path: Path, wher
             )
     if metadata:
         values["metadata"] = metadata
-    values.setdefault("request_id", f"{path.name}:{where.split()[-1]}")
+    # Ids are held to a safe alphabet (they are stored in clear): a file name with spaces or
+    # other characters still names its rows, with those characters replaced.
+    name = re.sub(r"[^A-Za-z0-9_.:/+=-]", "_", path.name)
+    values.setdefault("request_id", f"{name}:{where.split()[-1]}")
     return values
 
 

@@ -98,7 +98,7 @@ class DeploymentPipeline:
 
     def check(self, samples: Sequence[SampleIn]) -> list[Problem]:
         """What this deployment's task requires beyond the schema: a classifier's prediction
-        is one of its labels; a generator has no predictions."""
+        and label are among its labels; a generator has no predictions."""
         problems = []
         for index, sample in enumerate(samples):
             if self.task is Task.classification:
@@ -111,15 +111,10 @@ class DeploymentPipeline:
                             "(unless 'error' says why there is none)",
                         )
                     )
-                elif sample.prediction is not None and sample.prediction not in self.labels:
-                    problems.append(
-                        Problem(
-                            index=index,
-                            field="prediction",
-                            message=f"{sample.prediction!r} is not one of the deployment's "
-                            f"labels ({len(self.labels)} configured)",
-                        )
-                    )
+                elif sample.prediction is not None:
+                    problems += self._label_problems(index, "prediction", sample.prediction)
+                if sample.label is not None:
+                    problems += self._label_problems(index, "label", sample.label)
                 unknown = set(sample.probabilities or ()) - self.labels
                 if unknown:
                     problems.append(
@@ -141,6 +136,24 @@ class DeploymentPipeline:
                         )
         return problems
 
+    def check_feedback(self, items: Sequence[FeedbackIn]) -> list[Problem]:
+        """What this deployment's task requires of feedback: a classifier's true label is one
+        of its labels (a generator's label is free text, redacted when stored)."""
+        if self.task is not Task.classification:
+            return []
+        return [
+            problem
+            for index, item in enumerate(items)
+            if item.label is not None
+            for problem in self._label_problems(index, "label", item.label)
+        ]
+
+    def _label_problems(self, index: int, field: str, label: str) -> list[Problem]:
+        if label in self.labels:
+            return []
+        message = f"{label!r} is not one of the deployment's labels ({len(self.labels)} configured)"
+        return [Problem(index=index, field=field, message=message)]
+
     def prepare(self, samples: Iterable[SampleIn], now: datetime) -> Prepared:
         """Sample, redact and describe; ``now`` stands in for a missing ``ts``. Redactions are
         counted in the result (the caller adds them to its ``IngestStats``)."""
@@ -155,13 +168,14 @@ class DeploymentPipeline:
         return Prepared(samples=kept, sampled_out=sampled_out, redacted=redacted)
 
     def feedback(self, item: FeedbackIn, now: datetime, redacted: Counter[str]) -> FeedbackUpdate:
-        """The update a feedback item makes to its sample (the comment redacted first, its
-        redactions counted in ``redacted``)."""
+        """The update a feedback item makes to its sample (the comment, and a generation
+        deployment's label, redacted first, the redactions counted in ``redacted``); a
+        classification label must have passed ``check_feedback``."""
         score, kind = _feedback_score(item.thumb, item.score)
         comment = None if item.comment is None else self._redact(item.comment, redacted)
         return FeedbackUpdate(
             request_id=item.request_id,
-            label=item.label,
+            label=self._stored_label(item.label, redacted),
             label_ts=now if item.label is not None else None,
             feedback_score=score,
             feedback_kind=kind,
@@ -204,7 +218,7 @@ class DeploymentPipeline:
             prediction=sample.prediction,
             confidence=sample.confidence,
             probabilities=sample.probabilities,
-            label=sample.label,
+            label=self._stored_label(sample.label, redacted),
             label_ts=(sample.ts or now) if sample.label is not None else None,
             feedback_score=score,
             feedback_kind=kind,
@@ -221,6 +235,13 @@ class DeploymentPipeline:
             }
             or None,
         )
+
+    def _stored_label(self, label: str | None, redacted: Counter[str]) -> str | None:
+        # A classification label is one of the configured labels; a generation label is free
+        # text (a reference answer, a correction) that can hold PII like the output can.
+        if label is None or self.task is Task.classification:
+            return label
+        return self._redact(label, redacted)
 
     def _redact(self, text: str, counts: Counter[str]) -> str:
         return text if self.redactor is None else self.redactor.redact(text, counts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import multiprocessing
 import os
@@ -88,10 +89,20 @@ class Preparer:
         )
 
 
-def invalid(problems: list[Problem], total: int) -> Outcome:
-    bad = len({p.index for p in problems})
+def invalid(problems: list[Problem], total: int, items: str = "samples") -> Outcome:
+    """The 422 for a batch with ``problems``: by item index, and by field for the body itself
+    (index None: not a JSON object with an ``items`` list, or a key beside it)."""
+    parts = []
+    if any(p.index is None for p in problems):
+        parts.append(
+            f"the body must be a JSON object with a {items!r} list and nothing else, "
+            f'like {{"{items}": [{{...}}, ...]}}'
+        )
+    bad = len({p.index for p in problems if p.index is not None})
+    if bad:
+        parts.append(f"{bad} of {total} items are invalid")
     detail = {
-        "message": f"{bad} of {total} items are invalid; nothing was stored",
+        "message": f"{'; '.join(parts)}; nothing was stored",
         "problems": [p.model_dump() for p in problems],
     }
     return Outcome(422, detail, "invalid")
@@ -99,8 +110,6 @@ def invalid(problems: list[Problem], total: int) -> Outcome:
 
 def count_items(body: bytes, items: str) -> int:
     """How many items an invalid body held, for the message (0 when it is not a list)."""
-    import json
-
     try:
         value = json.loads(body)
     except ValueError:

@@ -1,79 +1,197 @@
 """What an app sends: samples and feedback, as the ingest API and the backfill accept them.
 
 The whole batch is validated before anything is stored, and every problem is reported by the
-item's index and field, so a client can fix all of them in one go.
+item's index and field, so a client can fix all of them in one go. What is accepted is what the
+store can hold and a reader can trust: text without NUL characters (PostgreSQL cannot store
+them), finite numbers (NaN and Infinity are not JSON to anyone else), integers that fit their
+column, and times that exist in UTC.
+
+Redaction (``daemon.ingest.redact``) replaces PII in free text: input, messages, output, error,
+comment, metadata values, and the label of a generation deployment. Identifiers are stored in
+clear, so that the same id always means the same sample: ``request_id`` (the idempotency and
+feedback key), ``model_version``, ``prompt_version`` and metadata keys are held to an alphabet
+without spaces or ``@``, so that no e-mail address or prose fits (a bare number still does). A
+classification deployment's labels are checked against its label set instead.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    PlainValidator,
     StringConstraints,
+    Tag,
     TypeAdapter,
     ValidationError,
     model_validator,
 )
 
-MAX_TEXT = 200_000
-MAX_METADATA_KEYS = 16
+from daemon.ingest.rules import (
+    EARLIEST,
+    LATEST,
+    MAX_INTEGER,
+    MAX_METADATA_INTEGER,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_TEXT,
+    MAX_TEXT,
+    SAFE_ID,
+    SAFE_ID_CHARACTERS,
+    SAFE_KEY,
+    SAFE_KEY_CHARACTERS,
+)
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-ShortText = Annotated[str, StringConstraints(max_length=255)]
-Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+# Short fields are checked by patterns, which pydantic runs in Rust, so they cost next to
+# nothing; ``problems_of`` says in words what a mismatch means. Long texts are searched for NUL
+# in Python instead, where ``in`` is a memchr far faster than a regular expression.
+NO_NUL = r"^[^\x00]*$"
+_NUL_MESSAGE = "contains a NUL character (\\u0000), which the store cannot hold; remove it"
+_PATTERN_MESSAGES = {
+    SAFE_ID: f"may hold only {SAFE_ID_CHARACTERS} (no spaces, no @): it is stored in clear, "
+    "never redacted",
+    SAFE_KEY: f"a metadata key may hold only {SAFE_KEY_CHARACTERS}: keys are stored in clear, "
+    "never redacted",
+    NO_NUL: _NUL_MESSAGE,
+}
+
+
+def _without_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError(_NUL_MESSAGE)
+    return text
+
+
+def _metadata_value(value: Any) -> str | int | float | bool:
+    # One check per value rather than a union, so that a bad value gets one message, not one
+    # per type it failed to be.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -MAX_METADATA_INTEGER - 1 <= value <= MAX_METADATA_INTEGER:
+            raise ValueError("a metadata integer must fit in 64 bits (signed)")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("a metadata number must be finite (not NaN or Infinity)")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_METADATA_TEXT:
+            raise ValueError(f"a metadata string has at most {MAX_METADATA_TEXT} characters")
+        return _without_nul(value)
+    raise ValueError(
+        f"a metadata value must be a string, a number or a flag, not {type(value).__name__}"
+    )
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=SAFE_ID)]
+ShortText = Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_without_nul)]
+Comment = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_without_nul)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
-MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-MetadataValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool
+Count = Annotated[int, Field(ge=0, le=MAX_INTEGER)]
+Moment = Annotated[AwareDatetime, Field(ge=EARLIEST, lt=LATEST)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SAFE_KEY)]
+MetadataValue = Annotated[
+    str | int | float | bool,
+    PlainValidator(
+        _metadata_value,
+        json_schema_input_type=Annotated[str, StringConstraints(max_length=MAX_METADATA_TEXT)]
+        | int
+        | float
+        | bool,
+    ),
+]
 
 
 class Item(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: pydantic's JSON parser reads NaN, Infinity and 1e400 (as inf) as floats;
+    # stored, they make JSON no other reader parses, and averages that are NaN.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Message(Item):
     """One chat message, as in the OpenAI chat API."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text
+    content: Text = Field(description="Redacted before it is stored; no NUL characters.")
 
 
 class InlineFeedback(Item):
     """Feedback known when the sample is sent (a thumbs-down keeps it whatever the rate)."""
 
     thumb: Literal["up", "down"] | None = None
-    score: Unit | None = None
+    score: Unit | None = Field(None, description="0 (bad) to 1 (good); finite.")
 
     @property
     def negative(self) -> bool:
         return self.thumb == "down" or (self.score is not None and self.score < 0.5)
 
 
+def _input_kind(value: Any) -> str:
+    # The tags are the names pydantic gives union arms, which ``problems_of`` leaves out.
+    return "str" if isinstance(value, str) else "list[Message]"
+
+
+Messages = Annotated[list[Message], Field(min_length=1, max_length=1000)]
+
+_ID = f"{SAFE_ID_CHARACTERS}, 1-255 of them; stored in clear, never redacted"
+_TEXT = "redacted before it is stored; no NUL characters"
+
+
 class SampleIn(Item):
     """One request a deployment served."""
 
-    request_id: Id = Field(description="Idempotency key, unique per deployment.")
-    ts: AwareDatetime | None = Field(None, description="When it was served; default: now.")
-    input: Text | Annotated[list[Message], Field(min_length=1, max_length=1000)] = Field(
-        description="The input text, or the chat messages."
+    request_id: Id = Field(
+        description=f"Idempotency key, unique per deployment, and the key feedback joins on: {_ID}."
     )
-    output: Text | None = None
-    prediction: ShortText | None = Field(None, description="Classification: the label given.")
-    confidence: Unit | None = Field(None, description="Classification: its probability.")
-    probabilities: Annotated[dict[ShortText, Unit], Field(max_length=10_000)] | None = None
-    label: ShortText | None = Field(None, description="Ground truth, when known.")
-    latency_ms: Annotated[float, Field(ge=0.0)] | None = None
-    tokens_in: Annotated[int, Field(ge=0)] | None = None
-    tokens_out: Annotated[int, Field(ge=0)] | None = None
-    model_version: ShortText | None = None
-    prompt_version: ShortText | None = None
-    error: Text | None = None
+    ts: Moment | None = Field(
+        None,
+        description="When it was served, with its UTC offset; default: now. From "
+        f"{EARLIEST:%Y-%m-%dT%H:%M:%SZ} up to (not including) {LATEST:%Y-%m-%dT%H:%M:%SZ} in UTC.",
+    )
+    input: Annotated[
+        Annotated[Text, Tag("str")] | Annotated[Messages, Tag("list[Message]")],
+        Discriminator(_input_kind),
+    ] = Field(description=f"The input text, or the chat messages; {_TEXT}.")
+    output: Text | None = Field(None, description=f"The answer; {_TEXT}.")
+    prediction: ShortText | None = Field(
+        None, description="Classification: the label given, one of the deployment's labels."
+    )
+    confidence: Unit | None = Field(
+        None, description="Classification: its probability, 0 to 1, finite."
+    )
+    probabilities: Annotated[dict[ShortText, Unit], Field(max_length=10_000)] | None = Field(
+        None, description="Classification: a probability (0 to 1, finite) per label."
+    )
+    label: ShortText | None = Field(
+        None,
+        description="Ground truth, when known. Classification: one of the deployment's labels. "
+        f"Generation: free text, {_TEXT}.",
+    )
+    latency_ms: Annotated[float, Field(ge=0.0)] | None = Field(
+        None, description="Milliseconds, finite, at least 0."
+    )
+    tokens_in: Count | None = Field(None, description=f"0 to {MAX_INTEGER}.")
+    tokens_out: Count | None = Field(None, description=f"0 to {MAX_INTEGER}.")
+    model_version: Id | None = Field(None, description=f"The model that served it: {_ID}.")
+    prompt_version: Id | None = Field(None, description=f"The prompt it was served with: {_ID}.")
+    error: Text | None = Field(None, description=f"Why there is no answer; {_TEXT}.")
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_KEYS)] = (
-        Field(default_factory=dict, description="A small flat map of strings, numbers, flags.")
+        Field(
+            default_factory=dict,
+            description=f"A small flat map (at most {MAX_METADATA_KEYS} keys) of strings (at "
+            f"most {MAX_METADATA_TEXT} characters, redacted before they are stored, no NUL), "
+            "finite numbers, 64-bit integers and flags. Keys: 1-64 of "
+            f"{SAFE_KEY_CHARACTERS}; stored in clear, never redacted.",
+        )
     )
     feedback: InlineFeedback | None = None
 
@@ -81,12 +199,16 @@ class SampleIn(Item):
 class FeedbackIn(Item):
     """Late knowledge about a stored sample: its true label, a user's verdict, a judge's."""
 
-    request_id: Id
-    label: ShortText | None = None
+    request_id: Id = Field(description=f"The request_id of the sample: {_ID}.")
+    label: ShortText | None = Field(
+        None,
+        description="Its true label. Classification: one of the deployment's labels. "
+        f"Generation: free text, {_TEXT}.",
+    )
     thumb: Literal["up", "down"] | None = None
-    score: Unit | None = None
-    judge_score: Unit | None = None
-    comment: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    score: Unit | None = Field(None, description="A user's score, 0 (bad) to 1 (good), finite.")
+    judge_score: Unit | None = Field(None, description="A judge's score, 0 to 1, finite.")
+    comment: Comment | None = Field(None, description=f"What the user said; {_TEXT}.")
 
     @model_validator(mode="after")
     def _says_something(self) -> Self:
@@ -131,6 +253,8 @@ def problems_of(error: ValidationError, items: str) -> list[Problem]:
             index, loc = loc[1], loc[2:]
         field = ".".join(str(part) for part in loc if not _is_union_tag(part)) or items
         message = detail["msg"].removeprefix("Value error, ")
+        if detail["type"] == "string_pattern_mismatch":
+            message = _PATTERN_MESSAGES.get(detail["ctx"]["pattern"], message)
         out.append(Problem(index=index, field=field, message=message))
     return out
 

@@ -17,7 +17,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from daemon.domain import Task
 from daemon.ingest.pipeline import DeploymentPipeline
-from daemon.ingest.schema import MAX_TEXT, Id, Message, SampleIn
+from daemon.ingest.rules import MAX_TEXT
+from daemon.ingest.schema import Id, Message, SampleIn
 
 CHAT = "chat/completions"
 EMBEDDINGS = "embeddings"

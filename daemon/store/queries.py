@@ -92,12 +92,20 @@ def list_events(
 
 def parse_time(text: str, *, now: datetime) -> datetime:
     """A moment written by an operator: a duration ago (``2h``, ``7d``, ``1h30m``) or an
-    ISO 8601 time with its offset (``2026-11-01T12:00:00Z``, ``2026-11-01T14:00+02:00``)."""
+    ISO 8601 time with its offset (``2026-11-01T12:00:00Z``, ``2026-11-01T14:00+02:00``).
+    ``ValueError`` if it is neither, or lies outside the years 1-9999 in UTC."""
     text = text.strip()
     try:
-        return _aware("now", now) - parse_duration(text)
+        ago = parse_duration(text)
     except ValueError:
-        pass
+        ago = None
+    except OverflowError:  # more days than a timedelta holds
+        raise ValueError(_out_of_range(f"{text} ago")) from None
+    if ago is not None:
+        try:
+            return _aware("now", now) - ago
+        except OverflowError:
+            raise ValueError(_out_of_range(f"{text} ago")) from None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -110,7 +118,17 @@ def parse_time(text: str, *, now: datetime) -> datetime:
             f"{text!r} has no timezone, so it would mean different moments on different "
             f"machines; add one, e.g. {text}Z for UTC or {text}+02:00"
         )
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in the year 0 in UTC
+        raise ValueError(_out_of_range(text)) from None
+
+
+def _out_of_range(moment: str) -> str:
+    return (
+        f"{moment!r} is out of range: a moment must lie between 0001-01-01T00:00:00Z and "
+        "9999-12-31T23:59:59Z"
+    )
 
 
 def check_record(deployment: str, check: Check, *, signals: bool = False) -> dict[str, Any]:

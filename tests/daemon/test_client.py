@@ -504,6 +504,15 @@ NONSENSE: list[dict[str, Any]] = [
     {"request_id": "r", "input": "hi", "metadata": {"long": "x" * 257}},
     {"request_id": "r", "input": "hi", "ts": "yesterday"},
     {"request_id": "r", "input": "hi", "ts": 0},
+    # What the server refuses since it hardened its inputs: ids outside the safe alphabet,
+    # NUL characters, counts beyond their column, times outside the accepted range.
+    {"request_id": "ann@example.com", "input": "hi"},
+    {"request_id": "r", "input": "hi", "model_version": "v 1"},
+    {"request_id": "r", "input": "nul \x00 inside"},
+    {"request_id": "r", "input": "hi", "tokens_in": 2**70},
+    {"request_id": "r", "input": "hi", "metadata": {"e-mail of ann@example.com": 1}},
+    {"request_id": "r", "input": "hi", "metadata": {"big": 2**70}},
+    {"request_id": "r", "input": "hi", "ts": datetime(1900, 1, 1, tzinfo=UTC)},
 ]
 NONSENSE_FEEDBACK: list[dict[str, Any]] = [
     {"request_id": None, "thumb": "up"},

@@ -14,7 +14,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 
 from daemon.api.admin import admin_router
-from daemon.api.auth import Scope, Tokens
+from daemon.auth import Scope, Tokens
 from daemon.config.models import Hooks
 from daemon.domain import JobState
 from daemon.store import NewCheck, Store
@@ -162,6 +162,20 @@ def test_one_check_comes_with_its_signals(client: TestClient, store: Store) -> N
         ("/v1/events", {"until": "soon"}, "until", "ISO 8601"),
         ("/v1/events", {"since": "1h", "until": "2h"}, "until", "must be after since"),
         ("/v1/checks/abc", {}, "check_id", "valid integer"),
+        # Moments that overflow a datetime once the duration or the offset is taken off.
+        ("/v1/events", {"since": "99999999h"}, "since", "is out of range"),
+        ("/v1/events", {"since": "99999999999999999w"}, "since", "is out of range"),
+        ("/v1/checks", {"since": "0001-01-01T00:00:00+01:00"}, "since", "is out of range"),
+        ("/v1/events", {"until": "9999-12-31T23:59:59-01:00"}, "until", "is out of range"),
+        # Ids beyond what the id columns hold, or below the first one.
+        ("/v1/checks/9223372036854775808", {}, "check_id", "less than or equal to 2147483647"),
+        ("/v1/checks/2147483648", {}, "check_id", "less than or equal to 2147483647"),
+        ("/v1/checks/0", {}, "check_id", "greater than or equal to 1"),
+        ("/v1/checks/-1", {}, "check_id", "greater than or equal to 1"),
+        # PostgreSQL cannot compare text holding NUL: refused before the query.
+        ("/v1/checks", {"deployment": "support\x00bot"}, "deployment", "NUL character"),
+        ("/v1/events", {"kind": "job.\x00"}, "kind", "NUL character"),
+        ("/v1/deployments/support%00bot/versions", {}, "name", "NUL character"),
     ],
 )
 def test_a_bad_filter_is_a_422_naming_the_parameter(
@@ -173,6 +187,55 @@ def test_a_bad_filter_is_a_422_naming_the_parameter(
     [problem] = response.json()["detail"]
     assert problem["loc"][-1] == field
     assert says in problem["msg"]
+
+
+@pytest.mark.parametrize("action", ["approve", "cancel", "retry"])
+@pytest.mark.parametrize(
+    ("job_id", "says"),
+    [
+        (2**63, "less than or equal to 2147483647"),
+        (2**31, "less than or equal to 2147483647"),
+        (0, "greater than or equal to 1"),
+        (-5, "greater than or equal to 1"),
+    ],
+)
+def test_a_job_id_out_of_range_is_a_422(
+    client: TestClient, action: str, job_id: int, says: str
+) -> None:
+    response = client.post(f"/v1/jobs/{job_id}/{action}")
+
+    assert response.status_code == 422, response.text
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["path", "job_id"]
+    assert says in problem["msg"]
+
+
+def test_the_edges_of_the_ranges_are_answered(client: TestClient, store: Store) -> None:
+    """The largest id and the extreme moments reach the store and find nothing."""
+    biggest = 2**31 - 1
+    assert client.get(f"/v1/checks/{biggest}").status_code == 404
+    assert client.post(f"/v1/jobs/{biggest}/approve").status_code == 404
+    assert client.get("/v1/checks", params={"since": "0001-01-01T00:00:00Z"}).json() == []
+    every_time = {"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59.999999Z"}
+    store.add_event("intents", "job.queued", "queued", {}, ts=NOW)
+    assert len(ids(client.get("/v1/events", params=every_time))) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "field"),
+    [
+        ("post", "/v1/deployments/support%00bot/versions/v1/promote", "name"),
+        ("post", "/v1/deployments/support-bot/versions/v%001/promote", "version"),
+        ("post", "/v1/deployments/support%00bot/rollback", "name"),
+    ],
+)
+def test_a_nul_in_a_path_is_a_422(client: TestClient, method: str, path: str, field: str) -> None:
+    response = client.request(method, path)
+
+    assert response.status_code == 422, response.text
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["path", field]
+    assert "NUL character" in problem["msg"]
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,16 @@ def test_csv_columns_are_mapped_and_rows_get_stable_ids(
     assert run(path, "csv", intents, store, mapping=mapping).duplicate == 2
 
 
+def test_a_file_name_outside_the_id_alphabet_still_names_its_rows(
+    tmp_path: Path, store: Store, intents: Deployment
+) -> None:
+    path = tmp_path / "past week @ eu.csv"
+    path.write_text("text,category\nWhere is my card?,card_arrival\n")
+    report = run(path, "csv", intents, store, mapping={"input": "text", "prediction": "category"})
+    assert report.new == 1
+    assert sorted(stored(store)) == ["past_week___eu.csv:2"]
+
+
 def test_parquet(tmp_path: Path, store: Store, intents: Deployment) -> None:
     path = tmp_path / "past.parquet"
     table = pa.table(
@@ -148,6 +158,42 @@ def test_invalid_rows_stop_before_their_chunk_unless_skipped(
     report = run(path, "jsonl", intents, store, chunk=4, skip_invalid=True)
     assert (report.invalid, report.new, report.duplicate) == (2, 1, 4)
     assert sorted(stored(store)) == [f"mixed.jsonl:{n}" for n in (1, 2, 3, 4, 6)]
+
+
+def test_rows_the_store_could_not_hold_are_invalid_rows(
+    tmp_path: Path, store: Store, intents: Deployment
+) -> None:
+    """The backfill validates with the API's schema: what would have failed in the store (or
+    been stored wrong) is an invalid row, named by line and field."""
+    path = tmp_path / "crafted.jsonl"
+    good = {"input": "q", "prediction": "lost_card"}
+    lines = [
+        good,
+        good | {"latency_ms": float("nan")},
+        good | {"tokens_in": 2**40},
+        good | {"input": "a\x00b"},
+        good | {"ts": "0001-01-01T00:00:00+01:00"},
+        good | {"label": "pizza"},
+        good | {"request_id": "jane@example.com"},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+
+    with pytest.raises(BackfillError, match="6 invalid rows") as caught:
+        run(path, "jsonl", intents, store)
+
+    fields = [(where, message.split(":")[0]) for where, message in caught.value.problems]
+    assert sorted(fields) == [
+        ("line 2", "latency_ms"),
+        ("line 3", "tokens_in"),
+        ("line 4", "input"),
+        ("line 5", "ts"),
+        ("line 6", "label"),
+        ("line 7", "request_id"),
+    ]
+    assert stored(store) == {}
+    report = run(path, "jsonl", intents, store, skip_invalid=True)
+    assert (report.invalid, report.new) == (6, 1)
+    assert sorted(stored(store)) == ["crafted.jsonl:1"]
 
 
 def test_unknown_columns_and_formats_are_explained(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -8,6 +9,7 @@ import pytest
 from daemon.domain import CheckStatus
 from daemon.errors import StoreError
 from daemon.store import NewCheck, Store
+from daemon.store.queries import list_checks, list_events, parse_time
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -153,3 +155,46 @@ def test_ensure_deployment_updates_kind_and_task(store: Store) -> None:
     store.record_check("bot", a_check(NOW))
     with pytest.raises(ValueError, match="'chatty'"):
         store.ensure_deployment("bot", "chatty", "generation")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2h", NOW - timedelta(hours=2)),
+        ("1h30m", NOW - timedelta(minutes=90)),
+        ("2026-11-01T14:00+02:00", datetime(2026, 11, 1, 12, 0, tzinfo=UTC)),
+        ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+        ("9999-12-31T23:59:59Z", datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    ],
+)
+def test_parse_time_reads_a_duration_ago_or_a_moment(text: str, expected: datetime) -> None:
+    assert parse_time(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("yesterday", "expected a duration ago like '2h'"),
+        ("2026-11-01T12:00:00", "has no timezone"),
+        # Each overflowed a datetime, an OverflowError that no caller expected.
+        ("99999999h", "'99999999h ago' is out of range"),
+        ("99999999999999999w", "'99999999999999999w ago' is out of range"),
+        ("0001-01-01T00:00:00+01:00", "'0001-01-01T00:00:00+01:00' is out of range"),
+        ("9999-12-31T23:59:59-01:00", "'9999-12-31T23:59:59-01:00' is out of range"),
+    ],
+)
+def test_parse_time_refuses_with_a_value_error(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        parse_time(text, now=NOW)
+
+
+def test_the_widest_time_filters_reach_the_store(store: Store, deployment: str) -> None:
+    """The first and last moments parse_time gives are compared by both databases."""
+    store.record_check(deployment, a_check(NOW))
+    store.add_event(deployment, "job.queued", "queued", {}, ts=NOW)
+    first = parse_time("0001-01-01T00:00:00Z", now=NOW)
+    last = parse_time("9999-12-31T23:59:59.999999Z", now=NOW)
+
+    assert len(list_checks(store, since=first)) == 1
+    assert len(list_events(store, since=first, until=last)) == 1
+    assert list_events(store, since=last) == []
