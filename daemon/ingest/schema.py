@@ -24,6 +24,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -95,8 +96,17 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=SAFE
 ShortText = Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_without_nul)]
 Comment = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_without_nul)]
-Unit = Annotated[float, Field(ge=0.0, le=1.0)]
-Count = Annotated[int, Field(ge=0, le=MAX_INTEGER)]
+def _not_a_flag(value: Any) -> Any:
+    # pydantic takes true/false for 1/0 in lax mode; a flag where a number belongs is a bug in
+    # the sender (a thumb sent as a score), not a score of 1.
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not true or false")
+    return value
+
+
+Unit = Annotated[float, BeforeValidator(_not_a_flag), Field(ge=0.0, le=1.0)]
+Count = Annotated[int, BeforeValidator(_not_a_flag), Field(ge=0, le=MAX_INTEGER)]
+Milliseconds = Annotated[float, BeforeValidator(_not_a_flag), Field(ge=0.0)]
 Moment = Annotated[AwareDatetime, Field(ge=EARLIEST, lt=LATEST)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SAFE_KEY)]
 MetadataValue = Annotated[
@@ -176,7 +186,7 @@ class SampleIn(Item):
         description="Ground truth, when known. Classification: one of the deployment's labels. "
         f"Generation: free text, {_TEXT}.",
     )
-    latency_ms: Annotated[float, Field(ge=0.0)] | None = Field(
+    latency_ms: Milliseconds | None = Field(
         None, description="Milliseconds, finite, at least 0."
     )
     tokens_in: Count | None = Field(None, description=f"0 to {MAX_INTEGER}.")

@@ -134,3 +134,20 @@ def test_the_openapi_schema_documents_the_alphabets() -> None:
     assert "redacted before it is stored" in schema["label"]["description"]
     assert "1970-01-01T00:00:00Z" in schema["ts"]["description"]
     assert "^[A-Za-z0-9_.-]+$" in schema["metadata"]["patternProperties"]
+
+
+def test_a_flag_where_a_number_belongs_is_refused_not_read_as_one() -> None:
+    # pydantic's lax mode would store `false` as a score of 0 and `true` as 1 ms.
+    flag = "Input should be a number, not true or false"
+    sample = b'{"request_id": "a", "input": "q", "latency_ms": true, "tokens_in": false, '
+    sample += b'"feedback": {"score": false}}'
+    assert problems(b'{"samples": [' + sample + b"]}") == [
+        (0, "latency_ms", flag),
+        (0, "tokens_in", flag),
+        (0, "feedback.score", flag),
+    ]
+    feedback = b'{"feedback": [{"request_id": "a", "judge_score": false}]}'
+    assert problems(feedback, "feedback") == [(0, "judge_score", flag)]
+    # Numbers are numbers still: an integer where a float belongs is fine.
+    body = b'{"samples": [{"request_id": "a", "input": "q", "latency_ms": 3, "confidence": 1}]}'
+    assert parse_body(body, SAMPLE_BATCH).samples[0].latency_ms == 3.0
