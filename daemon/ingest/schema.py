@@ -96,6 +96,8 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=SAFE
 ShortText = Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_without_nul)]
 Comment = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_without_nul)]
+
+
 def _not_a_flag(value: Any) -> Any:
     # pydantic takes true/false for 1/0 in lax mode; a flag where a number belongs is a bug in
     # the sender (a thumb sent as a score), not a score of 1.
@@ -186,9 +188,7 @@ class SampleIn(Item):
         description="Ground truth, when known. Classification: one of the deployment's labels. "
         f"Generation: free text, {_TEXT}.",
     )
-    latency_ms: Milliseconds | None = Field(
-        None, description="Milliseconds, finite, at least 0."
-    )
+    latency_ms: Milliseconds | None = Field(None, description="Milliseconds, finite, at least 0.")
     tokens_in: Count | None = Field(None, description=f"0 to {MAX_INTEGER}.")
     tokens_out: Count | None = Field(None, description=f"0 to {MAX_INTEGER}.")
     model_version: Id | None = Field(None, description=f"The model that served it: {_ID}.")
