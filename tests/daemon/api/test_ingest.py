@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from daemon.api import Tokens, create_app
+from daemon.api.spec import ErrorDetail, InvalidBatch
 from daemon.config import parse_config
 from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
 from daemon.ingest.prepare import PreparerPool
@@ -116,6 +118,34 @@ def test_openapi_documents_the_bodies(api: Api) -> None:
     assert "request_id" in schemas["SampleIn"]["properties"]
     body = spec["paths"]["/v1/deployments/{name}/samples"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/SampleBatch")
+
+
+DECLARED_BODIES: dict[str, type[BaseModel]] = {
+    "ErrorDetail": ErrorDetail,
+    "InvalidBatch": InvalidBatch,
+}
+
+
+def test_refusals_have_the_bodies_the_openapi_document_declares(api: Api) -> None:
+    # The 422 of a batch once had a body other than the one documented (FastAPI's own).
+    spec = api.client.get("/openapi.json").json()
+    samples = "/v1/deployments/{name}/samples"
+    refusals = [
+        (samples, api.post("/v1/deployments/intents/samples", {"samples": []}, headers={}), 401),
+        (samples, api.post("/v1/deployments/intents/samples", {"samples": [{"x": 1}]}), 422),
+        (
+            samples,
+            api.client.post("/v1/deployments/bot/samples", content=b"{", headers=INGEST),
+            400,
+        ),
+        ("/v1/deployments", api.client.get("/v1/deployments", headers=INGEST), 403),
+    ]
+    for path, response, status in refusals:
+        assert response.status_code == status, response.text
+        operation = spec["paths"][path]["post" if path == samples else "get"]
+        declared = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+        model = DECLARED_BODIES[declared["$ref"].rsplit("/", 1)[-1]]
+        model.model_validate(response.json(), strict=True)
 
 
 @pytest.mark.parametrize(
