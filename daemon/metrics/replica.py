@@ -166,6 +166,16 @@ class ReplicaCollector:
             ["deployment", "reason"],
             errors,
         )
+        refusals = ProxyStats.REFUSALS.values()
+        refused = _zeros((d, r) for d in self.deployments for r in refusals)
+        refused.update(_copied(self.proxy, ("refused",))["refused"])
+        yield _family(
+            "driftd_proxy_refused",
+            "Proxied calls driftd answered itself, nothing sent upstream or stored "
+            "(unauthorized, malformed, too_large, no_upstream_key).",
+            ["deployment", "reason"],
+            refused,
+        )
         durations = HistogramMetricFamily(
             "driftd_proxy_request_duration_seconds",
             "Time from a proxied request's arrival to its last byte sent.",

@@ -154,6 +154,8 @@ def proxy_router(
             raw = await _read_body(request, limits.max_body_bytes)
             body = _parse_body(raw, limits.max_depth)
         except _Refusal as refusal:
+            if config is not None:  # an unknown name is no label: the series stay bounded
+                stats.refuse(deployment, ProxyStats.REFUSALS[refusal.response.status_code])
             return refusal.response
         call, content = _start(deployment, endpoint, raw, body, request, caller, prompt_for)
         upstream = config.upstream

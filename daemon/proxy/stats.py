@@ -6,6 +6,7 @@ import bisect
 import itertools
 import threading
 from collections import Counter
+from typing import ClassVar
 
 
 class ProxyStats:
@@ -19,6 +20,13 @@ class ProxyStats:
     # Seconds: a proxied call adds milliseconds, an upstream completion takes up to minutes.
     BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
     UPSTREAM_ERRORS = ("timeout", "connect", "http_4xx", "http_5xx")
+    REFUSALS: ClassVar[dict[int, str]] = {
+        401: "unauthorized",
+        400: "malformed",
+        413: "too_large",
+        503: "no_upstream_key",
+    }
+    """Why driftd answered a call itself, by the status it answered with."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -30,6 +38,7 @@ class ProxyStats:
         self.duration_seconds: dict[str, float] = {}  # total, for a rate of mean latency
         self.duration_buckets: dict[str, list[int]] = {}  # per bucket, not cumulative; +Inf last
         self.upstream_errors: Counter[tuple[str, str]] = Counter()  # (deployment, reason)
+        self.refused: Counter[tuple[str, str]] = Counter()  # (deployment, reason)
 
     def served(self, deployment: str, status: int, seconds: float) -> None:
         bucket = bisect.bisect_left(self.BUCKETS, seconds)  # the first bound >= seconds
@@ -56,6 +65,11 @@ class ProxyStats:
                 for name, counts in self.duration_buckets.items()
             }
         return {name: (list(itertools.accumulate(c)), total) for name, (c, total) in copied.items()}
+
+    def refuse(self, deployment: str, reason: str) -> None:
+        """A call driftd answered itself (``REFUSALS``): nothing went upstream or was stored."""
+        with self._lock:
+            self.refused[deployment, reason] += 1
 
     def drop(self, deployment: str, reason: str, n: int = 1) -> None:
         with self._lock:

@@ -486,6 +486,7 @@ def test_the_configured_key_is_sent_and_a_missing_one_forwards_nothing(
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "invalid_api_key"
     assert "DRIFTD_PROXY_TOKENS" in refused.json()["error"]["message"]
+    assert keyed.stats.refused == {("bot", "unauthorized"): 1}
 
     unkeyed = proxy({"open": (katan.url, 5)}, environ={})
     missing = unkeyed.post("open", chat("hi"))
@@ -494,6 +495,7 @@ def test_the_configured_key_is_sent_and_a_missing_one_forwards_nothing(
     assert error["code"] == "upstream_key_missing"
     assert KEY_ENV in error["message"]
     assert not unkeyed.stats.requests  # answered by driftd, nothing went upstream
+    assert unkeyed.stats.refused == {("open", "no_upstream_key"): 1}
 
 
 def test_a_saturated_writer_drops_the_sample_counts_it_and_the_request_succeeds(

@@ -437,6 +437,8 @@ def test_proxy_durations_from_many_threads_add_up_to_a_histogram(daemon: Daemon)
     def serve() -> None:
         for i in range(500):
             stats.served("bot", 200 if i % 5 else 502, 0.004 if i % 2 else 0.3)
+            if i % 100 == 0:
+                stats.refuse("bot", "unauthorized")  # answered by driftd: no request counted
 
     threads = [threading.Thread(target=serve) for _ in range(8)]
     for thread in threads:
@@ -453,3 +455,5 @@ def test_proxy_durations_from_many_threads_add_up_to_a_histogram(daemon: Daemon)
     assert value("driftd_proxy_requests_total", {**bot, "status": "5xx"}) == 800
     assert value("driftd_proxy_requests_total", {**bot, "status": "2xx"}) == 3200
     assert value("driftd_samples_received_total", {**bot, "source": "proxy"}) == 4000
+    assert value("driftd_proxy_refused_total", {**bot, "reason": "unauthorized"}) == 40
+    assert value("driftd_proxy_refused_total", {**bot, "reason": "too_large"}) == 0
