@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -85,10 +85,12 @@ class Checker:
         now: datetime | None = None,
         window: timedelta | None = None,
         reference_file: Path | None = None,
+        reference_columns: Mapping[str, str] | None = None,
         scheduled_for: datetime | None = None,
     ) -> CheckOutcome:
         """Check ``deployment`` now: current window ending at ``now`` against its reference
-        (or ``reference_file``). The result is stored whatever it is, ``failed`` included."""
+        (or ``reference_file``, its columns mapped field → column by ``reference_columns``).
+        The result is stored whatever it is, ``failed`` included."""
         target = self.config.deployment(deployment)
         monitor = target.monitor
         end = now or datetime.now(UTC)
@@ -100,7 +102,9 @@ class Checker:
             deployment, start, end, max_rows=monitor.max_rows, seed=seed
         )
         current = Drawn(current_window.samples, current_window.total, "window", start, end)
-        reference = self._reference(target, start, length, seed, reference_file)
+        reference = self._reference(
+            target, start, length, seed, reference_file, reference_columns or {}
+        )
         error = None if reference.samples else reference.reason
         try:
             result = self._compare(target, reference, current, seed)
@@ -146,13 +150,15 @@ class Checker:
         length: timedelta,
         seed: int,
         reference_file: Path | None,
+        reference_columns: Mapping[str, str],
     ) -> Drawn:
         spec = target.monitor.reference
         cap = target.monitor.max_rows
-        if reference_file is not None or spec.kind is ReferenceKind.dataset:
-            path = reference_file or spec.path
-            assert path is not None
-            return self._from_file(target, path, cap, seed)
+        if reference_file is not None:
+            return self._from_file(target, reference_file, reference_columns, cap, seed)
+        if spec.kind is ReferenceKind.dataset:
+            assert spec.path is not None
+            return self._from_file(target, spec.path, spec.columns, cap, seed)
         if spec.kind is ReferenceKind.baseline:
             version = self.store.active_version(target.name)
             if version is None or version.promoted_at is None:
@@ -168,14 +174,17 @@ class Checker:
         drawn = self.store.read_window(target.name, ref_start, ref_end, max_rows=cap, seed=seed)
         return Drawn(drawn.samples, drawn.total, spec.kind.value, ref_start, ref_end)
 
-    def _from_file(self, target: Deployment, path: Path, cap: int, seed: int) -> Drawn:
-        """A reference data set, through the same checks, redaction and descriptors as ingest."""
+    def _from_file(
+        self, target: Deployment, path: Path, columns: Mapping[str, str], cap: int, seed: int
+    ) -> Drawn:
+        """A reference data set, its columns mapped field → column as ``driftd ingest --map``
+        maps them, through the same checks, redaction and descriptors as ingest."""
         from daemon.ingest.backfill import BackfillError, file_format, read_rows
         from daemon.ingest.pipeline import DeploymentPipeline
         from daemon.ingest.schema import SampleIn
 
         try:
-            rows = list(read_rows(path, file_format(path, None), {}))
+            rows = list(read_rows(path, file_format(path, None), columns))
         except BackfillError as exc:
             raise DriftdError(f"reference {path}: {exc}") from None
         items = []

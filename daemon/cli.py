@@ -159,7 +159,7 @@ def ingest(
     from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
-    from daemon.ingest.backfill import BackfillError, backfill, read_rows
+    from daemon.ingest.backfill import BackfillError, backfill, parse_mapping, read_rows
     from daemon.ingest.backfill import file_format as format_of
     from daemon.ingest.pipeline import DeploymentPipeline
     from daemon.store import Store, upgrade
@@ -170,12 +170,10 @@ def ingest(
     except KeyError:
         names = ", ".join(d.name for d in settings.deployments) or "none"
         _fail(f"{config}: no deployment {deployment!r} (configured: {names})", EXIT_USAGE)
-    fields: dict[str, str] = {}
-    for item in mapping or []:
-        name, sep, column = item.partition("=")
-        if not sep or not name or not column:
-            _fail(f"--map {item!r}: expected FIELD=COLUMN, e.g. --map input=text", EXIT_USAGE)
-        fields[name] = column
+    try:
+        fields = parse_mapping(mapping or [])
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
     console = Console(stderr=True, soft_wrap=True)
 
     def show(problems: list[tuple[str, str]]) -> None:
@@ -254,6 +252,14 @@ def check(
         Path | None,
         typer.Option(help="Check against this JSONL, CSV or Parquet file of samples instead."),
     ] = None,
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="FIELD=COLUMN: read a sample field of --reference from a differently named "
+            "column (as on `driftd ingest`).",
+        ),
+    ] = None,
     html: Annotated[Path | None, typer.Option(help="Write Evidently's HTML report here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -262,6 +268,7 @@ def check(
 
     from daemon.checks import Checker
     from daemon.config.types import parse_duration
+    from daemon.ingest.backfill import parse_mapping, unknown_fields
     from daemon.store import Store, upgrade
 
     settings = _load(config)
@@ -276,13 +283,22 @@ def check(
         _fail(f"--window: {exc}", EXIT_USAGE)
     if reference is not None and not reference.is_file():
         _fail(f"--reference: no such file: {reference}", EXIT_USAGE)
+    if mapping and reference is None:
+        _fail("--map applies to --reference FILE; pass the file too", EXIT_USAGE)
+    try:
+        columns = parse_mapping(mapping or [])
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    unknown = unknown_fields(columns)
+    if unknown:
+        _fail(f"--map names fields samples do not have: {unknown}", EXIT_USAGE)
     storage = settings.storage
     try:
         store = Store.open(storage.url, busy_timeout=storage.busy_timeout.total_seconds())
         try:
             upgrade(store.engine)
             outcome = Checker(settings, store).run(
-                deployment, window=length, reference_file=reference
+                deployment, window=length, reference_file=reference, reference_columns=columns
             )
         finally:
             store.close()

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from daemon.config.models import Config
+from daemon.config.models import Config, Deployment, ReferenceKind
 from daemon.config.types import ENV_STORAGE_URL
 from daemon.errors import ConfigError
 
@@ -391,6 +391,8 @@ def parse_config(
         for loc, path in _data_files(config):
             if not path.is_file():
                 reader.report(loc, f"no such file: {path}")
+        for loc, message in _column_problems(config):
+            reader.report(loc, message)
     if reader.problems or config is None:
         raise ConfigError(source, reader.problems)
     return config
@@ -408,6 +410,109 @@ def _data_files(config: Config) -> Iterator[tuple[Loc, Path]]:
         for loc, path in files:
             if path is not None:
                 yield ("deployments", i, *loc), path
+
+
+# What the re-tuning job reads training data as (retrain.dataset.read_examples), by suffix.
+_TRAINING_SUFFIXES = (".csv", ".jsonl", ".json")
+
+
+def _column_problems(config: Config) -> Iterator[tuple[Loc, str]]:
+    """The columns each data file lacks, from its header alone (a CSV's first line, a JSONL
+    file's first record, a Parquet schema), so that a file a check or a re-tuning cannot read is
+    refused at start-up, not found by every scheduled run. Missing files are reported before."""
+    for i, deployment in enumerate(config.deployments):
+        for loc, message in (*_reference(deployment), *_training(deployment)):
+            yield ("deployments", i, *loc), message
+
+
+def _reference(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
+    from daemon.ingest.backfill import (
+        BackfillError,
+        column_problems,
+        file_format,
+        read_columns,
+        sample_fields,
+        unknown_fields,
+    )
+
+    reference = deployment.monitor.reference
+    loc: Loc = ("monitor", "reference", "columns")
+    if reference.kind is not ReferenceKind.dataset or reference.path is None:
+        return
+    unknown = unknown_fields(reference.columns)
+    for field in unknown:
+        fields = ", ".join(sample_fields())
+        yield (*loc, field), f"{field!r} is not a sample field; the fields: {fields}"
+    path = reference.path
+    if unknown or not path.is_file():
+        return
+    try:
+        columns = read_columns(path, file_format(path, None))
+    except BackfillError as exc:
+        yield ("monitor", "reference", "path"), str(exc)
+        return
+    has = _columns_of(path, columns)
+    found = column_problems(columns, reference.columns)
+    for field, column in found.missing.items():
+        yield (*loc, field), f"column {column!r} is not in {path} ({has})"
+    if found.unmapped:
+        named = ", ".join(map(repr, found.unmapped))
+        yield (
+            loc,
+            (
+                f"{path} has columns that are not sample fields ({named}): map a field to each, "
+                f"e.g. {{input: {found.unmapped[0]}}}, or leave them out of the file ({has}; the "
+                f"fields: {', '.join(sample_fields())})"
+            ),
+        )
+    elif found.no_input and not found.missing:
+        yield (
+            loc,
+            (
+                f"no column of {path} gives the sample field 'input': map it, e.g. "
+                f"{{input: COLUMN}} ({has})"
+            ),
+        )
+
+
+def _training(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
+    from daemon.ingest.backfill import BackfillError, read_columns
+
+    data = deployment.retune.data
+    path = data.training_data
+    if path is None or not path.is_file():
+        return
+    if path.suffix.lower() not in _TRAINING_SUFFIXES:
+        yield (
+            ("retune", "data", "training_data"),
+            (
+                f"{path}: training data is read as CSV (.csv) or JSONL (.jsonl), by its suffix; "
+                f"got {path.suffix!r}"
+            ),
+        )
+        return
+    try:
+        columns = read_columns(path, "csv" if path.suffix.lower() == ".csv" else "jsonl")
+    except BackfillError as exc:
+        yield ("retune", "data", "training_data"), str(exc)
+        return
+    holds = {"input_field": "the input", "label_field": "the label (or wanted output)"}
+    for key, what in holds.items():
+        column = getattr(data, key)
+        if column not in columns:
+            yield (
+                ("retune", "data", key),
+                (
+                    f"column {column!r} is not in {path} ({_columns_of(path, columns)}); set "
+                    f"retune.data.{key} to the column that holds {what}"
+                ),
+            )
+
+
+def _columns_of(path: Path, columns: list[str]) -> str:
+    if not columns:
+        return "it has no header" if path.suffix.lower() == ".csv" else "it has no record"
+    return f"its columns: {', '.join(columns)}"
 
 
 def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -> Config:

@@ -368,7 +368,16 @@ class Reference(Section):
     start: datetime | None = Field(None, description="`fixed`: start, ISO 8601 with zone.")
     end: datetime | None = Field(None, description="`fixed`: end, ISO 8601 with zone.")
     path: RelativePath | None = Field(
-        None, description="`dataset`: CSV or JSONL file, relative to this file."
+        None, description="`dataset`: CSV, JSONL or Parquet file, relative to this file."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="`dataset`: sample field → column of `path` holding it, for a file whose "
+        "columns are not named as sample fields, as `driftd ingest --map FIELD=COLUMN` reads "
+        "one; e.g. `{input: text, prediction: category}`. A classification training set's "
+        "label column maps to `prediction`: the check compares the distribution of predictions "
+        "in the window with the reference's, and the labels a model was trained on are the "
+        "predictions a healthy model gives. Checked against the file's header at start-up.",
     )
     samples: int = Field(1000, ge=10, description="`baseline`: samples after promotion.")
 
@@ -383,6 +392,8 @@ class Reference(Section):
                 raise ValueError("'start' must be before 'end'")
         if self.kind is ReferenceKind.dataset and self.path is None:
             raise ValueError("kind 'dataset' needs 'path'")
+        if self.columns and self.kind is not ReferenceKind.dataset:
+            raise ValueError("'columns' is only for kind 'dataset'")
         return self
 
 

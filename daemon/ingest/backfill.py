@@ -11,7 +11,7 @@ import csv
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,14 +76,82 @@ def read_rows(path: Path, fmt: str, mapping: Mapping[str, str]) -> Iterator[Row]
         "parquet": _parquet,
     }
     renames = {column: name for name, column in mapping.items()}
-    unknown_fields = sorted(set(mapping) - _FIELDS)
-    if unknown_fields:
-        raise BackfillError(f"--map names fields samples do not have: {unknown_fields}")
+    unknown = unknown_fields(mapping)
+    if unknown:
+        raise BackfillError(f"--map names fields samples do not have: {unknown}")
     try:
         for where, raw in readers[fmt](path):
             yield Row(where, _as_sample(raw, renames, path, where))
     except OSError as exc:
         raise BackfillError(f"{path}: cannot read it: {exc}") from None
+
+
+def parse_mapping(items: Iterable[str]) -> dict[str, str]:
+    """``--map`` arguments, ``FIELD=COLUMN`` each, as a mapping field → column."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        name, sep, column = item.partition("=")
+        if not sep or not name or not column:
+            raise ValueError(f"--map {item!r}: expected FIELD=COLUMN, e.g. --map input=text")
+        mapping[name] = column
+    return mapping
+
+
+def unknown_fields(mapping: Mapping[str, str]) -> list[str]:
+    """The fields of a mapping (field → column) that samples do not have."""
+    return sorted(set(mapping) - _FIELDS)
+
+
+def sample_fields() -> list[str]:
+    """The fields a column may be mapped to, for messages."""
+    return sorted(_FIELDS)
+
+
+def read_columns(path: Path, fmt: str) -> list[str]:
+    """The columns of a file from its header alone: a CSV's first line, the keys of a JSONL
+    file's first record, a Parquet file's schema. Cheap whatever the file's size."""
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        if fmt == "csv":
+            with path.open(encoding="utf-8", newline="") as handle:
+                return next(csv.reader(handle), [])
+        for _, record in _jsonl(path):
+            return list(record)
+        return []
+    except (OSError, csv.Error, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise BackfillError(f"{path}: cannot read it: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ColumnProblems:
+    """What keeps a file's columns from being read as samples under a mapping."""
+
+    missing: dict[str, str]  # field → mapped column the file does not have
+    unmapped: list[str]  # columns that are not sample fields and are mapped to none
+    no_input: bool  # no column gives the required field `input`
+
+
+def column_problems(columns: Iterable[str], mapping: Mapping[str, str]) -> ColumnProblems:
+    """How ``columns`` fall short of what ``read_rows`` needs under ``mapping``: the same rules,
+    checked on a header instead of on every row."""
+    columns = list(columns)
+    renames = {column: name for name, column in mapping.items()}
+    names = [renames.get(column, column) for column in columns]
+    return ColumnProblems(
+        missing={name: column for name, column in mapping.items() if column not in columns},
+        unmapped=[
+            column for column, name in zip(columns, names, strict=True) if not _is_field(name)
+        ],
+        no_input="input" not in names,
+    )
+
+
+def _is_field(name: str) -> bool:
+    """Whether a (renamed) column fills a sample field: one of them, or ``metadata.KEY``."""
+    return name in _FIELDS or name.startswith("metadata.")
 
 
 def _as_sample(raw: dict[str, Any], renames: Mapping[str, str], path: Path, where: str) -> Any:
@@ -93,15 +161,15 @@ def _as_sample(raw: dict[str, Any], renames: Mapping[str, str], path: Path, wher
         if value is None or value == "":
             continue
         name = renames.get(column, column)
-        if name.startswith("metadata."):
-            metadata[name.removeprefix("metadata.")] = value
-        elif name in _FIELDS:
-            values[name] = value
-        else:
+        if not _is_field(name):
             raise BackfillError(
                 f"{path}: {where}: column {column!r} is not a sample field; map it with "
                 f"--map FIELD={column} or rename it (fields: {', '.join(sorted(_FIELDS))})"
             )
+        if name.startswith("metadata."):
+            metadata[name.removeprefix("metadata.")] = value
+        else:
+            values[name] = value
     if metadata:
         values["metadata"] = metadata
     # Ids are held to a safe alphabet (they are stored in clear): a file name with spaces or

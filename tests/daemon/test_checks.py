@@ -237,6 +237,40 @@ def test_a_reference_file_goes_through_the_ingest_pipeline(
     assert outcome.result.status in ("ok", "drift")
 
 
+def training_csv(path: Path, intents: list[str], rows: int) -> Path:
+    """A training set as Banking77 ships it: columns ``text,category``."""
+    with path.open("w", newline="", encoding="utf-8") as sink:
+        writer = csv.writer(sink)
+        writer.writerow(["text", "category"])
+        for i in range(rows):
+            intent = intents[i % len(intents)]
+            writer.writerow([INTENTS[intent][i // len(intents)], intent])
+    return path
+
+
+def test_a_training_set_reference_is_read_through_its_columns(
+    filled: Store, tmp_path: Path
+) -> None:
+    training_csv(tmp_path / "train.csv", KNOWN, 300)
+    reference = (
+        "      reference:\n"
+        "        kind: dataset\n"
+        "        path: train.csv\n"
+        "        columns: {input: text, prediction: category}\n"
+    )
+    text = (CONFIG % ", ".join(KNOWN)).replace(
+        "      window: 6h\n", "      window: 6h\n" + reference
+    ) + f"storage: {{snapshots: {tmp_path / 'snapshots'}}}\n"
+    cfg = parse_config(text, base_dir=tmp_path, environ={})
+    fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 300, "cur")
+    outcome = Checker(cfg, filled, lambda model: HashingEncoder()).run("intents", now=NOW)
+    assert outcome.error is None
+    assert (outcome.reference.kind, outcome.reference.total) == ("dataset", 300)
+    assert {s.prediction for s in outcome.reference.samples} == set(KNOWN)
+    # A healthy window, against the data the model was trained on: nothing drifts.
+    assert outcome.result.status == "ok", outcome.result.to_dict()
+
+
 def test_the_check_command(tmp_path: Path) -> None:
     db = tmp_path / "driftd.db"
     cfg = config(tmp_path)
@@ -287,3 +321,42 @@ def test_the_check_command(tmp_path: Path) -> None:
         timeout=300,
     )
     assert empty.returncode == 3, empty.stderr
+
+
+def test_the_check_command_maps_the_columns_of_a_reference_file(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'driftd.db'}") as store:
+        from daemon.store import upgrade
+
+        upgrade(store.engine)
+        store.ensure_deployment("intents", "finetuned", "classification")
+        fill(store, config(tmp_path), datetime.now(UTC) - timedelta(hours=6), KNOWN, 200, "cur")
+    (tmp_path / "driftd.yaml").write_text(
+        (CONFIG % ", ".join(KNOWN)).replace(
+            "signals: [descriptors, embedding, prediction, confidence, performance]",
+            "signals: [descriptors, prediction]",
+        )
+    )
+    training_csv(tmp_path / "train.csv", KNOWN, 200)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    driftd = str(Path(sys.executable).parent / "driftd")
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [driftd, "check", "intents", "--reference", "train.csv", *args],
+            cwd=tmp_path,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    mapped = check("--map", "input=text", "--map", "prediction=category", "--json")
+    assert mapped.returncode == 0, mapped.stderr
+    printed = json.loads(mapped.stdout)
+    assert (printed["status"], printed["reference_rows"]) == ("ok", 200)
+    unmapped = check()
+    assert unmapped.returncode != 0
+    assert "column 'text' is not a sample field" in unmapped.stderr
+    wrong = check("--map", "intent=category")
+    assert wrong.returncode == 2
+    assert "--map names fields samples do not have: ['intent']" in wrong.stderr

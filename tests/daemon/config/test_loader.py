@@ -1,3 +1,6 @@
+import json
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,8 +29,11 @@ def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
     return caught.value.problems
 
 
-@pytest.mark.parametrize("example", ["banking77", "support-bot"])
+@pytest.mark.parametrize(
+    "example", sorted(path.parent.name for path in ROOT.glob("examples/*/driftd.yaml"))
+)
 def test_examples_are_valid(example: str) -> None:
+    # Loading reads the header of every data file the example names, as `config validate` does.
     config = load_config(ROOT / "examples" / example / "driftd.yaml", environ={})
     assert len(config.deployments) == 1
     golden = config.deployments[0].retune.golden_set
@@ -55,7 +61,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     file.parent.mkdir()
     (file.parent / "golden.csv").write_text("text,category\n")
     train = tmp_path / "train.csv"
-    train.write_text("text,category\n")
+    train.write_text("input,label\n")
     file.write_text(
         MINIMAL + f"    retune: {{golden_set: golden.csv, data: {{training_data: {train}}}}}\n"
     )
@@ -419,3 +425,139 @@ def test_named_data_files_must_exist(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml", environ={})
+
+
+REFERENCE = (
+    MINIMAL
+    + """\
+    monitor:
+      reference:
+        kind: dataset
+        path: %s
+"""
+)
+
+
+def file_problems(text: str, folder: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="driftd.yaml", base_dir=folder, environ={})
+    return caught.value.problems
+
+
+def test_a_reference_whose_columns_are_not_sample_fields_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text,category\nwhere is my card?,card_arrival\n")
+    (problem,) = file_problems(REFERENCE % "train.csv", tmp_path)
+    # No `columns` in the file: the line is the reference's.
+    assert problem.startswith(
+        f"driftd.yaml:8: deployments[0].monitor.reference.columns: {tmp_path / 'train.csv'} "
+        "has columns that are not sample fields ('text', 'category'): map a field to each, "
+        "e.g. {input: text}"
+    )
+    assert "(its columns: text, category; the fields: confidence, error," in problem
+
+
+def test_a_reference_mapped_to_a_column_the_file_lacks_is_refused(tmp_path: Path) -> None:
+    # Only the first record is read: the broken line after it is the check's to find.
+    (tmp_path / "ref.jsonl").write_text('{"prediction": "card_arrival", "label": "x"}\nnot json\n')
+    text = REFERENCE % "ref.jsonl" + "        columns: {input: question}\n"
+    (problem,) = file_problems(text, tmp_path)
+    assert problem == (
+        "driftd.yaml:11: deployments[0].monitor.reference.columns.input: column 'question' is "
+        f"not in {tmp_path / 'ref.jsonl'} (its columns: prediction, label)"
+    )
+
+
+def test_a_reference_without_an_input_column_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "ref.csv").write_text("prediction,label\ncard_arrival,card_arrival\n")
+    (problem,) = file_problems(REFERENCE % "ref.csv", tmp_path)
+    assert problem.startswith(
+        "driftd.yaml:8: deployments[0].monitor.reference.columns: no column of "
+        f"{tmp_path / 'ref.csv'} gives the sample field 'input': map it, e.g. {{input: COLUMN}}"
+    )
+
+
+def test_a_reference_mapping_names_sample_fields(tmp_path: Path) -> None:
+    (tmp_path / "ref.csv").write_text("text,category\n")
+    text = REFERENCE % "ref.csv" + "        columns: {input: text, intent: category}\n"
+    (problem,) = file_problems(text, tmp_path)
+    assert problem.startswith(
+        "driftd.yaml:11: deployments[0].monitor.reference.columns.intent: 'intent' is not a "
+        "sample field; the fields: confidence,"
+    )
+
+
+def test_columns_are_only_for_a_dataset_reference() -> None:
+    text = MINIMAL + "    monitor: {reference: {kind: previous_window, columns: {input: text}}}\n"
+    (problem,) = problems(text)
+    assert "deployments[0].monitor.reference: 'columns' is only for kind 'dataset'" in problem
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.jsonl", "train.parquet"])
+def test_a_reference_mapped_to_its_columns_is_accepted(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    row = {"text": "where is my card?", "category": "card_arrival", "metadata.channel": "app"}
+    if name.endswith(".csv"):
+        path.write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
+    elif name.endswith(".jsonl"):
+        path.write_text(json.dumps(row) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([row]), path)
+    text = REFERENCE % name + "        columns: {input: text, prediction: category}\n"
+    config = parse_config(text, base_dir=tmp_path, environ={})
+    reference = config.deployments[0].monitor.reference
+    assert reference.columns == {"input": "text", "prediction": "category"}
+    assert reference.path == path
+
+
+TRAINING = (
+    MINIMAL
+    + """\
+    retune:
+      data:
+        training_data: train.csv
+"""
+)
+
+
+def test_training_data_without_its_input_and_label_columns_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text,category\nwhere is my card?,card_arrival\n")
+    found = file_problems(TRAINING + "        label_field: intent\n", tmp_path)
+    path = tmp_path / "train.csv"
+    assert found == [
+        f"driftd.yaml:8: deployments[0].retune.data.input_field: column 'input' is not in "
+        f"{path} (its columns: text, category); set retune.data.input_field to the column "
+        "that holds the input",
+        f"driftd.yaml:10: deployments[0].retune.data.label_field: column 'intent' is not in "
+        f"{path} (its columns: text, category); set retune.data.label_field to the column "
+        "that holds the label (or wanted output)",
+    ]
+    accepted = TRAINING + "        input_field: text\n        label_field: category\n"
+    config = parse_config(accepted, base_dir=tmp_path, environ={})
+    assert config.deployments[0].retune.data.input_field == "text"
+
+
+def test_training_data_in_jsonl_is_checked_on_its_first_record(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text('{"input": "hi"}\n{"input": "x", "label": "y"}\n')
+    (problem,) = file_problems(TRAINING.replace("train.csv", "train.jsonl"), tmp_path)
+    assert problem.startswith("driftd.yaml:8: deployments[0].retune.data.label_field: column")
+    assert "(its columns: input)" in problem
+
+
+def test_config_validate_refuses_a_reference_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text,category\n")
+    (tmp_path / "driftd.yaml").write_text(REFERENCE % "train.csv")
+    driftd = Path(sys.executable).parent / "driftd"
+    done = subprocess.run(
+        [str(driftd), "config", "validate", "driftd.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "driftd.yaml:8: deployments[0].monitor.reference.columns: train.csv has columns" in (
+        done.stderr + done.stdout
+    )
