@@ -522,7 +522,9 @@ def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(source, [f"{source}: no such file"]) from None
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+        hint = "pass the configuration with -c FILE or set DRIFTD_CONFIG"
+        raise ConfigError(source, [f"{source}: no such file{where}; {hint}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, [f"{source}: cannot read it: {exc}"]) from None
     return parse_config(text, source=source, base_dir=path.parent, environ=environ)

@@ -115,6 +115,15 @@ def test_validate_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert "absent.yaml: no such file" in result.stderr
 
 
+def test_without_a_configuration_the_error_says_how_to_name_one(tmp_path: Path) -> None:
+    # No -c and no driftd.yaml where the command runs: the default file is missing.
+    result = driftd("checks", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "driftd.yaml: no such file" in result.stderr
+    assert "pass the configuration with -c FILE or set DRIFTD_CONFIG" in result.stderr
+    assert str(tmp_path) in result.stderr  # where it looked
+
+
 def test_the_configuration_reference_is_up_to_date() -> None:
     result = driftd("config", "reference")
     assert result.returncode == 0, result.stderr
