@@ -102,17 +102,29 @@ class Checker:
             deployment, start, end, max_rows=monitor.max_rows, seed=seed
         )
         current = Drawn(current_window.samples, current_window.total, "window", start, end)
-        reference = self._reference(
-            target, start, length, seed, reference_file, reference_columns or {}
-        )
-        error = None if reference.samples else reference.reason
+        unreadable = None
         try:
-            result = self._compare(target, reference, current, seed)
-        except Exception as exc:
-            # A check that breaks is a result too: recorded as failed, with the reason.
-            log.exception("check failed", extra={"deployment": deployment})
-            error = f"{type(exc).__name__}: {exc}"
+            reference = self._reference(
+                target, start, length, seed, reference_file, reference_columns or {}
+            )
+        except DriftdError as exc:
+            # A reference that cannot be read (a file of other columns, say) fails the check,
+            # recorded like any failed one, from the scheduler and the command line alike.
+            unreadable = str(exc)
+            kind = "dataset" if reference_file is not None else monitor.reference.kind.value
+            reference = Drawn([], 0, kind, reason=unreadable)
+        error = unreadable or (None if reference.samples else reference.reason)
+        if unreadable is not None:
+            log.error("check failed", extra={"deployment": deployment, "error": unreadable})
             result = _failed(reference, current)
+        else:
+            try:
+                result = self._compare(target, reference, current, seed)
+            except Exception as exc:
+                # A check that breaks is a result too: recorded as failed, with the reason.
+                log.exception("check failed", extra={"deployment": deployment})
+                error = f"{type(exc).__name__}: {exc}"
+                result = _failed(reference, current)
         check_id = self.store.record_check(
             deployment,
             NewCheck(

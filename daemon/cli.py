@@ -342,7 +342,12 @@ def _print_check(deployment: str, outcome: Any) -> None:
         table.add_row(result_of.name, result_of.group, result_of.method, score, threshold, status)
     console = Console()
     console.print(table)
-    if outcome.error:
+    if outcome.error and result.status == "failed":
+        # Unwrapped: the reason is one line to read or grep, whatever the terminal's width.
+        Console(stderr=True).print(
+            f"the check failed: {outcome.error}", markup=False, soft_wrap=True
+        )
+    elif outcome.error:
         console.print(f"the check failed: {outcome.error}", markup=False)
     elif outcome.reference.reason:
         console.print(f"reference: {outcome.reference.reason}", markup=False)

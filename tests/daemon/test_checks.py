@@ -354,9 +354,19 @@ def test_the_check_command_maps_the_columns_of_a_reference_file(tmp_path: Path) 
     assert mapped.returncode == 0, mapped.stderr
     printed = json.loads(mapped.stdout)
     assert (printed["status"], printed["reference_rows"]) == ("ok", 200)
+    # A reference it cannot read fails the check: exit 4, the result printed with its error,
+    # and stored like a scheduled check that failed.
     unmapped = check()
-    assert unmapped.returncode != 0
+    assert unmapped.returncode == 4
     assert "column 'text' is not a sample field" in unmapped.stderr
+    failed = json.loads(check("--json").stdout)
+    assert failed["status"] == "failed"
+    assert "column 'text' is not a sample field" in failed["error"]
+    with Store.open(f"sqlite:///{tmp_path / 'driftd.db'}") as store:
+        stored = store.get_check(failed["check_id"])[1]
+    assert (stored.status, stored.reference_kind) == ("failed", "dataset")
+    assert stored.error is not None
+    assert "column 'text'" in stored.error
     wrong = check("--map", "intent=category")
     assert wrong.returncode == 2
     assert "--map names fields samples do not have: ['intent']" in wrong.stderr
