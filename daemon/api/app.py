@@ -38,6 +38,7 @@ from daemon.ingest.schema import (
 from daemon.ingest.writer import QueueFull, Writer
 from daemon.metrics import DriftdMetrics
 from daemon.prompts import prompt_cache
+from daemon.request_body import read_capped
 from daemon.store import Store, head_revision, is_current
 
 log = logging.getLogger("driftd.api")
@@ -104,19 +105,11 @@ def create_app(
         return pipeline
 
     async def read_body(request: Request, deployment: str) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        body = await read_capped(request, limits.max_body_bytes)
+        if body is None:
             stats.reject(deployment, "too_large")
             raise _Refused(413, f"the body exceeds {limits.max_body_bytes} bytes")
-        chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_body_bytes:
-                stats.reject(deployment, "too_large")
-                raise _Refused(413, f"the body exceeds {limits.max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return body
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers.")
     async def healthz() -> dict[str, Any]:

@@ -36,6 +36,7 @@ from daemon.proxy.prompt import PromptFor
 from daemon.proxy.recorder import ProxyRecorder
 from daemon.proxy.stats import ProxyStats
 from daemon.proxy.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from daemon.request_body import read_capped
 
 log = logging.getLogger("driftd.proxy")
 
@@ -282,18 +283,11 @@ _OPENAPI_BODY: dict[str, Any] = {
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    """The request body; ``_Refusal`` (413) as soon as it is known to exceed ``limit`` bytes."""
+    body = await read_capped(request, limit)
+    if body is None:
         raise _Refusal(_too_large(limit))
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _Refusal(_too_large(limit))
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return body
 
 
 def _parse_body(raw: bytes, max_depth: int) -> dict[str, Any]:
