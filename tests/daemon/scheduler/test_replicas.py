@@ -1,5 +1,10 @@
 """Replicas of ``driftd serve`` sharing one store, as an operator runs them: two on PostgreSQL
-(one process on SQLite), a check every second for over 100 ticks, then the leader is killed."""
+(one process on SQLite), a check every second for over 100 ticks, then the leader is killed.
+
+The design promises each tick at most once, and a tick that could not run on time visibly missed
+(``driftd_scheduler_runs_total{status="missed"}``): on a loaded 2-core machine a check can outlast
+its one-second interval, and APScheduler then skips the next tick rather than queue it. So a gap
+under one leader passes only if that leader counted it, and such gaps stay rare."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine
 
@@ -61,6 +67,19 @@ class Replica:
         except httpx.HTTPError:
             return None
         return dict(answer.json())
+
+    def missed_checks(self) -> int:
+        """How many check ticks this replica counted as missed (skipped: too late or still busy)."""
+        answer = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5)
+        answer.raise_for_status()
+        for family in text_string_to_metric_families(answer.text):
+            for sample in family.samples:
+                if (
+                    sample.name == "driftd_scheduler_runs_total"
+                    and sample.labels == {"kind": "check", "status": "missed"}
+                ):
+                    return int(sample.value)
+        return 0
 
     def leads(self) -> bool:
         health = self.health()
@@ -128,6 +147,7 @@ def test_replicas_run_every_tick_once_and_a_successor_takes_over(
         assert most_leaders == 1, f"{most_leaders} leaders at once over {polls} polls"
 
         (leader,) = [replica for replica in replicas if replica.leads()]
+        missed = leader.missed_checks()
         leader.process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         leader.process.wait(timeout=10)
@@ -169,7 +189,9 @@ def test_replicas_run_every_tick_once_and_a_successor_takes_over(
     led = times[:handover]
     assert len(led) >= TICKS
     gaps = [(a, b) for a, b in pairwise(led) if b - a != timedelta(seconds=1)]
-    assert not gaps, f"ticks missed under one leader: {gaps[:5]}"
+    skipped = sum(int((b - a).total_seconds()) - 1 for a, b in gaps)
+    assert skipped <= missed, f"ticks missed under one leader, {missed} counted: {gaps[:5]}"
+    assert skipped <= len(led) // 20, f"{skipped} of {len(led)} ticks missed: {gaps[:5]}"
     unchecked = set(led) - set(checked)
     assert len(unchecked) <= 1, sorted(unchecked)
     # The successor: its ticks and at most one catch-up of what was missed during the takeover.
