@@ -14,7 +14,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Generator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import uvicorn
 from fastapi import FastAPI
@@ -33,7 +33,7 @@ from daemon.metrics import DriftdMetrics
 from daemon.notify import Notifier, NotifierStats
 from daemon.prompts import active_prompt, ensure_initial
 from daemon.proxy import ActivePrompt, ProxyRecorder, ProxyStats, UpstreamClient, proxy_router
-from daemon.scheduler import CheckPool, Scheduler, new_owner
+from daemon.scheduler import CheckPool, NotLeading, Scheduler, new_owner
 from daemon.scheduler.actions import Actions
 from daemon.store import Store, mask_url, upgrade
 
@@ -174,6 +174,7 @@ class Daemon:
             hooks={d.name: d.retune.hooks for d in self.config.deployments},
             metrics=self.metrics,
             metrics_auth=self.config.server.metrics_auth,
+            run_check=self._check_now,
         )
         proxy = self.config.proxy
         self._recorder = ProxyRecorder(
@@ -289,6 +290,12 @@ class Daemon:
         if notifier is None:
             return {}
         return {"notifications": (self.config.notifications.poll, notifier.process)}
+
+    def _check_now(self, deployment: str) -> datetime:
+        scheduler = self._scheduler
+        if scheduler is None:
+            raise NotLeading("the scheduler is not running")
+        return scheduler.run_now(deployment).scheduled_for
 
     def _epoch(self) -> int | None:
         scheduler = self._scheduler

@@ -116,9 +116,9 @@ class MonitorSpec:
             raise ValueError(f"min_rows must be at least 1, got {self.min_rows}")
         if not 0.0 < self.quality_drop <= 1.0:
             raise ValueError(f"quality_drop must be in (0, 1], got {self.quality_drop}")
-        if self.embedding_method not in ("classifier_cv", "evidently_model"):
+        if self.embedding_method not in ("classifier_cv", "evidently_model", "novelty"):
             raise ValueError(
-                f"embedding_method must be 'classifier_cv' or 'evidently_model', "
+                f"embedding_method must be 'classifier_cv', 'evidently_model' or 'novelty', "
                 f"not {self.embedding_method!r}"
             )
         if self.text_max_rows < 1:

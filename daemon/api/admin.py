@@ -54,6 +54,7 @@ Authorize = Callable[[Request, Scope], None]
 """The application's guard: returns when the request carries a token granting the scope."""
 
 JobAction = Callable[..., object]
+RunCheck = Callable[[str], datetime]
 """``approve_job``, ``cancel_job`` or ``retry_job``: ``(store, job_id, *, by)``."""
 
 P = ParamSpec("P")
@@ -96,9 +97,17 @@ Until = Annotated[
 ]
 
 
-def admin_router(store: Store, authorize: Authorize, *, hooks: Mapping[str, Hooks]) -> APIRouter:
+def admin_router(
+    store: Store,
+    authorize: Authorize,
+    *,
+    hooks: Mapping[str, Hooks],
+    run_check: RunCheck | None = None,
+) -> APIRouter:
     """The admin routes over ``store``, each guarded by ``authorize`` with the admin scope;
-    ``hooks`` are each deployment's promotion hooks, by name, from the configuration."""
+    ``hooks`` are each deployment's promotion hooks, by name, from the configuration;
+    ``run_check`` starts a check of a deployment at once on the leader (the scheduler's
+    ``run_now``) and returns its tick's time, or raises ``DriftdError`` on a follower."""
 
     async def require_admin(request: Request) -> None:
         authorize(request, Scope.admin)
@@ -121,6 +130,18 @@ def admin_router(store: Store, authorize: Authorize, *, hooks: Mapping[str, Hook
     async def check(check_id: RowId) -> dict[str, Any]:
         name, found = await _call(store.get_check, check_id)
         return check_record(name, found, signals=True)
+
+    @router.post(
+        "/deployments/{name}/checks",
+        status_code=202,
+        summary="Check a deployment now, on the leader, as a scheduled check runs.",
+        responses={409: {"description": "This replica does not lead; ask the leader."}},
+    )
+    async def check_now(name: DeploymentName) -> dict[str, Any]:
+        if run_check is None or name not in hooks:
+            raise HTTPException(404, f"no deployment named {name!r}")
+        scheduled_for = await _call(run_check, name)
+        return {"deployment": name, "scheduled_for": scheduled_for.isoformat()}
 
     @router.get("/jobs", summary="The latest jobs, newest first.")
     async def jobs(

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from daemon import __version__
-from daemon.api.admin import admin_router
+from daemon.api.admin import RunCheck, admin_router
 from daemon.api.prompt import prompt_router
 from daemon.api.spec import body_schema, document
 from daemon.auth import Scope, Tokens, bearer
@@ -66,13 +66,15 @@ def create_app(
     hooks: Mapping[str, Hooks] | None = None,
     metrics: DriftdMetrics | None = None,
     metrics_auth: bool = False,
+    run_check: RunCheck | None = None,
 ) -> FastAPI:
     """The API over a started store, writer and preparer; ``pipelines`` by deployment name.
 
     ``hooks`` are the promotion hooks by deployment name (``retune.hooks`` of each); a
     deployment without an entry runs none when promoted or rolled back through the API.
     ``metrics`` are served at ``/metrics``, open like ``/healthz`` unless ``metrics_auth``
-    (``server.metrics_auth``) asks for an admin token.
+    (``server.metrics_auth``) asks for an admin token. ``run_check`` answers
+    ``POST /v1/deployments/{name}/checks`` (the scheduler's ``run_now``; without it, 404).
     """
     app = FastAPI(
         title="driftd",
@@ -236,6 +238,6 @@ def create_app(
     app.include_router(
         prompt_router(prompt_cache(store), authorize, deployments=list(pipelines.keys()))
     )
-    app.include_router(admin_router(store, authorize, hooks=hooks or {}))
+    app.include_router(admin_router(store, authorize, hooks=hooks or {}, run_check=run_check))
     document(app, deployments=list(pipelines), metrics_auth=metrics_auth)
     return app

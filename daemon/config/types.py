@@ -142,6 +142,21 @@ def check_secret_env(value: str) -> str:
 
 SecretEnv = Annotated[str, AfterValidator(check_secret_env)]
 
+_URL_ENV = re.compile(r"DRIFTD_[A-Z0-9_]+|OPENAI_BASE_URL")
+
+
+def check_url_env(value: str) -> str:
+    if not _URL_ENV.fullmatch(value) or value in DRIFTD_CREDENTIALS:
+        raise ValueError(
+            f"expected OPENAI_BASE_URL or the name of another environment variable "
+            f"DRIFTD_<NAME> (not one of driftd's credentials), got {value!r}"
+        )
+    return value
+
+
+UrlEnv = Annotated[str, AfterValidator(check_url_env)]
+"""The name of an environment variable holding a URL (not a secret, so any ``DRIFTD_*``)."""
+
 
 def check_regex(value: str) -> str:
     try:

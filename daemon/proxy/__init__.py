@@ -9,7 +9,8 @@ Monitoring never costs the user anything: the sample of a call is built after it
 complete and handed to a recorder thread (``recorder``), which batches calls through the ingest
 pipeline to the writer without the request ever waiting for storage. When the recorder's or the
 writer's queue is full the sample is dropped and counted (the one place in driftd that may drop a
-sample, see DESIGN.md); nothing the recording does can fail or slow the request.
+sample, in ``driftd_samples_dropped_total``: a call matters more than its record);
+nothing the recording does can fail or slow the request.
 
 For a prompted deployment, ``prompt_for`` names the active prompt version, which the proxy injects
 (system message, few-shot turns, model), so a promoted prompt goes live without touching the app.

@@ -2,13 +2,14 @@
 
 from daemon.scheduler.leader import Leadership, new_owner
 from daemon.scheduler.pool import CheckDone, CheckPool, CheckTimeout
-from daemon.scheduler.scheduler import Scheduler, Tick
+from daemon.scheduler.scheduler import NotLeading, Scheduler, Tick
 
 __all__ = [
     "CheckDone",
     "CheckPool",
     "CheckTimeout",
     "Leadership",
+    "NotLeading",
     "Scheduler",
     "Tick",
     "new_owner",

@@ -53,6 +53,10 @@ MAINTENANCE_EVERY = timedelta(hours=1)
 _CATCH_UP_STEPS = 100_000
 
 
+class NotLeading(DriftdError):
+    """Work only the leader runs was asked of a replica that does not lead."""
+
+
 @dataclass(frozen=True, slots=True)
 class Tick:
     """One scheduled run: which job, of which deployment, for which scheduled time."""
@@ -313,7 +317,10 @@ class Scheduler:
     def _run(self, tick: Tick) -> None:
         lease = self.leadership.lease
         if lease is None:
-            return  # lost the lease since APScheduler woke up: the next leader has this tick
+            # The lease lapsed by the local clock since APScheduler woke up (renewals late or
+            # failing): this replica skips the tick, and says so; the next leader catches up.
+            self._count(tick.kind, "missed")
+            return
         if not self.store.claim_run(
             tick.deployment, tick.kind, tick.scheduled_for, self.owner, lease.epoch
         ):
@@ -333,6 +340,23 @@ class Scheduler:
             )
         finally:
             self._running.discard(current)
+
+    def run_now(self, deployment: str, kind: str = CHECK) -> Tick:
+        """Run ``kind`` of ``deployment`` at once, as a tick of its own (an operator's "check
+        now"): claimed, run, recorded and counted exactly like a scheduled one. Only the leader
+        runs it; a follower raises ``NotLeading``."""
+        if (deployment, kind) not in self._triggers:
+            raise KeyError(f"no {kind} job for deployment {deployment!r}")
+        if self._stopping.is_set() or self.leadership.lease is None:
+            raise NotLeading(
+                "this replica does not lead, so it runs no scheduled work: send the request to "
+                "the replica whose GET /healthz says leader: true"
+            )
+        tick = Tick(deployment, kind, datetime.now(UTC))
+        threading.Thread(
+            target=self._run, args=(tick,), name=f"driftd-{kind}-now", daemon=True
+        ).start()
+        return tick
 
     def _leader_only(self, name: str, chore: Callable[[], object]) -> Work:
         def run(tick: Tick) -> None:

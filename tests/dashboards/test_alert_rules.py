@@ -13,10 +13,13 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -27,7 +30,11 @@ RULE_TESTS = RULES_DIR / "driftd-alerts.test.yml"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 
-RUNBOOK_BASE = "https://github.com/driftd/driftd/blob/main/docs/runbooks.md#"
+# The one place an operator sets the runbooks' address: an external label of their Prometheus.
+RUNBOOK_LABEL = "driftd_runbook_base"
+RUNBOOK_URL = (
+    "{{ with $externalLabels.driftd_runbook_base }}{{ . }}{{ else }}docs/runbooks.md{{ end }}#"
+)
 SEVERITIES = {"critical", "warning", "info"}
 ALERT_NAME = re.compile(r"^Driftd[A-Z][A-Za-z0-9]*$")
 # What issue 8 asks alerts for; more may be added, none of these removed.
@@ -159,12 +166,76 @@ def test_every_alert_follows_the_mixin_conventions(rule: Rule) -> None:
 @pytest.mark.parametrize("rule", _alerts(), ids=lambda rule: rule["alert"])
 def test_every_runbook_url_points_at_a_heading_of_the_runbooks(rule: Rule) -> None:
     url = rule["annotations"]["runbook_url"]
-    assert url.startswith(RUNBOOK_BASE), (
-        f"{rule['alert']}: runbook_url {url} is not under {RUNBOOK_BASE}"
-    )
-    anchor = url.removeprefix(RUNBOOK_BASE)
+    assert url.startswith(RUNBOOK_URL), f"{rule['alert']}: runbook_url {url} is not {RUNBOOK_URL}…"
+    anchor = url.removeprefix(RUNBOOK_URL)
     assert anchor == rule["alert"].lower(), f"{rule['alert']}: the anchor should be its name"
     assert anchor in _runbook_anchors(), f"{RUNBOOKS} has no heading for #{anchor}"
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian: prometheus)")
+def test_a_real_prometheus_links_each_alert_under_the_base_its_operator_set(
+    tmp_path: Path,
+) -> None:
+    """promtool 2.42 has no external labels in unit tests, so a real Prometheus renders them.
+
+    Each alert is loaded with its own runbook_url and an expression that always fires."""
+    assert PROMETHEUS is not None
+    base = "https://driftd.invalid/ops/driftd/docs/runbooks.md"
+    firing = [
+        {
+            "alert": rule["alert"],
+            "expr": "vector(1)",
+            "annotations": {"runbook_url": rule["annotations"]["runbook_url"]},
+        }
+        for rule in _alerts()
+    ]
+    (tmp_path / "rules.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "g", "rules": firing}]})
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = {
+        "global": {"evaluation_interval": "1s", "external_labels": {RUNBOOK_LABEL: base}},
+        "rule_files": [str(tmp_path / "rules.yml")],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    log = (tmp_path / "prometheus.log").open("w")
+    server = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        links: dict[str, str] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(links) < len(firing):
+            assert server.poll() is None, (tmp_path / "prometheus.log").read_text()
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5)
+                alerts = answer.json()["data"]["alerts"]
+                links = {a["labels"]["alertname"]: a["annotations"]["runbook_url"] for a in alerts}
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.5)
+        assert links == {rule["alert"]: f"{base}#{rule['alert'].lower()}" for rule in firing}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(timeout=10)
+            log.close()
 
 
 def test_every_runbook_section_belongs_to_an_alert() -> None:
@@ -185,6 +256,7 @@ def test_rules_and_their_tests_use_only_documented_metrics() -> None:
     documented = set(re.findall(r"`(driftd_[a-z0-9_]+)`", METRICS_DOC.read_text()))
     for path in (RULES, RULE_TESTS):
         used = {HISTOGRAM_SERIES.sub("", name) for name in METRIC.findall(path.read_text())}
+        used.discard(RUNBOOK_LABEL)  # a label of Prometheus itself, not a metric
         assert used, f"{path} uses no driftd metric"
         assert used <= documented, f"{path} uses metrics not in {METRICS_DOC}: {used - documented}"
 

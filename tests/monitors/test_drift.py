@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from monitors import CheckResult, MonitorSpec, Side, export_to_workspace, render_html, run_check
@@ -49,6 +50,40 @@ def test_evidently_s_embedding_method_remains_available(intent_windows: dict[str
     stable = run_check(intent_windows["reference"], intent_windows["stable"], spec)
     assert shifted.signal("embedding").method == "evidently:embeddings:model"
     assert (shifted.status, stable.status) == ("drift", "ok")
+
+
+def test_novelty_finds_the_questions_unlike_any_in_the_reference(
+    intent_windows: dict[str, Side],
+) -> None:
+    spec = replace(SPEC, signals=("embedding",), embedding_method="novelty")
+    shifted = run_check(intent_windows["reference"], intent_windows["shifted"], spec)
+    stable = run_check(intent_windows["reference"], intent_windows["stable"], spec)
+    found, calm = shifted.signal("embedding"), stable.signal("embedding")
+    assert found.method == calm.method == "driftd:embeddings:novelty"
+    assert (shifted.status, stable.status) == ("drift", "ok")
+    assert found.score is not None and calm.score is not None and found.threshold is not None
+    # 5% of rows like the reference fall under the cutoff by construction; the 1% bound of that
+    # share for 1,000 rows is 6.7%. A fifth of the shifted window is new.
+    assert found.threshold == pytest.approx(0.067, abs=0.002)
+    assert calm.score < found.threshold < 0.15 < found.score
+    assert found.details["similarity_cutoff"] == calm.details["similarity_cutoff"]
+
+
+def test_novelty_leaves_each_reference_row_out_of_its_own_neighbours() -> None:
+    from monitors.domain import novelty_share, null_novelty_threshold
+
+    rng = np.random.default_rng(3)
+    # Reference rows live in the first 8 dimensions, new ones in the last 8: unlike any of them.
+    reference = np.hstack([rng.normal(size=(400, 8)), np.zeros((400, 8))]).astype(np.float32)
+    new = np.hstack([np.zeros((50, 8)), rng.normal(size=(50, 8))]).astype(np.float32)
+    # The reference against itself: were a row its own neighbour, every similarity would be 1
+    # and nothing could fall below the cutoff.
+    share, cutoff = novelty_share(reference, reference[:200])
+    assert cutoff < 0.9
+    assert share == 0.0
+    assert novelty_share(reference, np.vstack([reference[200:350], new]))[0] == 0.25
+    assert 0.05 < null_novelty_threshold(400) < 0.09
+    assert null_novelty_threshold(50) > null_novelty_threshold(5000) > 0.05
 
 
 def test_a_new_sample_of_the_same_intents_is_no_drift(stable: CheckResult) -> None:
