@@ -117,7 +117,7 @@ def retune_spec(
         "original_file": absolute_path(data.training_data),
         "original_input_field": data.input_field,
         "original_label_field": data.label_field,
-        "golden_set": absolute_path(retune.golden_set),
+        **golden_set_keys(deployment),
         "data": {
             "production_ratio": data.production_ratio,
             "max_rows": data.max_rows,
@@ -150,6 +150,19 @@ def retune_spec(
 def job_seed(name: str) -> int:
     """The job's seed (data split, training), from the candidate's name: recorded, repeatable."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") % 2**31
+
+
+def golden_set_keys(deployment: Deployment) -> dict[str, str | None]:
+    """The spec keys that name the golden set and its columns, for the jobs that score on it
+    (``retrain retrain`` and ``revise_prompt`` read the same keys)."""
+    golden = deployment.retune.golden_set
+    if golden is None:
+        return {"golden_set": None}
+    return {
+        "golden_set": absolute_path(golden.path),
+        "golden_input_field": golden.columns.input,
+        "golden_label_field": golden.columns.label,
+    }
 
 
 def absolute_path(path: Path | None) -> str | None:

@@ -30,7 +30,7 @@ from daemon.config.types import format_duration
 from daemon.domain import Task
 from daemon.errors import DriftdError
 from daemon.prompts import initial_prompt, read_active_prompt
-from daemon.retune import absolute_path, job_seed
+from daemon.retune import golden_set_keys, job_seed
 from daemon.store import Store
 from daemon.store.models import Deployment as DeploymentRow
 from daemon.store.models import Sample
@@ -126,7 +126,7 @@ def revision_spec(
         "champion_version": None if active is None else active.version,
         "failing_file": str(failing_file),
         "fresh_file": str(fresh_file),
-        "golden_set": absolute_path(retune.golden_set),
+        **golden_set_keys(deployment),
         "candidates": retune.candidates,
         "proposer": {"model": deployment.judge.model, **endpoint},
         "target": {"model": champion.model, **endpoint},

@@ -32,7 +32,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,8 +47,12 @@ _MIX_SALT = "mix"
 _SPLIT_SALT = "split"
 
 
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+"""The data files jobs read (training data, golden sets): format by suffix."""
+
+
 class DataSetError(JobError):
-    """A training data file cannot be read as examples; the message names the file and line."""
+    """A data file cannot be read as examples; the message names the file and line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,55 +279,88 @@ def read_examples(
     label_field: str | None = "label",
     output_field: str | None = None,
     source: Source = "original",
+    what: str = "training data",
 ) -> list[Example]:
-    """The examples of a JSONL or CSV file (by its suffix: ``.jsonl``/``.json`` or ``.csv``).
+    """The examples of a JSONL, CSV or Parquet file (read by ``data_rows``).
 
     Every row needs text under ``input_field`` and under each of ``label_field`` and
     ``output_field`` that is not None; ``DataSetError`` names the first row that has not.
     Banking77's CSV files are read with ``input_field="text", label_field="category"``.
+    ``what`` names the file in messages: training data, a golden set.
     """
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv"):
-        raise DataSetError(
-            f"{path}: cannot tell the format of training data from the suffix {suffix!r}; "
-            "name the file .jsonl (one JSON object per line) or .csv (with a header row)"
-        )
     fields = [field for field in (input_field, label_field, output_field) if field is not None]
     examples: list[Example] = []
-    try:
-        rows = _csv_rows(path) if suffix == ".csv" else _jsonl_rows(path)
-        for where, row in rows:
-            for field in fields:
-                if not isinstance(row.get(field), str) or not row[field].strip():
-                    present = ", ".join(map(repr, row)) or "none"
-                    raise DataSetError(
-                        f"{where} has no text under {field!r} (its fields: {present}); every "
-                        f"row needs {' and '.join(map(repr, fields))}"
-                    )
-            examples.append(
-                Example(
-                    input=row[input_field],
-                    label=row[label_field] if label_field is not None else None,
-                    output=row[output_field] if output_field is not None else None,
-                    source=source,
+    for where, row in data_rows(path, what=what):
+        for field in fields:
+            if not isinstance(row.get(field), str) or not row[field].strip():
+                present = ", ".join(map(repr, row)) or "none"
+                raise DataSetError(
+                    f"{where} has no text under {field!r} (its fields: {present}); every "
+                    f"row needs {' and '.join(map(repr, fields))}"
                 )
+        examples.append(
+            Example(
+                input=row[input_field],
+                label=row[label_field] if label_field is not None else None,
+                output=row[output_field] if output_field is not None else None,
+                source=source,
             )
-    except OSError as error:
-        raise DataSetError(
-            f"cannot read training data {path}: {error.strerror or error}"
-        ) from error
+        )
     if not examples:
-        raise DataSetError(f"training data {path} has no examples")
+        raise DataSetError(f"{what} {path} has no examples")
     return examples
 
 
-def _jsonl_rows(path: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:
-    return json_objects(path, DataSetError)
+def data_rows(
+    path: Path,
+    *,
+    what: str = "training data",
+    error: Callable[[str], Exception] = DataSetError,
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The rows of a JSONL, CSV (with a header row) or Parquet file, by its suffix (``FORMATS``),
+    each with where it stands: ``"<path> line <n>"``, or ``"<path> row <n>"`` in Parquet.
+
+    A file that cannot be read raises ``error(message)``, naming ``what`` it is and where.
+    """
+    suffix = path.suffix.lower()
+    fmt = FORMATS.get(suffix)
+    if fmt is None:
+        raise error(
+            f"{path}: cannot tell the format of {what} from the suffix {suffix!r}; name the "
+            "file .jsonl (one JSON object per line), .csv (with a header row) or .parquet"
+        )
+    return _rows(path, fmt, what, error)
 
 
-def _csv_rows(path: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:
+def _rows(
+    path: Path, fmt: str, what: str, error: Callable[[str], Exception]
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    try:
+        if fmt == "jsonl":
+            yield from json_objects(path, error)
+        elif fmt == "csv":
+            yield from _csv_rows(path)
+        else:
+            yield from _parquet_rows(path)
+    except OSError as problem:
+        raise error(f"cannot read {what} {path}: {problem.strerror or problem}") from problem
+    except (csv.Error, ValueError) as problem:  # bad bytes, a broken CSV, pyarrow's ArrowInvalid
+        raise error(f"cannot read {what} {path}: {problem}") from problem
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
     with path.open(encoding="utf-8", newline="") as lines:
         reader = csv.DictReader(lines)
         for row in reader:
             # The reader counts physical lines, so a quoted field with a newline is placed right.
             yield f"{path} line {reader.line_num}", row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=5000):
+        for row in batch.to_pylist():
+            number += 1
+            yield f"{path} row {number}", row

@@ -3,8 +3,9 @@
 The spec (``job.json``) names:
 
 ``golden_set``
-    A JSONL file, one example per line: the input text under ``input_field`` (default
-    ``input``) and the true label under ``label_field`` (default ``label``).
+    A JSONL, CSV (with a header row) or Parquet file, by its suffix, one example per line or
+    row: the input text under ``input_field`` (default ``input``) and the true label under
+    ``label_field`` (default ``label``); Banking77's CSV files take ``text`` and ``category``.
 ``model_dir``
     A transformers sequence-classification model saved with ``save_pretrained``, with its
     tokenizer; its ``config.id2label`` names the labels it predicts.
@@ -32,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrain.dataset import data_rows
 from retrain.errors import JobError, SpecError
-from retrain.jsonl import json_objects
 
 Progress = Callable[[str], None]
 
@@ -122,16 +123,21 @@ def parse_spec(
     )
 
 
-def read_golden_set(path: Path, input_field: str, label_field: str) -> list[Example]:
-    """The examples of a JSONL golden set; ``EvaluationError`` names the first bad line."""
+def read_golden_set(
+    path: Path, input_field: str = "input", label_field: str = "label"
+) -> list[Example]:
+    """The examples of a golden set in JSONL, CSV or Parquet (as ``retrain.dataset.data_rows``
+    reads them): the input under ``input_field``, the label under ``label_field``.
+    ``EvaluationError`` names the first line or row that cannot be read."""
     examples = []
-    for where, row in json_objects(path, EvaluationError):
+    for where, row in data_rows(path, what="golden set", error=EvaluationError):
         for field in (input_field, label_field):
             if not isinstance(row.get(field), str) or not row[field]:
+                present = ", ".join(map(repr, row)) or "none"
                 raise EvaluationError(
-                    f"{where} has no text under {field!r}; every line needs "
-                    f"{input_field!r} and {label_field!r} (set input_field and "
-                    "label_field in the spec to read other keys)"
+                    f"{where} has no text under {field!r} (its columns: {present}); every "
+                    f"line needs {input_field!r} and {label_field!r} (set input_field and "
+                    "label_field in the spec to read other columns)"
                 )
         examples.append(Example(row[input_field], row[label_field]))
     if not examples:

@@ -18,7 +18,8 @@ challenger that labels every example as the champion does passes a margin of 0 (
 The spec (``job.json``) names:
 
 ``golden_set``
-    A JSONL file, read as the ``evaluate`` job reads it (``input_field``, ``label_field``).
+    A JSONL, CSV or Parquet file, read as the ``evaluate`` job reads it (``input_field``,
+    ``label_field``).
 ``champion``
     ``{"model_dir": ...}``, or ``null`` when the deployment has no model yet: then the challenger
     passes when the lower bound of its score's interval reaches ``min_score`` (or at once when

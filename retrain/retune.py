@@ -16,9 +16,10 @@ passed, fenced by its lease, through the promotion hooks.
 
 Spec keys: ``method`` (trainer | openai), ``task``, ``labels``, ``base_model``, ``champion``
 ({"model_dir"} or null), ``production_file`` (JSONL: input, label or output, sample_id),
-``original_file`` (CSV or JSONL, optional) with ``original_input_field`` /
-``original_label_field``, ``golden_set`` (JSONL: input, label), ``data`` (production_ratio,
-max_rows, validation_share), ``trainer`` (epochs, batch_size, learning_rate, max_length, optional
+``original_file`` (JSONL, CSV or Parquet, optional) with ``original_input_field`` /
+``original_label_field``, ``golden_set`` (JSONL, CSV or Parquet) with ``golden_input_field``
+(``input``) / ``golden_label_field`` (``label``), ``data`` (production_ratio, max_rows,
+validation_share), ``trainer`` (epochs, batch_size, learning_rate, max_length, optional
 max_steps), ``gate`` (metric, margin, guard_metrics, bootstrap_samples), ``seed``, ``candidate``
 ({"name"}), ``lineage``, ``output_dir``; for ``openai``: ``openai`` (the ``openai_finetune``
 spec's keys other than the files and output_dir) and ``system_prompt``.
@@ -54,6 +55,8 @@ class RetuneSpec:
     original_file: Path | None = None
     original_input_field: str = "input"
     original_label_field: str = "label"
+    golden_input_field: str = "input"
+    golden_label_field: str = "label"
     data: Mapping[str, Any] = field(default_factory=dict)
     trainer: Mapping[str, Any] = field(default_factory=dict)
     gate: Mapping[str, Any] = field(default_factory=dict)
@@ -126,6 +129,8 @@ def parse_spec(
         original_file=original,
         original_input_field=str(raw.get("original_input_field") or "input"),
         original_label_field=str(raw.get("original_label_field") or "label"),
+        golden_input_field=str(raw.get("golden_input_field") or "input"),
+        golden_label_field=str(raw.get("golden_label_field") or "label"),
         data=dict(raw.get("data") or {}),
         trainer=dict(raw.get("trainer") or {}),
         gate=dict(raw.get("gate") or {}),
@@ -175,7 +180,15 @@ def _dataset(spec: RetuneSpec, progress: Progress) -> dataset.DataSet:
             label_field=None if generation else spec.original_label_field,
             output_field=spec.original_label_field if generation else None,
         )
-    golden = [row.input for row in dataset.read_examples(spec.golden_set, label_field=None)]
+    golden = [
+        row.input
+        for row in dataset.read_examples(
+            spec.golden_set,
+            input_field=spec.golden_input_field,
+            label_field=None,
+            what="golden set",
+        )
+    ]
     data = spec.data
     built = dataset.build_dataset(
         production,
@@ -233,6 +246,8 @@ def _gate(spec: RetuneSpec, challenger: Path, progress: Progress) -> dict[str, A
     settings = spec.gate
     raw = {
         "golden_set": str(spec.golden_set),
+        "input_field": spec.golden_input_field,
+        "label_field": spec.golden_label_field,
         "champion": None if spec.champion is None else {"model_dir": str(spec.champion)},
         "challenger": {"model_dir": str(challenger)},
         "metric": settings.get("metric", "accuracy"),

@@ -36,13 +36,17 @@ Spec keys: ``champion`` ({"system", "few_shot": [{"input", "output"}], "model"})
 required there: the same three plus ``rubric``), ``answer_max_tokens`` (32 for a label, 300
 for generation), ``max_tokens``, ``gate`` (``metric``: ``accuracy`` or ``macro_f1`` for
 classification, ``judge_score`` for generation, its default there; ``margin`` (0),
-``bootstrap_samples`` (1000)), ``seed`` (0), ``output_dir``. The JSONL files hold, for
-classification: failing ``input``, ``output``, ``label`` or ``expected``, ``why``; golden and
+``bootstrap_samples`` (1000)), ``seed`` (0), ``output_dir``, ``golden_input_field``
+(``input``) and ``golden_label_field`` (``label``). The failing and fresh files are JSONL and
+hold, for classification: failing ``input``, ``output``, ``label`` or ``expected``, ``why``;
 fresh ``input``, ``label``. For generation: failing ``input``, ``output``, ``why`` (a wanted
-answer under ``label`` or ``expected`` is shown if present); golden ``input`` and optionally
-``reference`` or ``expected``; fresh ``input`` (production inputs, unlabelled). An empty fresh
-file is no error. Keys come from the job's environment, never the spec. Relative paths are read
-from the spec's directory. A rejection is a result (exit 0), not a failure.
+answer under ``label`` or ``expected`` is shown if present); fresh ``input`` (production
+inputs, unlabelled). An empty fresh file is no error. The golden set is JSONL, CSV or Parquet
+(``retrain.dataset.data_rows``): its input under ``golden_input_field``; its label under
+``golden_label_field`` (classification), or for generation optionally a reference answer
+there, or else under ``reference`` or ``expected``. Keys come from the job's environment, never
+the spec. Relative paths are read from the spec's directory. A rejection is a result (exit 0),
+not a failure.
 
 Never imports ``daemon``.
 """
@@ -59,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from retrain.dataset import data_rows
 from retrain.errors import JobError, SpecError
 from retrain.evaluate import EvaluationError, Example, read_golden_set
 from retrain.gate import METRICS, SCORE_METRIC, GateResult, compare, compare_scores
@@ -176,6 +181,8 @@ class RevisionSpec:
     margin: float = 0.0
     bootstrap_samples: int = 1000
     seed: int = 0
+    golden_input_field: str = "input"
+    golden_label_field: str = "label"
 
 
 def parse_spec(
@@ -260,6 +267,13 @@ def parse_spec(
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(f"'seed' must be an integer, got {seed!r}")
         seed = 0
+    columns = {"golden_input_field": "input", "golden_label_field": "label"}
+    for key, default in columns.items():
+        column = raw.get(key, default)
+        if not isinstance(column, str) or not column:
+            problems.append(f"{key!r} must name a column of the golden set, got {column!r}")
+        else:
+            columns[key] = column
     max_tokens = integer("max_tokens", 0)
     candidates = integer("candidates", 3)
     shown = integer("failures_shown", 20)
@@ -292,6 +306,8 @@ def parse_spec(
         margin=float(margin),
         bootstrap_samples=samples,
         seed=seed,
+        golden_input_field=columns["golden_input_field"],
+        golden_label_field=columns["golden_label_field"],
     )
 
 
@@ -378,13 +394,18 @@ def run(
     generation = spec.task == GENERATION
     failures = read_failures(spec.failing_file, labelled=not generation)
     failing_inputs = {_normal(failure.input) for failure in failures}
-    read: Callable[[Path, bool], Sequence[Example | Query]]
+    read: Callable[[Path, bool, str, str], Sequence[Example | Query]]
     read = _read_queries if generation else _read_labelled
-    golden, dropped_golden = _disjoint(read(spec.golden_set, False), failing_inputs)
+    golden, dropped_golden = _disjoint(
+        read(spec.golden_set, False, spec.golden_input_field, spec.golden_label_field),
+        failing_inputs,
+    )
     fresh: list[Example | Query] = []
     dropped_fresh = 0
     if spec.fresh_file is not None:
-        fresh, dropped_fresh = _disjoint(read(spec.fresh_file, True), failing_inputs)
+        fresh, dropped_fresh = _disjoint(
+            read(spec.fresh_file, True, "input", "label"), failing_inputs
+        )
     examples = golden + fresh
     if dropped_golden or dropped_fresh:
         progress(
@@ -489,26 +510,32 @@ def read_failures(path: Path, *, labelled: bool = True) -> list[Failure]:
     return failures
 
 
-def _read_labelled(path: Path, may_be_empty: bool) -> list[Example]:
+def _read_labelled(
+    path: Path, may_be_empty: bool, input_field: str, label_field: str
+) -> list[Example]:
+    """Classification examples: the input and the label under the columns named."""
     if may_be_empty and not path.read_text(encoding="utf-8").strip():
         return []  # no fresh production sample: the golden set scores alone
     try:
-        return read_golden_set(path, "input", "label")
+        return read_golden_set(path, input_field, label_field)
     except EvaluationError as error:
         raise RevisionError(str(error)) from None
 
 
-def _read_queries(path: Path, may_be_empty: bool) -> list[Query]:
-    """Generation examples: ``input``, and a ``reference`` (or ``expected``) answer if given."""
+def _read_queries(
+    path: Path, may_be_empty: bool, input_field: str, label_field: str
+) -> list[Query]:
+    """Generation examples: the input under ``input_field``, and a reference answer if given,
+    under ``label_field``, else ``reference`` or ``expected``."""
+    what = "fresh samples" if may_be_empty else "golden set"
     queries = []
-    for where, row in json_objects(path, RevisionError):
-        given = row.get("input")
+    for where, row in data_rows(path, what=what, error=RevisionError):
+        given = row.get(input_field)
         if not isinstance(given, str) or not given:
-            raise RevisionError(f"{where} has no text under 'input'")
-        reference = row.get("reference", row.get("expected"))
-        queries.append(
-            Query(given, reference if isinstance(reference, str) and reference else None)
-        )
+            raise RevisionError(f"{where} has no text under {input_field!r}")
+        answers = (row.get(key) for key in (label_field, "reference", "expected"))
+        reference = next((a for a in answers if isinstance(a, str) and a), None)
+        queries.append(Query(given, reference))
     if not queries and not may_be_empty:
         raise RevisionError(f"golden set {path} has no examples")
     return queries

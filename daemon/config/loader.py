@@ -21,7 +21,9 @@ from pydantic_core import ErrorDetails
 
 from daemon.config.models import Config, Deployment, ReferenceKind
 from daemon.config.types import ENV_STORAGE_URL
+from daemon.domain import Task
 from daemon.errors import ConfigError
+from retrain import dataset
 
 __all__ = ["ENV_STORAGE_URL", "load_config", "parse_config"]
 
@@ -388,6 +390,7 @@ def parse_config(
                 reader.report(loc, _message(error))
         config = None
     if config is not None:
+        config = _upstream_urls(config, env, reader)
         for loc, path in _data_files(config):
             if not path.is_file():
                 reader.report(loc, f"no such file: {path}")
@@ -398,6 +401,32 @@ def parse_config(
     return config
 
 
+def _upstream_urls(config: Config, env: Mapping[str, str], reader: _Reader) -> Config:
+    """Each upstream without a ``base_url`` takes the one in its ``base_url_env`` variable
+    (``OPENAI_BASE_URL`` by default), as the OpenAI SDKs do."""
+    deployments = list(config.deployments)
+    for index, deployment in enumerate(deployments):
+        upstream = deployment.upstream
+        url = env.get(upstream.base_url_env, "").strip()
+        if upstream.base_url is not None or not url:
+            continue
+        if not url.startswith(("http://", "https://")):
+            reader.report(
+                ("deployments", index, "upstream", "base_url_env"),
+                f"the variable {upstream.base_url_env} holds {url!r}, not an http:// or "
+                "https:// URL",
+            )
+            continue
+        resolved = deployment.model_copy(
+            update={"upstream": upstream.model_copy(update={"base_url": url})}
+        )
+        # model_copy counts an updated field as set, but a URL from the environment does not
+        # configure an upstream: `proxied` must still say what the file says.
+        object.__setattr__(resolved, "__pydantic_fields_set__", set(deployment.model_fields_set))
+        deployments[index] = resolved
+    return config.model_copy(update={"deployments": tuple(deployments)})
+
+
 def _data_files(config: Config) -> Iterator[tuple[Loc, Path]]:
     """The data files a configuration names; they must exist when it is loaded, so a typo is
     found by ``config validate`` and not by the first re-tuning, at night."""
@@ -405,15 +434,16 @@ def _data_files(config: Config) -> Iterator[tuple[Loc, Path]]:
         files: list[tuple[Loc, Path | None]] = [
             (("monitor", "reference", "path"), deployment.monitor.reference.path),
             (("retune", "data", "training_data"), deployment.retune.data.training_data),
-            (("retune", "golden_set"), deployment.retune.golden_set),
+            (("retune", "golden_set"), _golden_path(deployment)),
         ]
         for loc, path in files:
             if path is not None:
                 yield ("deployments", i, *loc), path
 
 
-# What the re-tuning job reads training data as (retrain.dataset.read_examples), by suffix.
-_TRAINING_SUFFIXES = (".csv", ".jsonl", ".json")
+def _golden_path(deployment: Deployment) -> Path | None:
+    golden = deployment.retune.golden_set
+    return None if golden is None else golden.path
 
 
 def _column_problems(config: Config) -> Iterator[tuple[Loc, str]]:
@@ -421,7 +451,8 @@ def _column_problems(config: Config) -> Iterator[tuple[Loc, str]]:
     file's first record, a Parquet schema), so that a file a check or a re-tuning cannot read is
     refused at start-up, not found by every scheduled run. Missing files are reported before."""
     for i, deployment in enumerate(config.deployments):
-        for loc, message in (*_reference(deployment), *_training(deployment)):
+        found = (*_reference(deployment), *_training(deployment), *_golden(deployment))
+        for loc, message in found:
             yield ("deployments", i, *loc), message
 
 
@@ -476,24 +507,13 @@ def _reference(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
 
 
 def _training(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
-    from daemon.ingest.backfill import BackfillError, read_columns
-
     data = deployment.retune.data
     path = data.training_data
     if path is None or not path.is_file():
         return
-    if path.suffix.lower() not in _TRAINING_SUFFIXES:
-        yield (
-            ("retune", "data", "training_data"),
-            (
-                f"{path}: training data is read as CSV (.csv) or JSONL (.jsonl), by its suffix; "
-                f"got {path.suffix!r}"
-            ),
-        )
-        return
     try:
-        columns = read_columns(path, "csv" if path.suffix.lower() == ".csv" else "jsonl")
-    except BackfillError as exc:
+        columns = _job_file_columns(path, "training data")
+    except ValueError as exc:
         yield ("retune", "data", "training_data"), str(exc)
         return
     holds = {"input_field": "the input", "label_field": "the label (or wanted output)"}
@@ -507,6 +527,51 @@ def _training(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
                     f"retune.data.{key} to the column that holds {what}"
                 ),
             )
+
+
+def _golden(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
+    golden = deployment.retune.golden_set
+    if golden is None or not golden.path.is_file():
+        return
+    path = golden.path
+    try:
+        columns = _job_file_columns(path, "a golden set")
+    except ValueError as exc:
+        yield ("retune", "golden_set"), str(exc)
+        return
+    holds = {"input": "the input"}
+    # A generation deployment's golden set may hold no wanted answer: its label column is
+    # needed only where it is named.
+    if deployment.task is Task.classification or "label" in golden.columns.model_fields_set:
+        holds["label"] = "the label"
+    for field, what in holds.items():
+        column = getattr(golden.columns, field)
+        if column not in columns:
+            yield (
+                ("retune", "golden_set", "columns", field),
+                (
+                    f"column {column!r} is not in {path} ({_columns_of(path, columns)}); set "
+                    f"retune.golden_set.columns.{field} to the column that holds {what}, as in "
+                    "golden_set: {path: FILE, columns: {input: COLUMN, label: COLUMN}}"
+                ),
+            )
+
+
+def _job_file_columns(path: Path, what: str) -> list[str]:
+    """The columns of a file a job reads, from its header; ``ValueError`` says why there are
+    none: a suffix the job cannot read the file by, or a file that is not what it says."""
+    from daemon.ingest.backfill import BackfillError, read_columns
+
+    fmt = dataset.FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"{path}: {what} is read as CSV (.csv), JSONL (.jsonl) or Parquet (.parquet), by "
+            f"its suffix; got {path.suffix!r}"
+        )
+    try:
+        return read_columns(path, fmt)
+    except BackfillError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _columns_of(path: Path, columns: list[str]) -> str:

@@ -24,6 +24,7 @@ from daemon.config.types import (
     ScheduleSpec,
     SecretEnv,
     TimeZone,
+    UrlEnv,
     format_duration,
 )
 from daemon.domain import Kind, Task
@@ -223,7 +224,14 @@ class Upstream(Section):
     """An OpenAI-compatible endpoint: the proxy's upstream and the fine-tuning API."""
 
     base_url: str | None = Field(
-        None, description="Base URL of an OpenAI-compatible API; unset means OpenAI's own."
+        None,
+        description="Base URL of an OpenAI-compatible API; unset means the one in the variable "
+        "`base_url_env`, and without that OpenAI's own.",
+    )
+    base_url_env: UrlEnv = Field(
+        "OPENAI_BASE_URL",
+        description="Environment variable read for the base URL when `base_url` is unset, as "
+        "OpenAI's SDKs read `OPENAI_BASE_URL`; e.g. a local OpenAI-compatible server.",
     )
     api_key_env: SecretEnv = Field(
         "OPENAI_API_KEY",
@@ -358,6 +366,13 @@ class ReferenceKind(StrEnum):
     baseline = "baseline"
 
 
+class AfterPromotion(StrEnum):
+    """What a check compares with once a version driftd made is active."""
+
+    baseline = "baseline"
+    keep = "keep"
+
+
 class Reference(Section):
     kind: ReferenceKind = Field(
         ReferenceKind.previous_window,
@@ -379,7 +394,21 @@ class Reference(Section):
         "in the window with the reference's, and the labels a model was trained on are the "
         "predictions a healthy model gives. Checked against the file's header at start-up.",
     )
-    samples: int = Field(1000, ge=10, description="`baseline`: samples after promotion.")
+    samples: int = Field(
+        1000,
+        ge=10,
+        description="A version's baseline: its first `samples` samples from its promotion on "
+        "(kind `baseline`, and `after_promotion: baseline`).",
+    )
+    after_promotion: AfterPromotion = Field(
+        AfterPromotion.baseline,
+        description="What checks compare with while a version made by a re-tune or a prompt "
+        "revision (one with a parent or a job) is active: `baseline` (its baseline: the current "
+        "window starts after it, and checks say `insufficient_data` until the version has "
+        "served `samples` samples) or `keep` (the reference above, over the whole window). A "
+        "version without either (the first one, a rollback to it) is checked against the "
+        "reference above; kind `baseline` follows every active version.",
+    )
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> Self:
@@ -432,11 +461,15 @@ class Monitor(Section):
         description="`default` (all-MiniLM-L6-v2 shipped with driftd, offline), a hub id, a "
         "local path, or `openai:<model>`.",
     )
-    embedding_method: Literal["classifier_cv", "evidently_model"] = Field(
+    embedding_method: Literal["classifier_cv", "evidently_model", "novelty"] = Field(
         "classifier_cv",
         description="Embedding drift test: `classifier_cv` (a logistic regression cross-fitted "
-        "over 5 folds, every row scored) or `evidently_model` (Evidently's ModelDriftMethod, "
-        "one train/test split).",
+        "over 5 folds, every row scored; a shift of the whole mix), `evidently_model` "
+        "(Evidently's ModelDriftMethod, one train/test split) or `novelty` (the share of "
+        "current rows less like their nearest reference row than 95% of reference rows are "
+        "like theirs: new kinds of input, such as questions about intents a classifier never "
+        "learnt, even spread over many topics). A `thresholds.embedding` is an AUC for the "
+        "first two and a share for `novelty`.",
     )
     timeout: Duration = Field(timedelta(minutes=10), description="A check running longer fails.")
 
@@ -514,7 +547,7 @@ class Gate(Section):
 
 class TrainingData(Section):
     training_data: RelativePath | None = Field(
-        None, description="Original training set (CSV or JSONL), relative to this file."
+        None, description="Original training set (CSV, JSONL or Parquet), relative to this file."
     )
     input_field: str = Field("input", min_length=1, description="Input column of training_data.")
     label_field: str = Field(
@@ -586,6 +619,32 @@ class Hooks(Section):
         return value
 
 
+class GoldenColumns(Section):
+    """The columns of the golden set that hold its input and its label."""
+
+    input: str = Field("input", min_length=1, description="Column of the input text.")
+    label: str = Field(
+        "label",
+        min_length=1,
+        description="Column of the true label (classification); for a generation prompt "
+        "revision, of the reference answer shown to the judge (optional there; else "
+        "`reference` or `expected`).",
+    )
+
+
+class GoldenSet(Section):
+    """The golden set: the fixed file a challenger and its champion are both scored on."""
+
+    path: RelativePath = Field(
+        description="JSONL, CSV (with a header row) or Parquet file, relative to this file."
+    )
+    columns: GoldenColumns = Field(
+        default_factory=GoldenColumns,
+        description="Its columns, when they are not `input` and `label`: e.g. `{input: text, "
+        "label: category}`. Checked against the file's header at start-up.",
+    )
+
+
 class Retune(Section):
     schedule: ScheduleSpec | None = Field(
         None, description="Scheduled re-tuning (cron or `every`); unset means only on drift."
@@ -596,10 +655,12 @@ class Retune(Section):
         "natural one (by kind and model provider).",
     )
     data: TrainingData = Field(default_factory=TrainingData, description="The training set.")
-    golden_set: RelativePath | None = Field(
+    golden_set: GoldenSet | None = Field(
         None,
         description="Fixed evaluation file that never enters training; needed when "
-        "re-tuning can run.",
+        "re-tuning can run. A path (its columns `input` and `label`), or `{path: FILE, "
+        "columns: {input: COLUMN, label: COLUMN}}`, e.g. `{path: data/test.csv, columns: "
+        "{input: text, label: category}}`.",
     )
     gate: Gate = Field(default_factory=Gate, description="When a challenger is promoted.")
     trainer: Trainer = Field(default_factory=Trainer, description="transformers settings.")
@@ -607,6 +668,12 @@ class Retune(Section):
     watch: Watch = Field(default_factory=Watch, description="Rollback after promotion.")
     hooks: Hooks = Field(default_factory=Hooks, description="What promotion and rollback run.")
     timeout: Duration = Field(timedelta(hours=2), description="A job running longer fails.")
+
+    @field_validator("golden_set", mode="before")
+    @classmethod
+    def _golden_path(cls, value: object) -> object:
+        """The short form, a bare path, is a file whose columns are `input` and `label`."""
+        return {"path": value} if isinstance(value, str | Path) else value
 
 
 class Judge(Section):

@@ -88,3 +88,25 @@ def test_too_few_labels_is_an_error_that_says_what_to_do(store: Store, tmp_path:
         NotEnoughLabels, match=r"has 2 labelled samples in the last 30d; .*min_labelled is 3"
     ):
         retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
+
+
+def test_the_golden_set_travels_with_its_columns(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    plain = config(tmp_path, "transformers", "./model")
+    (tmp_path / "test.csv").write_text("text,category\nwhere is my card,card_arrival\n")
+    text = (CONFIG % ("transformers", "./model")).replace(
+        "golden_set: golden.jsonl",
+        "golden_set: {path: test.csv, columns: {input: text, label: category}}",
+    )
+    mapped = parse_config(
+        text + f"scheduling: {{jobs_dir: {tmp_path / 'jobs'}}}\n", environ={}, base_dir=tmp_path
+    )
+    labelled(store, 3)
+
+    spec = retune_spec(mapped, store, mapped.deployments[0], trigger="drift", lineage={})
+    assert spec["golden_set"] == str((tmp_path / "test.csv").resolve())
+    assert (spec["golden_input_field"], spec["golden_label_field"]) == ("text", "category")
+    # A golden set given as a bare path is read by its columns input and label.
+    spec = retune_spec(plain, store, plain.deployments[0], trigger="drift", lineage={})
+    assert spec["golden_set"] == str((tmp_path / "golden.jsonl").resolve())
+    assert (spec["golden_input_field"], spec["golden_label_field"]) == ("input", "label")

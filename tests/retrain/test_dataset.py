@@ -288,7 +288,9 @@ def test_read_examples_names_the_row_without_the_field(tmp_path: Path) -> None:
         ("data.jsonl", '{"input": "a", "label": "b"}\n{"input": \n', "line 2 is not JSON"),
         ("data.jsonl", "[1, 2]\n", "line 1 is not a JSON object"),
         ("data.jsonl", "\n\n", "has no examples"),
-        ("data.parquet", "", "cannot tell the format of training data from the suffix"),
+        ("data.txt", "", "cannot tell the format of training data from the suffix '.txt'"),
+        ("data.parquet", "not parquet", r"cannot read training data .*data\.parquet: "),
+        ("data.csv", "input,label\nhi\n", "line 2 has no text under 'label'"),
     ],
 )
 def test_unreadable_training_data_says_what_is_wrong(

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from retrain.__main__ import main
+from retrain.evaluate import EvaluationError, Example, read_golden_set
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT / "examples" / "banking77" / "data" / "test.csv"
@@ -239,3 +240,105 @@ def test_a_model_that_knows_none_of_the_golden_labels_fails_the_job(
 
     error = json.loads((tmp_path / "out" / "result.json").read_text())["error"]
     assert "none of the golden set's labels is a label of the model" in error
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """``rows`` in the format of ``path``'s suffix: JSONL, CSV with a header row, or Parquet."""
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elif path.suffix == ".csv":
+        with path.open("w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def banking77_rows(golden: Path) -> list[dict[str, str]]:
+    """The golden fixture's questions as Banking77's files hold them: ``text`` and ``category``."""
+    rows = [json.loads(line) for line in golden.read_text().splitlines()]
+    return [{"text": row["input"], "category": row["label"]} for row in rows]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_read_golden_set_reads_jsonl_csv_and_parquet_by_the_columns_it_is_told(
+    tmp_path: Path, suffix: str
+) -> None:
+    rows = [
+        {"id": "1", "text": "Where is my card, it has not arrived?", "category": "card_arrival"},
+        {"id": "2", "text": "What rate do you give for euros?", "category": "exchange_rate"},
+    ]
+    path = write_table(tmp_path / f"golden{suffix}", rows)
+
+    examples = read_golden_set(path, "text", "category")
+
+    assert examples == [Example(row["text"], row["category"]) for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "golden.csv",
+            "text,category\nWhere is my card?,card_arrival\nAnd my PIN?,\n",
+            "golden.csv line 3 has no text under 'category' (its columns: 'text', 'category'); "
+            "every line needs 'text' and 'category'",
+        ),
+        (
+            "golden.csv",
+            "question,intent\nWhere is my card?,card_arrival\n",
+            "golden.csv line 2 has no text under 'text' (its columns: 'question', 'intent')",
+        ),
+        ("golden.parquet", "not parquet at all", "cannot read golden set "),
+        ("golden.txt", "text,category\n", "cannot tell the format of golden set from the suffix"),
+        ("golden.csv", "text,category\n", "golden set "),  # and "has no examples"
+    ],
+)
+def test_a_golden_set_that_cannot_be_read_names_the_file_the_line_and_the_problem(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+
+    with pytest.raises(EvaluationError) as raised:
+        read_golden_set(path, "text", "category")
+
+    assert str(path) in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_a_parquet_row_without_a_label_is_named_by_its_row(tmp_path: Path) -> None:
+    rows = [{"text": "Where is my card?", "category": "card_arrival"}, {"text": "PIN?"}]
+    path = write_table(tmp_path / "golden.parquet", rows)
+
+    with pytest.raises(
+        EvaluationError, match=r"golden\.parquet row 2 has no text under 'category'"
+    ):
+        read_golden_set(path, "text", "category")
+
+
+def test_evaluate_scores_a_banking77_csv_golden_set_by_its_text_and_category_columns(
+    model_dir: Path, golden: Path, tmp_path: Path
+) -> None:
+    csv_golden = write_table(tmp_path / "test.csv", banking77_rows(golden))
+    spec = write_spec(
+        tmp_path,
+        golden_set=str(csv_golden),
+        model_dir=str(model_dir),
+        output_dir="out",
+        input_field="text",
+        label_field="category",
+    )
+
+    assert main(["evaluate", "--spec", str(spec)]) == 0
+
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["n"] == 10
+    # The same ten questions as the JSONL golden set: the same score.
+    assert result["metrics"]["accuracy"] == pytest.approx(0.4)
+    assert set(result["metrics"]["per_class"]) == set(MIX)

@@ -326,6 +326,39 @@ def test_the_gate_job_without_a_champion_applies_min_score(
     assert "gate: the challenger is rejected" in capsys.readouterr().out
 
 
+def test_the_gate_reads_a_csv_golden_set_as_banking77_writes_it(
+    golden: Path, majority: Path, minority: Path, tmp_path: Path
+) -> None:
+    # The same thirty questions under Banking77's own columns, text and category, as a CSV
+    # golden set named by `retune.golden_set` with `columns: {input: text, label: category}`.
+    test_csv = tmp_path / "test.csv"
+    with test_csv.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["text", "category"])
+        for line in golden.read_text().splitlines():
+            row = json.loads(line)
+            writer.writerow([row["input"], row["label"]])
+    spec = write_spec(
+        tmp_path,
+        golden_set=str(test_csv),
+        champion={"model_dir": str(minority)},
+        challenger={"model_dir": str(majority)},
+        input_field="text",
+        label_field="category",
+        bootstrap_samples=500,
+        output_dir="out",
+    )
+
+    assert main(["gate", "--spec", str(spec)]) == 0
+
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["n"] == 30
+    assert result["golden_set"] == str(test_csv)
+    assert result["challenger"]["metrics"]["accuracy"] == pytest.approx(0.6)
+    assert result["champion"]["metrics"]["accuracy"] == pytest.approx(0.2)
+    assert result["passed"] is True
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 if TYPE_CHECKING:
     from tests.fake_openai import FakeOpenAI
 
@@ -141,3 +143,79 @@ def test_a_bad_spec_names_every_problem(tmp_path: Path) -> None:
     assert done.returncode == 2
     for problem in ("'task' is required", "'golden_set' is required", "'method' must be one of"):
         assert problem in done.stderr
+
+
+def banking77_golden(tmp_path: Path) -> tuple[dict[str, str], set[str]]:
+    """The spec keys of a golden set written as Banking77's CSV files are (``text``,
+    ``category``), as the daemon names one mapped by ``retune.golden_set.columns``; and its
+    questions."""
+    rows = questions("test", 5)
+    path = tmp_path / "test.csv"
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["text", "category"])
+        writer.writerows([row["input"], row["label"]] for row in rows)
+    keys = {
+        "golden_set": str(path),
+        "golden_input_field": "text",
+        "golden_label_field": "category",
+    }
+    return keys, {row["input"] for row in rows}
+
+
+def test_the_trainer_path_gates_on_a_csv_golden_set_by_its_columns(
+    tmp_path: Path, tiny_classifier: Callable[[Sequence[str], str], Path]
+) -> None:
+    champion = tiny_classifier(LABELS, "card_arrival")
+    golden, golden_inputs = banking77_golden(tmp_path)
+    # The golden questions are also in production: the job must know them by their column.
+    production = [
+        {**row, "sample_id": i + 1}
+        for i, row in enumerate(questions("train", 20) + questions("test", 5))
+    ]
+    spec = {
+        **base_spec(tmp_path, "trainer"),
+        **golden,
+        "production_file": write_jsonl(tmp_path / "production.jsonl", production),
+        "base_model": str(champion),
+        "champion": {"model_dir": str(champion)},
+        "trainer": {"epochs": 1, "batch_size": 16, "max_length": 32},
+    }
+    code, result, output = run_job(spec, tmp_path)
+    assert code == 0, output
+    gate = result["gate"]
+    assert gate["n"] == len(golden_inputs) == 15
+    assert gate["golden_set"] == golden["golden_set"]
+    # The champion always answers card_arrival: right on a third of the golden set.
+    assert gate["champion"]["metrics"]["accuracy"] == pytest.approx(1 / 3)
+    assert result["lineage"]["dropped"]["golden"]["production"] == 15
+    trained = (tmp_path / "out" / "data" / "train.jsonl").read_text()
+    assert not any(text in trained for text in golden_inputs)
+
+
+def test_the_openai_path_keeps_a_csv_golden_set_out_of_training(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_job(fakes.Succeed(after_polls=1))
+    golden, golden_inputs = banking77_golden(tmp_path)
+    production = [
+        {**row, "sample_id": i + 1}
+        for i, row in enumerate(questions("train", 20) + questions("test", 5))
+    ]
+    spec = {
+        **base_spec(tmp_path, "openai"),
+        **golden,
+        "production_file": write_jsonl(tmp_path / "production.jsonl", production),
+        "openai": {
+            "base_model": "gpt-4o-mini-2024-07-18",
+            "base_url": fake_openai.base_url,
+            "api_key_env": KEY_ENV,
+            "poll_interval_s": 0.05,
+            "max_retries": 0,
+        },
+    }
+    code, result, output = run_job(spec, tmp_path, {KEY_ENV: fake_openai.api_key})
+    assert code == 0, output
+    assert result["lineage"]["dropped"]["golden"]["production"] == 15
+    uploaded = (tmp_path / "out" / "data" / "train.chat.jsonl").read_text()
+    assert not any(json.dumps(text)[1:-1] in uploaded for text in golden_inputs)

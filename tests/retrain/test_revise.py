@@ -6,6 +6,7 @@ which scores an answer high only when it ends with the sign-off the rubric asks 
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sys
@@ -297,6 +298,42 @@ def test_an_empty_fresh_file_leaves_the_golden_set_to_score_alone(
     assert result["passed"] is True
 
 
+def test_a_csv_golden_set_is_read_by_the_columns_the_spec_names(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake_openai.script_rule(RULE, truth, without_rule)
+    fake_openai.script_chat(proposal(CHAMPION_SYSTEM + " " + RULE))
+    golden = rows("stolen", 4) + rows("balance", 4)
+    with (tmp_path / "test.csv").open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["category", "text"])  # Banking77's columns, in another order
+        writer.writerows([row["label"], row["input"]] for row in golden)
+    raw = make_spec(
+        tmp_path,
+        fake_openai,
+        fresh=[],
+        candidates=1,
+        golden_set="test.csv",
+        golden_input_field="text",
+        golden_label_field="category",
+    )
+    result = revise(tmp_path, fake_openai, raw)
+
+    assert result["evaluated_on"] == {"golden": 8, "fresh": 0}
+    assert result["champion"]["scores"]["accuracy"] == pytest.approx(4 / 8)
+    assert result["passed"] is True
+    scored = last_user_texts(fake_openai)[1:]
+    assert "Someone has stolen my card, case 3" in scored
+
+
+def test_golden_columns_must_be_named(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    raw = make_spec(tmp_path, fake_openai, golden_input_field="", golden_label_field=3)
+    with pytest.raises(SpecError) as refused:
+        parsed(tmp_path, raw)
+    assert "'golden_input_field' must name a column of the golden set, got ''" in str(refused.value)
+    assert "'golden_label_field' must name a column of the golden set, got 3" in str(refused.value)
+
+
 # task: generation, scored by the judge.
 
 SIGN_OFF = "Kind regards, the support team."
@@ -546,3 +583,34 @@ def test_a_judge_that_refuses_the_key_stops_the_job_and_says_which_key(
     assert "sk-wrong-judge-key" not in str(refused.value)
     with pytest.raises(JobError, match="set the environment variable DRIFTD_TEST_JUDGE_KEY"):
         run(spec, lambda _: None, environ={KEY_ENV: fake_openai.api_key})
+
+
+def test_a_generation_golden_set_gives_its_reference_answers_from_the_column_named(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    play_generation(fake_openai, proposal(GENERATION_SYSTEM + " " + GENERATION_RULE))
+    golden = [
+        {"question": row["input"], "answer": answer_signed(row["input"])}
+        for row in questions("reset my PIN", 3)
+    ] + [{"question": row["input"], "answer": None} for row in questions("order a card", 2)]
+    pq.write_table(pa.Table.from_pylist(golden), tmp_path / "golden.parquet")
+    raw = make_generation_spec(
+        tmp_path,
+        fake_openai,
+        fresh=[],
+        candidates=1,
+        golden_set="golden.parquet",
+        golden_input_field="question",
+        golden_label_field="answer",
+    )
+    result = revise(tmp_path, fake_openai, raw)
+
+    assert result["evaluated_on"] == {"golden": 5, "fresh": 0}
+    assert result["passed"] is True
+    judged = [body["messages"][1]["content"] for body in judge_calls(fake_openai)]
+    assert "How do I reset my PIN, case 0?" in judged[0]
+    assert "REFERENCE ANSWER" in judged[0]
+    assert "REFERENCE ANSWER" not in judged[4]  # a row without an answer has none to show

@@ -38,7 +38,7 @@ def test_examples_are_valid(example: str) -> None:
     assert len(config.deployments) == 1
     golden = config.deployments[0].retune.golden_set
     assert golden is not None
-    assert golden.is_file()
+    assert golden.path.is_file()
 
 
 def test_defaults_are_documented_values() -> None:
@@ -59,14 +59,15 @@ def test_defaults_are_documented_values() -> None:
 def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     file = tmp_path / "conf" / "driftd.yaml"
     file.parent.mkdir()
-    (file.parent / "golden.csv").write_text("text,category\n")
+    (file.parent / "golden.csv").write_text("input,label\n")
     train = tmp_path / "train.csv"
     train.write_text("input,label\n")
     file.write_text(
         MINIMAL + f"    retune: {{golden_set: golden.csv, data: {{training_data: {train}}}}}\n"
     )
     deployment = load_config(file, environ={}).deployments[0]
-    assert deployment.retune.golden_set == tmp_path / "conf" / "golden.csv"
+    assert deployment.retune.golden_set is not None
+    assert deployment.retune.golden_set.path == tmp_path / "conf" / "golden.csv"
     assert deployment.retune.data.training_data == train
     assert deployment.model is not None
     assert deployment.model.name == str(tmp_path / "conf" / "model")
@@ -561,3 +562,140 @@ def test_config_validate_refuses_a_reference_it_cannot_read(tmp_path: Path) -> N
     assert "driftd.yaml:8: deployments[0].monitor.reference.columns: train.csv has columns" in (
         done.stderr + done.stdout
     )
+
+
+GOLDEN = (
+    MINIMAL
+    + """\
+    retune:
+      golden_set:
+        path: %s
+"""
+)
+BANKING77_ROW = {"text": "Where is my card?", "category": "card_arrival"}
+
+
+def write_table(path: Path, rows: list[dict[str, str]]) -> Path:
+    """``rows`` as the file's suffix says: CSV with a header, JSONL, or Parquet."""
+    if path.suffix == ".csv":
+        lines = [",".join(rows[0])] + [",".join(row.values()) for row in rows]
+        path.write_text("\n".join(lines) + "\n")
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["test.csv", "test.jsonl", "test.parquet"])
+def test_a_golden_set_mapped_to_its_columns_is_accepted(tmp_path: Path, name: str) -> None:
+    path = write_table(tmp_path / name, [BANKING77_ROW])
+    text = GOLDEN % name + "        columns: {input: text, label: category}\n"
+    golden = parse_config(text, base_dir=tmp_path, environ={}).deployments[0].retune.golden_set
+    assert golden is not None
+    assert golden.path == path
+    assert (golden.columns.input, golden.columns.label) == ("text", "category")
+
+
+def test_a_golden_set_given_as_a_path_is_read_by_columns_input_and_label(tmp_path: Path) -> None:
+    write_table(tmp_path / "golden.jsonl", [{"input": "Where is my card?", "label": "x"}])
+    text = MINIMAL + "    retune: {golden_set: golden.jsonl}\n"
+    golden = parse_config(text, base_dir=tmp_path, environ={}).deployments[0].retune.golden_set
+    assert golden is not None
+    assert golden.path == tmp_path / "golden.jsonl"
+    assert (golden.columns.input, golden.columns.label) == ("input", "label")
+
+
+def test_a_golden_set_whose_columns_are_not_mapped_is_refused(tmp_path: Path) -> None:
+    path = write_table(tmp_path / "test.csv", [BANKING77_ROW])
+    # Given as a bare path: the line is the golden set's, the YAML path where the mapping goes.
+    found = file_problems(MINIMAL + "    retune: {golden_set: test.csv}\n", tmp_path)
+    assert found == [
+        f"driftd.yaml:7: deployments[0].retune.golden_set.columns.{field}: column {field!r} "
+        f"is not in {path} (its columns: text, category); set "
+        f"retune.golden_set.columns.{field} to the column that holds the {field}, as in "
+        "golden_set: {path: FILE, columns: {input: COLUMN, label: COLUMN}}"
+        for field in ("input", "label")
+    ]
+
+
+def test_a_golden_set_mapped_to_a_column_the_file_lacks_is_refused(tmp_path: Path) -> None:
+    write_table(tmp_path / "test.parquet", [BANKING77_ROW])
+    text = GOLDEN % "test.parquet" + "        columns:\n          input: text\n"
+    text += "          label: intent\n"
+    (problem,) = file_problems(text, tmp_path)
+    assert problem.startswith(
+        "driftd.yaml:12: deployments[0].retune.golden_set.columns.label: column 'intent' is not "
+        f"in {tmp_path / 'test.parquet'} (its columns: text, category)"
+    )
+
+
+def test_a_golden_set_maps_only_input_and_label(tmp_path: Path) -> None:
+    write_table(tmp_path / "test.csv", [BANKING77_ROW])
+    text = GOLDEN % "test.csv" + "        columns: {input: text, labels: category}\n"
+    assert file_problems(text, tmp_path) == [
+        "driftd.yaml:10: deployments[0].retune.golden_set.columns.labels: unknown key; "
+        "did you mean 'label'?"
+    ]
+    text = GOLDEN % "test.csv" + "        columns: {input: text, intent: category}\n"
+    assert file_problems(text, tmp_path) == [
+        "driftd.yaml:10: deployments[0].retune.golden_set.columns.intent: unknown key; "
+        "expected one of: input, label"
+    ]
+
+
+def test_a_golden_set_of_a_format_jobs_cannot_read_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "golden.txt").write_text("input,label\n")
+    (problem,) = file_problems(GOLDEN % "golden.txt", tmp_path)
+    assert problem == (
+        f"driftd.yaml:8: deployments[0].retune.golden_set: {tmp_path / 'golden.txt'}: a golden "
+        "set is read as CSV (.csv), JSONL (.jsonl) or Parquet (.parquet), by its suffix; got "
+        "'.txt'"
+    )
+
+
+PROMPTED_GENERATION = """\
+deployments:
+  - name: support
+    kind: prompted
+    task: generation
+    prompt: {model: m, system: Answer the customer.}
+    retune:
+      golden_set:
+        path: golden.jsonl
+"""
+
+
+def test_a_generation_golden_set_needs_a_label_column_only_when_it_names_one(
+    tmp_path: Path,
+) -> None:
+    # The support-bot example's golden set: questions, and reference answers under `reference`.
+    write_table(tmp_path / "golden.jsonl", [{"input": "Where is my card?", "reference": "r"}])
+    config = parse_config(PROMPTED_GENERATION, base_dir=tmp_path, environ={})
+    assert config.deployments[0].retune.golden_set is not None
+    (problem,) = file_problems(PROMPTED_GENERATION + "        columns: {label: answer}\n", tmp_path)
+    assert problem.startswith(
+        "driftd.yaml:9: deployments[0].retune.golden_set.columns.label: column 'answer' is not "
+        f"in {tmp_path / 'golden.jsonl'} (its columns: input, reference)"
+    )
+
+
+def test_config_validate_refuses_a_golden_set_it_cannot_read(tmp_path: Path) -> None:
+    write_table(tmp_path / "test.csv", [BANKING77_ROW])
+    (tmp_path / "driftd.yaml").write_text(MINIMAL + "    retune: {golden_set: test.csv}\n")
+    driftd = Path(sys.executable).parent / "driftd"
+    done = subprocess.run(
+        [str(driftd), "config", "validate", "driftd.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert (
+        "driftd.yaml:7: deployments[0].retune.golden_set.columns.input: column 'input' is not "
+        "in test.csv (its columns: text, category)"
+    ) in done.stderr + done.stdout
