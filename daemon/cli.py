@@ -12,6 +12,7 @@ import os
 import platform
 import signal
 import sys
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
@@ -159,7 +160,14 @@ def ingest(
     from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
-    from daemon.ingest.backfill import BackfillError, backfill, parse_mapping, read_rows
+    from daemon.ingest.backfill import (
+        BackfillError,
+        backfill,
+        check_header,
+        missing_message,
+        parse_mapping,
+        read_rows,
+    )
     from daemon.ingest.backfill import file_format as format_of
     from daemon.ingest.pipeline import DeploymentPipeline
     from daemon.store import Store, upgrade
@@ -176,7 +184,10 @@ def ingest(
         _fail(str(exc), EXIT_USAGE)
     console = Console(stderr=True, soft_wrap=True)
 
-    def show(problems: list[tuple[str, str]]) -> None:
+    def show(problems: list[tuple[str, str]], missing: Mapping[str, int]) -> None:
+        for name, rows in missing.items():
+            message = missing_message(name, rows, target.task)
+            console.print(f"{file}: {message}", markup=False, highlight=False)
         for where, message in problems[:50]:
             console.print(f"{file}: {where}: {message}", markup=False, highlight=False)
         if len(problems) > 50:
@@ -185,6 +196,7 @@ def ingest(
     storage = settings.storage
     try:
         fmt = format_of(file, file_format)
+        check_header(file, fmt, fields, target.task)
         total = _count_rows(file, fmt)
         store = Store.open(storage.url, busy_timeout=storage.busy_timeout.total_seconds())
         try:
@@ -209,7 +221,7 @@ def ingest(
         finally:
             store.close()
     except BackfillError as exc:
-        show(exc.problems)
+        show(exc.problems, exc.missing)
         _fail(f"driftd ingest: {exc}", EXIT_USAGE)
     except DriftdError as exc:
         _fail(f"driftd ingest: {exc}", EXIT_FAILURE)
@@ -224,7 +236,7 @@ def ingest(
     ):
         summary.add_row(label, str(value))
     Console().print(summary)
-    show(report.problems)
+    show(report.problems, report.missing)
 
 
 def _count_rows(file: Path, fmt: str) -> int | None:
@@ -261,7 +273,15 @@ def check(
         ),
     ] = None,
     html: Annotated[Path | None, typer.Option(help="Write Evidently's HTML report here.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            metavar="",  # a flag: typer would show <bool> as if it took a value
+            help="Print the result as JSON instead of a table, also when the check "
+            "fails (then with its error); the exit status is the same.",
+        ),
+    ] = False,
 ) -> None:
     """Run one check now and store it. Exit 0 ok, 1 drift, 3 insufficient data, 4 failed."""
     import json
@@ -323,7 +343,8 @@ _CHECK_EXIT = {"ok": 0, "drift": 1, "insufficient_data": 3, "failed": 4}
 
 def _print_check(deployment: str, outcome: Any) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from daemon.check_table import render
 
     result = outcome.result
     current, reference = outcome.current, outcome.reference
@@ -332,16 +353,8 @@ def _print_check(deployment: str, outcome: Any) -> None:
         f"{result.current_rows} of {current.total} rows, reference ({reference.kind}) "
         f"{result.reference_rows} of {reference.total}"
     )
-    table = Table(title=title)
-    for column in ("signal", "group", "method", "score", "threshold", "status"):
-        table.add_column(column)
-    for result_of in result.signals:
-        score = "" if result_of.score is None else f"{result_of.score:.4g}"
-        threshold = "" if result_of.threshold is None else f"{result_of.threshold:.4g}"
-        status = result_of.status + (f" ({result_of.error})" if result_of.error else "")
-        table.add_row(result_of.name, result_of.group, result_of.method, score, threshold, status)
     console = Console()
-    console.print(table)
+    console.print(render(title, [signal.to_dict() for signal in result.signals]))
     if outcome.error and result.status == "failed":
         # Unwrapped: the reason is one line to read or grep, whatever the terminal's width.
         Console(stderr=True).print(

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")
+]
 LimitOption = Annotated[int, typer.Option(min=1, max=1000, help="At most this many rows.")]
 SinceOption = Annotated[
     str | None, typer.Option(help="From this moment on: a duration ago (2h, 7d) or ISO 8601.")
@@ -130,6 +132,9 @@ def check_show(
     as_json: JsonOption = False,
 ) -> None:
     """Show one check with every signal's result."""
+    from rich.console import Console
+
+    from daemon.check_table import render
     from daemon.store.queries import check_record
 
     deployment, check = _with_store(config, "checks show", lambda store: store.get_check(check_id))
@@ -143,25 +148,9 @@ def check_show(
         f"{record['current_total']} rows, reference ({record['reference_kind']}) "
         f"{record['reference_rows']} of {record['reference_total']}"
     )
-    table = _table(title, "signal", "group", "method", "score", "threshold", "status")
     signals = record["signals"].get("signals") if isinstance(record["signals"], dict) else None
-    for signal in signals if isinstance(signals, list) else []:
-        if not isinstance(signal, dict):
-            continue
-        status = str(signal.get("status", ""))
-        if signal.get("error"):
-            status += f" ({signal['error']})"
-        table.add_row(
-            *_cells(
-                signal.get("name"),
-                signal.get("group"),
-                signal.get("method"),
-                _number(signal.get("score")),
-                _number(signal.get("threshold")),
-                status,
-            )
-        )
-    _show(table, [record], "")
+    rows = [signal for signal in signals or [] if isinstance(signal, dict)]
+    Console().print(render(title, rows))
     if record["error"]:
         typer.echo(f"the check failed: {record['error']}")
 
@@ -542,10 +531,6 @@ def _when(iso: str | None) -> str:
     if iso is None:
         return ""
     return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _number(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, int | float) else ""
 
 
 def _print_json(value: object) -> None:

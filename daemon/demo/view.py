@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.layout import Layout
 from rich.live import Live
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
+from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
@@ -123,7 +125,7 @@ class Screen:
         if self.live:
             self._live = Live(
                 console=self.console,
-                get_renderable=lambda: render(self.state),
+                get_renderable=lambda: render(self.state, self.console.size.height),
                 refresh_per_second=4,
                 screen=True,
                 redirect_stdout=False,
@@ -159,8 +161,15 @@ class Screen:
         self.note(f"{job.title}: {where}, {job.elapsed:.0f} s")
 
 
-def render(state: DemoState) -> RenderableType:
-    """The whole screen."""
+FULL_HEIGHT = 37
+"""Lines the full view needs (its fixed panels and four lines of notes); below, the compact."""
+
+
+def render(state: DemoState, height: int = FULL_HEIGHT) -> RenderableType:
+    """The whole screen, for a terminal of ``height`` lines: the full view of panels when it
+    fits, else the same state in a compact view that fits 80x24."""
+    if height < FULL_HEIGHT:
+        return _compact(state)
     layout = Layout()
     layout.split_column(
         Layout(_header(state), name="header", size=3),
@@ -172,6 +181,121 @@ def render(state: DemoState) -> RenderableType:
     layout["top"].split_row(Layout(_steps(state)), Layout(_traffic(state)))
     layout["bottom"].split_row(Layout(_job(state)), Layout(_gate(state)))
     return layout
+
+
+def _compact(state: DemoState) -> Layout:
+    """Without frames, one line per fact: 1 line of header, 10 of steps beside the traffic, the
+    job and the gate, a rule, 5 of checks and the policy, then the latest notes in what is left."""
+    header = Text.assemble(
+        ("driftd demo", "bold"),
+        f" ({state.size})  ",
+        (state.url or "starting…", "cyan"),
+        "  ",
+        (_clock(state.elapsed), "bold"),
+        ("  Ctrl-C stops it", "dim"),
+        no_wrap=True,
+        overflow="ellipsis",
+    )
+    checks = Table(box=None, padding=(0, 1), expand=True, show_edge=False, pad_edge=False)
+    for column in ("check", "verdict", "cur / ref", "drifted signals"):
+        checks.add_column(
+            column,
+            no_wrap=True,
+            overflow="ellipsis",
+            ratio=1 if column.startswith("drifted") else None,
+        )
+    for record in list(state.checks)[:3]:
+        status = str(record.get("status"))
+        checks.add_row(
+            str(record.get("id")),
+            Text(status, _VERDICT_STYLE.get(status, "")),
+            f"{record.get('current_rows')} / {record.get('reference_rows')}",
+            ", ".join(record.get("drifted") or []) or NONE,
+        )
+    layout = Layout()
+    layout.split_column(
+        Layout(header, size=1),
+        Layout(name="top", size=10),
+        Layout(Rule("checks, newest first", style="dim"), size=1),
+        Layout(
+            Group(
+                checks if state.checks else Text("no check yet", "dim"),
+                _line("policy: " + (state.decision or NONE), "dim"),
+            ),
+            size=5,
+        ),
+        Layout(Rule("what happened", style="dim"), size=1),
+        Layout(_Tail(list(state.notes))),
+    )
+    layout["top"].split_row(
+        Layout(_compact_steps(state)), Layout(Padding(_compact_facts(state), (0, 0, 0, 1)))
+    )
+    return layout
+
+
+def _compact_steps(state: DemoState) -> Table:
+    table = Table.grid(padding=(0, 1), expand=True)
+    table.add_column(width=1)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="ellipsis", no_wrap=True, ratio=1)
+    for step in list(state.steps.values()):
+        icon, style = _ICONS[step.status]
+        table.add_row(Text(icon, style), Text(step.title, style), Text(step.detail, "dim"))
+    return table
+
+
+def _compact_facts(state: DemoState) -> Group:
+    hits = list(state.hits)
+    lines: list[RenderableType] = [
+        _line(f"phase: {state.phase}", "bold"),
+        _line(f"sent {state.sent} samples, {state.labels_sent} labels"),
+        _line(f"unseen intents: {state.unseen_share:.0%} of the traffic"),
+        _line(f"app accuracy {sum(hits) / len(hits):.2f} (last {len(hits)})" if hits else ""),
+    ]
+    if state.measured is not None:
+        check_id, reference, current = state.measured
+        lines.append(_line(f"driftd: accuracy {reference:.2f} → {current:.2f} (check {check_id})"))
+    job = state.job
+    if job is not None:
+        progress = job.progress
+        where = f"step {progress.step}/{progress.total}" if progress.total else "preparing"
+        bar = ProgressBar(
+            total=float(progress.total or 1),
+            completed=float(progress.step),
+            pulse=not progress.total,
+            width=12,
+        )
+        row = Table.grid(padding=(0, 1))
+        row.add_column(width=12)
+        row.add_column(no_wrap=True, overflow="ellipsis")
+        row.add_row(bar, f"job {where if job.state == 'running' else job.state}")
+        lines.append(row)
+    gate = state.gate
+    if gate is not None:
+        champion = ((gate.get("champion") or {}).get("metrics") or {}).get("accuracy")
+        challenger = ((gate.get("challenger") or {}).get("metrics") or {}).get("accuracy")
+        verdict = "passed" if gate.get("passed") else "rejected"
+        lines.append(_line(f"gate {verdict}: {_score(champion)} → {_score(challenger)}"))
+    if state.before_after is not None:
+        before, after, _ = state.before_after
+        lines.append(_line(f"accuracy {before:.2f} before → {after:.2f} after", "green"))
+    return Group(*lines[:10])
+
+
+def _line(text: str, style: str = "") -> Text:
+    return Text(text, style, no_wrap=True, overflow="ellipsis")
+
+
+class _Tail:
+    """The last lines of ``lines`` that fit the height it is given, each cut to the width."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = options.height if options.height is not None else len(self.lines)
+        for line in self.lines[-height:] if height > 0 else []:
+            yield _line(line)
 
 
 def _header(state: DemoState) -> Panel:
@@ -305,7 +429,8 @@ def _gate(state: DemoState) -> Panel:
 
 
 def _notes(state: DemoState) -> Panel:
-    return Panel(Text("\n".join(list(state.notes))), title="what happened")
+    # The newest notes are the ones to keep when the panel is shorter than the notes.
+    return Panel(_Tail(list(state.notes)), title="what happened")
 
 
 def _score(value: Any) -> str:

@@ -2,7 +2,9 @@
 
 The same checks, sampling, redaction, descriptors and storage as the API, chunk by chunk. A row
 without a ``request_id`` gets ``<file name>:<line>``, so running the same backfill twice stores
-nothing twice. Problems are reported by line (CSV, JSONL) or row (Parquet) and field.
+nothing twice. Problems are reported by line (CSV, JSONL) or row (Parquet) and field, except a
+required field that rows lack: that is one problem, with the number of rows, since the fix is one
+``--map`` for all of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from daemon.domain import Task
 from daemon.errors import DriftdError
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.schema import SampleIn, problems_of
@@ -32,14 +35,21 @@ _FIELDS = frozenset(SampleIn.model_fields)
 class BackfillError(DriftdError):
     """The file cannot be read, or holds rows that are invalid (and were not to be skipped)."""
 
-    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        problems: list[tuple[str, str]] | None = None,
+        missing: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.problems = problems or []
+        self.missing = dict(missing or {})
 
 
 @dataclass
 class BackfillReport:
-    """What a backfill did; ``problems`` are ``(where, message)`` for the invalid rows."""
+    """What a backfill did; ``problems`` are ``(where, message)`` for the invalid rows, except
+    rows without a required field: ``missing`` counts those by field."""
 
     rows: int = 0
     new: int = 0
@@ -47,6 +57,7 @@ class BackfillReport:
     sampled_out: int = 0
     invalid: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
+    missing: Counter[str] = field(default_factory=Counter)
     redacted: Counter[str] = field(default_factory=Counter)
 
 
@@ -149,6 +160,56 @@ def column_problems(columns: Iterable[str], mapping: Mapping[str, str]) -> Colum
     )
 
 
+def required_fields(task: Task) -> list[str]:
+    """The fields every row must give: the input, and a classifier's prediction (which a row
+    may instead go without if its ``error`` says why)."""
+    return ["input", "prediction"] if task is Task.classification else ["input"]
+
+
+def absent_fields(columns: Iterable[str], mapping: Mapping[str, str], task: Task) -> list[str]:
+    """The required fields no column of a file gives under ``mapping``, from its header."""
+    renames = {column: name for name, column in mapping.items()}
+    names = {renames.get(column, column) for column in columns}
+    return [
+        name
+        for name in required_fields(task)
+        if name not in names and not (name == "prediction" and "error" in names)
+    ]
+
+
+def missing_message(name: str, rows: int, task: Task) -> str:
+    """What to say of ``rows`` rows without the required field ``name``, and how to fix it."""
+    why = "required for a classification deployment" if name == "prediction" else "required"
+    have = "1 row has" if rows == 1 else f"{rows} rows have"
+    return f"{have} no {name!r} ({why}): map a column to it with --map {name}=COLUMN"
+
+
+def check_header(path: Path, fmt: str, mapping: Mapping[str, str], task: Task) -> None:
+    """Refuse a CSV or Parquet file whose columns give no required field, before a row is
+    stored: every row would lack it. (JSONL records each have their own keys: those rows are
+    counted as the backfill meets them.)"""
+    if fmt == "jsonl":
+        return
+    columns = read_columns(path, fmt)
+    absent = absent_fields(columns, mapping, task)
+    if not absent:
+        return
+    reader = _csv if fmt == "csv" else _parquet
+    try:
+        rows = sum(1 for _ in reader(path))
+    except (OSError, csv.Error, ValueError) as exc:
+        raise BackfillError(f"{path}: cannot read it: {exc}") from None
+    raise BackfillError(
+        f"{path}: no column gives {' or '.join(repr(name) for name in absent)}; its columns "
+        f"are {', '.join(columns) or 'none'}; nothing was stored",
+        missing=dict.fromkeys(absent, rows),
+    )
+
+
+def _lacks(values: Mapping[str, Any], name: str) -> bool:
+    return name not in values and not (name == "prediction" and "error" in values)
+
+
 def _is_field(name: str) -> bool:
     """Whether a (renamed) column fills a sample field: one of them, or ``metadata.KEY``."""
     return name in _FIELDS or name.startswith("metadata.")
@@ -247,7 +308,14 @@ def _store_chunk(
     report.rows += len(rows)
     valid: list[tuple[Row, SampleIn]] = []
     bad: set[str] = set()
+    required = required_fields(pipeline.task)
     for row in rows:
+        lacking = [name for name in required if _lacks(row.values, name)]
+        if lacking:
+            # Counted, not listed: every such row has the same fix, one --map.
+            report.missing.update(lacking)
+            bad.add(row.where)
+            continue
         try:
             valid.append((row, _SAMPLE.validate_python(row.values)))
         except ValidationError as exc:
@@ -266,6 +334,7 @@ def _store_chunk(
             f"chunk was stored ({report.new + report.duplicate} rows before it were). Fix them, "
             "or pass --skip-invalid",
             report.problems,
+            report.missing,
         )
     samples = [sample for row, sample in valid if row.where not in bad]
     prepared = pipeline.prepare(samples, datetime.now(UTC))

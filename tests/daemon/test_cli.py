@@ -38,6 +38,16 @@ def test_help_lists_the_commands() -> None:
         assert command in result.stdout
 
 
+def test_check_documents_json_as_a_flag_that_prints_failures_too() -> None:
+    result = driftd("check", "--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "--json" in line]
+    # A flag takes no value: typer would otherwise show one (<bool>) beside it.
+    assert "<" not in line, line
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "also when the check fails (then with its error)" in text
+
+
 def test_python_dash_m_daemon_is_the_same_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "daemon", "--help"],

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,9 @@ from daemon.ingest.backfill import (
     BackfillError,
     BackfillReport,
     backfill,
+    check_header,
     file_format,
+    missing_message,
     read_rows,
 )
 from daemon.ingest.pipeline import DeploymentPipeline
@@ -34,6 +38,7 @@ deployments:
     labels: [card_arrival, lost_card]
 """
 DRIFTD = Path(sys.executable).parent / "driftd"
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -146,7 +151,7 @@ def test_invalid_rows_stop_before_their_chunk_unless_skipped(
     lines = [good] * 4 + [
         {"input": "q", "prediction": "pizza"},
         good,
-        {"input": "q", "confidence": 3},
+        {"input": "q", "prediction": "lost_card", "confidence": 3},
     ]
     path.write_text("\n".join(json.dumps(line) for line in lines))
     with pytest.raises(
@@ -238,3 +243,78 @@ def test_the_ingest_command(tmp_path: Path) -> None:
     )
     assert unknown.returncode == 2
     assert "no deployment 'nope' (configured: intents)" in unknown.stderr
+
+
+def test_rows_without_a_required_field_are_counted_not_listed(
+    tmp_path: Path, store: Store, intents: Deployment
+) -> None:
+    path = tmp_path / "unpredicted.jsonl"
+    lines = [{"input": "q"}] * 3 + [{"input": "q", "prediction": "lost_card"}, {"error": "boom"}]
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    with pytest.raises(BackfillError, match="4 invalid rows") as caught:
+        run(path, "jsonl", intents, store)
+    assert caught.value.missing == {"prediction": 3, "input": 1}
+    assert caught.value.problems == []
+    report = run(path, "jsonl", intents, store, skip_invalid=True)
+    assert (report.invalid, report.new, dict(report.missing)) == (
+        4,
+        1,
+        {"prediction": 3, "input": 1},
+    )
+    assert missing_message("prediction", 3, intents.task) == (
+        "3 rows have no 'prediction' (required for a classification deployment): map a column "
+        "to it with --map prediction=COLUMN"
+    )
+
+
+def test_a_file_without_a_column_for_a_required_field_is_refused_from_its_header(
+    tmp_path: Path, intents: Deployment
+) -> None:
+    path = tmp_path / "past.csv"
+    path.write_text("text,category\n" + "Where is my card?,card_arrival\n" * 412)
+    with pytest.raises(BackfillError, match="no column gives 'prediction'") as caught:
+        check_header(path, "csv", {"input": "text"}, intents.task)
+    assert caught.value.missing == {"prediction": 412}
+    check_header(path, "csv", {"input": "text", "prediction": "category"}, intents.task)
+    # An error column may stand in for the prediction, row by row.
+    errors = tmp_path / "errors.csv"
+    errors.write_text("input,error\nq,timeout\n")
+    check_header(errors, "csv", {}, intents.task)
+
+
+def test_the_ingest_command_names_a_missing_field_once_with_its_count(tmp_path: Path) -> None:
+    (tmp_path / "driftd.yaml").write_text(CONFIG)
+    (tmp_path / "past.csv").write_text("text,category\n" + "Where is my card?,card_arrival\n" * 412)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    result = subprocess.run(
+        [str(DRIFTD), "ingest", "past.csv", "-d", "intents", "--map", "input=text"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("prediction") == 3, result.stderr  # one line, and the summary
+    assert (
+        "past.csv: 412 rows have no 'prediction' (required for a classification deployment): "
+        "map a column to it with --map prediction=COLUMN" in result.stderr
+    )
+    assert "its columns are text, category; nothing was stored" in result.stderr
+
+
+def test_the_readme_ingest_command_works_as_printed(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    (line,) = [line for line in readme.splitlines() if line.startswith("driftd ingest ")]
+    command = shlex.split(line.split("#")[0])
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    # The example's store is driftd.db in the working directory; the test's is its own.
+    environ["DRIFTD_STORAGE_URL"] = f"sqlite:///{tmp_path / 'driftd.db'}"
+    result = subprocess.run(
+        [str(DRIFTD), *command[1:]], cwd=ROOT, env=environ, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    file = ROOT / command[2]
+    with file.open(encoding="utf-8", newline="") as handle:
+        rows = sum(1 for _ in csv.DictReader(handle))
+    new = result.stdout.split("stored (new)")[1].splitlines()[0]
+    assert f"│ {rows} " in new, result.stdout
