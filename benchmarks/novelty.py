@@ -101,8 +101,7 @@ def main() -> None:
     reference = embedder.encode([row["text"] for row in reference_rows])
     test = embedder.encode([row["text"] for row in test_rows])
     embedded = time.perf_counter() - started
-    empty = pd.DataFrame()
-    ref_side = Side(empty, reference, total=len(reference))
+    ref_side = Side(pd.DataFrame(index=range(len(reference))), reference, total=len(reference))
     spec = MonitorSpec(task="classification", signals=("embedding",), seed=0)
 
     found: dict[tuple[str, str], list[float]] = {}
@@ -113,7 +112,7 @@ def main() -> None:
         for scenario, (share, unseen) in SCENARIOS.items():
             pick = random.Random(f"{scenario}-{seed}")
             picked = window(pick, labels, mix, questions, share, unseen, args.rows)
-            current = Side(empty, test[picked], total=len(picked))
+            current = Side(pd.DataFrame(index=range(len(picked))), test[picked], total=len(picked))
             for method in METHODS:
                 clock = time.perf_counter()
                 result, _ = embedding_drift(

@@ -19,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from daemon.config.models import Config, Deployment, ReferenceKind, Signal
+from daemon.config.models import AfterPromotion, Config, Deployment, ReferenceKind, Signal
 from daemon.domain import CheckStatus
 from daemon.errors import DriftdError
-from daemon.store import NewCheck, NewSample, Sample, Store
+from daemon.store import NewCheck, NewSample, Sample, Store, Version
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,6 +52,8 @@ class Drawn:
     start: datetime | None = None
     end: datetime | None = None
     reason: str | None = None  # why a side is empty, when it is
+    current_from: datetime | None = None
+    """A version's baseline: the current window starts here at the earliest (after it)."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,6 @@ class Checker:
         start = end - length
         started = datetime.now(UTC)
         seed = _seed(deployment, length)
-        current_window = self.store.read_window(
-            deployment, start, end, max_rows=monitor.max_rows, seed=seed
-        )
-        current = Drawn(current_window.samples, current_window.total, "window", start, end)
         unreadable = None
         try:
             reference = self._reference(
@@ -113,6 +111,13 @@ class Checker:
             unreadable = str(exc)
             kind = "dataset" if reference_file is not None else monitor.reference.kind.value
             reference = Drawn([], 0, kind, reason=unreadable)
+        if reference.current_from is not None:
+            # Judged against a version's baseline: only what that version served since counts.
+            start = min(max(start, reference.current_from), end)
+        current_window = self.store.read_window(
+            deployment, start, end, max_rows=monitor.max_rows, seed=seed
+        )
+        current = Drawn(current_window.samples, current_window.total, "window", start, end)
         error = unreadable or (None if reference.samples else reference.reason)
         if unreadable is not None:
             log.error("check failed", extra={"deployment": deployment, "error": unreadable})
@@ -168,15 +173,14 @@ class Checker:
         cap = target.monitor.max_rows
         if reference_file is not None:
             return self._from_file(target, reference_file, reference_columns, cap, seed)
+        version = self.store.active_version(target.name)
+        if spec.kind is ReferenceKind.baseline or _made_by_driftd(version, spec.after_promotion):
+            if version is None or version.promoted_at is None:
+                return Drawn([], 0, "baseline", reason="the deployment has no active version yet")
+            return self._baseline(target, version, start + length, seed)
         if spec.kind is ReferenceKind.dataset:
             assert spec.path is not None
             return self._from_file(target, spec.path, spec.columns, cap, seed)
-        if spec.kind is ReferenceKind.baseline:
-            version = self.store.active_version(target.name)
-            if version is None or version.promoted_at is None:
-                return Drawn([], 0, "baseline", reason="the deployment has no active version yet")
-            samples = self.store.first_samples(target.name, version.promoted_at, spec.samples)
-            return Drawn(samples, len(samples), "baseline", version.promoted_at)
         if spec.kind is ReferenceKind.fixed:
             assert spec.start is not None
             assert spec.end is not None
@@ -185,6 +189,29 @@ class Checker:
             ref_start, ref_end = start - length, start
         drawn = self.store.read_window(target.name, ref_start, ref_end, max_rows=cap, seed=seed)
         return Drawn(drawn.samples, drawn.total, spec.kind.value, ref_start, ref_end)
+
+    def _baseline(self, target: Deployment, version: Version, until: datetime, seed: int) -> Drawn:
+        """The first ``samples`` samples ``version`` served from its promotion on, once it has
+        served that many; until then none, with the reason. The current window starts after
+        them, so the baseline is never compared with itself."""
+        assert version.promoted_at is not None
+        wanted = target.monitor.reference.samples
+        since = version.promoted_at
+        samples = self.store.first_samples(target.name, since, until, wanted)
+        if len(samples) < wanted:
+            reason = (
+                f"collecting the baseline of version {version.name}: {len(samples)} of "
+                f"{wanted} samples since its promotion at {since.isoformat(timespec='seconds')}"
+            )
+            return Drawn([], len(samples), "baseline", since, reason=reason, current_from=since)
+        # Times are stored to the microsecond: the window starts just after the baseline's
+        # last sample (another sample stamped that very microsecond counts in neither).
+        after = samples[-1].ts + timedelta(microseconds=1)
+        cap = target.monitor.max_rows
+        if len(samples) > cap:  # the same reproducible draw as a window's
+            picked = random.Random(seed).sample(samples, cap)  # noqa: S311 - a draw, not a secret
+            samples = sorted(picked, key=lambda sample: (sample.ts, sample.id))
+        return Drawn(samples, wanted, "baseline", since, after, current_from=after)
 
     def _from_file(
         self, target: Deployment, path: Path, columns: Mapping[str, str], cap: int, seed: int
@@ -342,6 +369,16 @@ def _seed(deployment: str, length: timedelta) -> int:
     key = f"{deployment}\x00{int(length.total_seconds())}"
     digest = hashlib.blake2b(key.encode(), digest_size=4)
     return int.from_bytes(digest.digest(), "big")
+
+
+def _made_by_driftd(version: Version | None, after_promotion: AfterPromotion) -> bool:
+    """Whether checks follow ``version`` to its baseline: one a re-tune or a prompt revision
+    made (it has a parent or a job), unless the configuration keeps its reference. A version
+    registered without either (the first one, and a rollback to it) was built for the
+    configured reference."""
+    if after_promotion is AfterPromotion.keep or version is None:
+        return False
+    return version.parent_id is not None or version.job_id is not None
 
 
 def _default_encoder(model: str) -> Encoder:

@@ -48,6 +48,8 @@ class Size:
     eval_known_rows: int
     eval_unseen_rows: int
     golden_rows: int
+    baseline_samples: int
+    """The promoted version's baseline: its first samples of the held-out traffic."""
     epochs: int
     batch_size: int
     learning_rate: float
@@ -89,6 +91,7 @@ FULL = Size(
     eval_known_rows=15,
     eval_unseen_rows=30,
     golden_rows=10,
+    baseline_samples=90,
     epochs=3,
     batch_size=16,
     learning_rate=1e-4,
@@ -110,6 +113,7 @@ SMALL = Size(
     eval_known_rows=10,
     eval_unseen_rows=15,
     golden_rows=10,
+    baseline_samples=30,
     epochs=3,
     batch_size=16,
     learning_rate=1e-4,

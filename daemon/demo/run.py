@@ -14,7 +14,9 @@ The run, step by step (each waits a bounded time, and says what did not happen i
    fine-tunes a challenger on labelled production data, the gate scores both on the golden set,
    and the leader promotes the challenger.
 5. The app answers held-out shifted questions with the new version; accuracy before and after
-   is the point of it all. The drifted check's Evidently report is written with ``driftd report``.
+   is the point of it all. The checks follow the promotion: the new version's first samples are
+   its baseline, and the next check judges what it served after them against it (ok, when it
+   recovered). The drifted check's Evidently report is written with ``driftd report``.
 
 The daemon runs in a process group of its own and is stopped, with any job it left, whatever
 happens (``DemoRun.shutdown``); ``--keep`` leaves it running until Ctrl-C.
@@ -55,7 +57,7 @@ from daemon.demo.data import (
     write_jsonl,
 )
 from daemon.demo.jobs import run_job
-from daemon.demo.observe import AdminAPI, Observer, Record
+from daemon.demo.observe import AdminAPI, Observer, Record, measured_accuracy
 from daemon.demo.process import DaemonProcess, pick_port, sweep_jobs
 from daemon.demo.summary import print_summary, seconds_since
 from daemon.demo.traffic import Answer, App, NoteHandler
@@ -103,6 +105,7 @@ class Timeouts:
     decision: float = 150.0
     job: float = 600.0
     promotion: float = 90.0
+    settled: float = 90.0
     report: float = 240.0
 
 
@@ -223,6 +226,7 @@ class DemoRun:
             gate = self._gate(finished)
             promoted = self._promotion()
             recovery = self._recover(answers["held_out"], promoted)
+            settled = self._settled(recovery)
         finally:
             client.close()
             client_log.removeHandler(handler)
@@ -251,6 +255,7 @@ class DemoRun:
             "gate": gate,
             "promotion": {"from": FIRST_VERSION, "to": promoted["name"]},
             "accuracy": recovery,
+            "after_promotion": settled,
             "report": {"path": str(report), "check_id": report_of},
         }
 
@@ -563,6 +568,51 @@ class DemoRun:
         self.state.unseen_share = self.scenario.unseen_share(held_out)
         self._play(held_out, answers, prefix="after", first=0, version=str(version["name"]))
         return {"before": before, "after": after, "questions": len(held_out)}
+
+    def _settled(self, recovery: Mapping[str, Any]) -> dict[str, Any]:
+        """The verdict on what the new version served: the first check that saw all of it,
+        labels included, judged against the version's baseline (its first samples)."""
+        served = datetime.now(UTC)  # every sample and label of the new version is in
+
+        def judged() -> Record | None:
+            for check in sorted(self._observer().checks, key=lambda c: int(c["id"])):
+                began = seconds_since(served, check.get("started_at"))
+                if (
+                    check.get("reference_kind") == "baseline"
+                    and check.get("status") in ("ok", "drift")
+                    and began is not None
+                    and began >= 0
+                ):
+                    return check
+            return None
+
+        check = self.wait_for(
+            "a check of the new version's traffic against its baseline",
+            judged,
+            self.timeouts.settled,
+        )
+        record = self._api().check(int(check["id"]))
+        measured = measured_accuracy(record)
+        settled: dict[str, Any] = {
+            "check_id": int(check["id"]),
+            "status": str(check["status"]),
+            "drifted": list(check.get("drifted") or []),
+            "baseline_rows": int(check.get("reference_rows") or 0),
+            "current_rows": int(check.get("current_rows") or 0),
+            "accuracy": None if measured is None else list(measured),
+        }
+        said = f"check {check['id']} {check['status']} against its baseline"
+        self.state.step(
+            "recovery",
+            "done" if check["status"] == "ok" else "failed",
+            f"{recovery['before']:.2f} → {recovery['after']:.2f}; check {check['id']} "
+            f"{check['status']} vs its baseline",
+        )
+        self.screen.note(
+            f"after the promotion: {said} ({settled['current_rows']} samples against its first "
+            f"{settled['baseline_rows']})"
+        )
+        return settled
 
     def _report(self, check_id: int) -> Path:
         self.state.step("report", "running", f"check {check_id}")

@@ -110,7 +110,11 @@ deployments:
     labels: [{labels}]
     monitor:
       schedule: every 5s
-      window: 1h                 # the current window; the reference is the hour before it
+      window: 1h                 # the current window; the reference is the hour before it,
+      reference:                 # until a re-tuned version is active: from then on its first
+        kind: previous_window    # samples (its baseline), against the window after them
+        after_promotion: baseline
+        samples: {size.baseline_samples}
       min_rows: {size.min_rows}
       max_rows: 2000
       quality_drop: 0.1          # accuracy falling by 0.1 or more is quality drift

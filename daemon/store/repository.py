@@ -443,15 +443,23 @@ class Store:
                 )
             ).first()
 
-    def first_samples(self, deployment: str, since: datetime, limit: int) -> list[Sample]:
-        """The first ``limit`` samples from ``since`` on, oldest first: a version's baseline."""
+    def first_samples(
+        self, deployment: str, since: datetime, until: datetime, limit: int
+    ) -> list[Sample]:
+        """The first ``limit`` samples with ``since <= ts < until``, oldest first: a version's
+        baseline, as a check ending at ``until`` sees it."""
         _require_aware("since", since)
+        _require_aware("until", until)
         with self.session(readonly=True) as session:
             deployment_id = _deployment_id(session.connection(), deployment)
             return list(
                 session.scalars(
                     select(Sample)
-                    .where(Sample.deployment_id == deployment_id, Sample.ts >= since)
+                    .where(
+                        Sample.deployment_id == deployment_id,
+                        Sample.ts >= since,
+                        Sample.ts < until,
+                    )
                     .order_by(Sample.ts, Sample.id)
                     .limit(limit)
                 )

@@ -18,9 +18,10 @@ import pytest
 
 from daemon.checks import Checker
 from daemon.config import Config, parse_config
+from daemon.domain import VersionKind
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.schema import SampleIn
-from daemon.store import Store
+from daemon.store import Store, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -77,15 +78,23 @@ def config(tmp_path: Path) -> Config:
 
 
 def fill(
-    store: Store, cfg: Config, start: datetime, intents: list[str], count: int, tag: str
+    store: Store,
+    cfg: Config,
+    start: datetime,
+    intents: list[str],
+    count: int,
+    tag: str,
+    *,
+    knows: Sequence[str] = KNOWN,
 ) -> None:
-    """``count`` samples spread over 6 hours from ``start``, through the ingest pipeline."""
+    """``count`` samples spread over 6 hours from ``start``, through the ingest pipeline,
+    answered by a model that ``knows`` some intents."""
     pipeline = DeploymentPipeline(cfg.deployments[0])
     items = []
     for i in range(count):
         intent = intents[i % len(intents)]
         texts = INTENTS[intent]
-        predicted = intent if intent in KNOWN else KNOWN[0]  # unseen intents look like one
+        predicted = intent if intent in knows else KNOWN[0]  # unseen intents look like one
         items.append(
             SampleIn(
                 request_id=f"{tag}-{i}",
@@ -212,6 +221,89 @@ def test_a_baseline_reference_needs_an_active_version(filled: Store, tmp_path: P
     assert outcome.reference.reason == "the deployment has no active version yet"
 
 
+def following(tmp_path: Path, start: datetime, end: datetime, after_promotion: str) -> Config:
+    """The configuration of a deployment checked against its original traffic (``start`` to
+    ``end``), that follows a promoted version or keeps that reference."""
+    reference = (
+        "      reference:\n"
+        "        kind: fixed\n"
+        f"        start: {start.isoformat()}\n"
+        f"        end: {end.isoformat()}\n"
+        "        samples: 150\n"
+        f"        after_promotion: {after_promotion}\n"
+    )
+    text = (CONFIG % ", ".join(KNOWN)).replace(
+        "      window: 6h\n", "      window: 6h\n" + reference
+    )
+    return parse_config(text + f"storage: {{snapshots: {tmp_path}}}\n", environ={})
+
+
+def test_after_a_promotion_checks_follow_the_new_version(store: Store, tmp_path: Path) -> None:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    versions.add_version(store, "intents", kind=VersionKind.model, name="v1", artifact="m1")
+    first = versions.promote(store, "intents", "v1", actor="test").active.promoted_at
+    assert first is not None
+    # v1 served its intents, then the traffic shifted toward intents it never learnt.
+    original = (first - timedelta(hours=12), first - timedelta(hours=6))
+    cfg = following(tmp_path, *original, "baseline")
+    kept = following(tmp_path, *original, "keep")
+    fill(store, cfg, original[0], KNOWN, 300, "ref")
+    fill(store, cfg, original[1], KNOWN[:5] + UNSEEN, 300, "shift")
+    checker = Checker(cfg, store, lambda model: HashingEncoder())
+    assert checker.run("intents", now=first).result.status == "drift"
+
+    # A re-tune made v2 from v1; promoted, it serves the shifted traffic and knows every intent.
+    versions.add_version(
+        store, "intents", kind=VersionKind.model, name="v2", artifact="m2", parent="v1"
+    )
+    promoted = versions.promote(store, "intents", "v2", actor="test").active.promoted_at
+    assert promoted is not None
+    fill(
+        store,
+        cfg,
+        promoted + timedelta(minutes=1),
+        KNOWN[:5] + UNSEEN,
+        300,
+        "v2",
+        knows=list(INTENTS),
+    )
+
+    # Until v2 has served its baseline's 150 samples (the first 3 hours), there is no verdict.
+    early = checker.run("intents", now=promoted + timedelta(hours=2))
+    assert early.result.status == "insufficient_data"
+    assert early.reference.reason is not None
+    assert early.reference.reason.startswith("collecting the baseline of version v2: 100 of 150")
+    assert early.current.start == promoted  # nothing v1 served counts
+
+    # Then the current window holds what v2 served after its baseline, and the deployment that
+    # recovered checks ok.
+    later = promoted + timedelta(hours=6, minutes=2)
+    outcome = checker.run("intents", now=later)
+    assert outcome.result.status == "ok", outcome.result.to_dict()
+    assert (outcome.reference.kind, outcome.reference.total) == ("baseline", 150)
+    assert outcome.reference.start == promoted
+    assert outcome.current.total == 150
+    baseline = {s.request_id for s in outcome.reference.samples}
+    assert baseline.isdisjoint(s.request_id for s in outcome.current.samples)
+    stored = store.get_check(outcome.check_id)[1]
+    assert (stored.reference_kind, stored.reference_rows, stored.current_total) == (
+        "baseline",
+        150,
+        150,
+    )
+
+    # Keeping the configured reference, v2's traffic still drifts from v1's original one.
+    assert (
+        Checker(kept, store, lambda model: HashingEncoder()).run("intents", now=later).result.status
+        == "drift"
+    )
+
+    # Rolled back to v1, which no re-tune made: the configured reference again.
+    versions.rollback(store, "intents", actor="test")
+    back = checker.run("intents", now=later)
+    assert (back.reference.kind, back.result.status) == ("fixed", "drift")
+
+
 def test_a_reference_file_goes_through_the_ingest_pipeline(
     filled: Store, cfg: Config, tmp_path: Path
 ) -> None:
@@ -312,15 +404,33 @@ def test_the_check_command(tmp_path: Path) -> None:
     )
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "again.html").stat().st_size > 1000
+    # The table, on a terminal of 80 columns: every line fits, every name reads whole.
+    narrow = {**environ, "COLUMNS": "80"}
+    table = subprocess.run(
+        [driftd, "check", "intents"],
+        cwd=tmp_path,
+        env=narrow,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert table.returncode == 1, table.stderr
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80, table.stdout
+    assert "…" not in table.stdout
+    assert any(word.endswith("drifted_columns_share") for word in table.stdout.split())
     empty = subprocess.run(
         [driftd, "check", "intents", "--window", "1m"],
         cwd=tmp_path,
-        env=environ,
+        env=narrow,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert empty.returncode == 3, empty.stderr
+    # ... and says why no signal ran.
+    assert "every signal: insufficient_data — the reference window has" in " ".join(
+        empty.stdout.split()
+    )
 
 
 def test_the_check_command_maps_the_columns_of_a_reference_file(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 The small demo trains its first model, serves Banking77 traffic that shifts toward unseen
 intents through a real ``driftd serve``, and must report the drift, a re-tuning job that
-succeeded, a promotion, better accuracy after than before, and an Evidently report; when it
-exits, nothing it started may still run.
+succeeded, a promotion, better accuracy after than before, checks ok after the promotion, and an
+Evidently report; when it exits, nothing it started may still run.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,9 @@ def test_the_small_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path:
     accuracy = re.search(r"accuracy\s+(\d\.\d\d) before → (\d\.\d\d) after", out)
     assert accuracy is not None, out
     assert float(accuracy.group(2)) > float(accuracy.group(1)), accuracy.group(0)
+    # After the promotion the checks judge the new version against its own baseline: the
+    # deployment recovered, so they say ok.
+    assert re.search(r"after promotion\s+check \d+ ok: ", out), out
     assert f"driftd checks -c {folder / 'driftd.yaml'}" in out
 
     summary = json.loads((folder / "summary.json").read_text())
@@ -70,6 +74,9 @@ def test_the_small_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path:
     assert summary["job"]["state"] == "succeeded"
     assert summary["gate"]["passed"] is True
     assert summary["accuracy"]["after"] > summary["accuracy"]["before"]
+    settled = summary["after_promotion"]
+    assert (settled["status"], settled["drifted"]) == ("ok", []), settled
+    assert settled["check_id"] > summary["decision"]["check_id"]
     promoted = summary["promotion"]["to"]
     assert promoted != "v1"
     # The promotion hook pointed the app's link at the new version's model.
@@ -82,6 +89,16 @@ def test_the_small_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path:
     assert "evidently" in report.read_text(errors="replace").lower()
 
     assert _processes_of(folder, summary["daemon_pid"]) == []
+
+    # Where to look next: each command works as printed, from where the demo ran.
+    where = out.split("Where to look next")[1].splitlines()[1:]
+    printed = {line.split()[0]: line.split(None, 1)[1] for line in where if line.strip()}
+    commands = [printed[label] for label in ("checks", "jobs", "versions", "events")]
+    for command in commands:
+        ran = subprocess.run(
+            shlex.split(command), capture_output=True, text=True, timeout=120, env=_environ()
+        )
+        assert ran.returncode == 0, f"{command}\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}"
 
 
 def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
@@ -97,3 +114,25 @@ def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "was not made by driftd demo" in done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_the_next_commands_name_this_driftd_so_that_they_run_as_printed(tmp_path: Path) -> None:
+    from daemon.demo.summary import driftd_command, next_commands
+
+    # Not on the PATH: the script beside this interpreter, relative to where the demo ran.
+    here = DRIFTD.parent.parent.parent
+    assert driftd_command(here, "") == (str(DRIFTD.relative_to(here)), "")
+    assert driftd_command(tmp_path, "") == (str(DRIFTD), "")  # not below: the full path
+    # On the PATH (its virtualenv active): the bare name.
+    assert driftd_command(tmp_path, str(DRIFTD.parent)) == ("driftd", "")
+    (label, arguments), *_ = next_commands(Path("my demo") / "driftd.yaml")
+    assert (label, arguments) == ("checks", "checks -c 'my demo/driftd.yaml'")
+    ran = subprocess.run(
+        [str(DRIFTD), *shlex.split(arguments)[:1], "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_environ(),
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr

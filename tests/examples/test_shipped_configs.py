@@ -136,7 +136,9 @@ def serve(config: Path, cwd: Path, environ: Mapping[str, str] | None = None) -> 
                 if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                pytest.fail(f"driftd serve not ready within {START_TIMEOUT:g} s:\n{log.read_text()}")
+                pytest.fail(
+                    f"driftd serve not ready within {START_TIMEOUT:g} s:\n{log.read_text()}"
+                )
             time.sleep(0.2)
         yield served
     finally:
@@ -394,5 +396,7 @@ def test_the_image_and_chart_configs_start_ready_with_no_deployment(
     with serve(config, work, {"DRIFTD_STORAGE_URL": "sqlite:///driftd.db"}) as served:
         listed = served.call("GET", "/v1/deployments")
         metrics = httpx.get(f"{served.url}/metrics", timeout=10)
-    assert listed.status_code == 200 and listed.json() == []
-    assert metrics.status_code == 200 and "driftd_" in metrics.text
+    assert listed.status_code == 200
+    assert listed.json() == []
+    assert metrics.status_code == 200
+    assert "driftd_" in metrics.text

@@ -61,7 +61,9 @@ def test_novelty_finds_the_questions_unlike_any_in_the_reference(
     found, calm = shifted.signal("embedding"), stable.signal("embedding")
     assert found.method == calm.method == "driftd:embeddings:novelty"
     assert (shifted.status, stable.status) == ("drift", "ok")
-    assert found.score is not None and calm.score is not None and found.threshold is not None
+    assert found.score is not None
+    assert calm.score is not None
+    assert found.threshold is not None
     # 5% of rows like the reference fall under the cutoff by construction; the 1% bound of that
     # share for 1,000 rows is 6.7%. A fifth of the shifted window is new.
     assert found.threshold == pytest.approx(0.067, abs=0.002)

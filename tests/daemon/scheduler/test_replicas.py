@@ -74,10 +74,10 @@ class Replica:
         answer.raise_for_status()
         for family in text_string_to_metric_families(answer.text):
             for sample in family.samples:
-                if (
-                    sample.name == "driftd_scheduler_runs_total"
-                    and sample.labels == {"kind": "check", "status": "missed"}
-                ):
+                if sample.name == "driftd_scheduler_runs_total" and sample.labels == {
+                    "kind": "check",
+                    "status": "missed",
+                }:
                     return int(sample.value)
         return 0
 
