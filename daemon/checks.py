@@ -218,7 +218,8 @@ class Checker:
     ) -> Drawn:
         """A reference data set, its columns mapped field → column as ``driftd ingest --map``
         maps them, through the same checks, redaction and descriptors as ingest."""
-        from daemon.ingest.backfill import BackfillError, file_format, read_rows
+        from daemon.errors import BackfillError
+        from daemon.ingest.backfill import file_format, read_rows
         from daemon.ingest.pipeline import DeploymentPipeline
         from daemon.ingest.schema import SampleIn
 

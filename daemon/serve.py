@@ -23,17 +23,18 @@ from prometheus_client import CollectorRegistry
 from daemon.api import Tokens, create_app
 from daemon.config import Config
 from daemon.config.models import ExecutorKind, UpstreamAuth
-from daemon.ingest.pipeline import DeploymentPipeline, IngestStats
+from daemon.errors import NotLeading
+from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.prepare import PreparerPool, auto_workers, quiet_collector
 from daemon.ingest.writer import Writer
 from daemon.jobs.executor import Executor, LocalExecutor
 from daemon.jobs.kubernetes import KubernetesExecutor
 from daemon.jobs.runner import JobRunner
-from daemon.metrics import DriftdMetrics
-from daemon.notify import Notifier, NotifierStats
+from daemon.metrics import DriftdMetrics, ReplicaMetrics
+from daemon.notify import Notifier
 from daemon.prompts import active_prompt, ensure_initial
-from daemon.proxy import ActivePrompt, ProxyRecorder, ProxyStats, UpstreamClient, proxy_router
-from daemon.scheduler import CheckPool, NotLeading, Scheduler, new_owner
+from daemon.proxy import ActivePrompt, ProxyRecorder, UpstreamClient, proxy_router
+from daemon.scheduler import CheckPool, Scheduler, new_owner
 from daemon.scheduler.actions import Actions
 from daemon.store import Store, mask_url, upgrade
 
@@ -68,10 +69,10 @@ class Daemon:
         self.tokens = tokens
         # The notification channels' URLs; no environ means no channel is on.
         self.environ: Mapping[str, str] = environ if environ is not None else {}
-        self.notifier_stats = NotifierStats()
+        # What this replica counts (ingest, the proxy, notifications), on a registry of its
+        # own, not prometheus_client's global one: /metrics shows driftd only.
+        self.replica_metrics = ReplicaMetrics(CollectorRegistry())
         self._notifier: Notifier | None = None
-        self.stats = IngestStats()
-        self.proxy_stats = ProxyStats()
         self._recorder: ProxyRecorder | None = None
         self._store: Store | None = None
         self._writer: Writer | None = None
@@ -104,7 +105,7 @@ class Daemon:
                 store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
                 ensure_initial(store, deployment)  # a prompted deployment's prompt-1
             notifier = Notifier(
-                store, self.config.notifications, self.environ, stats=self.notifier_stats
+                store, self.config.notifications, self.environ, metrics=self.replica_metrics
             )
         except BaseException:
             store.close()
@@ -150,16 +151,12 @@ class Daemon:
         self._writer.start()
         self._notifier = notifier
         notifier.start()
-        # Its own registry, not prometheus_client's global one: /metrics shows driftd only.
         self.metrics = DriftdMetrics(
-            CollectorRegistry(),
+            self.replica_metrics,
             config=self.config,
             store=store,
-            ingest=self.stats,
-            proxy=self.proxy_stats,
             writer=self._writer,
             is_leader=self._leads,
-            notifications=self.notifier_stats,
         )
         self._start_scheduling(store, self.metrics)
         app = create_app(
@@ -169,7 +166,7 @@ class Daemon:
             pipelines=pipelines,
             tokens=self.tokens,
             limits=limits,
-            stats=self.stats,
+            stats=self.replica_metrics,
             leader=self._leads,
             hooks={d.name: d.retune.hooks for d in self.config.deployments},
             metrics=self.metrics,
@@ -180,7 +177,7 @@ class Daemon:
         self._recorder = ProxyRecorder(
             self.config.deployments,
             self._writer,
-            self.proxy_stats,
+            self.replica_metrics,
             capacity=proxy.recorder_capacity,
         )
         self._recorder.start()

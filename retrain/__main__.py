@@ -1,9 +1,9 @@
 """``python -m retrain <kind> --spec job.json``: run one job, as the daemon's job runner does.
 
-Each kind is a module with ``parse_spec(raw, base, *, warn) -> spec`` (raising
-``retrain.errors.SpecError``; the spec has an ``output_dir``) and ``run(spec, progress) -> dict``
-(raising ``retrain.errors.JobError`` for failures an operator can act on). Modules are imported
-only for the kind that runs, so a job pays for no other kind's imports.
+Each kind's spec and result are models of ``retrain.contract`` (``SPECS``, ``RESULTS``); its
+module has ``run(spec, progress) -> result`` (raising ``retrain.errors.JobError`` for failures an
+operator can act on). Modules are imported only for the kind that runs, so a job pays for no
+other kind's imports.
 
 The contract with whoever starts the job (driftd's runner, or an operator by hand):
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import traceback
@@ -29,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from retrain.contract import SPECS, JobResult
 from retrain.errors import JobCancelled, JobError, SpecError
 
 KINDS = {
@@ -66,31 +66,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(kind: str, spec_path: Path) -> int:
     """Run job ``kind`` with the spec at ``spec_path``; returns the exit code."""
     try:
-        raw = json.loads(spec_path.read_text(encoding="utf-8"))
+        text = spec_path.read_text(encoding="utf-8")
     except OSError as error:
         return _bad_spec(kind, spec_path, f"cannot read it: {error.strerror or error}")
-    except ValueError as error:
+    except ValueError as error:  # not UTF-8
         return _bad_spec(kind, spec_path, f"it is not JSON: {error}")
-    if not isinstance(raw, dict):
-        return _bad_spec(kind, spec_path, f"it must be a JSON object, not {type(raw).__name__}")
-    job: Any = importlib.import_module(KINDS[kind])
     try:
-        spec = job.parse_spec(raw, spec_path.parent, warn=_warn(kind))
+        spec = SPECS[kind].parse(text, spec_path.parent, warn=_warn(kind))
     except SpecError as error:
         return _bad_spec(kind, spec_path, str(error))
+    job: Any = importlib.import_module(KINDS[kind])
     print(f"{kind}: spec {spec_path}", flush=True)
     try:
-        result: dict[str, Any] = job.run(spec, _progress)
+        result: JobResult = job.run(spec, _progress)
     except Exception as error:
         # The traceback is for the log; the result gets the message an operator can act on.
         traceback.print_exc()
         message = str(error) if isinstance(error, JobError) else f"{type(error).__name__}: {error}"
         print(f"{kind}: failed: {message}", file=sys.stderr, flush=True)
         status = "cancelled" if isinstance(error, JobCancelled) else "failed"
-        _write_result(spec.output_dir, {"kind": kind, "status": status, "error": message})
+        _write_result(spec.output, JobResult(kind=kind, status=status, error=message))
         return EXIT_FAILED
-    _write_result(spec.output_dir, {"kind": kind, "status": "succeeded", **result})
-    print(f"{kind}: succeeded; result in {spec.output_dir / RESULT_FILE}", flush=True)
+    _write_result(spec.output, result.model_copy(update={"kind": kind, "status": "succeeded"}))
+    print(f"{kind}: succeeded; result in {spec.output / RESULT_FILE}", flush=True)
     return EXIT_SUCCEEDED
 
 
@@ -110,9 +108,9 @@ def _bad_spec(kind: str, spec_path: Path, problem: str) -> int:
     return EXIT_BAD_SPEC
 
 
-def _write_result(output_dir: Path, result: dict[str, Any]) -> None:
+def _write_result(output_dir: Path, result: JobResult) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+    _write_atomic(output_dir / RESULT_FILE, result.model_dump_json(indent=2) + "\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from retrain.errors import JobError
+from retrain.errors import DataSetError
 from retrain.jsonl import json_objects
 
 Source = Literal["production", "original"]
@@ -49,10 +49,6 @@ _SPLIT_SALT = "split"
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 """The data files jobs read (training data, golden sets): format by suffix."""
-
-
-class DataSetError(JobError):
-    """A data file cannot be read as examples; the message names the file and line."""
 
 
 @dataclass(frozen=True, slots=True)

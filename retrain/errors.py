@@ -1,4 +1,9 @@
-"""The two ways a job goes wrong, shared by every job kind."""
+"""Every error a job reports, in one hierarchy: a bad spec, or a job that could not do its work.
+
+``SpecError`` means nothing ran (exit 2); a ``JobError`` ends a job that ran as failed (exit 1),
+``JobCancelled`` as cancelled. Each job kind raises its own ``JobError`` subclass, whose message
+names the file, line or model at fault and what to do.
+"""
 
 
 class SpecError(Exception):
@@ -11,3 +16,27 @@ class JobError(Exception):
 
 class JobCancelled(JobError):
     """The job was cancelled before it finished."""
+
+
+class DataSetError(JobError):
+    """A data file cannot be read as examples; the message names the file and line."""
+
+
+class EvaluationError(JobError):
+    """The evaluation could not be done with the data and model the spec names."""
+
+
+class TrainingError(JobError):
+    """The model could not be trained with the data and base model the spec names."""
+
+
+class FineTuneError(JobError):
+    """The fine-tune could not be done: bad data, over budget, or OpenAI refused or failed it."""
+
+
+class FineTuneCancelled(FineTuneError, JobCancelled):
+    """The fine-tune was cancelled: by the daemon (cancel file, SIGTERM) or on the server."""
+
+
+class RevisionError(JobError):
+    """The revision could not be done with the data and models the spec names."""

@@ -17,7 +17,8 @@ The spec (``job.json``) names:
     Seconds to pause after each batch: throttling for shared machines, so that an evaluation
     on the daemon's host leaves CPU to the services it shares the machine with.
 
-Relative paths are read from the spec's directory. The result holds ``n``, ``model``,
+The spec is ``retrain.contract.EvaluateSpec``; relative paths are read from the spec's
+directory. The result (``EvaluateResult``) holds ``n``, ``model``,
 ``golden_set`` and ``metrics``: ``accuracy``, ``macro_f1`` and ``per_class`` precision, recall,
 F1 and support, from scikit-learn.
 
@@ -28,99 +29,22 @@ a bad spec is reported in a fraction of a second.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrain.contract import EvaluateResult, EvaluateSpec
 from retrain.dataset import data_rows
-from retrain.errors import JobError, SpecError
+from retrain.errors import EvaluationError
 
 Progress = Callable[[str], None]
-
-_DEFAULTS: dict[str, Any] = {
-    "input_field": "input",
-    "label_field": "label",
-    "batch_size": 32,
-    "max_length": 128,
-    "pace_s": 0.0,
-}
-_REQUIRED = ("golden_set", "model_dir", "output_dir")
-
-
-class EvaluationError(JobError):
-    """The evaluation could not be done with the data and model the spec names."""
-
-
-@dataclass(frozen=True, slots=True)
-class EvaluateSpec:
-    golden_set: Path
-    model_dir: Path
-    output_dir: Path
-    input_field: str = "input"
-    label_field: str = "label"
-    batch_size: int = 32
-    max_length: int = 128
-    pace_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Example:
     input: str
     label: str
-
-
-def parse_spec(
-    raw: Mapping[str, Any], base: Path, *, warn: Callable[[str], None] = lambda _: None
-) -> EvaluateSpec:
-    """Check a spec and resolve its paths against ``base``; ``SpecError`` lists what is wrong.
-
-    Keys this job does not know are passed to ``warn``, not refused: the daemon may add
-    bookkeeping of its own (the deployment, the trigger) to every job's spec.
-    """
-    problems = [f"{key!r} is required" for key in _REQUIRED if key not in raw]
-    known = set(_REQUIRED) | set(_DEFAULTS)
-    unknown = sorted(key for key in raw if key not in known)
-    if unknown:
-        warn(
-            f"ignoring spec key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"(evaluate reads {', '.join(sorted(known))})"
-        )
-    values = _DEFAULTS | {key: raw[key] for key in raw if key in known}
-    paths: dict[str, Path] = {}
-    for key in _REQUIRED:
-        if key not in raw:
-            continue
-        if not isinstance(raw[key], str) or not raw[key]:
-            problems.append(f"{key!r} must be a path, got {raw[key]!r}")
-            continue
-        paths[key] = base.absolute() / raw[key]
-    if "golden_set" in paths and not paths["golden_set"].is_file():
-        problems.append(f"golden_set {paths['golden_set']} is not a file")
-    if "model_dir" in paths and not paths["model_dir"].is_dir():
-        problems.append(f"model_dir {paths['model_dir']} is not a directory")
-    for key in ("input_field", "label_field"):
-        if not isinstance(values[key], str) or not values[key]:
-            problems.append(f"{key!r} must be a non-empty string, got {values[key]!r}")
-    for key, low, high in (("batch_size", 1, 4096), ("max_length", 8, 8192)):
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            problems.append(f"{key!r} must be a whole number from {low} to {high}, got {value!r}")
-    pace = values["pace_s"]
-    if isinstance(pace, bool) or not isinstance(pace, int | float) or not 0 <= pace <= 60:
-        problems.append(f"'pace_s' must be seconds from 0 to 60, got {pace!r}")
-    if problems:
-        raise SpecError("; ".join(problems))
-    return EvaluateSpec(
-        golden_set=paths["golden_set"],
-        model_dir=paths["model_dir"],
-        output_dir=paths["output_dir"],
-        input_field=values["input_field"],
-        label_field=values["label_field"],
-        batch_size=values["batch_size"],
-        max_length=values["max_length"],
-        pace_s=float(pace),
-    )
 
 
 def read_golden_set(
@@ -226,7 +150,7 @@ def score(truth: list[str], predicted: list[str]) -> dict[str, Any]:
     }
 
 
-def run(spec: EvaluateSpec, progress: Progress) -> dict[str, Any]:
+def run(spec: EvaluateSpec, progress: Progress) -> EvaluateResult:
     """Evaluate the spec's model on its golden set; the job's result."""
     started = time.monotonic()
     examples = read_golden_set(spec.golden_set, spec.input_field, spec.label_field)
@@ -253,10 +177,10 @@ def run(spec: EvaluateSpec, progress: Progress) -> dict[str, Any]:
         f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
         f"on {len(examples)} examples"
     )
-    return {
-        "model": str(spec.model_dir),
-        "golden_set": str(spec.golden_set),
-        "n": len(examples),
-        "metrics": metrics,
-        "duration_s": round(time.monotonic() - started, 3),
-    }
+    return EvaluateResult(
+        model=str(spec.model_dir),
+        golden_set=str(spec.golden_set),
+        n=len(examples),
+        metrics=metrics,
+        duration_s=round(time.monotonic() - started, 3),
+    )

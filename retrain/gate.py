@@ -33,7 +33,8 @@ The spec (``job.json``) names:
 ``output_dir``, ``batch_size`` (32), ``max_length`` (128), ``pace_s`` (0)
     As for ``evaluate``.
 
-Relative paths are read from the spec's directory. The result holds ``passed``, ``metric``,
+The spec is ``retrain.contract.GateSpec``; relative paths are read from the spec's directory.
+The result (``retrain.contract.GateJobResult``) holds ``passed``, ``metric``,
 ``champion`` and ``challenger`` (``model_dir`` and ``metrics`` as ``evaluate`` reports them),
 ``difference``, ``ci``, ``guards`` and ``reasons`` (plain sentences). A rejection is a result,
 not a failure: the job succeeds (exit 0) whichever way the verdict goes.
@@ -47,7 +48,7 @@ drawn from the same bootstrap.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from retrain.errors import SpecError
-from retrain.evaluate import Classifier, EvaluationError, read_golden_set, score
+from retrain.contract import (
+    LABEL_METRICS,
+    SCORE_METRIC,
+    GateJobResult,
+    GateSpec,
+    GuardCheck,
+    Metrics,
+    Side,
+    Verdict,
+)
+from retrain.errors import EvaluationError
+from retrain.evaluate import Classifier, read_golden_set, score
 
 Progress = Callable[[str], None]
 
-METRICS = ("accuracy", "macro_f1")
-SCORE_METRIC = "judge_score"
-"""The metric ``compare_scores`` reports: the mean of per-example scores, as an LLM judge's."""
+METRICS = LABEL_METRICS
+"""The label metrics ``compare`` and ``qualify`` judge on; ``compare_scores`` reports
+``SCORE_METRIC``, the mean of per-example scores (an LLM judge's)."""
 CONFIDENCE = 0.95
 GUARD_TOLERANCE = 0.01
 """How much worse than the champion a guard metric may be: one example in a hundred. A guard
@@ -72,21 +83,6 @@ catches a real regression elsewhere, not one golden example flipping on a small 
 _EPSILON = 1e-9
 # Resample indices held in memory at once (int64): bounds memory at any bootstrap_samples.
 _CELLS_PER_CHUNK = 2_000_000
-
-_DEFAULTS: dict[str, Any] = {
-    "metric": "accuracy",
-    "margin": 0.0,
-    "guard_metrics": [],
-    "bootstrap_samples": 1000,
-    "seed": 0,
-    "min_score": None,
-    "input_field": "input",
-    "label_field": "label",
-    "batch_size": 32,
-    "max_length": 128,
-    "pace_s": 0.0,
-}
-_REQUIRED = ("golden_set", "champion", "challenger", "output_dir")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +102,15 @@ class Guard:
     def ok(self) -> bool:
         return self.difference + self.tolerance + _EPSILON >= 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "champion": self.champion,
-            "challenger": self.challenger,
-            "difference": self.difference,
-            "tolerance": self.tolerance,
-            "ok": self.ok,
-        }
+    def check(self) -> GuardCheck:
+        """The guard as a verdict reports it."""
+        return GuardCheck(
+            champion=self.champion,
+            challenger=self.challenger,
+            difference=self.difference,
+            tolerance=self.tolerance,
+            ok=self.ok,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +125,8 @@ class GateResult:
     passed: bool
     metric: str
     n: int
-    champion: dict[str, Any] | None
-    challenger: dict[str, Any]
+    champion: Metrics | None
+    challenger: Metrics
     difference: float | None
     ci: tuple[float, float]
     margin: float
@@ -139,23 +136,23 @@ class GateResult:
     guards: dict[str, Guard] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The verdict as JSON-ready data, as the job's result holds it."""
-        return {
-            "passed": self.passed,
-            "metric": self.metric,
-            "n": self.n,
-            "champion": None if self.champion is None else {"metrics": self.champion},
-            "challenger": {"metrics": self.challenger},
-            "difference": self.difference,
-            "ci": list(self.ci),
-            "margin": self.margin,
-            "min_score": self.min_score,
-            "guards": {name: guard.as_dict() for name, guard in self.guards.items()},
-            "reasons": list(self.reasons),
-            "bootstrap_samples": self.bootstrap_samples,
-            "seed": self.seed,
-        }
+    def verdict(self) -> Verdict:
+        """The verdict as a job's result holds it (``retrain.contract.Verdict``)."""
+        return Verdict(
+            passed=self.passed,
+            metric=self.metric,
+            n=self.n,
+            champion=None if self.champion is None else Side(metrics=self.champion),
+            challenger=Side(metrics=self.challenger),
+            difference=self.difference,
+            ci=self.ci,
+            margin=self.margin,
+            min_score=self.min_score,
+            guards={name: guard.check() for name, guard in self.guards.items()},
+            reasons=list(self.reasons),
+            bootstrap_samples=self.bootstrap_samples,
+            seed=self.seed,
+        )
 
 
 def compare(
@@ -499,130 +496,17 @@ def _guard_reason(guard: Guard) -> str:
 # The job.
 
 
-@dataclass(frozen=True, slots=True)
-class GateSpec:
-    golden_set: Path
-    champion: Path | None
-    challenger: Path
-    output_dir: Path
-    metric: str = "accuracy"
-    margin: float = 0.0
-    guard_metrics: tuple[str, ...] = ()
-    bootstrap_samples: int = 1000
-    seed: int = 0
-    min_score: float | None = None
-    input_field: str = "input"
-    label_field: str = "label"
-    batch_size: int = 32
-    max_length: int = 128
-    pace_s: float = 0.0
-
-
-def parse_spec(
-    raw: Mapping[str, Any], base: Path, *, warn: Callable[[str], None] = lambda _: None
-) -> GateSpec:
-    """Check a spec and resolve its paths against ``base``; ``SpecError`` lists what is wrong.
-
-    Unknown keys go to ``warn``: the daemon adds bookkeeping of its own to every job's spec.
-    """
-    problems = [f"{key!r} is required" for key in _REQUIRED if key not in raw]
-    known = set(_REQUIRED) | set(_DEFAULTS)
-    unknown = sorted(key for key in raw if key not in known)
-    if unknown:
-        warn(
-            f"ignoring spec key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"(gate reads {', '.join(sorted(known))})"
-        )
-    values = _DEFAULTS | {key: raw[key] for key in raw if key in known}
-    root = base.absolute()
-
-    def path(key: str, value: Any) -> Path | None:
-        if not isinstance(value, str) or not value:
-            problems.append(f"{key!r} must be a path, got {value!r}")
-            return None
-        return root / value
-
-    golden = path("golden_set", raw["golden_set"]) if "golden_set" in raw else None
-    if golden is not None and not golden.is_file():
-        problems.append(f"golden_set {golden} is not a file")
-    output = path("output_dir", raw["output_dir"]) if "output_dir" in raw else None
-    models: dict[str, Path] = {}
-    for role in ("champion", "challenger"):
-        if role not in raw or (role == "champion" and raw[role] is None):
-            continue
-        entry = raw[role]
-        if not isinstance(entry, Mapping) or "model_dir" not in entry:
-            nullable = " or null (no champion yet)" if role == "champion" else ""
-            problems.append(f'{role!r} must be {{"model_dir": PATH}}{nullable}, got {entry!r}')
-            continue
-        found = path(f"{role}.model_dir", entry["model_dir"])
-        if found is not None and not found.is_dir():
-            problems.append(f"{role}.model_dir {found} is not a directory")
-        elif found is not None:
-            models[role] = found
-    guard_metrics = values["guard_metrics"]
-    if not isinstance(guard_metrics, list):
-        problems.append(f"'guard_metrics' must be a list, got {guard_metrics!r}")
-        guard_metrics = []
-    for key, name in [("metric", values["metric"])] + [("guard_metrics", g) for g in guard_metrics]:
-        if name not in METRICS:
-            problems.append(
-                f"{key!r} must name {' or '.join(METRICS)}, got {name!r} (the gate compares "
-                "classifiers; judge_score is for prompted deployments)"
-            )
-    for key in ("margin", "min_score"):
-        value = values[key]
-        if value is None and key == "min_score":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            problems.append(f"{key!r} must be a number from 0 to 1, got {value!r}")
-    for key in ("input_field", "label_field"):
-        if not isinstance(values[key], str) or not values[key]:
-            problems.append(f"{key!r} must be a non-empty string, got {values[key]!r}")
-    for key, low, high in (
-        ("bootstrap_samples", 100, 100_000),
-        ("seed", 0, 2**32 - 1),
-        ("batch_size", 1, 4096),
-        ("max_length", 8, 8192),
-    ):
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            problems.append(f"{key!r} must be a whole number from {low} to {high}, got {value!r}")
-    pace = values["pace_s"]
-    if isinstance(pace, bool) or not isinstance(pace, int | float) or not 0 <= pace <= 60:
-        problems.append(f"'pace_s' must be seconds from 0 to 60, got {pace!r}")
-    if problems:
-        raise SpecError("; ".join(problems))
-    assert golden is not None
-    assert output is not None
-    return GateSpec(
-        golden_set=golden,
-        champion=models.get("champion"),
-        challenger=models["challenger"],
-        output_dir=output,
-        metric=values["metric"],
-        margin=float(values["margin"]),
-        guard_metrics=tuple(guard_metrics),
-        bootstrap_samples=values["bootstrap_samples"],
-        seed=values["seed"],
-        min_score=None if values["min_score"] is None else float(values["min_score"]),
-        input_field=values["input_field"],
-        label_field=values["label_field"],
-        batch_size=values["batch_size"],
-        max_length=values["max_length"],
-        pace_s=float(pace),
-    )
-
-
-def run(spec: GateSpec, progress: Progress) -> dict[str, Any]:
+def run(spec: GateSpec, progress: Progress) -> GateJobResult:
     """Label the golden set with both models and judge the challenger; the job's result."""
     started = time.monotonic()
     examples = read_golden_set(spec.golden_set, spec.input_field, spec.label_field)
     texts = [example.input for example in examples]
     truth = [example.label for example in examples]
     progress(f"gate: {len(examples)} examples of {len(set(truth))} labels from {spec.golden_set}")
-    challenger = _predict("challenger", spec.challenger, texts, truth, spec, progress)
-    if spec.champion is None:
+    challenger_dir = spec.challenger.model_dir
+    champion_dir = None if spec.champion is None else spec.champion.model_dir
+    challenger = _predict("challenger", challenger_dir, texts, truth, spec, progress)
+    if champion_dir is None:
         verdict = qualify(
             challenger,
             truth,
@@ -632,7 +516,7 @@ def run(spec: GateSpec, progress: Progress) -> dict[str, Any]:
             seed=spec.seed,
         )
     else:
-        champion = _predict("champion", spec.champion, texts, truth, spec, progress)
+        champion = _predict("champion", champion_dir, texts, truth, spec, progress)
         verdict = compare(
             champion,
             challenger,
@@ -646,15 +530,16 @@ def run(spec: GateSpec, progress: Progress) -> dict[str, Any]:
     for reason in verdict.reasons:
         progress(f"gate: {reason}")
     progress(f"gate: the challenger {'passes' if verdict.passed else 'is rejected'}")
-    result = verdict.as_dict()
-    result["challenger"]["model_dir"] = str(spec.challenger)
-    if result["champion"] is not None:
-        result["champion"]["model_dir"] = str(spec.champion)
-    return {
-        **result,
+    found = verdict.verdict()
+    if found.challenger is not None:
+        found.challenger.model_dir = str(challenger_dir)
+    if found.champion is not None:
+        found.champion.model_dir = str(champion_dir)
+    timing = {
         "golden_set": str(spec.golden_set),
         "duration_s": round(time.monotonic() - started, 3),
     }
+    return GateJobResult(**{**dict(found), **timing})
 
 
 def _predict(

@@ -45,7 +45,8 @@ Tokens are counted with tiktoken when it is installed and has its encoding at ha
 3 per example for the chat format's framing: OpenAI's rule of thumb for English, which can be
 off by a third either way for other languages or code. The result says which count was used.
 
-Relative paths are read from the spec's directory. The result holds ``openai_job_id``,
+The spec is ``retrain.contract.OpenAIFineTuneSpec``; relative paths are read from the spec's
+directory. The result (``FineTuneResult``) holds ``openai_job_id``,
 ``training_file_id``, ``validation_file_id``, ``fine_tuned_model``, ``status``,
 ``trained_tokens``, ``estimated_training_tokens``, ``estimated_cost_usd``, ``cost_usd`` (the
 trained tokens at the given price) and what was counted and run.
@@ -57,18 +58,17 @@ import importlib
 import json
 import math
 import os
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from retrain.errors import JobCancelled, JobError, SpecError
+from retrain.contract import FineTuneResult, OpenAIFineTuneSpec
+from retrain.errors import FineTuneCancelled, FineTuneError
 
 if TYPE_CHECKING:
     from openai import OpenAI, OpenAIError
@@ -83,209 +83,9 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_EXAMPLE = 3
-SUFFIX_MAX_CHARS = 64
 CANCEL_TIMEOUT_S = 5.0  # the daemon's grace between SIGTERM and SIGKILL is 10 s by default
 _WAKE_S = 0.1  # how often a wait looks at the cancel file and the signal flag
-_HYPERPARAMETERS: dict[str, type] = {
-    "n_epochs": int,
-    "batch_size": int,
-    "learning_rate_multiplier": float,
-}
-_REQUIRED = ("training_file", "base_model", "output_dir")
-_DEFAULTS: dict[str, Any] = {
-    "validation_file": None,
-    "suffix": None,
-    "hyperparameters": {},
-    "seed": None,
-    "base_url": None,
-    "api_key_env": "OPENAI_API_KEY",
-    "poll_interval_s": 10.0,
-    "poll_max_interval_s": None,
-    "timeout_s": 86400.0,
-    "request_timeout_s": 300.0,
-    "max_retries": 3,
-    "max_cost_usd": None,
-    "price_per_million_training_tokens": None,
-    "cancel_file": None,
-}
-_NULLABLE = frozenset(key for key, value in _DEFAULTS.items() if value is None)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TRANSIENT_STATUS = frozenset({408, 409, 429})
-
-
-class FineTuneError(JobError):
-    """The fine-tune could not be done: bad data, over budget, or OpenAI refused or failed it."""
-
-
-class FineTuneCancelled(FineTuneError, JobCancelled):
-    """The fine-tune was cancelled: by the daemon (cancel file, SIGTERM) or on the server."""
-
-
-@dataclass(frozen=True, slots=True)
-class OpenAIFineTuneSpec:
-    training_file: Path
-    base_model: str
-    output_dir: Path
-    validation_file: Path | None = None
-    suffix: str | None = None
-    hyperparameters: Mapping[str, int | float | str] = field(default_factory=dict)
-    seed: int | None = None
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    poll_interval_s: float = 10.0
-    poll_max_interval_s: float = 120.0
-    timeout_s: float = 86400.0
-    request_timeout_s: float = 300.0
-    max_retries: int = 3
-    max_cost_usd: float | None = None
-    price_per_million_training_tokens: float | None = None
-    cancel_file: Path | None = None
-
-    @property
-    def n_epochs(self) -> int | None:
-        """The epochs asked for, or None when OpenAI picks them (``auto`` or unset)."""
-        epochs = self.hyperparameters.get("n_epochs")
-        return epochs if isinstance(epochs, int) else None
-
-
-def parse_spec(
-    raw: Mapping[str, Any], base: Path, *, warn: Callable[[str], None] = lambda _: None
-) -> OpenAIFineTuneSpec:
-    """Check a spec and resolve its paths against ``base``; ``SpecError`` lists what is wrong.
-
-    Keys this job does not know are passed to ``warn`` (by name only), not refused: the daemon
-    may add bookkeeping of its own to every job's spec.
-    """
-    problems = [f"{key!r} is required" for key in _REQUIRED if key not in raw]
-    if "api_key" in raw:
-        problems.append(
-            "'api_key' must not be in the spec: put the key in the job's environment, in the "
-            "variable that 'api_key_env' names (default OPENAI_API_KEY)"
-        )
-    known = set(_REQUIRED) | set(_DEFAULTS)
-    unknown = sorted(key for key in raw if key not in known and key != "api_key")
-    if unknown:
-        warn(
-            f"ignoring spec key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"({KIND} reads {', '.join(sorted(known))})"
-        )
-    values = _DEFAULTS | {key: raw[key] for key in raw if key in known}
-    paths: dict[str, Path] = {}
-    for key in ("training_file", "validation_file", "output_dir", "cancel_file"):
-        value = values.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value:
-            problems.append(f"{key!r} must be a path, got {value!r}")
-            continue
-        paths[key] = base.absolute() / value
-    for key in ("training_file", "validation_file"):
-        if key in paths and not paths[key].is_file():
-            problems.append(f"{key} {paths[key]} is not a file")
-    if "base_model" in raw and (not isinstance(raw["base_model"], str) or not raw["base_model"]):
-        problems.append(f"'base_model' must be a model name, got {raw['base_model']!r}")
-    suffix = values["suffix"]
-    if suffix is not None and (not isinstance(suffix, str) or not 1 <= len(suffix) <= 64):
-        problems.append(f"'suffix' must be 1 to {SUFFIX_MAX_CHARS} characters, got {suffix!r}")
-    problems += _hyperparameter_problems(values["hyperparameters"])
-    seed = values["seed"]
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        problems.append(f"'seed' must be a whole number, got {seed!r}")
-    base_url = values["base_url"]
-    if base_url is not None and (
-        not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))
-    ):
-        problems.append(f"'base_url' must be an http(s) URL, got {base_url!r}")
-    env = values["api_key_env"]
-    if not isinstance(env, str) or not _ENV_NAME.fullmatch(env):
-        problems.append(f"'api_key_env' must name an environment variable, got {env!r}")
-    numbers: dict[str, float | None] = {}
-    for key, low, high in (
-        ("poll_interval_s", 0.01, 3600.0),
-        ("poll_max_interval_s", 0.01, 86400.0),
-        ("timeout_s", 0.1, 30 * 86400.0),
-        ("request_timeout_s", 0.1, 3600.0),
-        ("max_cost_usd", 0.0, math.inf),
-        ("price_per_million_training_tokens", 0.0, math.inf),
-    ):
-        numbers[key] = _number(values[key], key, low, high, problems)
-    retries = values["max_retries"]
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
-        problems.append(f"'max_retries' must be a whole number from 0 to 20, got {retries!r}")
-    interval = numbers["poll_interval_s"] or 10.0
-    cap = numbers["poll_max_interval_s"]
-    if cap is not None and cap < interval:
-        problems.append(
-            f"'poll_max_interval_s' ({cap:g}) must not be below 'poll_interval_s' ({interval:g})"
-        )
-    if numbers["max_cost_usd"] is not None:
-        if numbers["price_per_million_training_tokens"] is None:
-            problems.append(
-                "'max_cost_usd' needs 'price_per_million_training_tokens' to estimate the cost "
-                f"of training {values['base_model']!r}"
-            )
-        hyperparameters = values["hyperparameters"]
-        epochs = hyperparameters.get("n_epochs") if isinstance(hyperparameters, dict) else None
-        if isinstance(epochs, bool) or not isinstance(epochs, int):
-            problems.append(
-                "'max_cost_usd' needs hyperparameters.n_epochs as a whole number: with 'auto' "
-                "OpenAI picks the epochs, and the cost has no bound before the job runs"
-            )
-    if problems:
-        raise SpecError("; ".join(problems))
-    return OpenAIFineTuneSpec(
-        training_file=paths["training_file"],
-        base_model=raw["base_model"],
-        output_dir=paths["output_dir"],
-        validation_file=paths.get("validation_file"),
-        suffix=suffix,
-        hyperparameters=dict(values["hyperparameters"]),
-        seed=seed,
-        base_url=base_url,
-        api_key_env=env,
-        poll_interval_s=interval,
-        poll_max_interval_s=cap if cap is not None else max(120.0, interval),
-        timeout_s=cast(float, numbers["timeout_s"]),
-        request_timeout_s=cast(float, numbers["request_timeout_s"]),
-        max_retries=retries,
-        max_cost_usd=numbers["max_cost_usd"],
-        price_per_million_training_tokens=numbers["price_per_million_training_tokens"],
-        cancel_file=paths.get("cancel_file"),
-    )
-
-
-def _number(value: Any, key: str, low: float, high: float, problems: list[str]) -> float | None:
-    """``value`` as a float, or None (with a problem noted unless the key may be null)."""
-    if value is None and key in _NULLABLE:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        upper = "" if math.isinf(high) else f" to {high:g}"
-        problems.append(f"{key!r} must be a number from {low:g}{upper}, got {value!r}")
-        return None
-    return float(value)
-
-
-def _hyperparameter_problems(hyperparameters: Any) -> list[str]:
-    if not isinstance(hyperparameters, dict):
-        return [f"'hyperparameters' must be an object, got {hyperparameters!r}"]
-    problems = []
-    for key, value in hyperparameters.items():
-        kind = _HYPERPARAMETERS.get(key)
-        if kind is None:
-            problems.append(
-                f"hyperparameters.{key} is not one OpenAI takes "
-                f"({', '.join(sorted(_HYPERPARAMETERS))})"
-            )
-        elif value != "auto" and (
-            isinstance(value, bool)
-            or not isinstance(value, int if kind is int else int | float)
-            or value <= 0
-        ):
-            what = "a whole number" if kind is int else "a number"
-            problems.append(
-                f"hyperparameters.{key} must be {what} above 0 or 'auto', got {value!r}"
-            )
-    return problems
 
 
 def read_chat_jsonl(path: Path) -> list[list[dict[str, Any]]]:
@@ -435,7 +235,7 @@ class _StopRequests:
 
 def run(
     spec: OpenAIFineTuneSpec, progress: Progress, *, environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+) -> FineTuneResult:
     """Fine-tune ``spec.base_model`` on the spec's data; the job's result.
 
     The key is read from ``environ`` (the process environment by default) under
@@ -488,7 +288,7 @@ class _FineTune:
         self._events_problem: str | None = None
         self._events_on = True
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> FineTuneResult:
         spec = self.spec
         training = read_chat_jsonl(spec.training_file)
         validation = read_chat_jsonl(spec.validation_file) if spec.validation_file else []
@@ -524,24 +324,24 @@ class _FineTune:
         price = spec.price_per_million_training_tokens
         cost = None if job.trained_tokens is None or price is None else job.trained_tokens * price
         epochs = job.hyperparameters.n_epochs if job.hyperparameters else None
-        return {
-            "openai_job_id": job.id,
-            "training_file_id": training_id,
-            "validation_file_id": validation_id,
-            "base_model": spec.base_model,
-            "base_url": self.base_url,
-            "fine_tuned_model": job.fine_tuned_model,
-            "status": job.status,
-            "trained_tokens": job.trained_tokens,
-            "n_epochs": epochs if isinstance(epochs, int) else spec.n_epochs,
-            "training_examples": len(training),
-            "validation_examples": len(validation),
-            "estimated_training_tokens": tokens,
-            "token_count": counted,
-            "estimated_cost_usd": None if estimate is None else round(estimate, 6),
-            "cost_usd": None if cost is None else round(cost / 1e6, 6),
-            "duration_s": round(time.monotonic() - self.started, 3),
-        }
+        # The job's status on the server is ``succeeded`` here, as the result's status says.
+        return FineTuneResult(
+            openai_job_id=job.id,
+            training_file_id=training_id,
+            validation_file_id=validation_id,
+            base_model=spec.base_model,
+            base_url=self.base_url,
+            fine_tuned_model=job.fine_tuned_model,
+            trained_tokens=job.trained_tokens,
+            n_epochs=epochs if isinstance(epochs, int) else spec.n_epochs,
+            training_examples=len(training),
+            validation_examples=len(validation),
+            estimated_training_tokens=tokens,
+            token_count=counted,
+            estimated_cost_usd=None if estimate is None else round(estimate, 6),
+            cost_usd=None if cost is None else round(cost / 1e6, 6),
+            duration_s=round(time.monotonic() - self.started, 3),
+        )
 
     def _estimate(self, tokens: int, counted: str) -> float | None:
         """The cost estimate, refused before anything is uploaded when over the budget."""
@@ -589,7 +389,7 @@ class _FineTune:
                     f"{self.redact(str(uploaded.status_details or 'no details given'))}"
                 )
             self._wait(interval)
-            interval = min(interval * 2, self.spec.poll_max_interval_s)
+            interval = min(interval * 2, self.spec.max_interval_s)
             with self._api(f"checking upload {uploaded.id}"):
                 uploaded = client.files.retrieve(uploaded.id)
             status = uploaded.status
@@ -628,7 +428,7 @@ class _FineTune:
         self._print_events(client, job.id)
         while job.status not in TERMINAL:
             self._wait(interval)
-            interval = min(interval * 2, spec.poll_max_interval_s)
+            interval = min(interval * 2, spec.max_interval_s)
             polled = self._poll(client, job.id, interval)
             if polled is None:
                 continue

@@ -1,8 +1,8 @@
 """Job kind ``retrain``: a whole re-tune — data set, fine-tune, gate — in one process.
 
 The daemon creates this job when its policy decides to re-tune and writes the spec (see
-``daemon/retune.py``): the labelled production samples it exported, the original training data,
-the golden set, the model to start from and the champion to beat. The job
+``daemon/retune/specs.py``): the labelled production samples it exported, the original training
+data, the golden set, the model to start from and the champion to beat. The job
 
 1. builds the data set (``retrain.dataset``: golden set kept out, deduplicated, mixed at the
    configured ratio, split deterministically, lineage recorded),
@@ -14,137 +14,47 @@ and returns the candidate (its name and model folder), the gate's verdict and th
 promotes nothing: the daemon's leader registers the candidate and promotes it only if the gate
 passed, fenced by its lease, through the promotion hooks.
 
-Spec keys: ``method`` (trainer | openai), ``task``, ``labels``, ``base_model``, ``champion``
-({"model_dir"} or null), ``production_file`` (JSONL: input, label or output, sample_id),
-``original_file`` (JSONL, CSV or Parquet, optional) with ``original_input_field`` /
-``original_label_field``, ``golden_set`` (JSONL, CSV or Parquet) with ``golden_input_field``
-(``input``) / ``golden_label_field`` (``label``), ``data`` (production_ratio, max_rows,
-validation_share), ``trainer`` (epochs, batch_size, learning_rate, max_length, optional
-max_steps), ``gate`` (metric, margin, guard_metrics, bootstrap_samples), ``seed``, ``candidate``
-({"name"}), ``lineage``, ``output_dir``; for ``openai``: ``openai`` (the ``openai_finetune``
-spec's keys other than the files and output_dir) and ``system_prompt``.
+The spec is ``retrain.contract.RetuneSpec``: ``method`` (trainer | openai), ``task``,
+``labels``, ``base_model``, ``champion`` ({"model_dir"} or null), ``production_file`` (JSONL:
+input, label or output, sample_id), ``original_file`` (JSONL, CSV or Parquet, optional) with
+``original_input_field`` / ``original_label_field``, ``golden_set`` (JSONL, CSV or Parquet)
+with ``golden_input_field`` (``input``) / ``golden_label_field`` (``label``), ``data``
+(production_ratio, max_rows, validation_share), ``trainer`` (epochs, batch_size, learning_rate,
+max_length, optional max_steps), ``gate`` (metric, margin, guard_metrics, bootstrap_samples),
+``seed``, ``candidate`` ({"name"}), ``lineage``, ``output_dir``; for ``openai``: ``openai`` (the
+``openai_finetune`` spec's keys other than the files and output_dir) and ``system_prompt``.
+The result is ``RetuneResult``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from retrain import dataset
-from retrain.errors import JobError, SpecError
+from retrain.contract import (
+    FineTuned,
+    FineTuneSettings,
+    GateSpec,
+    ModelRef,
+    OpenAIFineTuneSpec,
+    Produced,
+    RetuneResult,
+    RetuneSpec,
+    Trained,
+    TrainSpec,
+    Verdict,
+)
+from retrain.errors import JobError
 
 Progress = Callable[[str], None]
-METHODS = ("trainer", "openai")
-_REQUIRED = ("method", "task", "production_file", "golden_set", "output_dir", "candidate")
 
 
-@dataclass(frozen=True, slots=True)
-class RetuneSpec:
-    method: str
-    task: str
-    production_file: Path
-    golden_set: Path
-    output_dir: Path
-    candidate: str
-    labels: tuple[str, ...] = ()
-    base_model: str | None = None
-    champion: Path | None = None
-    original_file: Path | None = None
-    original_input_field: str = "input"
-    original_label_field: str = "label"
-    golden_input_field: str = "input"
-    golden_label_field: str = "label"
-    data: Mapping[str, Any] = field(default_factory=dict)
-    trainer: Mapping[str, Any] = field(default_factory=dict)
-    gate: Mapping[str, Any] = field(default_factory=dict)
-    openai: Mapping[str, Any] = field(default_factory=dict)
-    system_prompt: str | None = None
-    seed: int = 0
-    lineage: Mapping[str, Any] = field(default_factory=dict)
-
-
-def parse_spec(
-    raw: Mapping[str, Any], base: Path, *, warn: Callable[[str], None] = lambda _: None
-) -> RetuneSpec:
-    """Check a spec; ``SpecError`` lists every problem. Unknown keys are passed to ``warn``."""
-    problems = [f"{key!r} is required" for key in _REQUIRED if raw.get(key) is None]
-    known = {*RetuneSpec.__dataclass_fields__, *_REQUIRED, "deployment", "trigger"}
-    known |= {"champion_version", "promote", "created_at", "kind", "decision_event_id"}
-    known |= {"check_ids"}
-    unknown = sorted(key for key in raw if key not in known)
-    if unknown:
-        warn(f"ignoring spec keys {', '.join(map(repr, unknown))}")
-    if raw.get("method") not in (None, *METHODS):
-        problems.append(f"'method' must be one of {', '.join(METHODS)}, got {raw['method']!r}")
-    if raw.get("task") not in (None, "classification", "generation"):
-        problems.append(f"'task' must be classification or generation, got {raw['task']!r}")
-
-    def path(key: str, *, folder: bool = False) -> Path | None:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            problems.append(f"{key!r} must be a path, got {value!r}")
-            return None
-        found = base.absolute() / value
-        if key != "output_dir" and not (found.is_dir() if folder else found.is_file()):
-            problems.append(f"{key} {found} is not a {'folder' if folder else 'file'}")
-        return found
-
-    production, golden = path("production_file"), path("golden_set")
-    original, output = path("original_file"), path("output_dir")
-    champion_raw = raw.get("champion")
-    champion = None
-    if champion_raw is not None:
-        if not isinstance(champion_raw, Mapping) or not champion_raw.get("model_dir"):
-            problems.append(
-                f"'champion' must be null or {{'model_dir': ...}}, got {champion_raw!r}"
-            )
-        else:
-            champion = base.absolute() / str(champion_raw["model_dir"])
-    candidate = raw.get("candidate")
-    name = candidate.get("name") if isinstance(candidate, Mapping) else None
-    if candidate is not None and not (isinstance(name, str) and name):
-        problems.append(f"'candidate' must be {{'name': ...}}, got {candidate!r}")
-    if raw.get("method") == "trainer" and not raw.get("base_model"):
-        problems.append("'base_model' is required by the trainer method (a folder or hub id)")
-    if problems:
-        raise SpecError("; ".join(problems))
-    assert production is not None
-    assert golden is not None
-    assert output is not None
-    return RetuneSpec(
-        method=str(raw["method"]),
-        task=str(raw["task"]),
-        production_file=production,
-        golden_set=golden,
-        output_dir=output,
-        candidate=str(name),
-        labels=tuple(raw.get("labels") or ()),
-        base_model=raw.get("base_model"),
-        champion=champion,
-        original_file=original,
-        original_input_field=str(raw.get("original_input_field") or "input"),
-        original_label_field=str(raw.get("original_label_field") or "label"),
-        golden_input_field=str(raw.get("golden_input_field") or "input"),
-        golden_label_field=str(raw.get("golden_label_field") or "label"),
-        data=dict(raw.get("data") or {}),
-        trainer=dict(raw.get("trainer") or {}),
-        gate=dict(raw.get("gate") or {}),
-        openai=dict(raw.get("openai") or {}),
-        system_prompt=raw.get("system_prompt"),
-        seed=int(raw.get("seed") or 0),
-        lineage=dict(raw.get("lineage") or {}),
-    )
-
-
-def run(spec: RetuneSpec, progress: Progress) -> dict[str, Any]:
+def run(spec: RetuneSpec, progress: Progress) -> RetuneResult:
     """Build the data set, fine-tune the challenger, gate it; the job's result."""
     built = _dataset(spec, progress)
-    data_dir = spec.output_dir / "data"
+    data_dir = spec.output / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "lineage.json").write_text(json.dumps(built.lineage, indent=2) + "\n")
     if spec.method == "openai":
@@ -153,15 +63,15 @@ def run(spec: RetuneSpec, progress: Progress) -> dict[str, Any]:
     dataset.write_jsonl(train_file, built.train)
     dataset.write_jsonl(validation_file, built.validation)
     trained = _train(spec, train_file, validation_file, progress)
-    candidate = {"name": spec.candidate, "artifact": trained["model_dir"]}
-    verdict = _gate(spec, Path(trained["model_dir"]), progress)
-    return {
-        "candidate": candidate,
-        "gate": verdict,
-        "metrics": verdict.get("challenger", {}).get("metrics") or trained.get("metrics"),
-        "train": trained,
-        "lineage": built.lineage,
-    }
+    verdict = _gate(spec, Path(str(trained.model_dir)), progress)
+    challenger = verdict.challenger
+    return RetuneResult(
+        candidate=Produced(name=spec.candidate.name, artifact=trained.model_dir),
+        gate=verdict,
+        metrics=(challenger.metrics if challenger is not None else None) or trained.metrics,
+        train=Trained.model_validate(trained.model_dump(include=set(Trained.model_fields))),
+        lineage=built.lineage,
+    )
 
 
 def _dataset(spec: RetuneSpec, progress: Progress) -> dataset.DataSet:
@@ -183,7 +93,7 @@ def _dataset(spec: RetuneSpec, progress: Progress) -> dataset.DataSet:
     golden = [
         row.input
         for row in dataset.read_examples(
-            spec.golden_set,
+            spec.golden,
             input_field=spec.golden_input_field,
             label_field=None,
             what="golden set",
@@ -194,9 +104,9 @@ def _dataset(spec: RetuneSpec, progress: Progress) -> dataset.DataSet:
         production,
         original,
         golden,
-        production_ratio=float(data.get("production_ratio", 0.5)),
-        max_rows=int(data.get("max_rows", 20_000)),
-        validation_share=float(data.get("validation_share", 0.1)),
+        production_ratio=data.production_ratio,
+        max_rows=data.max_rows,
+        validation_share=data.validation_share,
         seed=spec.seed,
         lineage=spec.lineage,
     )
@@ -214,83 +124,74 @@ def _dataset(spec: RetuneSpec, progress: Progress) -> dataset.DataSet:
 
 def _train(
     spec: RetuneSpec, train_file: Path, validation_file: Path, progress: Progress
-) -> dict[str, Any]:
+) -> Trained:
     from retrain import train
 
-    raw = {
-        "task": spec.task,
-        "base_model": spec.base_model,
-        "train_file": str(train_file),
-        "validation_file": str(validation_file),
-        "labels": list(spec.labels),
-        "output_dir": str(spec.output_dir / "train"),
-        "seed": spec.seed,
-        "lineage": dict(spec.lineage),
-        **{k: v for k, v in spec.trainer.items() if v is not None},
-    }
-    result: dict[str, Any] = train.run(train.parse_spec(raw, Path("/")), progress)
-    return result
+    settings = spec.trainer
+    train_spec = TrainSpec.build(
+        task=spec.task,
+        base_model=str(spec.base_model),
+        train_file=train_file,
+        validation_file=validation_file,
+        labels=spec.labels,
+        output_dir=spec.output / "train",
+        seed=spec.seed,
+        lineage=spec.lineage,
+        **settings.model_dump(),
+    )
+    return train.run(train_spec, progress)
 
 
-def _gate(spec: RetuneSpec, challenger: Path, progress: Progress) -> dict[str, Any]:
+def _gate(spec: RetuneSpec, challenger: Path, progress: Progress) -> Verdict:
     from retrain import gate
 
     if spec.task != "classification":
-        return {
-            "passed": False,
-            "reasons": [
+        return Verdict(
+            passed=False,
+            reasons=[
                 "the golden-set gate scores classification models only so far; a generation "
                 "candidate is kept for an operator to promote"
             ],
-        }
-    settings = spec.gate
-    raw = {
-        "golden_set": str(spec.golden_set),
-        "input_field": spec.golden_input_field,
-        "label_field": spec.golden_label_field,
-        "champion": None if spec.champion is None else {"model_dir": str(spec.champion)},
-        "challenger": {"model_dir": str(challenger)},
-        "metric": settings.get("metric", "accuracy"),
-        "margin": settings.get("margin", 0.0),
-        "guard_metrics": list(settings.get("guard_metrics") or ()),
-        "bootstrap_samples": settings.get("bootstrap_samples", 1000),
-        "seed": spec.seed,
-        "output_dir": str(spec.output_dir / "gate"),
-    }
-    if spec.trainer.get("max_length"):
-        raw["max_length"] = spec.trainer["max_length"]
-    result: dict[str, Any] = gate.run(gate.parse_spec(raw, Path("/")), progress)
-    return result
+        )
+    gate_spec = GateSpec.build(
+        golden_set=spec.golden,
+        input_field=spec.golden_input_field,
+        label_field=spec.golden_label_field,
+        champion=None if spec.champion is None else ModelRef(model_dir=spec.champion.model_dir),
+        challenger=ModelRef(model_dir=challenger),
+        seed=spec.seed,
+        output_dir=spec.output / "gate",
+        max_length=spec.trainer.max_length,
+        **spec.gate.model_dump(),
+    )
+    return gate.run(gate_spec, progress)
 
 
 def _openai(
     spec: RetuneSpec, built: dataset.DataSet, data_dir: Path, progress: Progress
-) -> dict[str, Any]:
+) -> RetuneResult:
     from retrain import openai_finetune
 
     train_file, validation_file = data_dir / "train.chat.jsonl", data_dir / "validation.chat.jsonl"
     dataset.write_chat_jsonl(train_file, built.train, system_prompt=spec.system_prompt)
     dataset.write_chat_jsonl(validation_file, built.validation, system_prompt=spec.system_prompt)
-    raw = {
-        **spec.openai,
-        "training_file": str(train_file),
-        "validation_file": str(validation_file) if built.validation else None,
-        "output_dir": str(spec.output_dir / "openai"),
-    }
-    raw = {k: v for k, v in raw.items() if v is not None}
-    tuned: dict[str, Any] = openai_finetune.run(
-        openai_finetune.parse_spec(raw, Path("/")), progress
+    finetune_spec = OpenAIFineTuneSpec.build(
+        **(spec.openai or FineTuneSettings()).model_dump(exclude={"api_key"}),
+        training_file=str(train_file),
+        validation_file=str(validation_file) if built.validation else None,
+        output_dir=str(spec.output / "openai"),
     )
-    return {
-        "candidate": {"name": spec.candidate, "artifact": tuned["fine_tuned_model"]},
-        "gate": {
-            "passed": False,
-            "reasons": [
+    tuned = openai_finetune.run(finetune_spec, progress)
+    return RetuneResult(
+        candidate=Produced(name=spec.candidate.name, artifact=tuned.fine_tuned_model),
+        gate=Verdict(
+            passed=False,
+            reasons=[
                 "the golden-set gate cannot score OpenAI models yet; the fine-tuned model is "
                 "kept as a candidate for an operator to promote"
             ],
-        },
-        "openai": tuned,
-        "lineage": built.lineage,
-        "cost_usd": tuned.get("cost_usd"),
-    }
+        ),
+        openai=FineTuned.model_validate(tuned.model_dump(include=set(FineTuned.model_fields))),
+        lineage=built.lineage,
+        cost_usd=tuned.cost_usd,
+    )

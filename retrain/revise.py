@@ -29,7 +29,8 @@ characters / 4 plus the answer's cap) and stops with a ``JobError`` giving the n
 that would pass the cap: a scheduled job spends at most what it was allowed, and a half-scored
 comparison is no verdict.
 
-Spec keys: ``champion`` ({"system", "few_shot": [{"input", "output"}], "model"}), ``task``
+The spec is ``retrain.contract.RevisionSpec``, the result ``RevisionResult``. Spec keys:
+``champion`` ({"system", "few_shot": [{"input", "output"}], "model"}), ``task``
 (``classification`` or ``generation``), ``failing_file``, ``golden_set``, ``fresh_file``
 (optional), ``candidates`` (3), ``failures_shown`` (20), ``proposer`` and ``target``
 (``model``, ``base_url``, ``api_key_env`` (``OPENAI_API_KEY``)), ``judge`` (generation only,
@@ -59,14 +60,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from retrain import contract
+from retrain.contract import RevisionResult, RevisionSpec
 from retrain.dataset import data_rows
-from retrain.errors import JobError, SpecError
-from retrain.evaluate import EvaluationError, Example, read_golden_set
-from retrain.gate import METRICS, SCORE_METRIC, GateResult, compare, compare_scores
+from retrain.errors import EvaluationError, RevisionError
+from retrain.evaluate import Example, read_golden_set
+from retrain.gate import METRICS, GateResult, compare, compare_scores
 from retrain.jsonl import json_objects
 from retrain.judge import CHARS_PER_TOKEN, ClientSettings, JudgeSample, Stop, TokenBudget, judge
 
@@ -79,11 +82,6 @@ CLASSIFICATION, GENERATION = "classification", "generation"
 TASKS = (CLASSIFICATION, GENERATION)
 META_PROMPT_FILE = Path(__file__).with_name("meta_prompt.md")
 META_PROMPT_GENERATION_FILE = Path(__file__).with_name("meta_prompt_generation.md")
-ANSWER_MAX_TOKENS = 32
-"""The cap on one label answer: a label is a few words, and a model that rambles is wrong."""
-GENERATION_ANSWER_MAX_TOKENS = 300
-"""The default cap on one free-text answer: a few paragraphs, enough for the judge to tell a
-good answer from a bad one, without paying for essays on every example of every candidate."""
 JUDGE_MAX_TOKENS = 200
 """The cap on one verdict of the judge: a score and a short reason."""
 PROPOSAL_MAX_TOKENS = 1500
@@ -95,29 +93,6 @@ PROPOSER_TEMPERATURE = 1.0
 UNSCORED_SHOWN = 5
 """Reasons the judge could not score an answer, kept per prompt in the result."""
 
-_REQUIRED = ("champion", "failing_file", "golden_set", "task", "max_tokens", "output_dir")
-
-
-class RevisionError(JobError):
-    """The revision could not be done with the data and models the spec names."""
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """An OpenAI-compatible chat model: its name, where it is served, where its key is."""
-
-    model: str
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-
-
-@dataclass(frozen=True, slots=True)
-class Judge:
-    """The LLM judge that scores a generation deployment's answers: its model and rubric."""
-
-    endpoint: Endpoint
-    rubric: str
-
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
@@ -127,12 +102,19 @@ class Prompt:
     few_shot: tuple[tuple[str, str], ...]
     model: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "system": self.system,
-            "few_shot": [{"input": given, "output": answer} for given, answer in self.few_shot],
-            "model": self.model,
-        }
+    @classmethod
+    def of(cls, spec: contract.RevisionSpec) -> Prompt:
+        """The spec's champion prompt."""
+        champion = spec.champion
+        shots = tuple((shot.input, shot.output) for shot in champion.few_shot)
+        return cls(champion.system, shots, champion.model or spec.target.model)
+
+    def as_model(self) -> contract.Prompt:
+        return contract.Prompt(
+            system=self.system,
+            few_shot=[contract.Shot(input=given, output=answer) for given, answer in self.few_shot],
+            model=self.model,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,218 +144,9 @@ class Proposal:
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RevisionSpec:
-    champion: Prompt
-    failing_file: Path
-    golden_set: Path
-    output_dir: Path
-    proposer: Endpoint
-    target: Endpoint
-    max_tokens: int
-    fresh_file: Path | None = None
-    task: str = CLASSIFICATION
-    judge: Judge | None = None
-    answer_max_tokens: int = ANSWER_MAX_TOKENS
-    candidates: int = 3
-    failures_shown: int = 20
-    metric: str = "accuracy"
-    margin: float = 0.0
-    bootstrap_samples: int = 1000
-    seed: int = 0
-    golden_input_field: str = "input"
-    golden_label_field: str = "label"
-
-
-def parse_spec(
-    raw: Mapping[str, Any], base: Path, *, warn: Callable[[str], None] = lambda _: None
-) -> RevisionSpec:
-    """Check a spec and resolve its paths against ``base``; ``SpecError`` lists every problem.
-    Unknown keys are passed to ``warn``."""
-    problems = [f"{key!r} is required" for key in _REQUIRED if raw.get(key) is None]
-    known = {*RevisionSpec.__dataclass_fields__, *_REQUIRED, "gate", "deployment", "trigger"}
-    known |= {"champion_version", "promote", "created_at", "kind", "decision_event_id"}
-    known |= {"check_ids", "candidate", "lineage"}
-    known -= {"metric", "margin", "bootstrap_samples"}
-    unknown = sorted(key for key in raw if key not in known)
-    if unknown:
-        warn(f"ignoring spec keys {', '.join(map(repr, unknown))}")
-    if raw.get("api_key") is not None:
-        problems.append(
-            "'api_key' must not be in the spec: put the keys in the job's environment, in the "
-            "variables that proposer.api_key_env, target.api_key_env and judge.api_key_env name"
-        )
-    task = raw.get("task")
-    if task is not None and task not in TASKS:
-        problems.append(f"'task' must be classification or generation, got {task!r}")
-    generation = task == GENERATION
-
-    def path(key: str) -> Path | None:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            problems.append(f"{key!r} must be a path, got {value!r}")
-            return None
-        found = base.absolute() / value
-        if key != "output_dir" and not found.is_file():
-            problems.append(f"{key} {found} is not a file")
-        return found
-
-    def integer(key: str, default: int) -> int:
-        value = raw.get(key, default)
-        if value is None:  # a required key, already reported missing
-            return 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            problems.append(f"{key!r} must be a whole number of at least 1, got {value!r}")
-            return 1
-        return value
-
-    failing, golden = path("failing_file"), path("golden_set")
-    fresh, output = path("fresh_file"), path("output_dir")
-    target = _endpoint(raw, "target", problems)
-    proposer = _endpoint(raw, "proposer", problems)
-    champion = _prompt(raw.get("champion"), target, problems)
-    judge_spec: Judge | None = None
-    if generation:
-        judge_spec = _judge(raw.get("judge"), problems)
-    elif raw.get("judge") is not None:
-        warn("ignoring 'judge': a classification prompt is scored by exact match with labels")
-    gate = raw.get("gate") or {}
-    if not isinstance(gate, Mapping):
-        problems.append(f"'gate' must be an object, got {gate!r}")
-        gate = {}
-    allowed = (SCORE_METRIC,) if generation else METRICS
-    metric = gate.get("metric", allowed[0])
-    if metric not in allowed:
-        why = (
-            ": a generation prompt's answers are free text, scored by the judge"
-            if generation
-            else ": a classification prompt is scored by exact match with labels"
-        )
-        problems.append(
-            f"gate.metric must be {' or '.join(allowed)} for task {task or CLASSIFICATION}, "
-            f"got {metric!r}{why}"
-        )
-    margin = gate.get("margin", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, int | float):
-        problems.append(f"gate.margin must be a number, got {margin!r}")
-        margin = 0.0
-    samples = gate.get("bootstrap_samples", 1000)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        problems.append(f"gate.bootstrap_samples must be an integer of at least 1, got {samples!r}")
-        samples = 1
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        problems.append(f"'seed' must be an integer, got {seed!r}")
-        seed = 0
-    columns = {"golden_input_field": "input", "golden_label_field": "label"}
-    for key, default in columns.items():
-        column = raw.get(key, default)
-        if not isinstance(column, str) or not column:
-            problems.append(f"{key!r} must name a column of the golden set, got {column!r}")
-        else:
-            columns[key] = column
-    max_tokens = integer("max_tokens", 0)
-    candidates = integer("candidates", 3)
-    shown = integer("failures_shown", 20)
-    answer_cap = integer(
-        "answer_max_tokens", GENERATION_ANSWER_MAX_TOKENS if generation else ANSWER_MAX_TOKENS
-    )
-    if problems:
-        raise SpecError("; ".join(problems))
-    assert failing is not None
-    assert golden is not None
-    assert output is not None
-    assert target is not None
-    assert proposer is not None
-    assert champion is not None
-    return RevisionSpec(
-        champion=champion,
-        failing_file=failing,
-        golden_set=golden,
-        output_dir=output,
-        proposer=proposer,
-        target=target,
-        max_tokens=max_tokens,
-        fresh_file=fresh,
-        task=str(task),
-        judge=judge_spec,
-        answer_max_tokens=answer_cap,
-        candidates=candidates,
-        failures_shown=shown,
-        metric=str(metric),
-        margin=float(margin),
-        bootstrap_samples=samples,
-        seed=seed,
-        golden_input_field=columns["golden_input_field"],
-        golden_label_field=columns["golden_label_field"],
-    )
-
-
-def _endpoint(raw: Mapping[str, Any], key: str, problems: list[str]) -> Endpoint | None:
-    value = raw.get(key)
-    if not isinstance(value, Mapping):
-        problems.append(f"{key!r} must be {{'model', 'base_url', 'api_key_env'}}, got {value!r}")
-        return None
-    model, url = value.get("model"), value.get("base_url")
-    env = value.get("api_key_env", "OPENAI_API_KEY")
-    if not isinstance(model, str) or not model:
-        problems.append(f"{key}.model must name a chat model, got {model!r}")
-    if url is not None and not (isinstance(url, str) and url):
-        problems.append(f"{key}.base_url must be a URL, got {url!r}")
-    if not isinstance(env, str) or not env:
-        problems.append(f"{key}.api_key_env must name an environment variable, got {env!r}")
-    if "api_key" in value:
-        problems.append(
-            f"{key}.api_key must not be in the spec: put the key in the environment variable "
-            f"that {key}.api_key_env names"
-        )
-    return Endpoint(str(model), url, str(env))
-
-
-def _judge(value: Any, problems: list[str]) -> Judge | None:
-    if not isinstance(value, Mapping):
-        problems.append(
-            "task 'generation' needs 'judge' ({'model', 'base_url', 'api_key_env', 'rubric'}): "
-            f"free-text answers are scored by an LLM judge against the rubric, got {value!r}"
-        )
-        return None
-    endpoint = _endpoint({"judge": value}, "judge", problems)
-    rubric = value.get("rubric")
-    if not isinstance(rubric, str) or not rubric.strip():
-        problems.append(
-            f"judge.rubric must say what a good answer is (the judge scores against it), "
-            f"got {rubric!r}"
-        )
-        return None
-    return None if endpoint is None else Judge(endpoint, rubric.strip())
-
-
-def _prompt(value: Any, target: Endpoint | None, problems: list[str]) -> Prompt | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not isinstance(value.get("system"), str):
-        problems.append(f"'champion' must be {{'system', 'few_shot', 'model'}}, got {value!r}")
-        return None
-    pairs: list[tuple[str, str]] = []
-    for number, shot in enumerate(value.get("few_shot") or [], start=1):
-        answer = shot.get("output", shot.get("label")) if isinstance(shot, Mapping) else None
-        given = shot.get("input") if isinstance(shot, Mapping) else None
-        if not isinstance(given, str) or not isinstance(answer, str):
-            problems.append(
-                f"champion.few_shot item {number} must be {{'input': ..., 'output': ...}}, "
-                f"got {shot!r}"
-            )
-            continue
-        pairs.append((given, answer))
-    model = value.get("model") or (target.model if target is not None else "")
-    return Prompt(value["system"], tuple(pairs), str(model))
-
-
 def run(
     spec: RevisionSpec, progress: Progress, *, environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+) -> RevisionResult:
     """Propose, score and gate revised prompts; the job's result (see the module docstring).
 
     Keys are read from ``environ`` (the process environment by default) under each endpoint's
@@ -381,7 +154,7 @@ def run(
     environment = os.environ if environ is None else environ
     roles = [("proposer", spec.proposer), ("target", spec.target)]
     if spec.judge is not None:
-        roles.append(("judge", spec.judge.endpoint))
+        roles.append(("judge", spec.judge))
     keys = {}
     for role, endpoint in roles:
         key = environment.get(endpoint.api_key_env, "").strip()
@@ -397,7 +170,7 @@ def run(
     read: Callable[[Path, bool, str, str], Sequence[Example | Query]]
     read = _read_queries if generation else _read_labelled
     golden, dropped_golden = _disjoint(
-        read(spec.golden_set, False, spec.golden_input_field, spec.golden_label_field),
+        read(spec.golden, False, spec.golden_input_field, spec.golden_label_field),
         failing_inputs,
     )
     fresh: list[Example | Query] = []
@@ -429,55 +202,63 @@ def run(
         scorer = _LabelScorer([e for e in examples if isinstance(e, Example)], target, spec)
     try:
         proposals = _propose(spec, failures, examples, proposer, progress)
-        champion = scorer.evaluate(spec.champion, "champion")
+        champion_prompt = Prompt.of(spec)
+        champion = scorer.evaluate(champion_prompt, "champion")
         progress(f"champion: {_summary(spec.metric, champion)} on {len(examples)}")
-        scored: list[dict[str, Any]] = []
+        scored: list[contract.ProposedPrompt] = []
         evaluated: list[_Evaluation | None] = []
         for number, proposal in enumerate(proposals, start=1):
             if proposal.system is None:
-                scored.append({"index": number, "system": None, "error": proposal.error})
+                scored.append(
+                    contract.ProposedPrompt(index=number, system=None, error=proposal.error)
+                )
                 evaluated.append(None)
                 continue
-            prompt = Prompt(proposal.system, spec.champion.few_shot, spec.champion.model)
+            prompt = Prompt(proposal.system, champion_prompt.few_shot, champion_prompt.model)
             evaluation = scorer.evaluate(prompt, f"candidate {number}")
             progress(f"candidate {number}: {_summary(spec.metric, evaluation)}")
-            scored.append({"index": number, "system": proposal.system, **evaluation.report()})
+            report = evaluation.report()
+            scored.append(
+                contract.ProposedPrompt(
+                    index=number, system=proposal.system, **report.model_dump(exclude_unset=True)
+                )
+            )
             evaluated.append(evaluation)
     finally:
         proposer.close()
         target.close()
     usable = [i for i, evaluation in enumerate(evaluated) if evaluation is not None]
     if not usable:
-        reasons = "; ".join(str(entry["error"]) for entry in scored)
+        reasons = "; ".join(str(entry.error) for entry in scored)
         raise RevisionError(
             f"the proposer {spec.proposer.model} gave no usable prompt in {spec.candidates} "
             f"answers ({reasons}); check the proposer model, or raise 'candidates'"
         )
-    best = max(usable, key=lambda i: scored[i]["scores"][spec.metric])
+    best = max(usable, key=lambda i: scored[i].scores[spec.metric])
     best_evaluation = evaluated[best]
     assert best_evaluation is not None
     verdict = scorer.gate(champion, best_evaluation)
     progress(f"gate: candidate {best + 1} {'passed' if verdict.passed else 'rejected'}")
-    candidate = Prompt(scored[best]["system"], spec.champion.few_shot, spec.champion.model)
-    tokens = {
-        "used": budget.spent,
-        "limit": budget.limit,
-        "proposer": proposer.spent,
-        "target": target.spent,
-        "judge": scorer.judge_tokens,
-    }
-    return {
-        "passed": verdict.passed,
-        "task": spec.task,
-        "candidate": candidate.as_dict(),
-        "best": best + 1,
-        "gate": verdict.as_dict(),
-        "champion": champion.report(),
-        "candidates": scored,
-        "tokens": tokens,
-        "dropped_overlaps": {"golden": dropped_golden, "fresh": dropped_fresh},
-        "evaluated_on": {"golden": len(golden), "fresh": len(fresh)},
-    }
+    candidate = Prompt(str(scored[best].system), champion_prompt.few_shot, champion_prompt.model)
+    tokens = contract.Tokens(
+        used=budget.spent,
+        limit=budget.limit,
+        proposer=proposer.spent,
+        target=target.spent,
+        judge=scorer.judge_tokens,
+    )
+    return RevisionResult(
+        passed=verdict.passed,
+        task=spec.task,
+        candidate=candidate.as_model(),
+        best=best + 1,
+        gate=verdict.verdict(),
+        champion=champion.report(),
+        candidates=scored,
+        tokens=tokens,
+        dropped_overlaps={"golden": dropped_golden, "fresh": dropped_fresh},
+        evaluated_on={"golden": len(golden), "fresh": len(fresh)},
+    )
 
 
 def read_failures(path: Path, *, labelled: bool = True) -> list[Failure]:
@@ -585,7 +366,7 @@ def _meta_prompt(
     """The proposer's request: the task's meta-prompt filled with the champion and failures."""
     few_shot = "\n".join(
         f"- user: {_clip(given)}\n  assistant: {_clip(answer)}"
-        for given, answer in spec.champion.few_shot
+        for given, answer in Prompt.of(spec).few_shot
     )
     if spec.judge is not None:
         return Template(META_PROMPT_GENERATION_FILE.read_text(encoding="utf-8")).substitute(
@@ -664,13 +445,15 @@ class _Evaluation:
     values: list[float] = field(default_factory=list)
     unscored: list[str] = field(default_factory=list)
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> contract.PromptScores:
         """Its part of the job's result: the scores, and for the judge what it missed."""
-        found: dict[str, Any] = {"scores": self.scores}
-        if self.values:
-            found["unscored"] = len(self.unscored)
-            found["unscored_errors"] = self.unscored[:UNSCORED_SHOWN]
-        return found
+        if not self.values:
+            return contract.PromptScores(scores=self.scores)
+        return contract.PromptScores(
+            scores=self.scores,
+            unscored=len(self.unscored),
+            unscored_errors=self.unscored[:UNSCORED_SHOWN],
+        )
 
 
 def _summary(metric: str, evaluation: _Evaluation) -> str:
@@ -704,7 +487,7 @@ class _LabelScorer:
         from retrain.evaluate import score
 
         inputs = [example.input for example in self.examples]
-        answers = _answers(prompt, inputs, self.target, self.spec.answer_max_tokens)
+        answers = _answers(prompt, inputs, self.target, self.spec.answer_cap)
         predicted = [_normal(answer) for answer in answers]
         found = score(self.truth, predicted)
         return _Evaluation({m: float(found[m]) for m in METRICS}, labels=predicted)
@@ -738,11 +521,11 @@ class _JudgeScorer:
 
     def evaluate(self, prompt: Prompt, who: str) -> _Evaluation:
         inputs = [query.input for query in self.queries]
-        answers = _answers(prompt, inputs, self.target, self.spec.answer_max_tokens)
+        answers = _answers(prompt, inputs, self.target, self.spec.answer_cap)
         values, unscored = self.judge.score(self.queries, answers)
         if len(unscored) == len(values):
             raise RevisionError(
-                f"the judge {self.judge.judge.endpoint.model} could score none of the "
+                f"the judge {self.judge.judge.model} could score none of the "
                 f"{len(values)} answers of the {who} (last: {unscored[-1]}); check judge.model "
                 'and that it answers JSON {"score": <0 to 1>, "reason": ...}'
             )
@@ -780,12 +563,12 @@ class _Budget:
 class _JudgeModel:
     """The LLM judge (``retrain.judge``), spending from the job's token cap."""
 
-    def __init__(self, judge: Judge, key: str, budget: _Budget) -> None:
+    def __init__(self, judge: contract.Judge, key: str, budget: _Budget) -> None:
         self.judge = judge
         self.budget = budget
         self.spent = 0
         self._client = ClientSettings(
-            api_key=key, base_url=judge.endpoint.base_url, timeout_s=60.0, max_retries=2
+            api_key=key, base_url=judge.base_url, timeout_s=60.0, max_retries=2
         )
 
     def score(
@@ -798,7 +581,7 @@ class _JudgeModel:
                 for number, (query, answer) in enumerate(zip(queries, answers, strict=True))
             ],
             rubric=self.judge.rubric,
-            model=self.judge.endpoint.model,
+            model=self.judge.model,
             client=self._client,
             budget=TokenBudget(self.budget.limit, self.budget.spent),
             max_tokens=JUDGE_MAX_TOKENS,
@@ -809,8 +592,8 @@ class _JudgeModel:
             raise self.budget.exhausted("judge", judgement.needed or JUDGE_MAX_TOKENS)
         if judgement.stopped is not None:
             raise RevisionError(
-                f"the judge ({self.judge.endpoint.model}, key from "
-                f"{self.judge.endpoint.api_key_env}) refused: {judgement.detail}; the job "
+                f"the judge ({self.judge.model}, key from "
+                f"{self.judge.api_key_env}) refused: {judgement.detail}; the job "
                 "stopped before a verdict"
             )
         values = [score.score if score.score is not None else 0.0 for score in judgement.scores]
@@ -825,7 +608,7 @@ class _JudgeModel:
 class _Chat:
     """One chat model, its client, and the tokens it has spent against the job's cap."""
 
-    def __init__(self, endpoint: Endpoint, key: str, role: str, budget: _Budget) -> None:
+    def __init__(self, endpoint: contract.Endpoint, key: str, role: str, budget: _Budget) -> None:
         import openai
 
         self.endpoint = endpoint

@@ -25,7 +25,7 @@ The spec (``job.json``) names:
 ``lineage`` ({})
     Where the data came from (``retrain.dataset.DataSet.lineage``), copied into the version.
 
-Relative paths are read from the spec's directory.
+The spec is ``retrain.contract.TrainSpec``; relative paths are read from the spec's directory.
 
 The job resumes: a checkpoint is saved at every epoch's end (or every ``save_steps``), at most
 two are kept, and a job started again with the same ``output_dir`` (a retry after its machine
@@ -51,19 +51,18 @@ import re
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from retrain.dataset import DataSetError, Example, read_examples
-from retrain.errors import JobError, SpecError
+from retrain.contract import TrainResult, TrainSpec
+from retrain.dataset import Example, read_examples
+from retrain.errors import DataSetError, TrainingError
 from retrain.evaluate import score
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 Progress = Callable[[str], None]
-Task = Literal["classification", "generation"]
 
 VERSION_FILE = "driftd-version.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -71,172 +70,11 @@ MODEL_DIR = "model"
 KEEP_CHECKPOINTS = 2
 IGNORE_INDEX = -100  # the label value transformers' losses skip
 
-_TASKS = ("classification", "generation")
-_REQUIRED = ("task", "base_model", "train_file", "validation_file", "output_dir")
-_DEFAULTS: dict[str, Any] = {
-    "labels": None,
-    "epochs": 3,
-    "batch_size": 32,
-    "learning_rate": 5e-5,
-    "max_length": 128,
-    "seed": 0,
-    "max_steps": None,
-    "save_steps": None,
-    "evaluate_during_training": False,
-    "lineage": {},
-}
-_WHOLE_NUMBERS = {
-    "epochs": (1, 100),
-    "batch_size": (1, 4096),
-    "max_length": (8, 8192),
-    "seed": (0, 2**32 - 1),
-}
-_OPTIONAL_STEPS = ("max_steps", "save_steps")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its mark of completion
 
 
-class TrainingError(JobError):
-    """The model could not be trained with the data and base model the spec names."""
-
-
-@dataclass(frozen=True, slots=True)
-class TrainSpec:
-    task: Task
-    base_model: str
-    """A directory (absolute) or a hub id."""
-    train_file: Path
-    validation_file: Path
-    output_dir: Path
-    labels: tuple[str, ...] = ()
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    max_length: int = 128
-    seed: int = 0
-    max_steps: int | None = None
-    save_steps: int | None = None
-    evaluate_during_training: bool = False
-    """Also score the validation set before training and after each epoch (progress lines,
-    ``metrics.before_training``); off by default: each pass over the validation set costs
-    about a third of a training pass per example, and the final score is always computed."""
-    lineage: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_spec(
-    raw: Mapping[str, Any], base: Path, *, warn: Callable[[str], None] = lambda _: None
-) -> TrainSpec:
-    """Check a spec and resolve its paths against ``base``; ``SpecError`` lists what is wrong.
-
-    Keys this job does not know are passed to ``warn``, not refused: the daemon may add
-    bookkeeping of its own to every job's spec.
-    """
-    problems = [f"{key!r} is required" for key in _REQUIRED if key not in raw]
-    known = set(_REQUIRED) | set(_DEFAULTS)
-    unknown = sorted(key for key in raw if key not in known)
-    if unknown:
-        warn(
-            f"ignoring spec key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"(train reads {', '.join(sorted(known))})"
-        )
-    values = _DEFAULTS | {key: raw[key] for key in raw if key in known}
-
-    task: Any = raw.get("task")
-    if "task" in raw and task not in _TASKS:
-        problems.append(f"'task' must be 'classification' or 'generation', got {task!r}")
-    paths: dict[str, Path] = {}
-    for key in ("train_file", "validation_file", "output_dir"):
-        if key not in raw:
-            continue
-        if not isinstance(raw[key], str) or not raw[key]:
-            problems.append(f"{key!r} must be a path, got {raw[key]!r}")
-            continue
-        paths[key] = base.absolute() / raw[key]
-        if key != "output_dir" and not paths[key].is_file():
-            problems.append(f"{key} {paths[key]} is not a file")
-    base_model = _base_model(raw.get("base_model"), base, problems) if "base_model" in raw else ""
-
-    labels = values["labels"]
-    if task == "classification":
-        if (
-            not isinstance(labels, list)
-            or len(labels) < 2
-            or not all(isinstance(label, str) and label for label in labels)
-        ):
-            problems.append(
-                f"'labels' must list the classifier's labels (two or more strings), got {labels!r}"
-            )
-        elif len(set(labels)) != len(labels):
-            twice = sorted({label for label in labels if labels.count(label) > 1})
-            problems.append(f"'labels' names {', '.join(map(repr, twice))} more than once")
-    elif task == "generation" and labels is not None:
-        warn("ignoring 'labels': a generation model has none")
-        labels = None
-
-    for key, (low, high) in _WHOLE_NUMBERS.items():
-        if not _whole(values[key], low, high):
-            problems.append(
-                f"{key!r} must be a whole number from {low} to {high}, got {values[key]!r}"
-            )
-    for key in _OPTIONAL_STEPS:
-        if values[key] is not None and not _whole(values[key], 1, 10**9):
-            problems.append(
-                f"{key!r} must be a whole number of steps, 1 or more, got {values[key]!r}"
-            )
-    rate = values["learning_rate"]
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < 1:
-        problems.append(f"'learning_rate' must be a number above 0 and below 1, got {rate!r}")
-    if not isinstance(values["evaluate_during_training"], bool):
-        problems.append(
-            "'evaluate_during_training' must be true or false, "
-            f"got {values['evaluate_during_training']!r}"
-        )
-    if not isinstance(values["lineage"], dict):
-        problems.append(f"'lineage' must be a JSON object, got {values['lineage']!r}")
-    if problems:
-        raise SpecError("; ".join(problems))
-    return TrainSpec(
-        task=task,
-        base_model=base_model,
-        train_file=paths["train_file"],
-        validation_file=paths["validation_file"],
-        output_dir=paths["output_dir"],
-        labels=tuple(labels or ()),
-        epochs=values["epochs"],
-        batch_size=values["batch_size"],
-        learning_rate=float(rate),
-        max_length=values["max_length"],
-        seed=values["seed"],
-        max_steps=values["max_steps"],
-        save_steps=values["save_steps"],
-        evaluate_during_training=values["evaluate_during_training"],
-        lineage=dict(values["lineage"]),
-    )
-
-
-def _whole(value: Any, low: int, high: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
-
-
-def _base_model(value: Any, base: Path, problems: list[str]) -> str:
-    """A directory the spec names, made absolute, or a hub id; else a problem and ``""``."""
-    if not isinstance(value, str) or not value:
-        problems.append(f"'base_model' must be a directory or a hub id, got {value!r}")
-        return ""
-    directory = base.absolute() / value
-    if directory.is_dir():
-        return str(directory)
-    if _HUB_ID.match(value) and not value.startswith((".", "~")):
-        return value
-    problems.append(
-        f"base_model {directory} is not a directory (nor a hub id such as "
-        "'sentence-transformers/all-MiniLM-L6-v2')"
-    )
-    return ""
-
-
-def run(spec: TrainSpec, progress: Progress) -> dict[str, Any]:
+def run(spec: TrainSpec, progress: Progress) -> TrainResult:
     """Train the spec's model; the job's result."""
     import torch
     import transformers
@@ -263,7 +101,7 @@ def run(spec: TrainSpec, progress: Progress) -> dict[str, Any]:
     train_rows = job.rows(train_examples)
     validation_rows = job.rows(validation_examples)
 
-    checkpoints = spec.output_dir / CHECKPOINTS_DIR
+    checkpoints = spec.output / CHECKPOINTS_DIR
     resume = last_checkpoint(checkpoints)
     trainer = _trainer(spec, model, tokenizer, job, train_rows, validation_rows, resume, progress)
     if resume is not None:
@@ -280,7 +118,7 @@ def run(spec: TrainSpec, progress: Progress) -> dict[str, Any]:
         metrics["before_training"] = before
     progress(f"train: validation {_describe(metrics)}")
 
-    model_dir = spec.output_dir / MODEL_DIR
+    model_dir = spec.output / MODEL_DIR
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
     result = {
@@ -323,7 +161,7 @@ def run(spec: TrainSpec, progress: Progress) -> dict[str, Any]:
     # is saved, so nothing is left to resume.
     shutil.rmtree(checkpoints, ignore_errors=True)
     progress(f"train: model saved in {model_dir}")
-    return result
+    return TrainResult.model_validate(result)
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
@@ -626,7 +464,7 @@ def _trainer(
 
     steps_per_epoch = math.ceil(len(train_rows) / spec.batch_size)
     arguments = TrainingArguments(
-        output_dir=str(spec.output_dir / CHECKPOINTS_DIR),
+        output_dir=str(spec.output / CHECKPOINTS_DIR),
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps if spec.max_steps is not None else -1,
         per_device_train_batch_size=spec.batch_size,

@@ -8,13 +8,11 @@ CI must never pass by skipping half of the store's tests.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -24,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from daemon.store import Store, normalize_url, upgrade
+from tests import fake_openai as fake_openai_module
 
 # Set before any test imports transformers or huggingface_hub: a model that is not on disk must
 # fail at once with a clear error instead of waiting on the network.
@@ -147,19 +146,8 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> ClassifierFacto
     return build
 
 
-def _load_fake_openai() -> ModuleType:
-    """tests/fake_openai.py by path (tests/ is no package; --import-mode=importlib), registered
-    as ``fake_openai`` so that every test shares one copy of its classes."""
-    if "fake_openai" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "fake_openai", Path(__file__).with_name("fake_openai.py")
-        )
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fake_openai"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fake_openai"]
+fake_openai = fake_openai_module.fake_openai  # the fake OpenAI server's fixture, for every test
 
-
-fake_openai = _load_fake_openai().fake_openai
+# Test modules not yet moved to ``from tests.fake_openai import ...`` look the fake up as
+# ``sys.modules["fake_openai"]``: the same module, so that there is one copy of its classes.
+sys.modules.setdefault("fake_openai", fake_openai_module)

@@ -10,8 +10,7 @@ advances a Job by polling it and never waits on a clock.
 Tests inspect what it received: every request (``requests``), the body of every Job created
 (``created``) and every deletion with its options (``deleted``). It runs in a thread of the test
 process on 127.0.0.1 and a free port; use it as a context manager, ``with FakeKubernetes() as
-fake: ...``. The module is loaded by path (``tests/`` is no package and ``--import-mode=
-importlib`` puts nothing on ``sys.path``), under the name ``fake_kubernetes``.
+fake: ...``; import it as ``from tests import fake_kubernetes``.
 """
 
 from __future__ import annotations

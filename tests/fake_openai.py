@@ -9,9 +9,8 @@ it received (every request, every uploaded file's bytes). It runs in a thread of
 process, on 127.0.0.1 and a free port, and stops when the test ends.
 
 Use it as a context manager, ``with serve_fake_openai() as fake: ...``, or as the pytest
-fixture ``fake_openai``. The module is loaded by path (``tests/`` is no package and
-``--import-mode=importlib`` puts nothing on ``sys.path``), under the name ``fake_openai`` so
-that every test shares one copy of its classes.
+fixture ``fake_openai`` (``tests/conftest.py`` registers it); import what else you need as
+``from tests.fake_openai import …``.
 """
 
 from __future__ import annotations
@@ -34,6 +33,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.helpers.wait import wait_for
 
 DEFAULT_API_KEY = "sk-fake-4c1d9e7a0b2f"
 ORGANIZATION = "org-fake"
@@ -251,11 +252,7 @@ class FakeOpenAI:
     def wait_for(self, what: str, condition: Callable[[], object], timeout: float = 20.0) -> None:
         """Wait until ``condition()`` is true; ``AssertionError`` naming ``what`` if it is not
         within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the fake OpenAI server never saw {what} in {timeout} s")
-            time.sleep(0.02)
+        wait_for(condition, timeout, f"the fake OpenAI server to see {what}", interval=0.02)
 
     # -- plumbing -----------------------------------------------------------------------------
 

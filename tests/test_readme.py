@@ -13,15 +13,15 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.helpers.cli import environ_without
+from tests.helpers.serve import Server, free_port, running
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -89,12 +89,6 @@ def _variants(command: str, port: int) -> list[list[str]]:
     return runs
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _port_in_use(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
@@ -119,7 +113,7 @@ def fresh_copy(tmp_path: Path) -> Path:
 
 
 def _environ(workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
+    env = environ_without()
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env['PATH']}"
     env["DRIFTD_CONFIG"] = EXAMPLE_CONFIG
     env["HF_HUB_OFFLINE"] = "1"
@@ -144,48 +138,13 @@ def _seed_a_job_and_versions(workdir: Path) -> None:
         promote(store, DEPLOYMENT, FIRST_VERSION, actor="test")
 
 
-def _stop(server: subprocess.Popen[bytes], *, under_make: bool = False) -> None:
-    """SIGTERM to the daemon, as a user's Ctrl-C or a service manager sends it, and wait.
-
-    Under `make run` the daemon is make's child; make then exits with the daemon's status."""
-    if server.poll() is None:
-        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
-        pids = [int(pid) for pid in children.read_text().split()] if under_make else [server.pid]
-        for pid in pids:
-            os.kill(pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-
-
 def _serve_bounded(args: list[str], workdir: Path, env: dict[str, str], port: int) -> None:
-    """Start a command that serves on ``port``, wait for /readyz, SIGTERM it; it must exit 0."""
-    log = (workdir / f"serve-{port}.log").open("w")
-    server = subprocess.Popen(
-        args, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + SERVE_WITHIN
-        while time.monotonic() < deadline:
-            assert server.poll() is None, f"{shlex.join(args)} exited {server.returncode}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        else:
-            pytest.fail(f"{shlex.join(args)} not ready on port {port} in {SERVE_WITHIN} s")
-    finally:
-        _stop(server)
-        log.close()
-    assert server.returncode == 0, (
-        f"{shlex.join(args)} exited {server.returncode} after SIGTERM:\n"
-        + (workdir / f"serve-{port}.log").read_text()[-3000:]
-    )
+    """Start a command that serves on ``port``, wait for /readyz, SIGTERM it (as a user's Ctrl-C
+    or a service manager does); it must exit 0."""
+    log = workdir / f"serve-{port}.log"
+    server = Server(args, cwd=workdir, env=env, port=port, log=log, new_session=True)
+    with running(server, timeout=SERVE_WITHIN, stop_within=30):
+        pass
 
 
 def _readme_commands() -> Iterator[str]:
@@ -200,7 +159,7 @@ def test_each_command_of_the_readme_exits_as_it_says(fresh_copy: Path) -> None:
         if printed in NOT_RUN or printed.startswith(("curl ", "make ")):
             assert printed in NOT_RUN or printed.startswith("curl "), f"{printed}: not run, why?"
             continue
-        port = _free_port()
+        port = free_port()
         for args in _variants(printed, port):
             if not seeded and any(v in args for v in (SEEDED_JOB, SEEDED_VERSION)):
                 _seed_a_job_and_versions(fresh_copy)
@@ -249,36 +208,22 @@ def test_make_run_serves_the_example_and_takes_the_readmes_curl_commands(
     ]
     assert curls, "the README shows no curl command"
     answers = []
-    log = fresh_copy / "make-run.log"
-    server = subprocess.Popen(
+    server = Server(
         ["make", "run"],
         cwd=fresh_copy,
         env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        port=README_PORT,
+        log=fresh_copy / "make-run.log",
+        new_session=True,
     )
-    try:
-        deadline = time.monotonic() + SERVE_WITHIN
-        while True:
-            assert server.poll() is None, f"make run exited {server.returncode}:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"make run not ready:\n{log.read_text()}"
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{README_PORT}/readyz", timeout=2)
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
+    # The daemon is make's child: SIGTERM reaches it, and make exits with its status.
+    with running(server, timeout=SERVE_WITHIN, stop_within=30, signal_children=True):
         for command in curls:
             result = subprocess.run(
                 ["bash", "-c", command], cwd=fresh_copy, env=env, capture_output=True, text=True
             )
             answers.append(result.stdout.strip())
             assert result.returncode == 0, f"{command}: {result.stderr}"
-    finally:
-        _stop(server, under_make=True)
-    assert server.returncode == 0, f"make run exited {server.returncode}:\n{log.read_text()}"
     # Each curl's answer is the output line the README prints under it.
     shown_answers = [
         line.lstrip("# ").strip()

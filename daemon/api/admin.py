@@ -1,7 +1,7 @@
 """The admin routes: what the daemon did (checks, jobs, versions, audit events), and the steering
 an operator does by hand (approve, cancel or retry a job; promote or roll back a version).
 
-A promotion or rollback runs the deployment's hooks (``daemon.promotion``) once the store has
+A promotion or rollback runs the deployment's hooks (``daemon.retune.promotion``) once the store has
 committed it, and answers 200 with each hook's outcome under ``hooks``: a failed hook does not
 undo the change, so the answer is the change, with the failure in it and in the audit trail.
 
@@ -9,11 +9,12 @@ Every route needs an admin token. The guard is the application's own ``authorize
 and run as a dependency of the whole router, so these routes answer exactly as the others do
 without a second copy of the token check. Store calls block, so each runs in a worker thread.
 
-Errors: 404 when a deployment, check, job or version does not exist; 409 when the change is not
-possible from the state things are in (e.g. approving a job that is not awaiting approval);
-422 for a bad filter or path parameter (an id out of range, a NUL character, a moment outside
-the years 1-9999). Each has a ``detail`` that says what was wrong. The store reports a missing
-row as ``StoreError``; a refused version change is any other ``DriftdError``, and a refused job
+Errors: 404 when a deployment, check, job or version does not exist (the store's ``NotFound``);
+409 when the change is not possible from the state things are in (e.g. approving a job that is
+not awaiting approval); 422 for a bad filter or path parameter (an id out of range, a NUL
+character, a moment outside the years 1-9999); 503 when the store cannot answer (unreachable,
+a schema this version does not expect: any other ``StoreError``). Each has a ``detail`` that
+says what was wrong. A refused version change is any other ``DriftdError``, and a refused job
 action is told from a missing job by looking the job up first.
 """
 
@@ -30,8 +31,8 @@ from pydantic import AfterValidator, BeforeValidator
 from daemon.auth import Scope
 from daemon.config.models import Hooks
 from daemon.domain import CheckStatus, JobState
-from daemon.errors import DriftdError, StoreError
-from daemon.promotion import HookedChange, outcome_record, promote, rollback
+from daemon.errors import DriftdError, NotFound, StoreError
+from daemon.retune.promotion import HookedChange, outcome_record, promote, rollback
 from daemon.store import Store
 from daemon.store import jobs as job_store
 from daemon.store.queries import (
@@ -256,10 +257,11 @@ async def _call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> 
     """Run a blocking store call in a worker thread, answering its errors as HTTP errors."""
     try:
         return await asyncio.to_thread(function, *args, **kwargs)
-    except StoreError as exc:
-        # What the store reports by name is a row that is not there: a deployment, check,
-        # job or version.
+    except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
+    except StoreError as exc:
+        # Not the caller's fault and not for good: the same request may succeed later.
+        raise HTTPException(503, f"{exc}; retry later") from None
     except DriftdError as exc:
         raise HTTPException(409, str(exc)) from None
 

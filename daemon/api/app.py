@@ -24,8 +24,8 @@ from daemon.api.prompt import prompt_router
 from daemon.api.spec import body_schema, document
 from daemon.auth import Scope, Tokens, bearer
 from daemon.config.models import Hooks, Ingest
-from daemon.errors import DriftdError, StoreError
-from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
+from daemon.errors import DriftdError, QueueFull, StoreError
+from daemon.ingest.pipeline import DeploymentPipeline, sampled_in
 from daemon.ingest.prepare import PreparerPool, count_items, invalid
 from daemon.ingest.schema import (
     FEEDBACK_BATCH,
@@ -35,8 +35,8 @@ from daemon.ingest.schema import (
     parse_body,
     problems_of,
 )
-from daemon.ingest.writer import QueueFull, Writer
-from daemon.metrics import DriftdMetrics
+from daemon.ingest.writer import Writer
+from daemon.metrics import DriftdMetrics, ReplicaMetrics
 from daemon.prompts import prompt_cache
 from daemon.request_body import read_capped
 from daemon.store import Store, head_revision, is_current
@@ -61,7 +61,7 @@ def create_app(
     pipelines: Mapping[str, DeploymentPipeline],
     tokens: Tokens,
     limits: Ingest,
-    stats: IngestStats,
+    stats: ReplicaMetrics,
     leader: Callable[[], bool] = lambda: False,
     hooks: Mapping[str, Hooks] | None = None,
     metrics: DriftdMetrics | None = None,
@@ -70,6 +70,7 @@ def create_app(
 ) -> FastAPI:
     """The API over a started store, writer and preparer; ``pipelines`` by deployment name.
 
+    ``stats`` counts what ingest did (the replica's metrics, exported at ``/metrics``).
     ``hooks`` are the promotion hooks by deployment name (``retune.hooks`` of each); a
     deployment without an entry runs none when promoted or rolled back through the API.
     ``metrics`` are served at ``/metrics``, open like ``/healthz`` unless ``metrics_auth``
@@ -170,10 +171,10 @@ def create_app(
             result = await asyncio.wrap_future(done)
         except DriftdError as exc:
             raise _Refused(503, f"{exc}; nothing from this batch was stored, retry it") from None
-        stats.count(name, "received", outcome.received)
-        stats.count(name, "new", len(result.new))
-        stats.count(name, "duplicate", len(result.duplicate))
-        stats.count(name, "sampled_out", outcome.sampled_out)
+        stats.ingested(name, "received", outcome.received)
+        stats.ingested(name, "new", len(result.new))
+        stats.ingested(name, "duplicate", len(result.duplicate))
+        stats.ingested(name, "sampled_out", outcome.sampled_out)
         return {
             "received": outcome.received,
             "new": len(result.new),

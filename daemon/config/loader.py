@@ -457,8 +457,8 @@ def _column_problems(config: Config) -> Iterator[tuple[Loc, str]]:
 
 
 def _reference(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
+    from daemon.errors import BackfillError
     from daemon.ingest.backfill import (
-        BackfillError,
         column_problems,
         file_format,
         read_columns,
@@ -560,7 +560,8 @@ def _golden(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
 def _job_file_columns(path: Path, what: str) -> list[str]:
     """The columns of a file a job reads, from its header; ``ValueError`` says why there are
     none: a suffix the job cannot read the file by, or a file that is not what it says."""
-    from daemon.ingest.backfill import BackfillError, read_columns
+    from daemon.errors import BackfillError
+    from daemon.ingest.backfill import read_columns
 
     fmt = dataset.FORMATS.get(path.suffix.lower())
     if fmt is None:

@@ -320,7 +320,7 @@ class DemoRun:
 
     def _register_first(self, model: Path) -> None:
         from daemon.domain import VersionKind
-        from daemon.promotion import promote
+        from daemon.retune.promotion import promote
         from daemon.store import Store, versions
 
         hooks = self.config.deployment(workdir.DEPLOYMENT).retune.hooks

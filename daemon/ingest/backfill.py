@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from daemon.domain import Task
-from daemon.errors import DriftdError
+from daemon.errors import BackfillError
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.schema import SampleIn, problems_of
 from daemon.store import Store
@@ -30,20 +30,6 @@ from daemon.store import Store
 FORMATS = ("jsonl", "csv", "parquet")
 _SAMPLE = TypeAdapter(SampleIn)
 _FIELDS = frozenset(SampleIn.model_fields)
-
-
-class BackfillError(DriftdError):
-    """The file cannot be read, or holds rows that are invalid (and were not to be skipped)."""
-
-    def __init__(
-        self,
-        message: str,
-        problems: list[tuple[str, str]] | None = None,
-        missing: Mapping[str, int] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.problems = problems or []
-        self.missing = dict(missing or {})
 
 
 @dataclass

@@ -8,7 +8,6 @@ it arrived. Nothing here touches the store: the writer does.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,31 +33,6 @@ def sampled_in(deployment: str, request_id: str, rate: float) -> bool:
         f"{deployment}\x00{request_id}".encode(), digest_size=8, person=_SAMPLING_PERSON
     ).digest()
     return int.from_bytes(digest, "big") < rate * 2**64
-
-
-class IngestStats:
-    """Counters of everything ingest did, per deployment, for the metrics endpoint."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.samples: Counter[tuple[str, str]] = Counter()  # (deployment, outcome)
-        self.redacted: Counter[tuple[str, str]] = Counter()  # (deployment, kind)
-        self.rejected: Counter[tuple[str, str]] = Counter()  # (deployment, reason)
-
-    def count(self, deployment: str, outcome: str, n: int = 1) -> None:
-        if n:
-            with self._lock:
-                self.samples[deployment, outcome] += n
-
-    def reject(self, deployment: str, reason: str, n: int = 1) -> None:
-        with self._lock:
-            self.rejected[deployment, reason] += n
-
-    def add_redacted(self, deployment: str, counts: Counter[str]) -> None:
-        if counts:
-            with self._lock:
-                for kind, n in counts.items():
-                    self.redacted[deployment, kind] += n
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +130,7 @@ class DeploymentPipeline:
 
     def prepare(self, samples: Iterable[SampleIn], now: datetime) -> Prepared:
         """Sample, redact and describe; ``now`` stands in for a missing ``ts``. Redactions are
-        counted in the result (the caller adds them to its ``IngestStats``)."""
+        counted in the result (the caller adds them to its ``ReplicaMetrics``)."""
         kept: list[NewSample] = []
         sampled_out: list[str] = []
         redacted: Counter[str] = Counter()

@@ -15,15 +15,11 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from daemon.errors import DriftdError
+from daemon.errors import DriftdError, QueueFull
 from daemon.store import InsertResult, Store
 from daemon.store.repository import SampleRows
 
 log = logging.getLogger("driftd.writer")
-
-
-class QueueFull(DriftdError):
-    """The writer's queue is full; the caller should retry after a short while."""
 
 
 @dataclass(frozen=True, slots=True)

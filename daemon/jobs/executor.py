@@ -69,7 +69,9 @@ class Executor(Protocol):
         self, job_id: int, kind: str, spec_path: Path, log_path: Path, env: Mapping[str, str]
     ) -> str:
         """Start ``python -m retrain <kind> --spec <spec_path>`` with ``env`` added to its
-        environment, its output going to ``log_path``; returns the handle to store."""
+        environment, its output going to ``log_path``; returns the handle to store.
+        ``OSError`` or ``KubernetesError`` when the process cannot be started: the runner
+        retries or fails the attempt."""
         ...
 
     def poll(self, handle: str) -> Status:

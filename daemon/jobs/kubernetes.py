@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from daemon.config.models import Kubernetes
-from daemon.errors import DriftdError
+from daemon.errors import DriftdError, KubernetesError
 from daemon.jobs.executor import LOG_HEADER, Exited, Gone, Running, Status, exit_path
 from daemon.jobs.runner import SPEC_FILE
 
@@ -63,18 +63,6 @@ _REQUEST_TIMEOUT = (5.0, 30.0)
 _LOG_TAIL_LINES = 20_000
 _LOG_LIMIT_BYTES = 4 * 1024 * 1024
 _NAME = re.compile(r"driftd-job-(?P<id>\d+)-[0-9a-f]+")
-
-
-class KubernetesError(OSError):
-    """The Kubernetes API refused a request or could not be reached.
-
-    An ``OSError``, like a local process that cannot be started: the runner then retries or
-    fails the attempt with this message instead of stopping.
-    """
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.domain import JobState
+from daemon.errors import KubernetesError
 from daemon.jobs.executor import LOG_HEADER, Executor, Exited, Gone, Running, Status
 from daemon.store import jobs
 from daemon.store.models import Job, utcnow
@@ -221,7 +222,7 @@ class JobRunner:
         try:
             spec_path = self._write_spec(claimed, job_dir)
             handle = self.executor.start(job.id, job.kind, spec_path, log_path, self.env)
-        except OSError as error:
+        except (OSError, KubernetesError) as error:
             self._fail_or_retry(claimed, f"could not start the job's process: {error}", now)
             return True
         # Should the daemon die right here, the job has no handle: the next runner finds it

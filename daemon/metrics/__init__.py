@@ -3,8 +3,13 @@ leader metrics read from the store or counted by the leader, exported only by th
 
 from __future__ import annotations
 
-from daemon.metrics.leader import LeaderCounters
+from daemon.metrics.metrics import PROXY_REFUSALS, LeaderCounters, ReplicaMetrics, status_class
 from daemon.metrics.registry import DriftdMetrics
-from daemon.metrics.replica import NotificationSource, status_class
 
-__all__ = ["DriftdMetrics", "LeaderCounters", "NotificationSource", "status_class"]
+__all__ = [
+    "PROXY_REFUSALS",
+    "DriftdMetrics",
+    "LeaderCounters",
+    "ReplicaMetrics",
+    "status_class",
+]

@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import (
 
 from daemon.config import Config
 from daemon.config.types import Schedule
-from daemon.metrics.leader import LeaderCounters
+from daemon.metrics.metrics import LeaderCounters
 from daemon.metrics.readings import (
     FINISHED,
     UNFINISHED,

@@ -12,14 +12,13 @@ from daemon.notify.channels import Channel, ChannelKind, Message, enabled_channe
 from daemon.notify.incidents import Processed, process_events
 from daemon.notify.notifier import Notifier
 from daemon.notify.sender import Sender
-from daemon.notify.stats import NotifierStats, Outcome
+from daemon.notify.stats import Outcome
 
 __all__ = [
     "Channel",
     "ChannelKind",
     "Message",
     "Notifier",
-    "NotifierStats",
     "Outcome",
     "Processed",
     "Sender",

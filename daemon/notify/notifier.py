@@ -8,10 +8,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from daemon.config.models import Notifications
+from daemon.metrics import ReplicaMetrics
 from daemon.notify.channels import enabled_channels
 from daemon.notify.incidents import BATCH, GAP_SETTLE, Gaps, Processed, process_events
 from daemon.notify.sender import Sender
-from daemon.notify.stats import NotifierStats
 from daemon.store import Store
 from daemon.store.models import utcnow
 
@@ -27,7 +27,8 @@ class Notifier:
     one transaction, no network), ``start`` / ``stop`` run the delivery thread.
 
     ``environ`` holds the channels' URLs (``notifications.<channel>.url_env``); it is read once,
-    here. A channel whose variable is unset or empty is off.
+    here. A channel whose variable is unset or empty is off. Deliveries are counted on
+    ``metrics`` (``driftd_notifications_total``; the daemon passes its replica's metrics).
     """
 
     def __init__(
@@ -36,20 +37,20 @@ class Notifier:
         settings: Notifications,
         environ: Mapping[str, str],
         *,
-        stats: NotifierStats | None = None,
+        metrics: ReplicaMetrics | None = None,
         gap_settle: timedelta = GAP_SETTLE,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.settings = settings
         self.channels = enabled_channels(settings, environ)
-        self.stats = stats if stats is not None else NotifierStats()
+        self.metrics = metrics if metrics is not None else ReplicaMetrics()
         self._now = now
         self._gaps = Gaps(gap_settle)
         self.sender = Sender(
             store,
             self.channels,
-            self.stats,
+            self.metrics,
             timeout=settings.timeout,
             max_attempts=settings.max_attempts,
             backoff=settings.backoff,

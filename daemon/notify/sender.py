@@ -31,8 +31,9 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import aliased
 
 from daemon import __version__
+from daemon.metrics import ReplicaMetrics
 from daemon.notify.channels import Channel
-from daemon.notify.stats import NotifierStats, Outcome
+from daemon.notify.stats import Outcome
 from daemon.store import Store
 from daemon.store.models import Delivery, Notification, utcnow
 
@@ -54,7 +55,7 @@ class Sender:
         self,
         store: Store,
         channels: Mapping[str, Channel],
-        stats: NotifierStats,
+        metrics: ReplicaMetrics,
         *,
         timeout: timedelta,
         max_attempts: int,
@@ -66,7 +67,7 @@ class Sender:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
         self.store = store
         self.channels = dict(channels)
-        self.stats = stats
+        self.metrics = metrics
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.backoff = backoff
@@ -219,7 +220,7 @@ class Sender:
             sent_at=now,
             last_error=None,
         )
-        self.stats.count(row.channel, Outcome.sent)
+        self.metrics.notified(row.channel, Outcome.sent)
         log.info(
             "notification sent",
             extra={"channel": row.channel, "event_id": row.event_id, "state": row.state},
@@ -241,14 +242,14 @@ class Sender:
             if retry_after is not None:
                 delay = max(delay, min(timedelta(seconds=retry_after), MAX_BACKOFF))
             self._record(row, attempts=attempts, last_error=error, next_try_at=self._now() + delay)
-            self.stats.count(row.channel, Outcome.retried)
+            self.metrics.notified(row.channel, Outcome.retried)
             log.warning(
                 "notification not delivered; retrying",
                 extra=where | {"retry_in_s": delay.total_seconds()},
             )
             return
         self._record(row, delivery=Delivery.failed.value, attempts=attempts, last_error=error)
-        self.stats.count(row.channel, Outcome.failed)
+        self.metrics.notified(row.channel, Outcome.failed)
         reason = "the channel refused it" if not retryable else "no attempts left"
         log.error(
             f"notification given up ({reason}); check the channel's URL and the receiver",

@@ -16,14 +16,14 @@ For a prompted deployment, ``prompt_for`` names the active prompt version, which
 (system message, few-shot turns, model), so a promoted prompt goes live without touching the app.
 
 Modules: ``routes`` (forwarding, streaming), ``upstream`` (the pooled client), ``call`` (a call
-and its sample), ``recorder`` (samples to the writer), ``prompt`` (prompt injection), ``stats``.
+and its sample), ``recorder`` (samples to the writer), ``prompt`` (prompt injection). What the
+proxy did is counted on the replica's metrics (``daemon.metrics.ReplicaMetrics``).
 """
 
 from daemon.proxy.call import CHAT, EMBEDDINGS
 from daemon.proxy.prompt import ActivePrompt, PromptFor
 from daemon.proxy.recorder import ProxyRecorder
 from daemon.proxy.routes import OPENAI_BASE_URL, REQUEST_ID_HEADER, proxy_router
-from daemon.proxy.stats import ProxyStats
 from daemon.proxy.upstream import UpstreamClient
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "ActivePrompt",
     "PromptFor",
     "ProxyRecorder",
-    "ProxyStats",
     "UpstreamClient",
     "proxy_router",
 ]

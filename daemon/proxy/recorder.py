@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from daemon.config.models import Deployment
-from daemon.errors import StoreError
+from daemon.errors import QueueFull, StoreError
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.schema import SampleIn
-from daemon.ingest.writer import QueueFull, Writer
+from daemon.ingest.writer import Writer
+from daemon.metrics import ReplicaMetrics
 from daemon.proxy.call import Call, sample_of, where
-from daemon.proxy.stats import ProxyStats
 from daemon.store import InsertResult
 from daemon.store.repository import RowEncoder
 
@@ -49,7 +49,7 @@ class ProxyRecorder:
         self,
         deployments: Sequence[Deployment],
         writer: Writer,
-        stats: ProxyStats,
+        stats: ReplicaMetrics,
         *,
         capacity: int = CAPACITY,
         linger: float = LINGER,

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from daemon.auth import TOKEN_HEADER, Scope, Tokens, bearer
 from daemon.config.models import Deployment, UpstreamAuth
 from daemon.config.models import Proxy as ProxyLimits
+from daemon.metrics import PROXY_REFUSALS, ReplicaMetrics
 from daemon.proxy.call import (
     CHAT,
     EMBEDDINGS,
@@ -34,7 +35,6 @@ from daemon.proxy.call import (
 )
 from daemon.proxy.prompt import PromptFor
 from daemon.proxy.recorder import ProxyRecorder
-from daemon.proxy.stats import ProxyStats
 from daemon.proxy.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from daemon.request_body import read_capped
 
@@ -156,7 +156,7 @@ def proxy_router(
             body = _parse_body(raw, limits.max_depth)
         except _Refusal as refusal:
             if config is not None:  # an unknown name is no label: the series stay bounded
-                stats.refuse(deployment, ProxyStats.REFUSALS[refusal.response.status_code])
+                stats.refuse(deployment, PROXY_REFUSALS[refusal.response.status_code])
             return refusal.response
         call, content = _start(deployment, endpoint, raw, body, request, caller, prompt_for)
         upstream = config.upstream
@@ -405,7 +405,7 @@ def _start(
 
 
 async def _relay(
-    answer: aiohttp.ClientResponse, call: Call, recorder: ProxyRecorder, stats: ProxyStats
+    answer: aiohttp.ClientResponse, call: Call, recorder: ProxyRecorder, stats: ReplicaMetrics
 ) -> AsyncIterator[bytes]:
     """The upstream's SSE bytes, each chunk passed on as it arrives; the deltas are collected on
     the side, and the sample recorded once the last chunk is out (or the stream broke off)."""
@@ -443,7 +443,7 @@ def _failure(exc: BaseException) -> str:
 
 
 def _failed(
-    call: Call, status: int, message: str, kind: str, recorder: ProxyRecorder, stats: ProxyStats
+    call: Call, status: int, message: str, kind: str, recorder: ProxyRecorder, stats: ReplicaMetrics
 ) -> Response:
     """The answer when there is no upstream answer to pass on, recorded like any other call."""
     call.finish()

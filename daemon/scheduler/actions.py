@@ -16,23 +16,24 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
 
-from daemon import promotion
 from daemon.config import Config
 from daemon.config.models import Deployment, Hooks, Method
-from daemon.domain import JobState, VersionKind, VersionState
-from daemon.errors import DriftdError
+from daemon.errors import DriftdError, NotEnoughLabels, NothingFailed
 from daemon.policy import decide, decide_scheduled, history_for, record
-from daemon.prompts import PromptSpec
-from daemon.retune import NotEnoughLabels, method_of, retune_spec
-from daemon.revise import NothingFailed, revision_spec
+from daemon.retune import promotion
+from daemon.retune.settle import Leader, settle_jobs
+from daemon.retune.specs import method_of, retune_spec, revision_spec
+from daemon.retune.watch import watch
 from daemon.scheduler.pool import CheckPool
 from daemon.scheduler.scheduler import Tick, record_failed_check
-from daemon.store import Store, versions
+from daemon.store import Store
 from daemon.store import jobs as job_store
 from daemon.store.lease import epoch_is_current
-from daemon.store.models import Deployment as DeploymentRow
-from daemon.store.models import Job, Sample, Version
-from daemon.watch import watch
+from daemon.store.models import Sample
+from retrain.contract import (
+    JobSpec,
+    Json,
+)
 
 if TYPE_CHECKING:
     from daemon.metrics import LeaderCounters
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("driftd.scheduler")
 
 RETENTION_BATCH = 10_000
-SETTLE_LOOKBACK = 200  # succeeded jobs looked at per pass, newest first
 
 
 def job_kind_for(deployment: Deployment) -> str:
@@ -145,31 +145,33 @@ class Actions:
         if not decision.creates_job:
             return
         kind = str(decision.job_kind)
-        lineage = {
+        lineage: Json = {
             "trigger": trigger,
             "decision_event_id": event_id,
             "check_ids": decision.evidence.get("check_ids", []),
         }
-        spec: dict[str, Any] = {"deployment": deployment.name, "kind": kind, **lineage}
-        if kind in ("retrain", "revise_prompt"):
-            build = retune_spec if kind == "retrain" else revision_spec
-            try:
-                spec = build(self.config, self.store, deployment, trigger=trigger, lineage=lineage)
-            except (NotEnoughLabels, NothingFailed) as error:
-                self.store.add_event(
-                    deployment.name,
-                    "retune.skipped",
-                    str(error),
-                    {"decision_event_id": event_id, "reason": type(error).__name__},
-                )
-                log.warning("re-tune skipped", extra={"deployment": deployment.name})
-                return
+        if kind not in ("retrain", "revise_prompt"):
+            raise ValueError(f"the policy asked for a {kind} job, which no spec is built for")
+        build = retune_spec if kind == "retrain" else revision_spec
+        try:
+            spec: JobSpec = build(
+                self.config, self.store, deployment, trigger=trigger, lineage=lineage
+            )
+        except (NotEnoughLabels, NothingFailed) as error:
+            self.store.add_event(
+                deployment.name,
+                "retune.skipped",
+                str(error),
+                {"decision_event_id": event_id, "reason": type(error).__name__},
+            )
+            log.warning("re-tune skipped", extra={"deployment": deployment.name})
+            return
         job_id = job_store.create_job(
             self.store,
             deployment.name,
             kind,
             trigger,
-            spec,
+            spec.to_json(),
             state=decision.job_state,
             timeout=deployment.retune.timeout,
         )
@@ -267,91 +269,12 @@ class Actions:
             return Hooks()
 
     def settle_jobs(self) -> None:
-        """Register and promote the candidates of succeeded jobs, once each.
-
-        A job whose spec names a ``candidate`` (``{"name", "artifact"}``) and asks to
-        ``promote`` it leads, when it succeeds, to a version of that name, then to its
-        promotion, if the job's ``accuracy`` reaches the spec's ``min_accuracy``, else the version
-        is ``rejected``. This runs as a leader chore rather than when the runner sees the job
-        end, so that a daemon killed in between still promotes after its restart, and it is
-        idempotent: the version's state says whether the job was settled. Promotion is fenced
-        by the lease epoch: a deposed leader promotes nothing.
-        """
-        for deployment, job in self._succeeded_with_candidates():
-            self._settle(deployment, job)
-
-    def _succeeded_with_candidates(self) -> list[tuple[str, Job]]:
-        with self.store.session(readonly=True) as session:
-            rows = session.execute(
-                select(DeploymentRow.name, Job)
-                .join(DeploymentRow, DeploymentRow.id == Job.deployment_id)
-                .where(Job.state == JobState.succeeded.value)
-                .order_by(Job.finished_at.desc(), Job.id.desc())
-                .limit(SETTLE_LOOKBACK)
-            ).all()
-        return [
-            (name, job)
-            for name, job in rows
-            if isinstance(job.spec.get("candidate"), dict) and job.spec.get("promote")
-        ]
-
-    def _settle(self, deployment: str, job: Job) -> None:
-        candidate = job.spec["candidate"]
-        name = str(candidate.get("name") or f"job-{job.id}")
-        with self.store.session(readonly=True) as session:
-            version = session.scalars(
-                select(Version).where(Version.job_id == job.id, Version.name == name)
-            ).first()
-        if version is not None and version.state != VersionState.candidate.value:
-            return  # settled already: promoted, rejected, or since retired
-        result = job.result or {}
-        produced: dict[str, Any] = result.get("candidate") or {}
-        gate = result.get("gate") if isinstance(result.get("gate"), dict) else None
-        metrics = result.get("metrics")
-        if not isinstance(metrics, dict):
-            # A prompt revision reports its candidate's scores in the gate's challenger side.
-            challenger = (gate or {}).get("challenger")
-            scored = challenger.get("metrics") if isinstance(challenger, dict) else None
-            metrics = scored if isinstance(scored, dict) else result
-        if gate is not None:  # a re-tune: the gate compared it with the champion
-            passed = bool(gate.get("passed"))
-        else:  # an evaluation of a given model: a floor on its accuracy
-            score = metrics.get("accuracy")
-            floor = float(job.spec.get("min_accuracy", 0.0))
-            passed = isinstance(score, int | float) and float(score) >= floor
-        kind = VersionKind.model
-        artifact = produced.get("artifact") or candidate.get("artifact")
-        if job.kind == "revise_prompt":  # the candidate is a prompt: stored as its JSON
-            if not produced:
-                return  # no usable proposal: the job's result says why, nothing to register
-            kind = VersionKind.prompt
-            artifact = PromptSpec.from_json(produced, where=f"job {job.id}").artifact()
-        if version is None:
-            versions.add_version(
-                self.store,
-                deployment,
-                kind=kind,
-                name=name,
-                artifact=str(artifact or job.spec.get("model_dir", "")),
-                parent=job.spec.get("champion_version"),
-                state=VersionState.candidate if passed else VersionState.rejected,
-                eval_scores={k: v for k, v in metrics.items() if isinstance(v, int | float)},
-                meta={"job_id": job.id, "gate": gate, "lineage": result.get("lineage")},
-                job_id=job.id,
-            )
-        if not passed:
-            log.info("candidate rejected", extra={"deployment": deployment, "version": name})
-            return
-        epoch = self._epoch()
-        if epoch is None:
-            return  # not the leader (any more): the next leader settles it
-        lease = self._lease_name
-        promotion.promote(
-            self.store,
-            self._hooks(deployment),
-            deployment,
-            name,
+        """Register and promote the candidates of succeeded jobs, once each, as the leader
+        (``daemon.retune.settle``)."""
+        leader = Leader(
+            epoch=self._epoch,
+            lease_name=self._lease_name,
             actor=f"leader:{self.owner}",
-            fence=lambda connection: epoch_is_current(connection, lease, epoch),
+            hooks=self._hooks,
         )
-        log.info("candidate promoted", extra={"deployment": deployment, "version": name})
+        settle_jobs(self.store, leader)

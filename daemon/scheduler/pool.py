@@ -22,15 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from daemon.config import Config
-from daemon.errors import DriftdError
+from daemon.errors import CheckTimeout, DriftdError
 
 log = logging.getLogger("driftd.scheduler")
 
 _ORPHAN_POLL_SECONDS = 1.0
-
-
-class CheckTimeout(DriftdError):
-    """A check ran longer than its deployment's ``monitor.timeout`` and was stopped."""
 
 
 @dataclass(frozen=True, slots=True)

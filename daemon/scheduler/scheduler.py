@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from daemon.config import Config
 from daemon.config.types import Schedule
 from daemon.domain import CheckStatus
-from daemon.errors import DriftdError
+from daemon.errors import DriftdError, NotLeading
 from daemon.scheduler.leader import Leadership
 from daemon.store import NewCheck, Store
 from daemon.store.models import Deployment as DeploymentRow
@@ -51,10 +51,6 @@ CHECK, RETUNE, RETENTION, EMBEDDINGS = "check", "retune", "retention", "embeddin
 JUDGE = "judge"
 MAINTENANCE_EVERY = timedelta(hours=1)
 _CATCH_UP_STEPS = 100_000
-
-
-class NotLeading(DriftdError):
-    """Work only the leader runs was asked of a replica that does not lead."""
 
 
 @dataclass(frozen=True, slots=True)

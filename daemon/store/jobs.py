@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, func, or_, select, update
 
 from daemon.domain import JobState
-from daemon.errors import StoreError
+from daemon.errors import NotFound, StoreError
 from daemon.store.models import Deployment, Job, utcnow
 from daemon.store.repository import Store, _deployment_id
 
@@ -93,7 +93,7 @@ def create_job(
 
 
 def get_job(store: Store, job_id: int) -> tuple[str, Job]:
-    """A job and the name of its deployment; ``StoreError`` if there is no such job."""
+    """A job and the name of its deployment; ``NotFound`` if there is no such job."""
     with store.session(readonly=True) as session:
         found = session.execute(
             select(Deployment.name, Job)
@@ -101,7 +101,7 @@ def get_job(store: Store, job_id: int) -> tuple[str, Job]:
             .where(Job.id == job_id)
         ).first()
     if found is None:
-        raise StoreError(f"no job {job_id} in the store; check the job id")
+        raise NotFound(f"no job {job_id} in the store; check the job id")
     return str(found[0]), found[1]
 
 

@@ -32,7 +32,7 @@ def list_checks(
     limit: int = 50,
 ) -> list[tuple[str, Check]]:
     """The latest checks, newest first: of one deployment or all, with one status, started at
-    or after ``since``. ``StoreError`` if ``deployment`` is not registered."""
+    or after ``since``. ``NotFound`` if ``deployment`` is not registered."""
     _check_limit(limit)
     query = (
         select(Deployment.name, Check)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.domain import CheckStatus, Kind, Task
-from daemon.errors import StoreError
+from daemon.errors import NotFound, StoreError
 from daemon.store.engine import make_engine, unreachable, write_engine
 from daemon.store.models import (
     Base,
@@ -405,7 +405,7 @@ class Store:
             return row.id
 
     def get_check(self, check_id: int) -> tuple[str, Check]:
-        """A stored check and the name of its deployment; ``StoreError`` if there is none."""
+        """A stored check and the name of its deployment; ``NotFound`` if there is none."""
         with self.session(readonly=True) as session:
             found = session.execute(
                 select(Deployment.name, Check)
@@ -413,7 +413,7 @@ class Store:
                 .where(Check.id == check_id)
             ).first()
         if found is None:
-            raise StoreError(f"no check {check_id} in the store; `driftd check` prints the ids")
+            raise NotFound(f"no check {check_id} in the store; `driftd check` prints the ids")
         return str(found[0]), found[1]
 
     def set_snapshot_path(self, check_id: int, path: str) -> None:
@@ -559,7 +559,7 @@ def _deployment_id(connection: Connection, name: str) -> int:
 
 
 def _deployment_unknown(name: str) -> NoReturn:
-    raise StoreError(
+    raise NotFound(
         f"unknown deployment {name!r}: it is not registered in the store; check the name, "
         "or add the deployment to the configuration and restart driftd to register it"
     )

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from daemon.domain import VersionKind, VersionState
-from daemon.errors import DriftdError, LeaseLost, StoreError
+from daemon.errors import DriftdError, LeaseLost, NotFound
 from daemon.store.models import Deployment, Event, Job, Version, utcnow
 from daemon.store.repository import Store, _deployment_id
 
@@ -45,7 +45,7 @@ class VersionChange:
 
 
 def list_versions(store: Store, deployment: str) -> list[Version]:
-    """Every version of ``deployment``, newest first; ``StoreError`` if it is not registered."""
+    """Every version of ``deployment``, newest first; ``NotFound`` if it is not registered."""
     with store.session(readonly=True) as session:
         deployment_id = _deployment_id(session.connection(), deployment)
         return list(
@@ -90,7 +90,7 @@ def add_version(
             if parent is not None:
                 parent_id = _named(session, deployment, deployment_id, parent).id
             if job_id is not None and session.get(Job, job_id) is None:
-                raise StoreError(
+                raise NotFound(
                     f"no job {job_id} in the store for version {name!r} of {deployment!r}; "
                     "pass the id of the job that built it, or none"
                 )
@@ -265,7 +265,7 @@ def _named(session: Session, deployment: str, deployment_id: int, name: str) -> 
             .order_by(Version.created_at.desc(), Version.id.desc())
             .limit(10)
         ).all()
-        raise StoreError(
+        raise NotFound(
             f"deployment {deployment!r} has no version {name!r}; "
             f"its latest versions: {', '.join(known) or 'none'} (`driftd versions {deployment}`)"
         )

@@ -8,7 +8,7 @@ import re
 
 from rich.console import Console
 
-from daemon.check_table import Name, render
+from daemon.cli.check_table import Name, render
 from monitors.result import SignalResult
 from monitors.signal import failed, not_run, verdict
 

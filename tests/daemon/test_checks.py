@@ -6,9 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +20,7 @@ from daemon.domain import VersionKind
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.schema import SampleIn
 from daemon.store import Store, versions
+from tests.helpers.cli import environ_without, run_driftd
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -380,52 +379,22 @@ def test_the_check_command(tmp_path: Path) -> None:
             "signals: [descriptors, prediction, performance]",
         )
     )
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    driftd = str(Path(sys.executable).parent / "driftd")
-    result = subprocess.run(
-        [driftd, "check", "intents", "--json", "--html", "report.html"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_driftd("check", "intents", "--json", "--html", "report.html", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     printed = json.loads(result.stdout)
     assert printed["status"] == "drift"
     check_id = printed["check_id"]
-    report = subprocess.run(
-        [driftd, "report", str(check_id), "--html", "again.html"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = run_driftd("report", str(check_id), "--html", "again.html", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "again.html").stat().st_size > 1000
     # The table, on a terminal of 80 columns: every line fits, every name reads whole.
-    narrow = {**environ, "COLUMNS": "80"}
-    table = subprocess.run(
-        [driftd, "check", "intents"],
-        cwd=tmp_path,
-        env=narrow,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    narrow = {**environ_without(), "COLUMNS": "80"}
+    table = run_driftd("check", "intents", cwd=tmp_path, env=narrow)
     assert table.returncode == 1, table.stderr
     assert max(len(line) for line in table.stdout.splitlines()) <= 80, table.stdout
     assert "…" not in table.stdout
     assert any(word.endswith("drifted_columns_share") for word in table.stdout.split())
-    empty = subprocess.run(
-        [driftd, "check", "intents", "--window", "1m"],
-        cwd=tmp_path,
-        env=narrow,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    empty = run_driftd("check", "intents", "--window", "1m", cwd=tmp_path, env=narrow)
     assert empty.returncode == 3, empty.stderr
     # ... and says why no signal ran.
     assert "every signal: insufficient_data — the reference window has" in " ".join(
@@ -447,18 +416,9 @@ def test_the_check_command_maps_the_columns_of_a_reference_file(tmp_path: Path) 
         )
     )
     training_csv(tmp_path / "train.csv", KNOWN, 200)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    driftd = str(Path(sys.executable).parent / "driftd")
 
     def check(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [driftd, "check", "intents", "--reference", "train.csv", *args],
-            cwd=tmp_path,
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return run_driftd("check", "intents", "--reference", "train.csv", *args, cwd=tmp_path)
 
     mapped = check("--map", "input=text", "--map", "prediction=category", "--json")
     assert mapped.returncode == 0, mapped.stderr

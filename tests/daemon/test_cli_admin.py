@@ -14,8 +14,8 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from daemon.cli import EXIT_FAILURE, EXIT_USAGE
-from daemon.cli_admin import register
+from daemon.cli.admin import register
+from daemon.cli.common import EXIT_FAILURE, EXIT_USAGE
 from daemon.domain import JobState
 from daemon.store import NewCheck, Store, upgrade
 from daemon.store import jobs as job_store

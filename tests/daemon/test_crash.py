@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,46 +12,20 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from daemon.store import Sample, normalize_url
+from tests.helpers.configs import minimal_config
+from tests.helpers.serve import Server, alive, free_port, start_driftd
+from tests.helpers.wait import wait_for
 
-DRIFTD = Path(sys.executable).parent / "driftd"
 TOKEN = "crash-test-token"
-CONFIG = """\
-deployments:
-  - name: bot
-    kind: prompted
-    task: generation
-    prompt: {model: gpt-4o-mini, system: You help bank customers.}
-"""
+CONFIG = minimal_config()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def serve(config: Path, db_url: str, port: int) -> subprocess.Popen[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    environ |= {"DRIFTD_STORAGE_URL": db_url, "DRIFTD_INGEST_TOKENS": TOKEN}
-    process = subprocess.Popen(
-        [str(DRIFTD), "serve", "-c", str(config), "--port", str(port)],
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        if json.loads(line)["message"] == "driftd ready":
-            # Keep draining stderr so the server never blocks on a full pipe.
-            threading.Thread(target=process.stderr.read, daemon=True).start()
-            return process
-    process.kill()
-    raise AssertionError("driftd did not become ready")
+def serve_on(config: Path, db_url: str, port: int) -> Server:
+    """``driftd serve`` of ``config`` on ``db_url`` and ``port``, ready."""
+    env = {"DRIFTD_STORAGE_URL": db_url, "DRIFTD_INGEST_TOKENS": TOKEN}
+    server = start_driftd(config, config.parent, env=env, port=port)
+    server.wait_ready(30)
+    return server
 
 
 def send_until_refused(
@@ -85,14 +53,6 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 def stored_ids(db_url: str) -> set[str]:
     engine = create_engine(normalize_url(db_url))
     try:
@@ -107,7 +67,7 @@ def test_every_acknowledged_sample_survives_sigkill(run: int, db_url: str, tmp_p
     config = tmp_path / "driftd.yaml"
     config.write_text(CONFIG)
     port = free_port()
-    server = serve(config, db_url, port)
+    server = serve_on(config, db_url, port)
     url = f"http://127.0.0.1:{port}/v1/deployments/bot/samples"
     acknowledged: list[str] = []
     lock = threading.Lock()
@@ -120,25 +80,23 @@ def test_every_acknowledged_sample_survives_sigkill(run: int, db_url: str, tmp_p
             client.start()
         time.sleep(random.Random(run).uniform(0.5, 2.0))
         workers = children(server.pid)
-        server.send_signal(signal.SIGKILL)
-        server.wait(timeout=10)
     finally:
-        if server.poll() is None:
-            server.kill()
+        server.kill()
         for client in clients:
             client.join(timeout=30)
     assert len(acknowledged) >= 50, "the clients got nothing acknowledged before the kill"
     assert workers, "the server had no ingest workers"
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [pid for pid in workers if alive(pid)], "ingest workers outlived the server"
+    wait_for(
+        lambda: not any(alive(pid) for pid in workers),
+        10,
+        "the ingest workers to end with the server",
+        interval=0.2,
+    )
 
-    restarted = serve(config, db_url, port)
+    restarted = serve_on(config, db_url, port)
     try:
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["status"] == "ready"
+        assert httpx.get(f"{restarted.url}/readyz").json()["status"] == "ready"
     finally:
-        restarted.send_signal(signal.SIGTERM)
-        assert restarted.wait(timeout=10) == 0
+        assert restarted.stop(10) == 0
     missing = set(acknowledged) - stored_ids(db_url)
     assert not missing, f"{len(missing)} acknowledged samples were lost, e.g. {sorted(missing)[:3]}"

@@ -9,21 +9,19 @@ Evidently report; when it exits, nothing it started may still run.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
-DRIFTD = Path(sys.executable).parent / "driftd"
+from tests.helpers.cli import DRIFTD, environ_without, run_driftd
+
 DEMO_TIMEOUT_S = 480
 
 
 def _environ() -> dict[str, str]:
     # The demo must not depend on the caller's DRIFTD_* settings, and must not need the network.
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    return {**environ, "HF_HUB_OFFLINE": "1"}
+    return {**environ_without(), "HF_HUB_OFFLINE": "1"}
 
 
 def _processes_of(folder: Path, group: int) -> list[str]:
@@ -45,13 +43,8 @@ def _processes_of(folder: Path, group: int) -> list[str]:
 
 def test_the_small_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> None:
     folder = tmp_path / "demo"
-    done = subprocess.run(
-        [str(DRIFTD), "demo", "--small", "--dir", str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=DEMO_TIMEOUT_S,
-        env=_environ(),
-        check=False,
+    done = run_driftd(
+        "demo", "--small", "--dir", str(folder), env=_environ(), timeout=DEMO_TIMEOUT_S
     )
     log = folder / "daemon.log"
     daemon_log = log.read_text(errors="replace")[-3000:] if log.is_file() else "(no log)"
@@ -103,14 +96,7 @@ def test_the_small_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path:
 
 def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine\n")
-    done = subprocess.run(
-        [str(DRIFTD), "demo", "--small", "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_environ(),
-        check=False,
-    )
+    done = run_driftd("demo", "--small", "--dir", str(tmp_path), env=_environ(), timeout=60)
     assert done.returncode == 1
     assert "was not made by driftd demo" in done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
@@ -127,12 +113,5 @@ def test_the_next_commands_name_this_driftd_so_that_they_run_as_printed(tmp_path
     assert driftd_command(tmp_path, str(DRIFTD.parent)) == ("driftd", "")
     (label, arguments), *_ = next_commands(Path("my demo") / "driftd.yaml")
     assert (label, arguments) == ("checks", "checks -c 'my demo/driftd.yaml'")
-    ran = subprocess.run(
-        [str(DRIFTD), *shlex.split(arguments)[:1], "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_environ(),
-        check=False,
-    )
+    ran = run_driftd(*shlex.split(arguments)[:1], "--help", env=_environ(), timeout=60)
     assert ran.returncode == 0, ran.stderr

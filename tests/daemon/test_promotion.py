@@ -17,7 +17,7 @@ import pytest
 
 from daemon.config.models import Hooks
 from daemon.errors import StoreError
-from daemon.promotion import VersionInfo, promote, rollback, run_hooks
+from daemon.retune.promotion import VersionInfo, promote, rollback, run_hooks
 from daemon.store import Store
 from daemon.store.versions import add_version, list_versions
 

@@ -35,12 +35,13 @@ from websockets.sync.client import connect
 
 from daemon.auth import Tokens
 from daemon.config import parse_config
-from daemon.ingest.writer import QueueFull, Writer
+from daemon.errors import QueueFull
+from daemon.ingest.writer import Writer
+from daemon.metrics import ReplicaMetrics, status_class
 from daemon.proxy import (
     REQUEST_ID_HEADER,
     ActivePrompt,
     ProxyRecorder,
-    ProxyStats,
     UpstreamClient,
     proxy_router,
 )
@@ -144,8 +145,21 @@ class SaturatedWriter(Writer):
 @dataclass
 class Proxy:
     url: str
-    stats: ProxyStats
+    stats: ReplicaMetrics
     store: Store
+
+    def counted(self, name: str, **labels: str) -> float:
+        """A counter of the replica's metrics, as ``/metrics`` exports it (0 if never counted)."""
+        return self.stats.registry.get_sample_value(name, labels) or 0.0
+
+    def total(self, name: str) -> float:
+        """A counter's total over every label set."""
+        return sum(
+            sample.value
+            for family in self.stats.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        )
 
     def post(
         self, deployment: str, body: dict[str, Any], headers: Mapping[str, str] | None = None
@@ -208,7 +222,7 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
             store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
         writer = writer or Writer(store, queue_batches=8)
         writer.start()
-        stats = ProxyStats()
+        stats = ReplicaMetrics()
         recorder = ProxyRecorder(config.deployments, writer, stats)
         recorder.start()
         shared = UpstreamClient(max_connections=10)
@@ -415,7 +429,10 @@ def test_upstream_errors_pass_through_unchanged_and_are_recorded_with_their_erro
     assert sample.output is None
     assert sample.meta is not None
     assert sample.meta["status"] == status
-    assert served.stats.requests["bot", status] >= 1
+    assert (
+        served.counted("driftd_proxy_requests_total", deployment="bot", status=status_class(status))
+        >= 1
+    )
 
 
 def test_a_failing_stream_request_passes_the_error_body_through(
@@ -486,7 +503,8 @@ def test_the_configured_key_is_sent_and_a_missing_one_forwards_nothing(
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "invalid_api_key"
     assert "DRIFTD_PROXY_TOKENS" in refused.json()["error"]["message"]
-    assert keyed.stats.refused == {("bot", "unauthorized"): 1}
+    assert keyed.counted("driftd_proxy_refused_total", deployment="bot", reason="unauthorized") == 1
+    assert keyed.total("driftd_proxy_refused_total") == 1
 
     unkeyed = proxy({"open": (katan.url, 5)}, environ={})
     missing = unkeyed.post("open", chat("hi"))
@@ -494,8 +512,11 @@ def test_the_configured_key_is_sent_and_a_missing_one_forwards_nothing(
     error = missing.json()["error"]
     assert error["code"] == "upstream_key_missing"
     assert KEY_ENV in error["message"]
-    assert not unkeyed.stats.requests  # answered by driftd, nothing went upstream
-    assert unkeyed.stats.refused == {("open", "no_upstream_key"): 1}
+    # Answered by driftd, nothing went upstream.
+    assert unkeyed.total("driftd_proxy_requests_total") == 0
+    refused_open = {"deployment": "open", "reason": "no_upstream_key"}
+    assert unkeyed.counted("driftd_proxy_refused_total", **refused_open) == 1
+    assert unkeyed.total("driftd_proxy_refused_total") == 1
 
 
 def test_a_saturated_writer_drops_the_sample_counts_it_and_the_request_succeeds(
@@ -516,10 +537,13 @@ def test_a_saturated_writer_drops_the_sample_counts_it_and_the_request_succeeds(
         assert b"".join(streamed.iter_raw()).endswith(b"data: [DONE]\n\n")
 
     deadline = time.monotonic() + 5
-    while served.stats.dropped["bot", "queue_full"] < 2 and time.monotonic() < deadline:
+    dropped = {"deployment": "bot", "reason": "queue_full"}
+    while served.counted("driftd_samples_dropped_total", **dropped) < 2 and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.02)
-    assert served.stats.dropped["bot", "queue_full"] == 2
-    assert served.stats.recorded["bot"] == 0
+    assert served.counted("driftd_samples_dropped_total", **dropped) == 2
+    assert served.counted("driftd_samples_stored_total", deployment="bot", source="proxy") == 0
 
 
 def test_the_active_prompt_is_injected_and_its_version_recorded(
@@ -693,8 +717,8 @@ def test_a_promoted_prompt_version_is_served_on_the_next_request(
     katans: dict[str, Katan], proxy: ProxyFactory, store: Store
 ) -> None:
     from daemon.config.models import Hooks
-    from daemon.promotion import promote
     from daemon.prompts import Example, PromptSpec, add_prompt_version
+    from daemon.retune.promotion import promote
     from daemon.serve import _proxy_prompt
 
     served = proxy(

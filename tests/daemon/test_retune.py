@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config, parse_config
-from daemon.retune import NotEnoughLabels, retune_spec
+from daemon.errors import NotEnoughLabels
+from daemon.retune.specs import retune_spec
 from daemon.store import NewSample, Store
+from retrain.contract import SPEC_VERSION, RetuneSpec
 
 CONFIG = """\
 deployments:
@@ -53,18 +55,24 @@ def test_a_trainer_spec_names_absolute_inputs_and_the_champion(
     cfg = config(tmp_path, "transformers", "./model")
     labelled(store, 4)
     spec = retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={"check_ids": [1]})
-    assert spec["method"] == "trainer"
-    assert spec["base_model"] == str((tmp_path / "model").resolve())
-    assert spec["champion"] == {"model_dir": spec["base_model"]}
-    for key in ("production_file", "original_file", "golden_set"):
-        assert Path(spec[key]).is_absolute()
-        assert Path(spec[key]).is_file()
-    assert (spec["original_input_field"], spec["original_label_field"]) == ("text", "category")
-    rows = Path(spec["production_file"]).read_text().splitlines()
+    assert spec.method == "trainer"
+    assert spec.base_model == str((tmp_path / "model").resolve())
+    assert spec.champion is not None
+    assert spec.champion.model_dir == Path(spec.base_model)
+    for path in (spec.production_file, spec.original_file, spec.golden_set):
+        assert path is not None
+        assert path.is_absolute()
+        assert path.is_file()
+    assert (spec.original_input_field, spec.original_label_field) == ("text", "category")
+    rows = spec.production_file.read_text().splitlines()
     assert len(rows) == 4
-    assert spec["lineage"] == {"check_ids": [1], "base_version": None}
+    assert spec.lineage == {"check_ids": [1], "base_version": None}
     again = retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
-    assert again["production_file"] != spec["production_file"]  # each job its own export
+    assert again.production_file != spec.production_file  # each job its own export
+    # What the job reads back is what was built, and it is versioned.
+    stored = spec.to_json()
+    assert stored["spec_version"] == SPEC_VERSION
+    assert RetuneSpec.model_validate(stored) == spec
 
 
 def test_an_openai_spec_fine_tunes_the_champion_through_the_upstream(
@@ -73,11 +81,13 @@ def test_an_openai_spec_fine_tunes_the_champion_through_the_upstream(
     cfg = config(tmp_path, "openai", "ft:gpt-4o-mini-2024-07-18:acme::abc1")
     labelled(store, 3)
     spec = retune_spec(cfg, store, cfg.deployments[0], trigger="schedule", lineage={})
-    assert spec["method"] == "openai"
-    assert spec["openai"]["base_model"] == "ft:gpt-4o-mini-2024-07-18:acme::abc1"
-    assert spec["openai"]["base_url"] == "http://127.0.0.1:9/v1"
-    assert spec["openai"]["api_key_env"] == "DRIFTD_OPENAI_KEY"
-    assert "sk-" not in json.dumps(spec)
+    assert spec.method == "openai"
+    assert spec.openai is not None
+    assert spec.openai.base_model == "ft:gpt-4o-mini-2024-07-18:acme::abc1"
+    assert spec.openai.base_url == "http://127.0.0.1:9/v1"
+    assert spec.openai.api_key_env == "DRIFTD_OPENAI_KEY"
+    assert (spec.base_model, spec.champion) == (None, None)
+    assert "sk-" not in json.dumps(spec.to_json())
 
 
 def test_too_few_labels_is_an_error_that_says_what_to_do(store: Store, tmp_path: Path) -> None:
@@ -104,9 +114,9 @@ def test_the_golden_set_travels_with_its_columns(store: Store, tmp_path: Path) -
     labelled(store, 3)
 
     spec = retune_spec(mapped, store, mapped.deployments[0], trigger="drift", lineage={})
-    assert spec["golden_set"] == str((tmp_path / "test.csv").resolve())
-    assert (spec["golden_input_field"], spec["golden_label_field"]) == ("text", "category")
+    assert spec.golden_set == (tmp_path / "test.csv").resolve()
+    assert (spec.golden_input_field, spec.golden_label_field) == ("text", "category")
     # A golden set given as a bare path is read by its columns input and label.
     spec = retune_spec(plain, store, plain.deployments[0], trigger="drift", lineage={})
-    assert spec["golden_set"] == str((tmp_path / "golden.jsonl").resolve())
-    assert (spec["golden_input_field"], spec["golden_label_field"]) == ("input", "label")
+    assert spec.golden_set == (tmp_path / "golden.jsonl").resolve()
+    assert (spec.golden_input_field, spec.golden_label_field) == ("input", "label")

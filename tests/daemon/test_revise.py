@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from daemon.config import parse_config
-from daemon.revise import revision_spec
+from daemon.retune.specs import revision_spec
 from daemon.store import NewSample, Store
 
 CONFIG = """\
@@ -38,5 +38,5 @@ def test_the_golden_set_travels_with_its_columns(store: Store, tmp_path: Path) -
 
     spec = revision_spec(config, store, config.deployments[0], trigger="drift", lineage={})
 
-    assert spec["golden_set"] == str((tmp_path / "test.csv").resolve())
-    assert (spec["golden_input_field"], spec["golden_label_field"]) == ("text", "category")
+    assert spec.golden_set == (tmp_path / "test.csv").resolve()
+    assert (spec.golden_input_field, spec.golden_label_field) == ("text", "category")

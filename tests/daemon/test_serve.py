@@ -1,70 +1,31 @@
 """``driftd serve`` as an operator runs it: start on SQLite, stop cleanly on a signal."""
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, inspect
 
+from tests.helpers.serve import free_port, start_driftd
+
 ROOT = Path(__file__).resolve().parents[2]
-DRIFTD = Path(sys.executable).parent / "driftd"
 BANKING77 = ROOT / "examples" / "banking77" / "driftd.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, port: int | None = None
-) -> subprocess.Popen[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    return subprocess.Popen(
-        [str(DRIFTD), "serve", *args, "--port", str(port or free_port())],
-        cwd=cwd,
-        env={**environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def read_until(process: subprocess.Popen[str], message: str, timeout: float = 30) -> list[Any]:
-    """Log records (JSON lines, since stderr is not a terminal) up to the one with ``message``."""
-    assert process.stderr is not None
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        records.append(json.loads(line))
-        if records[-1]["message"] == message:
-            return records
-    process.kill()
-    raise AssertionError(f"no {message!r} log line; got {records}")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_starts_on_sqlite_and_exits_0_within_5s_of_a_signal(
     signum: signal.Signals, tmp_path: Path
 ) -> None:
-    process = start("-c", str(BANKING77), cwd=tmp_path)
+    server = start_driftd(BANKING77, tmp_path)
     try:
-        ready = read_until(process, "driftd ready")
+        ready = server.wait_logged("driftd ready")
     finally:
-        if process.poll() is None:
-            process.send_signal(signum)
+        if server.process.poll() is None:
+            server.process.send_signal(signum)
     store = next(r for r in ready if r["message"] == "store ready")
     assert store["store"] == "sqlite:///driftd.db"
     assert store["migrated"] is True
@@ -75,45 +36,42 @@ def test_serve_starts_on_sqlite_and_exits_0_within_5s_of_a_signal(
     engine.dispose()
 
     started = time.monotonic()
-    assert process.wait(timeout=5) == 0
+    assert server.process.wait(timeout=5) == 0
     assert time.monotonic() - started < 5
-    assert process.stderr is not None
-    tail = [json.loads(line) for line in process.stderr.read().splitlines()]
+    tail = server.records()
     assert [r["message"] for r in tail[-2:]] == ["driftd stopping", "driftd stopped"]
     assert tail[-2]["reason"] == signum.name
 
 
 def test_serve_a_second_time_finds_the_schema_in_place(tmp_path: Path) -> None:
     for expected in (True, False):
-        process = start("-c", str(BANKING77), cwd=tmp_path)
-        records = read_until(process, "driftd ready")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=5) == 0
+        server = start_driftd(BANKING77, tmp_path)
+        records = server.wait_logged("driftd ready")
+        assert server.stop(5) == 0
         store = next(r for r in records if r["message"] == "store ready")
         assert store["migrated"] is expected
 
 
 def test_host_and_port_flags_override_the_file(tmp_path: Path) -> None:
     port = free_port()
-    process = start("-c", str(BANKING77), "--host", "localhost", cwd=tmp_path, port=port)
-    records = read_until(process, "driftd ready")
+    server = start_driftd(BANKING77, tmp_path, host="localhost", port=port)
+    records = server.wait_logged("driftd ready")
     try:
         health = httpx.get(f"http://localhost:{port}/healthz").json()
         assert health["status"] == "ok"
         assert isinstance(health["leader"], bool)
     finally:
-        process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=5) == 0
+        assert server.stop(5) == 0
     assert (records[-1]["host"], records[-1]["port"]) == ("localhost", port)
 
 
 def test_serve_answers_http_and_stores_what_it_acknowledges(tmp_path: Path) -> None:
     port = free_port()
     env = {"DRIFTD_INGEST_TOKENS": "old-token,new-token"}
-    process = start("-c", str(BANKING77), cwd=tmp_path, env=env, port=port)
-    records = read_until(process, "driftd ready")
+    server = start_driftd(BANKING77, tmp_path, env=env, port=port)
+    records = server.wait_logged("driftd ready")
     assert "old-token" not in json.dumps(records)
-    base = f"http://127.0.0.1:{port}"
+    base = server.url
     try:
         assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
         assert "/v1/deployments/{name}/samples" in httpx.get(f"{base}/openapi.json").json()["paths"]
@@ -125,8 +83,7 @@ def test_serve_answers_http_and_stores_what_it_acknowledges(tmp_path: Path) -> N
         )
         assert response.json() == {"received": 1, "new": 1, "duplicate": 0, "sampled_out": 0}
     finally:
-        process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=5) == 0
+        assert server.stop(5) == 0
     engine = create_engine(f"sqlite:///{tmp_path / 'driftd.db'}")
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT request_id FROM samples").scalars().all() == [
@@ -136,10 +93,9 @@ def test_serve_answers_http_and_stores_what_it_acknowledges(tmp_path: Path) -> N
 
 
 def test_serve_without_tokens_warns_that_writes_are_refused(tmp_path: Path) -> None:
-    process = start("-c", str(BANKING77), cwd=tmp_path)
-    records = read_until(process, "driftd ready")
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=5) == 0
+    server = start_driftd(BANKING77, tmp_path)
+    records = server.wait_logged("driftd ready")
+    assert server.stop(5) == 0
     warnings = [r["message"] for r in records if r["level"] == "warning"]
     assert any("every write is refused (401)" in m for m in warnings)
 
@@ -149,39 +105,34 @@ def test_a_port_in_use_exits_1(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = int(taken.getsockname()[1])
-        process = start("-c", str(BANKING77), cwd=tmp_path, port=port)
-        _, err = process.communicate(timeout=30)
-    assert process.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in err
+        server = start_driftd(BANKING77, tmp_path, port=port)
+        assert server.process.wait(timeout=30) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in server.output()
 
 
 def test_serve_with_a_broken_file_exits_2(tmp_path: Path) -> None:
     (tmp_path / "driftd.yaml").write_text("server: {port: high}\n")
-    process = start(cwd=tmp_path)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == 2
-    assert "driftd.yaml:1: server.port: expected a valid integer" in err
+    server = start_driftd(None, tmp_path)
+    assert server.process.wait(timeout=30) == 2
+    assert "driftd.yaml:1: server.port: expected a valid integer" in server.output()
 
 
 def test_serve_with_an_unreachable_store_exits_1(tmp_path: Path) -> None:
     env = {"DRIFTD_STORAGE_URL": "postgresql://postgres@127.0.0.1:9/nowhere"}
-    process = start("-c", str(BANKING77), cwd=tmp_path, env=env)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == 1
-    assert "127.0.0.1:9" in err
-    assert "Traceback" not in err
+    server = start_driftd(BANKING77, tmp_path, env=env)
+    assert server.process.wait(timeout=30) == 1
+    assert "127.0.0.1:9" in server.output()
+    assert "Traceback" not in server.output()
 
 
 def test_the_python_client_feeds_a_running_driftd(tmp_path: Path) -> None:
     from daemon.client import Client
 
     port = free_port()
-    process = start(
-        "-c", str(BANKING77), cwd=tmp_path, env={"DRIFTD_INGEST_TOKENS": "t1"}, port=port
-    )
-    read_until(process, "driftd ready")
+    server = start_driftd(BANKING77, tmp_path, env={"DRIFTD_INGEST_TOKENS": "t1"}, port=port)
+    server.wait_logged("driftd ready")
     try:
-        with Client(f"http://127.0.0.1:{port}", "banking77-intents", "t1", batch_size=10) as client:
+        with Client(server.url, "banking77-intents", "t1", batch_size=10) as client:
             for i in range(30):
                 client.log(f"c{i}", "Where is my card?", prediction="card_arrival", confidence=0.8)
             assert client.flush(timeout=10)
@@ -190,8 +141,7 @@ def test_the_python_client_feeds_a_running_driftd(tmp_path: Path) -> None:
             stats = client.stats
         assert (stats.sent, stats.rejected, stats.failed, stats.dropped) == (31, 0, 0, 0)
     finally:
-        process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=5) == 0
+        assert server.stop(5) == 0
     engine = create_engine(f"sqlite:///{tmp_path / 'driftd.db'}")
     with engine.connect() as connection:
         result = connection.exec_driver_sql("SELECT request_id, label FROM samples")

@@ -9,8 +9,8 @@ import pytest
 
 from daemon.config import Config, parse_config
 from daemon.domain import VersionKind
+from daemon.retune.watch import watch
 from daemon.store import NewSample, Store, versions
-from daemon.watch import watch
 
 CONFIG = """\
 deployments:

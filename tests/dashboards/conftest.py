@@ -26,9 +26,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import promotion
 from daemon.config.models import Hooks
 from daemon.domain import VersionKind, VersionState
+from daemon.retune import promotion
 from daemon.store import Store, versions
 from daemon.store import jobs as job_store
 

@@ -10,8 +10,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
-# A metric name, not an external label the rules read (``$externalLabels.driftd_runbook_base``).
-METRIC = re.compile(r"(?<![.\w])driftd_[a-z0-9_]+")
+# A metric name, not an external label the rules read (``$externalLabels.driftd_runbook_base``,
+# and the comment that names it in backquotes).
+METRIC = re.compile(r"(?<![.\w`])driftd_[a-z0-9_]+")
 HISTOGRAM_PARTS = ("_bucket", "_count", "_sum")
 
 

@@ -23,11 +23,8 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,8 +36,10 @@ import httpx
 import pytest
 import yaml
 
+from tests.helpers.serve import Server, free_port, running, start_driftd
+from tests.helpers.wait import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
-DRIFTD = Path(sys.executable).parent / "driftd"
 BANKING77 = ROOT / "examples" / "banking77"
 SUPPORT_BOT = ROOT / "examples" / "support-bot"
 COMPOSE = ROOT / "deploy" / "compose"
@@ -48,12 +47,6 @@ INGEST, PROXY, ADMIN = "ingest-example-token", "proxy-example-token", "admin-exa
 UPSTREAM_KEY = "sk-example-upstream-key"
 START_TIMEOUT = 120.0
 CHECK_TIMEOUT = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -78,79 +71,50 @@ class Served:
 
     def scheduled_check(self, deployment: str) -> dict[str, Any]:
         """Have the leader's scheduler check ``deployment`` now; the stored check."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while not httpx.get(f"{self.url}/healthz", timeout=10).json()["leader"]:
-            assert time.monotonic() < deadline, f"no leader; see {self.log}"
-            time.sleep(0.2)
+        wait_for(
+            lambda: httpx.get(f"{self.url}/healthz", timeout=10).json()["leader"],
+            START_TIMEOUT,
+            f"a leader; see {self.log}",
+            interval=0.2,
+        )
         started = self.call("POST", f"/v1/deployments/{deployment}/checks")
         assert started.status_code == 202, started.text
-        tick = started.json()["scheduled_for"]
-        deadline = time.monotonic() + CHECK_TIMEOUT
-        while time.monotonic() < deadline:
+        tick = datetime.fromisoformat(started.json()["scheduled_for"])
+
+        def stored() -> dict[str, Any] | None:
             listed = self.call("GET", "/v1/checks", params={"deployment": deployment})
             assert listed.status_code == 200, listed.text
             for check in listed.json():
                 when = check.get("scheduled_for")
-                if when is not None and datetime.fromisoformat(when) == datetime.fromisoformat(
-                    tick
-                ):
-                    one = self.call("GET", f"/v1/checks/{check['id']}")
-                    return dict(one.json())
-            time.sleep(1)
-        raise AssertionError(f"the check of {tick} was not stored in time; see {self.log}")
+                if when is not None and datetime.fromisoformat(when) == tick:
+                    return dict(self.call("GET", f"/v1/checks/{check['id']}").json())
+            return None
+
+        return wait_for(stored, CHECK_TIMEOUT, f"the check of {tick}; see {self.log}", interval=1)
 
 
 @contextlib.contextmanager
 def serve(config: Path, cwd: Path, environ: Mapping[str, str] | None = None) -> Iterator[Served]:
     """``driftd serve -c CONFIG`` in ``cwd`` on 127.0.0.1 and a free port, with driftd's
-    tokens (and ``environ``) in its environment; stopped with SIGTERM, which must exit 0."""
-    port = free_port()
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("DRIFTD_", "OPENAI_"))
-    }
+    tokens (and ``environ``) in its environment, none of the OpenAI client's settings; stopped
+    with SIGTERM, which must exit 0, having logged no traceback."""
     env = {
-        **inherited,
         "DRIFTD_INGEST_TOKENS": INGEST,
         "DRIFTD_PROXY_TOKENS": PROXY,
         "DRIFTD_ADMIN_TOKENS": ADMIN,
         **(environ or {}),
     }
-    log = cwd / "driftd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [str(DRIFTD), "serve", "-c", str(config), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=cwd,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    served = Served(f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"driftd serve exited with {process.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"driftd serve not ready within {START_TIMEOUT:g} s:\n{log.read_text()}"
-                )
-            time.sleep(0.2)
-        yield served
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-    assert process.returncode == 0, log.read_text()
-    assert "Traceback" not in log.read_text(), log.read_text()
+    server = start_driftd(
+        config,
+        cwd,
+        env=env,
+        host="127.0.0.1",
+        without=("DRIFTD_", "OPENAI_"),
+        log=cwd / "driftd.log",
+    )
+    with running(server, timeout=START_TIMEOUT):
+        yield Served(server.url, server.log)
+    assert "Traceback" not in server.output(), server.output()
 
 
 def banking77_rows(name: str) -> list[dict[str, str]]:
@@ -244,19 +208,12 @@ def test_the_compose_stacks_config_checks_as_mounted_there(tmp_path: Path) -> No
     assert check["status"] == "ok", (check["drifted"], signal_verdicts(check))
 
 
-@dataclass(frozen=True)
-class Katan:
-    url: str
-    process: subprocess.Popen[bytes]
-
-
 @pytest.fixture
 def katan(tmp_path: Path) -> Iterator[str]:
     """llm-katan (echo backend) on 127.0.0.1 serving the support bot's model name, accepting only
     ``UPSTREAM_KEY``: its OpenAI base URL."""
     port = free_port()
-    log = (tmp_path / "katan.log").open("wb")
-    process = subprocess.Popen(
+    server = Server(
         [
             sys.executable,
             "-m",
@@ -279,27 +236,13 @@ def katan(tmp_path: Path) -> Iterator[str]:
             "--log-level",
             "warning",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env=os.environ,
+        port=port,
+        log=tmp_path / "katan.log",
     )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, (tmp_path / "katan.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
-                    break
-            assert time.monotonic() < deadline, "llm-katan did not start"
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+    with running(server, path="/health", stop_within=10, exit_code=None):
+        yield f"{server.url}/v1"
 
 
 def test_the_support_bot_example_runs_through_the_proxy_to_llm_katan(

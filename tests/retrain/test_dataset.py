@@ -15,7 +15,6 @@ import pytest
 
 from retrain.dataset import (
     DataSet,
-    DataSetError,
     Example,
     build_dataset,
     normalise,
@@ -23,6 +22,7 @@ from retrain.dataset import (
     write_chat_jsonl,
     write_jsonl,
 )
+from retrain.errors import DataSetError
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT / "examples" / "banking77" / "data"

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from retrain.__main__ import main
-from retrain.evaluate import EvaluationError, Example, read_golden_set
+from retrain.errors import EvaluationError
+from retrain.evaluate import Example, read_golden_set
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT / "examples" / "banking77" / "data" / "test.csv"

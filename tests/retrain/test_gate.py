@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from retrain.__main__ import main
+from retrain.contract import Verdict
 from retrain.evaluate import score
 from retrain.gate import GUARD_TOLERANCE, compare, compare_scores, qualify, resampled_scores
 
@@ -53,9 +54,9 @@ def test_a_clearly_better_challenger_passes_with_an_interval_above_zero() -> Non
     [reason] = verdict.reasons
     assert "challenger scores 0.9500 against the champion's 0.7000" in reason
     assert "lower bound clears the margin of 0.0000" in reason
-    result = verdict.as_dict()
-    assert json.loads(json.dumps(result)) == result
-    assert result["ci"] == [low, high]
+    result = verdict.verdict()
+    assert Verdict.model_validate_json(result.model_dump_json()) == result
+    assert result.ci == (low, high)
 
 
 def test_a_worse_challenger_is_rejected_saying_by_how_much() -> None:
@@ -128,7 +129,7 @@ def test_a_guard_metric_that_drops_rejects_an_otherwise_better_challenger() -> N
     assert guard.champion == pytest.approx((2 * 60 / 140 + 2 * 10 / 40 + 1.0) / 3)
     assert guard.challenger == pytest.approx((2 * 80 / 170 + 1.0 + 0.0) / 3)
     assert not guard.ok
-    assert guarded.as_dict()["guards"]["macro_f1"]["ok"] is False
+    assert guarded.verdict().guards["macro_f1"].ok is False
     assert guarded.reasons[1].startswith("Guard macro_f1: the challenger scores 0.6471")
     assert f"beyond the tolerance of {GUARD_TOLERANCE:.4f}" in guarded.reasons[1]
 
@@ -160,7 +161,7 @@ def test_the_verdict_is_the_same_for_the_same_seed() -> None:
     again = compare(champion, challenger, truth, metric="macro_f1", seed=11)
     other = compare(champion, challenger, truth, metric="macro_f1", seed=12)
 
-    assert first.as_dict() == again.as_dict()
+    assert first.verdict() == again.verdict()
     assert other.ci != first.ci
     assert other.difference == first.difference
 
@@ -192,7 +193,7 @@ def test_a_first_version_passes_when_it_clears_min_score() -> None:
 
     assert free.passed
     assert "No min_score is set, so it passes." in free.reasons[0]
-    assert free.as_dict()["champion"] is None
+    assert free.verdict().champion is None
     assert free.difference is None
     assert free.ci[0] < 0.9 < free.ci[1]
     assert cleared.passed

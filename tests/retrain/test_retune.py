@@ -141,7 +141,11 @@ def test_a_bad_spec_names_every_problem(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    for problem in ("'task' is required", "'golden_set' is required", "'method' must be one of"):
+    for problem in (
+        "'task' is required",
+        "'golden_set' is required",
+        "'method' must be 'trainer' or 'openai', got 'sgd'",
+    ):
         assert problem in done.stderr
 
 

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import retrain.__main__ as job_main
+from retrain.contract import RevisionSpec
 from retrain.errors import JobError, SpecError
-from retrain.revise import RevisionSpec, parse_proposal, parse_spec, run
+from retrain.revise import parse_proposal, run
 
 if TYPE_CHECKING:
     from tests.fake_openai import FakeOpenAI
@@ -102,11 +103,14 @@ def make_spec(
 
 
 def parsed(tmp_path: Path, raw: dict[str, Any]) -> RevisionSpec:
-    return parse_spec(raw, tmp_path)
+    return RevisionSpec.parse(raw, tmp_path)
 
 
 def revise(tmp_path: Path, fake: FakeOpenAI, raw: dict[str, Any]) -> dict[str, Any]:
-    return run(parsed(tmp_path, raw), lambda _: None, environ={KEY_ENV: fake.api_key})
+    """The job's result as ``result.json`` holds it."""
+    result = run(parsed(tmp_path, raw), lambda _: None, environ={KEY_ENV: fake.api_key})
+    found: dict[str, Any] = json.loads(result.model_dump_json())
+    return found
 
 
 def last_user_texts(fake: FakeOpenAI) -> list[str]:
@@ -563,7 +567,7 @@ def test_generation_needs_a_judge_with_a_rubric_and_its_metric(
         parsed(tmp_path, {**raw, "gate": {"metric": "accuracy"}})
     with pytest.raises(SpecError, match=r"judge\.api_key must not be in the spec"):
         parsed(tmp_path, {**raw, "judge": {**raw["judge"], "api_key": "sk-in-the-file"}})
-    with pytest.raises(SpecError, match="'task' must be classification or generation"):
+    with pytest.raises(SpecError, match="'task' must be 'classification' or 'generation'"):
         parsed(tmp_path, {**raw, "task": "ranking"})
     spec = parsed(tmp_path, {key: value for key, value in raw.items() if key != "gate"})
     assert (spec.metric, spec.answer_max_tokens) == ("judge_score", 300)

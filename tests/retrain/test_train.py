@@ -237,7 +237,7 @@ def test_the_saved_version_loads_and_says_where_it_came_from(
     import transformers
     from transformers import AutoModelForSequenceClassification
 
-    from retrain.evaluate import parse_spec
+    from retrain.contract import EvaluateSpec
     from retrain.evaluate import run as evaluate
 
     model_dir = Path(cli_run.result["model_dir"])
@@ -256,14 +256,16 @@ def test_the_saved_version_loads_and_says_where_it_came_from(
     assert version["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
     # The evaluate job reads the version as it is, and it labels golden questions it never saw.
     scored = evaluate(
-        parse_spec(
+        EvaluateSpec.parse(
             {"golden_set": str(banking.golden), "model_dir": str(model_dir), "output_dir": "e"},
             tmp_path,
         ),
         lambda _: None,
     )
-    assert scored["n"] == 30
-    assert scored["metrics"]["accuracy"] >= MIN_GOLDEN_ACCURACY
+    assert scored.n == 30
+    accuracy = scored.metrics["accuracy"]
+    assert isinstance(accuracy, float)
+    assert accuracy >= MIN_GOLDEN_ACCURACY
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(

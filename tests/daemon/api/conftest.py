@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from daemon.serve import Daemon
 from daemon.store import Store
 from daemon.store.models import Deployment as DeploymentRow
 from daemon.store.models import Sample
+from tests.helpers.wait import wait_for
 
 if TYPE_CHECKING:
     from tests.fake_openai import FakeOpenAI
@@ -204,17 +204,13 @@ class Driftd:
     ) -> dict[str, dict[str, Any] | None]:
         """The samples of ``deployment`` once there are ``count`` (the proxy records a call
         after answering it, through the recorder and the writer)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            stored = self.samples(deployment)
-            if len(stored) >= count:
-                return stored
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{len(stored)} samples of {deployment!r} stored within {timeout:g} s, "
-                    f"not {count}: {sorted(stored)}"
-                )
-            time.sleep(0.05)
+
+        def stored() -> list[dict[str, dict[str, Any] | None]]:
+            samples = self.samples(deployment)
+            return [samples] if len(samples) >= count else []
+
+        (samples,) = wait_for(stored, timeout, f"{count} samples of {deployment!r} to be stored")
+        return samples
 
 
 Launch = Callable[..., Driftd]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from daemon.config.models import Hooks
 from daemon.domain import JobState
 from daemon.store import NewCheck, Store
 from daemon.store import jobs as job_store
+from daemon.store.engine import unreachable
 from daemon.store.versions import add_version, list_versions
 
 ADMIN = {"Authorization": "Bearer admin-1"}
@@ -26,7 +27,11 @@ INGEST = {"Authorization": "Bearer ingest-1"}
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def guarded_app(store: Store, hooks: Mapping[str, Hooks] | None = None) -> FastAPI:
+def guarded_app(
+    store: Store,
+    hooks: Mapping[str, Hooks] | None = None,
+    run_check: Callable[[str], datetime] | None = None,
+) -> FastAPI:
     """The admin router behind the same guard contract as ``create_app``'s ``authorize``."""
     tokens = Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",))
 
@@ -39,7 +44,7 @@ def guarded_app(store: Store, hooks: Mapping[str, Hooks] | None = None) -> FastA
             )
 
     app = FastAPI()
-    app.include_router(admin_router(store, authorize, hooks=hooks or {}))
+    app.include_router(admin_router(store, authorize, hooks=hooks or {}, run_check=run_check))
     return app
 
 
@@ -254,6 +259,26 @@ def test_an_unknown_deployment_is_a_404(client: TestClient, method: str, path: s
 
     assert response.status_code == 404
     assert "unknown deployment 'nowhere'" in response.json()["detail"]
+
+
+def test_a_store_that_cannot_answer_is_a_503_not_a_404(store: Store) -> None:
+    """Only a row that is not there is a 404; a store that cannot answer (here the scheduler's
+    store, unreachable when a check is asked for) is a 503 with the store's own message."""
+    store.ensure_deployment("support-bot", "prompted", "generation")
+
+    def unreachable_store(name: str) -> datetime:
+        raise unreachable(store.engine, OSError("connection refused"))
+
+    app = guarded_app(store, {"support-bot": Hooks()}, run_check=unreachable_store)
+    with TestClient(app, headers=ADMIN) as client:
+        response = client.post("/v1/deployments/support-bot/checks")
+        missing = client.get("/v1/checks/999")
+
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert "cannot connect to the store" in detail
+    assert "connection refused" in detail
+    assert missing.status_code == 404
 
 
 def test_jobs_are_listed_and_steered(client: TestClient, store: Store) -> None:

@@ -13,9 +13,11 @@ from pydantic import BaseModel
 from daemon.api import Tokens, create_app
 from daemon.api.spec import ErrorDetail, InvalidBatch
 from daemon.config import parse_config
-from daemon.ingest.pipeline import DeploymentPipeline, IngestStats, sampled_in
+from daemon.errors import QueueFull
+from daemon.ingest.pipeline import DeploymentPipeline, sampled_in
 from daemon.ingest.prepare import PreparerPool
-from daemon.ingest.writer import QueueFull, Writer
+from daemon.ingest.writer import Writer
+from daemon.metrics import ReplicaMetrics
 from daemon.store import NewSample, Sample, Store
 from daemon.store.repository import RowEncoder, SampleRows
 
@@ -41,7 +43,9 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
 class Api:
-    def __init__(self, store: Store, writer: Writer, stats: IngestStats, workers: int = 0) -> None:
+    def __init__(
+        self, store: Store, writer: Writer, stats: ReplicaMetrics, workers: int = 0
+    ) -> None:
         config = parse_config(CONFIG, environ={})
         for deployment in config.deployments:
             store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
@@ -67,6 +71,10 @@ class Api:
         )
         self.client = TestClient(self.app)
 
+    def counted(self, name: str, **labels: str) -> float:
+        """A counter of the replica's metrics, as ``/metrics`` exports it (0 if never counted)."""
+        return self.stats.registry.get_sample_value(name, labels) or 0.0
+
     def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
         return self.client.post(path, json=body, headers=INGEST if headers is None else headers)
 
@@ -83,7 +91,7 @@ class Api:
 
 @pytest.fixture
 def api(store: Store) -> Iterator[Api]:
-    stats = IngestStats()
+    stats = ReplicaMetrics()
     writer = Writer(store, queue_batches=8, commit_rows=1000)
     writer.start()
     try:
@@ -204,8 +212,8 @@ def test_a_batch_is_stored_redacted_and_described(api: Api) -> None:
     assert descriptors is not None
     assert descriptors["input"]["words"] == 5
     assert descriptors["output"]["is_json"] is True
-    assert api.stats.redacted["intents", "card"] == 1
-    assert api.stats.redacted["intents", "email"] == 1
+    assert api.counted("driftd_samples_redacted_total", deployment="intents", kind="card") == 1
+    assert api.counted("driftd_samples_redacted_total", deployment="intents", kind="email") == 1
 
 
 def test_a_batch_with_invalid_items_stores_nothing_and_names_each(api: Api) -> None:
@@ -300,11 +308,13 @@ def test_a_full_write_queue_answers_429_with_retry_after(store: Store) -> None:
         def submit(self, rows: SampleRows) -> Any:
             raise QueueFull("the write queue is full (8 batches waiting)")
 
-    api = Api(store, FullWriter(store), IngestStats())
+    api = Api(store, FullWriter(store), ReplicaMetrics())
     response = api.post("/v1/deployments/intents/samples", {"samples": [intent("a")]})
     assert response.status_code == 429
     assert response.headers["retry-after"] == "1"
-    assert api.stats.rejected["intents", "queue_full"] == 1
+    assert (
+        api.counted("driftd_samples_rejected_total", deployment="intents", reason="queue_full") == 1
+    )
 
 
 def test_the_writer_refuses_at_once_when_its_queue_is_full(store: Store) -> None:
@@ -412,7 +422,7 @@ def test_invalid_feedback_names_the_item(api: Api) -> None:
 
 
 def test_worker_processes_prepare_batches_like_the_server_does(store: Store) -> None:
-    stats = IngestStats()
+    stats = ReplicaMetrics()
     writer = Writer(store)
     writer.start()
     try:
@@ -421,7 +431,7 @@ def test_worker_processes_prepare_batches_like_the_server_does(store: Store) -> 
         response = api.post("/v1/deployments/intents/samples", body)
         assert response.json() == {"received": 2, "new": 2, "duplicate": 0, "sampled_out": 0}
         assert api.stored("intents")["w1"].input == "mail me at <EMAIL>"
-        assert stats.redacted["intents", "email"] == 1
+        assert api.counted("driftd_samples_redacted_total", deployment="intents", kind="email") == 1
         bad = api.post("/v1/deployments/intents/samples", {"samples": [intent("w3", confidence=7)]})
         assert bad.status_code == 422
         assert bad.json()["detail"]["problems"][0]["field"] == "confidence"
@@ -618,7 +628,7 @@ def test_a_classification_label_must_be_one_of_the_labels(api: Api) -> None:
     assert (index, field) == (1, "label")
     assert "'pizza' is not one of the deployment's labels" in message
     assert api.stored("intents")["a"].label is None  # nothing of the batch was applied
-    assert api.stats.rejected["intents", "invalid"] == 2
+    assert api.counted("driftd_samples_rejected_total", deployment="intents", reason="invalid") == 2
 
 
 @pytest.mark.parametrize(
@@ -706,8 +716,8 @@ def test_a_generation_label_is_redacted_like_the_output(api: Api) -> None:
     assert stored[kept[0]].label == "Write to <EMAIL>"
     assert stored[kept[0]].model_version == "gpt-4o-mini-2024-07-18"
     assert stored[kept[1]].label == "Call <PHONE>"
-    assert api.stats.redacted["bot", "email"] == 1
-    assert api.stats.redacted["bot", "phone"] == 1
+    assert api.counted("driftd_samples_redacted_total", deployment="bot", kind="email") == 1
+    assert api.counted("driftd_samples_redacted_total", deployment="bot", kind="phone") == 1
 
 
 @pytest.mark.parametrize("route", ["samples", "feedback"])

@@ -17,8 +17,8 @@ from sqlalchemy import select
 
 from daemon.config import parse_config
 from daemon.config.models import Deployment
+from daemon.errors import BackfillError
 from daemon.ingest.backfill import (
-    BackfillError,
     BackfillReport,
     backfill,
     check_header,

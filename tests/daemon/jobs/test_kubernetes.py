@@ -8,13 +8,11 @@ script's ``on_end`` writes instead.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,28 +20,14 @@ from kubernetes.client import ApiClient, Configuration
 
 from daemon.config import parse_config
 from daemon.config.models import ExecutorKind, Kubernetes
-from daemon.errors import ConfigError, DriftdError
+from daemon.errors import ConfigError, DriftdError, KubernetesError
 from daemon.jobs.executor import Exited, Gone, Running
 from daemon.jobs.kubernetes import KubernetesExecutor, KubernetesHandle
 from daemon.jobs.runner import JobRunner
 from daemon.store import Store
 from daemon.store.jobs import create_job, get_job
+from tests import fake_kubernetes as fk
 
-
-def _load_fake() -> ModuleType:
-    """tests/fake_kubernetes.py by path (tests/ is no package), registered once by name."""
-    if "fake_kubernetes" not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "fake_kubernetes.py"
-        spec = importlib.util.spec_from_file_location("fake_kubernetes", path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fake_kubernetes"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fake_kubernetes"]
-
-
-fk = _load_fake()
 NAMESPACE = "retune"
 SETTINGS: dict[str, Any] = {
     "namespace": NAMESPACE,
@@ -62,7 +46,7 @@ SETTINGS: dict[str, Any] = {
 
 
 @pytest.fixture
-def fake() -> Iterator[Any]:
+def fake() -> Iterator[fk.FakeKubernetes]:
     with fk.FakeKubernetes() as server:
         yield server
 
@@ -73,7 +57,7 @@ def jobs_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def executor_for(fake: Any, jobs_dir: Path) -> Callable[..., KubernetesExecutor]:
+def executor_for(fake: fk.FakeKubernetes, jobs_dir: Path) -> Callable[..., KubernetesExecutor]:
     """Executors talking to the fake, as several daemons would (each with its own client)."""
 
     def make(**settings: Any) -> KubernetesExecutor:
@@ -112,7 +96,7 @@ def pod_writes(result: dict[str, Any], code: int) -> Callable[[dict[str, Any]], 
 
 
 def test_a_job_that_succeeds_runs_as_the_configured_job_and_its_log_is_kept(
-    fake: Any, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
+    fake: fk.FakeKubernetes, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
 ) -> None:
     executor = executor_for()
     spec = spec_for(jobs_dir, 7)
@@ -181,7 +165,7 @@ def test_a_job_that_succeeds_runs_as_the_configured_job_and_its_log_is_kept(
 
 
 def test_a_job_that_fails_exits_with_its_container_code_and_says_why_in_its_log(
-    fake: Any, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
+    fake: fk.FakeKubernetes, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
 ) -> None:
     executor = executor_for(gpus=0)
     fake.script(3, fk.Fail(after_polls=2, exit_code=3, log="loading\nValueError: no labels\n"))
@@ -199,7 +183,7 @@ def test_a_job_that_fails_exits_with_its_container_code_and_says_why_in_its_log(
 
 
 def test_a_job_stopped_by_its_deadline_fails_with_code_1_and_the_reason(
-    fake: Any, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
+    fake: fk.FakeKubernetes, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
 ) -> None:
     executor = executor_for()
     fake.script(
@@ -220,7 +204,7 @@ def test_a_job_stopped_by_its_deadline_fails_with_code_1_and_the_reason(
 
 
 def test_a_cancelled_job_is_deleted_in_the_foreground_and_then_gone(
-    fake: Any, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
+    fake: fk.FakeKubernetes, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
 ) -> None:
     executor = executor_for()
     fake.script(5, fk.RunUntilDeleted(log="step 1\nstep 2\n"))
@@ -244,7 +228,7 @@ def test_a_cancelled_job_is_deleted_in_the_foreground_and_then_gone(
 
 
 def test_another_daemon_adopts_a_running_job_and_sees_it_end(
-    fake: Any, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
+    fake: fk.FakeKubernetes, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
 ) -> None:
     first = executor_for()
     log_path = jobs_dir / "8" / "attempt-2.log"
@@ -263,7 +247,7 @@ def test_another_daemon_adopts_a_running_job_and_sees_it_end(
 
 
 def test_a_job_removed_after_its_ttl_is_judged_by_the_exit_file_it_left(
-    fake: Any, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
+    fake: fk.FakeKubernetes, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
 ) -> None:
     executor = executor_for()
     spec = spec_for(jobs_dir, 9)
@@ -280,7 +264,7 @@ def test_a_job_removed_after_its_ttl_is_judged_by_the_exit_file_it_left(
 
 
 def test_handles_of_another_executor_and_api_errors_are_refused_clearly(
-    fake: Any, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
+    fake: fk.FakeKubernetes, executor_for: Callable[..., KubernetesExecutor], jobs_dir: Path
 ) -> None:
     executor = executor_for()
     with pytest.raises(ValueError, match="not a Kubernetes job handle"):
@@ -294,16 +278,20 @@ def test_handles_of_another_executor_and_api_errors_are_refused_clearly(
         jobs_dir,
         api_client=ApiClient(Configuration(host=f"http://127.0.0.1:{port}")),
     )
-    with pytest.raises(OSError, match="could not create Kubernetes Job retune/driftd-job-1-"):
+    with pytest.raises(
+        KubernetesError, match="could not create Kubernetes Job retune/driftd-job-1-"
+    ):
         unreachable.start(1, "fine_tune", spec_for(jobs_dir, 1), jobs_dir / "1" / "a.log", {})
 
     fake.script(2, fk.RunUntilDeleted())
     handle = executor.start(2, "fine_tune", spec_for(jobs_dir, 2), jobs_dir / "2" / "a.log", {})
     fake.forbid(NAMESPACE)  # the daemon's role was taken away
     # The API's own message reaches the user; an error is no verdict on the job (not Gone).
-    with pytest.raises(OSError, match=r"could not read Kubernetes Job .*HTTP 403 .*forbidden"):
+    with pytest.raises(
+        KubernetesError, match=r"could not read Kubernetes Job .*HTTP 403 .*forbidden"
+    ):
         executor.poll(handle)
-    with pytest.raises(OSError, match=r"HTTP 403 Forbidden: jobs.batch is forbidden: User"):
+    with pytest.raises(KubernetesError, match=r"HTTP 403 Forbidden: jobs.batch is forbidden: User"):
         executor.start(3, "fine_tune", spec_for(jobs_dir, 3), jobs_dir / "3" / "a.log", {})
 
 
@@ -342,7 +330,7 @@ def test_config_names_what_the_kubernetes_executor_is_missing() -> None:
 
 
 def test_the_cluster_is_reached_through_the_configured_kubeconfig(
-    fake: Any, jobs_dir: Path, tmp_path: Path
+    fake: fk.FakeKubernetes, jobs_dir: Path, tmp_path: Path
 ) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
@@ -376,7 +364,7 @@ def test_without_the_kubernetes_package_the_error_names_the_extra(
 def test_the_runner_drives_kubernetes_jobs_to_succeeded_and_failed(
     store: Store,
     deployment: str,
-    fake: Any,
+    fake: fk.FakeKubernetes,
     executor_for: Callable[..., KubernetesExecutor],
     jobs_dir: Path,
 ) -> None:

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import update
 
 from daemon.domain import JobState
-from daemon.errors import StoreError
+from daemon.errors import NotFound, StoreError
 from daemon.jobs.executor import LocalExecutor, LocalHandle, Running, Status
 from daemon.jobs.runner import JobRunner
 from daemon.store import Job, Store
@@ -348,9 +348,9 @@ def test_the_store_refuses_jobs_it_cannot_run(store: Store, deployment: str) -> 
         create_job(store, deployment, "--spec", "manual", {})
     with pytest.raises(ValueError, match=r"max_attempts must be at least 1"):
         create_job(store, deployment, "evaluate", "manual", {}, max_attempts=0)
-    with pytest.raises(StoreError, match=r"unknown deployment 'nope'"):
+    with pytest.raises(NotFound, match=r"unknown deployment 'nope'"):
         create_job(store, "nope", "evaluate", "manual", {})
-    with pytest.raises(StoreError, match=r"no job 404 in the store"):
+    with pytest.raises(NotFound, match=r"no job 404 in the store"):
         get_job(store, 404)
     assert list_jobs(store) == []
 

@@ -2,10 +2,11 @@
 style: every test builds its own ``CollectorRegistry`` and reads values with
 ``get_sample_value``. Batches go through the ingest API, checks through ``Actions.check`` and the
 real ``Checker``, jobs through the job runner with real ``python -m retrain`` processes,
-promotions and rollbacks through ``daemon.promotion`` as the CLI runs them."""
+promotions and rollbacks through ``daemon.retune.promotion`` as the CLI runs them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,20 +18,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from daemon import __version__, promotion
+from daemon import __version__
 from daemon.api import Tokens, create_app
 from daemon.checks import Checker
 from daemon.config import Config, parse_config
 from daemon.config.models import Hooks, Metrics
 from daemon.domain import JobState, VersionKind, VersionState
-from daemon.ingest.pipeline import DeploymentPipeline, IngestStats
+from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.prepare import PreparerPool
 from daemon.ingest.writer import Writer
 from daemon.jobs.executor import LocalExecutor
 from daemon.jobs.runner import JobRunner
-from daemon.metrics import DriftdMetrics
+from daemon.metrics import DriftdMetrics, ReplicaMetrics
 from daemon.prompts import ensure_initial
-from daemon.proxy import ProxyStats
+from daemon.retune import promotion
 from daemon.scheduler import CheckDone, Tick
 from daemon.scheduler.actions import Actions
 from daemon.store import Check, Store, versions
@@ -68,13 +69,6 @@ class Leading:
         return self.leads
 
 
-class Notifier:
-    """What ``daemon.notify.NotifierStats`` offers the metrics: counts by (kind, status)."""
-
-    def snapshot(self) -> dict[tuple[str, str], int]:
-        return {("slack", "sent"): 3, ("webhook", "failed"): 1}
-
-
 class InProcessChecks:
     """The check workers' job done in this process: the real ``Checker``, no worker pool."""
 
@@ -89,7 +83,7 @@ class InProcessChecks:
 
 class Daemon:
     """The parts of ``driftd serve`` the metrics read: a store, the API with its writer, the
-    proxy's stats, and ``DriftdMetrics`` on a registry of this test's own."""
+    replica's metrics, and ``DriftdMetrics`` on a registry of this test's own."""
 
     def __init__(self, store: Store, tmp_path: Path, **metrics: Any) -> None:
         (tmp_path / "golden.jsonl").write_text('{"input": "hi", "expected": "hello"}\n')
@@ -98,7 +92,6 @@ class Daemon:
         for deployment in self.config.deployments:
             store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
         self.store = store
-        self.stats = IngestStats()
         self.writer = Writer(store, queue_batches=self.config.ingest.queue_batches)
         self.writer.start()
         self.preparer = PreparerPool(
@@ -106,12 +99,11 @@ class Daemon:
         )
         self.leading = Leading()
         self.registry = CollectorRegistry()
+        self.replica = ReplicaMetrics(self.registry)
         self.metrics = DriftdMetrics(
-            self.registry,
+            self.replica,
             config=self.config,
             store=store,
-            ingest=self.stats,
-            proxy=ProxyStats(),
             writer=self.writer,
             is_leader=self.leading,
             store_cache=metrics.pop("store_cache", NO_CACHE),
@@ -124,7 +116,7 @@ class Daemon:
             pipelines={d.name: DeploymentPipeline(d) for d in self.config.deployments},
             tokens=Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",)),
             limits=self.config.ingest,
-            stats=self.stats,
+            stats=self.replica,
             leader=self.leading,
             metrics=self.metrics,
         )
@@ -209,13 +201,19 @@ def test_an_ingested_batch_is_counted_by_source_and_outcome(daemon: Daemon) -> N
 
 
 def test_metrics_are_served_open_in_the_text_format(daemon: Daemon) -> None:
-    daemon.metrics.set_notifications(Notifier())
+    for _ in range(3):
+        daemon.replica.notified("slack", "sent")  # as the notifier's sender counts
+    daemon.replica.notified("webhook", "failed")
     answer = daemon.client.get("/metrics")
     assert answer.status_code == 200
     assert answer.headers["content-type"] == DriftdMetrics.CONTENT_TYPE
     families = {f.name: f for f in text_string_to_metric_families(answer.text)}
     assert families["driftd_leader"].samples[0].value == 1
-    sent = [s for s in families["driftd_notifications"].samples if s.labels["status"] == "sent"]
+    sent = [
+        s
+        for s in families["driftd_notifications"].samples
+        if s.name == "driftd_notifications_total" and s.labels["status"] == "sent"
+    ]
     assert [(s.labels["kind"], s.value) for s in sent] == [("slack", 3)]
     assert daemon.value("driftd_notifications_total", kind="webhook", status="failed") == 1
 
@@ -285,11 +283,9 @@ def test_a_real_check_exports_its_verdict_signals_and_quality_zeros_included(
     capped = CollectorRegistry()
     config = daemon.config.model_copy(update={"metrics": Metrics(max_signals_per_deployment=2)})
     DriftdMetrics(
-        capped,
+        ReplicaMetrics(capped),
         config=config,
         store=daemon.store,
-        ingest=IngestStats(),
-        proxy=ProxyStats(),
         writer=None,
         is_leader=lambda: True,
         store_cache=NO_CACHE,
@@ -422,14 +418,12 @@ def test_store_readings_are_reused_for_the_cache_time(store: Store, tmp_path: Pa
 def test_proxy_durations_from_many_threads_add_up_to_a_histogram(daemon: Daemon) -> None:
     import threading
 
-    stats = ProxyStats()
     registry = CollectorRegistry()
+    stats = ReplicaMetrics(registry)
     DriftdMetrics(
-        registry,
+        stats,
         config=daemon.config,
         store=daemon.store,
-        ingest=IngestStats(),
-        proxy=stats,
         writer=None,
         is_leader=lambda: False,
     )
@@ -457,3 +451,33 @@ def test_proxy_durations_from_many_threads_add_up_to_a_histogram(daemon: Daemon)
     assert value("driftd_samples_received_total", {**bot, "source": "proxy"}) == 4000
     assert value("driftd_proxy_refused_total", {**bot, "reason": "unauthorized"}) == 40
     assert value("driftd_proxy_refused_total", {**bot, "reason": "too_large"}) == 0
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
+DOCUMENTED = re.compile(
+    r"^\| `(driftd_[a-z0-9_]+)` \| (counter|gauge|histogram)[^|]*\| ([^|]*) \|", re.M
+)
+
+
+def test_every_family_is_exported_with_its_documented_name_type_and_labels(
+    daemon: Daemon,
+) -> None:
+    documented = {
+        name: (kind, set(re.findall(r"`([a-z_]+)`", labels)))
+        for name, kind, labels in DOCUMENTED.findall(DOCS.read_text(encoding="utf-8"))
+    }
+    daemon.ingest(traffic(datetime.now(UTC) - timedelta(minutes=30), 3, "doc"))
+    daemon.metrics.leader.checked("bot", "ok", 0.2)
+    daemon.metrics.leader.scheduler_run("check", "ran")
+    daemon.replica.notified("webhook", "sent")
+    exported: dict[str, tuple[str, set[str]]] = {}
+    for family in daemon.registry.collect():
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        labels = {label for s in family.samples for label in s.labels if label != "le"}
+        exported[name] = (family.type, labels)
+
+    assert sorted(exported) == sorted(documented)
+    for name, (kind, labels) in exported.items():
+        assert kind == documented[name][0], name
+        if labels:  # a family with no series yet says nothing of its labels
+            assert labels == documented[name][1], name

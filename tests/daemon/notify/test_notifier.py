@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
-import socket
-import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,13 +24,28 @@ from sqlalchemy import select
 from daemon.config.models import Notifications, NotifyOn
 from daemon.domain import JobState
 from daemon.errors import ConfigError
+from daemon.metrics import ReplicaMetrics
 from daemon.notify import Notifier
-from daemon.store import NewCheck, Store, upgrade
+from daemon.notify.sender import PASS_ROWS
+from daemon.store import Store, upgrade
 from daemon.store.jobs import claim_job, create_job, finish_job, get_job
 from daemon.store.models import Event, Notification, utcnow
 from daemon.store.versions import add_version, promote, rollback
+from tests.helpers.checks import new_check
+from tests.helpers.serve import Server, free_port, running
+from tests.helpers.wait import wait_for
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def notifications(metrics: ReplicaMetrics) -> dict[tuple[str, str], float]:
+    """``driftd_notifications_total`` by (kind, status), as ``/metrics`` exports it."""
+    return {
+        (sample.labels["kind"], sample.labels["status"]): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "driftd_notifications_total"
+    }
 
 
 @dataclass(frozen=True)
@@ -133,14 +147,6 @@ def webhook(store: Store, receiver: Receiver, **changes: Any) -> Notifier:
     return Notifier(store, settings(**changes), {"DRIFTD_WEBHOOK_URL": receiver.url})
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.02)
-
-
 def deliver_all(notifier: Notifier) -> None:
     """Deliver in this thread until nothing is due."""
     for _ in range(50):
@@ -151,23 +157,7 @@ def deliver_all(notifier: Notifier) -> None:
 
 def check_completed(store: Store, deployment: str, status: str, **drifted: float) -> int:
     """Record a check and its audit event as the daemon's checker does."""
-    now = utcnow()
-    check_id = store.record_check(
-        deployment,
-        NewCheck(
-            started_at=now,
-            finished_at=now,
-            status=status,
-            window_start=now - timedelta(hours=1),
-            window_end=now,
-            reference_kind="window",
-            current_rows=500,
-            reference_rows=500,
-            current_total=500,
-            reference_total=500,
-            signals={"status": status, "signals": []},
-        ),
-    )
+    check_id = store.record_check(deployment, new_check(status, at=utcnow()))
     store.add_event(
         deployment,
         "check.completed",
@@ -241,8 +231,10 @@ def test_a_delivery_that_failed_is_retried_and_arrives_once_before_the_resolve(
         check_completed(store, deployment, "drift", text=0.001)
         check_completed(store, deployment, "ok")
         notifier.process()
-        wait_for(lambda: len(receiver.bodies()) == 3, "the retry and the resolve")
-        wait_for(lambda: all(row.delivery == "sent" for row in outbox(store)), "both marked sent")
+        wait_for(lambda: len(receiver.bodies()) == 3, 10, "the retry and the resolve")
+        wait_for(
+            lambda: all(row.delivery == "sent" for row in outbox(store)), 10, "both marked sent"
+        )
     finally:
         notifier.stop(timedelta(seconds=5))
 
@@ -256,23 +248,39 @@ def test_a_delivery_that_failed_is_retried_and_arrives_once_before_the_resolve(
         ("resolved", 1, "sent"),
     ]
     assert rows[0].last_error is None
-    assert notifier.stats.snapshot() == {("webhook", "retried"): 1, ("webhook", "sent"): 2}
+    assert notifications(notifier.metrics) == {("webhook", "retried"): 1, ("webhook", "sent"): 2}
 
 
 def test_a_resolve_held_back_by_its_firing_retry_waits_without_spinning(
-    store: Store, deployment: str, receiver: Receiver
+    store: Store, deployment: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     notifier = webhook(store, receiver, backoff=timedelta(seconds=30))
     receiver.fail_next(1, 503)
+    passes = 0
+    deliver_due = notifier.sender.deliver_due
+
+    def counted(limit: int = PASS_ROWS) -> int:
+        nonlocal passes
+        try:
+            return deliver_due(limit)
+        finally:
+            passes += 1
+
+    monkeypatch.setattr(notifier.sender, "deliver_due", counted)
     notifier.start()
     try:
         check_completed(store, deployment, "drift", text=0.001)
         check_completed(store, deployment, "ok")
         notifier.process()
-        wait_for(lambda: len(receiver.bodies()) == 1, "the first, failing, delivery")
+        wait_for(lambda: len(receiver.bodies()) == 1, 10, "the first, failing, delivery")
+        wait_for(lambda: outbox(store)[0].attempts == 1, 10, "the failure to be recorded")
+        recorded = passes
         cpu = time.process_time()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the window the waiting sender's CPU is measured over
         spent = time.process_time() - cpu
+        # Two passes of the sender's own since then, each of which would have sent the resolve
+        # had it not been held back.
+        wait_for(lambda: passes >= recorded + 2, 10, "two more delivery passes")
     finally:
         notifier.stop(timedelta(seconds=5))
 
@@ -394,7 +402,7 @@ def test_a_gap_left_by_a_rolled_back_insert_is_passed_once_settled(
     check_completed(store, deployment, "drift", text=0.001)
     assert notifier.process().events == 0
 
-    wait_for(lambda: notifier.process().events == 1, "the gap to settle")
+    wait_for(lambda: notifier.process().events == 1, 10, "the gap to settle")
     deliver_all(notifier)
     assert [body["status"] for body in receiver.bodies()] == ["firing"]
 
@@ -417,16 +425,13 @@ def test_a_4xx_answer_is_given_up_at_once_without_leaking_the_url(
     assert row.last_error == "HTTP 404: answered 404"
     assert "given up" in caplog.text
     assert "s3cret" not in caplog.text
-    assert notifier.stats.snapshot() == {("webhook", "failed"): 1}
+    assert notifications(notifier.metrics) == {("webhook", "failed"): 1}
 
 
 def test_an_unreachable_channel_is_retried_until_max_attempts(
     store: Store, deployment: str, receiver: Receiver
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/hook?token=s3cret-token"
+    url = f"http://127.0.0.1:{free_port()}/hook?token=s3cret-token"  # nothing listens there
     notifier = Notifier(store, settings(max_attempts=3), {"DRIFTD_WEBHOOK_URL": url})
     check_completed(store, deployment, "drift", text=0.001)
     notifier.process()
@@ -435,14 +440,14 @@ def test_an_unreachable_channel_is_retried_until_max_attempts(
         notifier.deliver()
         return outbox(store)[0].delivery != "pending"
 
-    wait_for(given_up, "three attempts")
+    wait_for(given_up, 10, "three attempts")
 
     [row] = outbox(store)
     assert (row.delivery, row.attempts) == ("failed", 3)
     assert row.last_error is not None
     assert row.last_error.startswith("ConnectError")
     assert "s3cret" not in row.last_error
-    assert notifier.stats.snapshot() == {("webhook", "retried"): 2, ("webhook", "failed"): 1}
+    assert notifications(notifier.metrics) == {("webhook", "retried"): 2, ("webhook", "failed"): 1}
 
 
 def test_a_failed_job_fires_once_and_the_next_success_of_its_kind_resolves_it(
@@ -593,7 +598,7 @@ def test_a_hanging_channel_never_blocks_the_chore(
     try:
         check_completed(store, deployment, "drift", text=0.001)
         notifier.process()
-        wait_for(lambda: len(receiver.bodies()) == 1, "the sender to be stuck on the receiver")
+        wait_for(lambda: len(receiver.bodies()) == 1, 10, "the sender to be stuck on the receiver")
 
         check_completed(store, deployment, "ok")
         started = time.monotonic()
@@ -605,6 +610,7 @@ def test_a_hanging_channel_never_blocks_the_chore(
         receiver.release()
         wait_for(
             lambda: [row.delivery for row in outbox(store)] == ["sent", "sent"],
+            10,
             "delivery once the receiver answers",
         )
     finally:
@@ -614,12 +620,6 @@ def test_a_hanging_channel_never_blocks_the_chore(
     statuses = [body["status"] for body in receiver.bodies()]
     assert statuses[-1] == "resolved"
     assert set(statuses[:-1]) == {"firing"}  # the timed-out attempt, then its retry
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _get_json(url: str) -> Any:
@@ -634,8 +634,8 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
         pytest.skip("prometheus-alertmanager is not installed (Debian package)")
     config = tmp_path / "alertmanager.yml"
     config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
-    port = _free_port()
-    process = subprocess.Popen(
+    port = free_port()
+    server = Server(
         [
             ALERTMANAGER,
             f"--config.file={config}",
@@ -643,29 +643,13 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=os.environ,
+        port=port,
+        log=tmp_path / "alertmanager.log",
     )
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            urllib.request.urlopen(f"{base}/-/ready", timeout=1).close()  # noqa: S310
-        except OSError:
-            assert process.poll() is None, "alertmanager exited at start"
-            return False
-        return True
-
-    try:
-        wait_for(ready, "alertmanager to start", timeout=20)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with running(server, timeout=20, path="/-/ready", stop_within=10, exit_code=None):
+        yield server.url
 
 
 def test_a_real_alertmanager_takes_the_alert_and_its_resolution(
@@ -683,7 +667,7 @@ def test_a_real_alertmanager_takes_the_alert_and_its_resolution(
             alerts: list[dict[str, Any]] = _get_json(f"{alertmanager}/api/v2/alerts")
             return [a for a in alerts if a["labels"].get("source") == "driftd"]
 
-        wait_for(lambda: len(active()) == 1, "the alert in alertmanager")
+        wait_for(lambda: len(active()) == 1, 10, "the alert in alertmanager")
         [alert] = active()
         assert alert["labels"]["alertname"] == "DriftdDriftDetected"
         assert alert["labels"]["deployment"] == "intents"
@@ -693,7 +677,7 @@ def test_a_real_alertmanager_takes_the_alert_and_its_resolution(
         notifier.process()
         deliver_all(notifier)
 
-        wait_for(lambda: active() == [], "alertmanager to resolve the alert")
+        wait_for(lambda: active() == [], 10, "alertmanager to resolve the alert")
         assert [row.delivery for row in outbox(store)] == ["sent", "sent"]
 
 
@@ -717,7 +701,7 @@ def test_the_daemon_sends_what_its_leader_sees_to_the_channels_in_its_environ(
     daemon.start()
     try:
         check_completed(daemon.store, "support-bot", "drift", text=0.001)
-        wait_for(lambda: len(receiver.bodies()) == 2, "the leader's messages", timeout=60)
+        wait_for(lambda: len(receiver.bodies()) == 2, 60, "the leader's messages")
     finally:
         daemon.stop()
 
@@ -726,4 +710,4 @@ def test_the_daemon_sends_what_its_leader_sees_to_the_channels_in_its_environ(
         ("firing", "check.completed"),
         ("info", "version.promoted"),
     ]
-    assert daemon.notifier_stats.snapshot() == {("webhook", "sent"): 2}
+    assert notifications(daemon.replica_metrics) == {("webhook", "sent"): 2}

@@ -137,7 +137,7 @@ def test_a_scheduled_retune_creates_a_job_then_waits_out_the_cooldown(
 
 
 def test_a_failed_check_is_recorded_as_failed(store: Store, tmp_path: Any) -> None:
-    from daemon.scheduler import CheckTimeout
+    from daemon.errors import CheckTimeout
 
     class TimingOut(FakeChecks):
         def run(self, deployment: str, **_: Any) -> CheckDone:
@@ -293,6 +293,28 @@ def test_the_leader_promotes_a_passed_challenger_and_rejects_a_worse_one(
     promoted = [e for e in store.recent_events("intents") if e.kind == "version.promoted"]
     assert [e.evidence["new"]["name"] for e in promoted] == ["better", "v1"]
     assert (models / "current").resolve() == (tmp_path / "better").resolve()
+
+
+def test_a_result_of_a_newer_release_is_left_unsettled_and_a_spec_of_the_last_one_is_not(
+    store: Store, tmp_path: Any
+) -> None:
+    store.ensure_deployment("intents", "finetuned", "classification")
+    actions = Actions(finetuned(tmp_path), store, FakeChecks(store), epoch=lambda: 1)  # type: ignore[arg-type]
+    assert acquire(store, "scheduler", "driftd", 10.0) is not None
+    versions.add_version(store, "intents", kind="model", name="v1", artifact="/models/v1")
+    versions.promote(store, "intents", "v1", actor="test")
+    # The spec of finished_retune has no spec_version: a job queued by the previous release.
+    newer = finished_retune(store, "from-the-future", passed=True, artifact=tmp_path / "a")
+    with store.session() as session:
+        job = session.get(Job, newer)
+        assert job is not None
+        job.result = {**(job.result or {}), "spec_version": 99}
+    finished_retune(store, "from-the-past", passed=False, artifact=tmp_path / "b")
+
+    actions.settle_jobs()
+
+    states = {v.name: v.state for v in versions.list_versions(store, "intents")}
+    assert states == {"v1": "active", "from-the-past": "rejected"}
 
 
 def test_a_check_rolls_back_a_promoted_version_that_serves_worse(

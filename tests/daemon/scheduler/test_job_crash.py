@@ -7,22 +7,20 @@ import csv
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
 import pytest
 
 from daemon.domain import JobState, VersionKind
+from daemon.scheduler.leader import LEASE_NAME
 from daemon.store import Store, upgrade, versions
 from daemon.store import jobs as job_store
+from daemon.store.lease import current
+from tests.helpers.serve import alive, running, start_driftd
+from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
-DRIFTD = Path(sys.executable).parent / "driftd"
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 CONFIG = """\
 scheduling: {lease_ttl: 2s, job_poll: 1s, job_heartbeat: 1s, job_stale_after: 3s, jobs_dir: jobs}
@@ -35,34 +33,6 @@ deployments:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def serve(folder: Path, db_url: str) -> subprocess.Popen[bytes]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    port = free_port()
-    process = subprocess.Popen(
-        [str(DRIFTD), "serve", "-c", "driftd.yaml", "--port", str(port)],
-        cwd=folder,
-        env={**environ, "DRIFTD_STORAGE_URL": db_url},
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / f"daemon-{port}.log").open("w"),
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return process
-        except httpx.HTTPError:
-            assert process.poll() is None, "the daemon exited at start"
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the daemon did not come up")
-
-
 def golden_set(path: Path) -> Path:
     rows: list[dict[str, str]] = []
     with (ROOT / "examples/banking77/data/test.csv").open(encoding="utf-8") as source:
@@ -73,21 +43,18 @@ def golden_set(path: Path) -> Path:
     return path
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s: {what}")
+def renewals(store: Store, count: int) -> Callable[[], bool]:
+    """A predicate: whether the leader has renewed its lease ``count`` times since it was first
+    asked (each renewal stores a new ``renewed_at``)."""
+    seen: set[float] = set()
 
+    def renewed() -> bool:
+        lease = current(store, LEASE_NAME)
+        if lease is not None:
+            seen.add(lease.renewed_at)
+        return len(seen) > count
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return renewed
 
 
 @pytest.mark.parametrize("job_dies_too", [False, True], ids=["job-survives", "job-killed"])
@@ -113,33 +80,32 @@ def test_a_job_outlives_a_killed_daemon_and_its_candidate_is_promoted_once(
             "promote": True,
         }
         job_id = job_store.create_job(store, "intents", "evaluate", "manual", spec)
+        environ = {"DRIFTD_STORAGE_URL": db_url}
 
-        first = serve(tmp_path, db_url)
-        try:
+        first = start_driftd(Path("driftd.yaml"), tmp_path, env=environ)
+        with running(first, timeout=60):
             wait_for(
                 lambda: job_store.get_job(store, job_id)[1].handle is not None,
                 60,
                 "the job to start",
+                interval=0.2,
             )
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
-        finally:
-            if first.poll() is None:
-                first.kill()
-        _, running = job_store.get_job(store, job_id)
-        assert running.state == JobState.running.value
-        pid = int(str(running.handle).split(":")[1])
+            first.kill()
+        _, orphan = job_store.get_job(store, job_id)
+        assert orphan.state == JobState.running.value
+        pid = int(str(orphan.handle).split(":")[1])
         assert alive(pid), "the job died with its daemon"
         if job_dies_too:
             os.killpg(pid, signal.SIGKILL)
-            wait_for(lambda: not alive(pid), 10, "the job to die")
+            wait_for(lambda: not alive(pid), 10, "the job to die", interval=0.2)
 
-        second = serve(tmp_path, db_url)
-        try:
+        second = start_driftd(Path("driftd.yaml"), tmp_path, env=environ)
+        with running(second, timeout=60, stop_within=30):
             wait_for(
                 lambda: job_store.get_job(store, job_id)[1].state == JobState.succeeded.value,
                 90,
                 "the job to succeed after the restart",
+                interval=0.2,
             )
             wait_for(
                 lambda: any(
@@ -148,11 +114,11 @@ def test_a_job_outlives_a_killed_daemon_and_its_candidate_is_promoted_once(
                 ),
                 30,
                 "the candidate to be settled",
+                interval=0.2,
             )
-            time.sleep(2.5)  # a few more passes of the leader's settling chore: nothing more
-        finally:
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(timeout=30) == 0
+            # The leader goes on: four renewals of its lease, one every third of its 2 s TTL,
+            # span two seconds, two more passes of its 1 s settling chore: nothing more.
+            wait_for(renewals(store, 4), 30, "four renewals of the leader's lease", interval=0.1)
         _, done = job_store.get_job(store, job_id)
         events = store.recent_events("intents", limit=500)
         by_name = {v.name: v.state for v in versions.list_versions(store, "intents")}

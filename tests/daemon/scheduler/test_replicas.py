@@ -1,5 +1,6 @@
 """Replicas of ``driftd serve`` sharing one store, as an operator runs them: two on PostgreSQL
-(one process on SQLite), a check every second for over 100 ticks, then the leader is killed.
+(one process on SQLite; both stores side by side), a check every second for over 100 ticks, then
+the leader is killed.
 
 The design promises each tick at most once, and a tick that could not run on time visibly missed
 (``driftd_scheduler_runs_total{status="missed"}``): on a loaded 2-core machine a check can outlast
@@ -8,102 +9,54 @@ under one leader passes only if that leader counted it, and such gaps stay rare.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine
 
 from daemon.store import normalize_url
 from daemon.store.models import Check, RunClaim
+from tests.conftest import _fresh_postgres_database
+from tests.helpers.configs import minimal_config
+from tests.helpers.serve import Server, start_driftd
+from tests.helpers.wait import wait_for
 
-DRIFTD = Path(sys.executable).parent / "driftd"
 TTL = 3.0
 TICKS = 100
-CONFIG = f"""\
-scheduling: {{lease_ttl: {TTL:g}s}}
-deployments:
-  - name: bot
-    kind: prompted
-    task: generation
-    prompt: {{model: gpt-4o-mini, system: "You are helpful."}}
-    monitor: {{schedule: every 1s, timeout: 30s}}
-"""
+CONFIG = minimal_config(
+    scheduling=f"lease_ttl: {TTL:g}s", monitor="schedule: every 1s, timeout: 30s"
+)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def replica(config: Path, db_url: str) -> Server:
+    """One ``driftd serve`` of ``config`` on the shared store, not yet ready."""
+    return start_driftd(config, config.parent, env={"DRIFTD_STORAGE_URL": db_url})
 
 
-class Replica:
-    def __init__(self, config: Path, db_url: str) -> None:
-        self.port = free_port()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-        self.log = (config.parent / f"replica-{self.port}.log").open("w")
-        self.process = subprocess.Popen(
-            [str(DRIFTD), "serve", "-c", str(config), "--port", str(self.port)],
-            cwd=config.parent,
-            env={**environ, "DRIFTD_STORAGE_URL": db_url},
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-        )
-
-    def health(self) -> dict[str, object] | None:
-        try:
-            answer = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2)
-        except httpx.HTTPError:
-            return None
-        return dict(answer.json())
-
-    def missed_checks(self) -> int:
-        """How many check ticks this replica counted as missed (skipped: too late or still busy)."""
-        answer = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5)
-        answer.raise_for_status()
-        for family in text_string_to_metric_families(answer.text):
-            for sample in family.samples:
-                if sample.name == "driftd_scheduler_runs_total" and sample.labels == {
-                    "kind": "check",
-                    "status": "missed",
-                }:
-                    return int(sample.value)
-        return 0
-
-    def leads(self) -> bool:
-        health = self.health()
-        return bool(health and health["leader"])
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"replica on port {self.port} exited: see {self.log.name}")
-            if self.health() is not None:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"replica on port {self.port} not up within {timeout} s")
-
-    def end(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                assert self.process.wait(timeout=30) == 0
-            finally:
-                if self.process.poll() is None:
-                    self.process.kill()
-        self.log.close()
+def missed_checks(replica: Server) -> int:
+    """How many check ticks ``replica`` counted as missed (skipped: too late or still busy)."""
+    answer = httpx.get(f"{replica.url}/metrics", timeout=5)
+    answer.raise_for_status()
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            if sample.name == "driftd_scheduler_runs_total" and sample.labels == {
+                "kind": "check",
+                "status": "missed",
+            }:
+                return int(sample.value)
+    return 0
 
 
 def claims_and_checks(engine: Engine) -> tuple[list[Any], list[datetime]]:
@@ -123,21 +76,45 @@ def claims_and_checks(engine: Engine) -> tuple[list[Any], list[datetime]]:
     return claims, checked
 
 
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An empty SQLite and an empty PostgreSQL database, by name."""
+    with contextmanager(_fresh_postgres_database)() as postgres:
+        yield {"sqlite": f"sqlite:///{tmp_path / 'driftd.db'}", "postgresql": postgres}
+
+
+@pytest.mark.postgres
 def test_replicas_run_every_tick_once_and_a_successor_takes_over(
-    db_url: str, tmp_path: Path
+    stores: dict[str, str], tmp_path: Path
 ) -> None:
-    config = tmp_path / "driftd.yaml"
+    """Both stores at once, each with its own replicas and folder: the scenario waits on the
+    clock (over 100 one-second ticks), so side by side it costs the time of one."""
+    with ThreadPoolExecutor(max_workers=len(stores)) as pool:
+        runs = {
+            name: pool.submit(replicas_take_turns, url, tmp_path / name)
+            for name, url in stores.items()
+        }
+    for name, run in runs.items():
+        try:
+            run.result()
+        except AssertionError as failed:
+            raise AssertionError(f"{name}: {failed}") from failed
+
+
+def replicas_take_turns(db_url: str, folder: Path) -> None:
+    folder.mkdir()
+    config = folder / "driftd.yaml"
     config.write_text(CONFIG)
     postgres = db_url.startswith("postgresql")
     engine = create_engine(normalize_url(db_url))
-    replicas = [Replica(config, db_url) for _ in range(2 if postgres else 1)]
+    replicas = [replica(config, db_url) for _ in range(2 if postgres else 1)]
     try:
-        for replica in replicas:
-            replica.wait_ready()
+        for each in replicas:
+            each.wait_ready(60)
         most_leaders, polls = 0, 0
         deadline = time.monotonic() + TICKS + 120
         while time.monotonic() < deadline:
-            leaders = sum(replica.leads() for replica in replicas)
+            leaders = sum(each.leads() for each in replicas)
             most_leaders, polls = max(most_leaders, leaders), polls + 1
             if len(claims_and_checks(engine)[0]) >= TICKS:
                 break
@@ -146,30 +123,30 @@ def test_replicas_run_every_tick_once_and_a_successor_takes_over(
         assert len(claims) >= TICKS, f"only {len(claims)} ticks ran"
         assert most_leaders == 1, f"{most_leaders} leaders at once over {polls} polls"
 
-        (leader,) = [replica for replica in replicas if replica.leads()]
-        missed = leader.missed_checks()
+        (leader,) = [each for each in replicas if each.leads()]
+        missed = missed_checks(leader)
         leader.process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        leader.process.wait(timeout=10)
+        leader.kill()
         before_kill = len(claims_and_checks(engine)[0])
         replicas.remove(leader)
-        leader.log.close()
         if not replicas:  # SQLite, one process: the operator restarts it
-            replicas.append(Replica(config, db_url))
-            replicas[0].wait_ready()
+            replicas.append(replica(config, db_url))
+            replicas[0].wait_ready(60)
         (successor,) = replicas
-        while not successor.leads() and time.monotonic() - killed < 60:
-            time.sleep(0.1)
+        wait_for(successor.leads, killed + 60 - time.monotonic(), "a successor", interval=0.1)
         took_over = time.monotonic() - killed
-        assert successor.leads()
         if postgres:
             assert took_over <= TTL + 0.5, f"took over after {took_over:.1f} s (TTL {TTL} s)"
-        while len(claims_and_checks(engine)[0]) < before_kill + 5:
-            assert time.monotonic() - killed < 60, "the successor runs no ticks"
-            time.sleep(0.2)
+        wait_for(
+            lambda: len(claims_and_checks(engine)[0]) >= before_kill + 5,
+            killed + 60 - time.monotonic(),
+            "the successor to run ticks",
+            interval=0.2,
+        )
     finally:
-        for replica in replicas:
-            replica.end()
+        codes = [each.stop(30) for each in replicas]
+        assert codes == [0] * len(codes), [each.output() for each in replicas]
 
     claims, checked = claims_and_checks(engine)
     engine.dispose()

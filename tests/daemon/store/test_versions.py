@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon.errors import DriftdError, LeaseLost, StoreError
+from daemon.errors import DriftdError, LeaseLost, NotFound, StoreError
 from daemon.store import Event, Store, Version, acquire, epoch_is_current
 from daemon.store.queries import list_events
 from daemon.store.versions import Fence, add_version, list_versions, promote, rollback
@@ -59,7 +59,7 @@ def test_adding_a_version_refuses_what_would_break_the_rules(store: Store, deplo
 
     with pytest.raises(DriftdError, match="already has a version named 'v1'"):
         add(store, deployment, "v1")
-    with pytest.raises(StoreError, match="has no version 'v0'; its latest versions: v1"):
+    with pytest.raises(NotFound, match="has no version 'v0'; its latest versions: v1"):
         add(store, deployment, "v2", parent="v0")
     with pytest.raises(StoreError, match="no job 404"):
         add(store, deployment, "v2", job_id=404)

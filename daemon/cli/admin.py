@@ -4,7 +4,7 @@ They read and steer the store named by the configuration, as the admin API does 
 print rich tables, or with ``--json`` the very records the API serves. Exit status: 0 success,
 1 a failure the store reported (an unknown id, a change not possible in the current state, an
 unreachable store) or a promotion hook that failed (the change stands all the same: hooks run
-after the store commits, see ``daemon.promotion``), 2 bad usage. They import only what
+after the store commits, see ``daemon.retune.promotion``), 2 bad usage. They import only what
 ``driftd --help`` needs; the store is imported when a command runs.
 """
 
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
+from daemon.cli.common import EXIT_FAILURE, EXIT_USAGE, ConfigOption, fail, load
 from daemon.domain import CheckStatus, JobState
 from daemon.errors import DriftdError
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from daemon.config import Config
     from daemon.config.models import Hooks
-    from daemon.promotion import HookedChange
+    from daemon.retune.promotion import HookedChange
     from daemon.store import Store
 
 T = TypeVar("T")
@@ -134,7 +135,7 @@ def check_show(
     """Show one check with every signal's result."""
     from rich.console import Console
 
-    from daemon.check_table import render
+    from daemon.cli.check_table import render
     from daemon.store.queries import check_record
 
     deployment, check = _with_store(config, "checks show", lambda store: store.get_check(check_id))
@@ -315,9 +316,9 @@ def version_promote(
     as_json: JsonOption = False,
 ) -> None:
     """Make a version the active one; the active one is retired. Then run the hooks."""
-    from daemon.promotion import promote
+    from daemon.retune.promotion import promote
 
-    settings = _load(config)
+    settings = load(config)
     hooks = _hooks_of(settings, deployment)
     done = _with_store(
         config,
@@ -343,9 +344,9 @@ def version_rollback(
     as_json: JsonOption = False,
 ) -> None:
     """Re-activate the version that was active before the current one. Then run the hooks."""
-    from daemon.promotion import rollback
+    from daemon.retune.promotion import rollback
 
-    settings = _load(config)
+    settings = load(config)
     hooks = _hooks_of(settings, deployment)
     done = _with_store(
         config,
@@ -378,7 +379,7 @@ def _hooks_of(settings: Config, deployment: str) -> Hooks:
 def _report_change(done: HookedChange, as_json: bool, summary: str, command: str) -> None:
     """Print the change and each hook's outcome; exit 1 when a hook failed, saying that the
     change itself was made."""
-    from daemon.promotion import outcome_record
+    from daemon.retune.promotion import outcome_record
     from daemon.store.queries import change_record
 
     if as_json:
@@ -392,7 +393,7 @@ def _report_change(done: HookedChange, as_json: bool, summary: str, command: str
             )
     if done.failed:
         names = ", ".join(outcome.hook for outcome in done.failed)
-        _fail(
+        fail(
             f"driftd {command}: the change was made (audit event {done.change.event_id}), but "
             f"hook {names} failed; the hook.failed events of `driftd events -d "
             f"{done.change.deployment} --kind hook.` say why",
@@ -420,7 +421,7 @@ def events(
 
     start, end = _moment("--since", since), _moment("--until", until)
     if start is not None and end is not None and end <= start:
-        _fail(f"--until {until} is not after --since {since}", EXIT_USAGE)
+        fail(f"--until {until} is not after --since {since}", EXIT_USAGE)
     rows = _with_store(
         config,
         "events",
@@ -463,13 +464,13 @@ def _with_store(
     from daemon.store.engine import unreachable
 
     if settings is None:
-        settings = _load(config)
+        settings = load(config)
     storage = settings.storage
     try:
         with Store.open(storage.url, busy_timeout=storage.busy_timeout.total_seconds()) as store:
             try:
                 if not is_current(store.engine):
-                    _fail(
+                    fail(
                         f"driftd {command}: the store at {mask_url(storage.url)} is not at "
                         f"schema {head_revision()}; run `driftd db upgrade -c {config}` first",
                         EXIT_FAILURE,
@@ -478,7 +479,7 @@ def _with_store(
             except SQLAlchemyError as error:
                 raise unreachable(store.engine, error) from error
     except DriftdError as exc:
-        _fail(f"driftd {command}: {exc}", EXIT_FAILURE)
+        fail(f"driftd {command}: {exc}", EXIT_FAILURE)
 
 
 def _moment(option: str, text: str | None) -> datetime | None:
@@ -489,7 +490,7 @@ def _moment(option: str, text: str | None) -> datetime | None:
     try:
         return parse_time(text, now=datetime.now(UTC))
     except ValueError as exc:
-        _fail(f"{option}: {exc}", EXIT_USAGE)
+        fail(f"{option}: {exc}", EXIT_USAGE)
 
 
 def _actor() -> str:
@@ -535,9 +536,3 @@ def _when(iso: str | None) -> str:
 
 def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=2))
-
-
-# Last, so that this module and ``daemon.cli`` (which imports it at its end to call
-# ``register``) load in either order: everything ``daemon.cli`` needs from here exists by now,
-# and the commands use these names only when they run.
-from daemon.cli import EXIT_FAILURE, EXIT_USAGE, ConfigOption, _fail, _load  # noqa: E402
