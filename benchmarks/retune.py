@@ -31,8 +31,8 @@ questions). The champion is MiniLM tuned by the ``train`` job on ``--champion-ro
 of each known intent, its labels all known + unseen intents (the deployment declares them all).
 Production traffic shifts: ``--production`` labelled questions, ``--unseen-share`` of them from
 the unseen intents. The ``retrain`` job gets what the daemon would give it (see
-``daemon/retune/specs.py``): that traffic as ``production.jsonl``, the champion's training data as the
-original file, a golden set (10 test questions per intent), the champion as its base and as the
+``daemon/retune/specs.py``): that traffic as ``production.jsonl``, the champion's training data as
+the original file, a golden set (10 test questions per intent), the champion as its base and as the
 model to beat, driftd.yaml's defaults for data mix and gate; it builds the data set, fine-tunes
 and gates a challenger. The oracle is the MiniLM base tuned by the ``train`` job on
 ``--oracle-rows`` training questions of every intent, known and unseen. The ``evaluate`` job
