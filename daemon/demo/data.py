@@ -50,6 +50,9 @@ class Size:
     golden_rows: int
     baseline_samples: int
     """The promoted version's baseline: its first samples of the held-out traffic."""
+    quality_drop: float
+    """The fall of accuracy that is quality drift: wider for the small run, whose 30 labels a
+    side measure accuracy only to about ±0.1 (the fall of two such windows varies by as much)."""
     epochs: int
     batch_size: int
     learning_rate: float
@@ -92,6 +95,7 @@ FULL = Size(
     eval_unseen_rows=30,
     golden_rows=10,
     baseline_samples=90,
+    quality_drop=0.1,
     epochs=3,
     batch_size=16,
     learning_rate=1e-4,
@@ -114,6 +118,7 @@ SMALL = Size(
     eval_unseen_rows=15,
     golden_rows=10,
     baseline_samples=30,
+    quality_drop=0.2,
     epochs=3,
     batch_size=16,
     learning_rate=1e-4,

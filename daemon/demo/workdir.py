@@ -117,7 +117,7 @@ deployments:
         samples: {size.baseline_samples}
       min_rows: {size.min_rows}
       max_rows: 2000
-      quality_drop: 0.1          # accuracy falling by 0.1 or more is quality drift
+      quality_drop: {size.quality_drop:g}          # accuracy falling this much is quality drift
     policy:
       on_drift: retrain
       act_on: [quality, output]
