@@ -48,7 +48,7 @@ class Drawn:
 
     samples: Sequence[Sample | NewSample]
     total: int
-    kind: str
+    kind: ReferenceKind | None  # what a reference is; None for the current window
     start: datetime | None = None
     end: datetime | None = None
     reason: str | None = None  # why a side is empty, when it is
@@ -109,7 +109,7 @@ class Checker:
             # A reference that cannot be read (a file of other columns, say) fails the check,
             # recorded like any failed one, from the scheduler and the command line alike.
             unreadable = str(exc)
-            kind = "dataset" if reference_file is not None else monitor.reference.kind.value
+            kind = ReferenceKind.dataset if reference_file is not None else monitor.reference.kind
             reference = Drawn([], 0, kind, reason=unreadable)
         if reference.current_from is not None:
             # Judged against a version's baseline: only what that version served since counts.
@@ -117,7 +117,7 @@ class Checker:
         current_window = self.store.read_window(
             deployment, start, end, max_rows=monitor.max_rows, seed=seed
         )
-        current = Drawn(current_window.samples, current_window.total, "window", start, end)
+        current = Drawn(current_window.samples, current_window.total, None, start, end)
         error = unreadable or (None if reference.samples else reference.reason)
         if unreadable is not None:
             log.error("check failed", extra={"deployment": deployment, "error": unreadable})
@@ -176,7 +176,9 @@ class Checker:
         version = self.store.active_version(target.name)
         if spec.kind is ReferenceKind.baseline or _made_by_driftd(version, spec.after_promotion):
             if version is None or version.promoted_at is None:
-                return Drawn([], 0, "baseline", reason="the deployment has no active version yet")
+                return Drawn(
+                    [], 0, ReferenceKind.baseline, reason="the deployment has no active version yet"
+                )
             return self._baseline(target, version, start + length, seed)
         if spec.kind is ReferenceKind.dataset:
             assert spec.path is not None
@@ -188,7 +190,7 @@ class Checker:
         else:
             ref_start, ref_end = start - length, start
         drawn = self.store.read_window(target.name, ref_start, ref_end, max_rows=cap, seed=seed)
-        return Drawn(drawn.samples, drawn.total, spec.kind.value, ref_start, ref_end)
+        return Drawn(drawn.samples, drawn.total, spec.kind, ref_start, ref_end)
 
     def _baseline(self, target: Deployment, version: Version, until: datetime, seed: int) -> Drawn:
         """The first ``samples`` samples ``version`` served from its promotion on, once it has
@@ -203,7 +205,9 @@ class Checker:
                 f"collecting the baseline of version {version.name}: {len(samples)} of "
                 f"{wanted} samples since its promotion at {since.isoformat(timespec='seconds')}"
             )
-            return Drawn([], len(samples), "baseline", since, reason=reason, current_from=since)
+            return Drawn(
+                [], len(samples), ReferenceKind.baseline, since, reason=reason, current_from=since
+            )
         # Times are stored to the microsecond: the window starts just after the baseline's
         # last sample (another sample stamped that very microsecond counts in neither).
         after = samples[-1].ts + timedelta(microseconds=1)
@@ -211,7 +215,7 @@ class Checker:
         if len(samples) > cap:  # the same reproducible draw as a window's
             picked = random.Random(seed).sample(samples, cap)  # noqa: S311 - a draw, not a secret
             samples = sorted(picked, key=lambda sample: (sample.ts, sample.id))
-        return Drawn(samples, wanted, "baseline", since, after, current_from=after)
+        return Drawn(samples, wanted, ReferenceKind.baseline, since, after, current_from=after)
 
     def _from_file(
         self, target: Deployment, path: Path, columns: Mapping[str, str], cap: int, seed: int
@@ -237,7 +241,7 @@ class Checker:
         if len(items) > cap:
             items = random.Random(seed).sample(items, cap)  # noqa: S311 - a draw, not a secret
         prepared = DeploymentPipeline(target).prepare(items, datetime.now(UTC))
-        return Drawn(prepared.samples, len(rows), "dataset")
+        return Drawn(prepared.samples, len(rows), ReferenceKind.dataset)
 
     def _compare(self, target: Deployment, reference: Drawn, current: Drawn, seed: int) -> Any:
         from monitors import MonitorSpec, Side, run_check

@@ -56,3 +56,12 @@ class VersionState(StrEnum):
     active = "active"
     retired = "retired"
     rejected = "rejected"
+
+
+class ReferenceKind(StrEnum):
+    """What a check compares its current window with (``monitor.reference.kind``)."""
+
+    previous_window = "previous_window"
+    fixed = "fixed"
+    dataset = "dataset"
+    baseline = "baseline"

@@ -20,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from monitors.result import CheckResult, CheckStatus, SignalResult, SignalStatus
-from monitors.spec import SIGNAL_GROUPS, Group, MonitorSpec, Side, Task
+from monitors.spec import SIGNAL_GROUPS, MonitorSpec, Side, Signal, SignalGroup, Task
 
 if TYPE_CHECKING:
     from monitors.check import run_check
@@ -30,9 +30,10 @@ __all__ = [
     "SIGNAL_GROUPS",
     "CheckResult",
     "CheckStatus",
-    "Group",
     "MonitorSpec",
     "Side",
+    "Signal",
+    "SignalGroup",
     "SignalResult",
     "SignalStatus",
     "Task",

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
-from monitors.spec import Group
+from monitors.spec import SignalGroup
 
 SignalStatus = Literal["ok", "drift", "insufficient_data", "failed", "skipped"]
 CheckStatus = Literal["ok", "drift", "insufficient_data", "failed"]
@@ -55,7 +55,7 @@ class SignalResult:
     """
 
     name: str
-    group: Group
+    group: SignalGroup
     method: str
     score: float | None
     threshold: float | None
@@ -100,7 +100,7 @@ class SignalResult:
     def from_dict(cls, data: Mapping[str, Any]) -> SignalResult:
         return cls(
             name=str(data["name"]),
-            group=cast(Group, data["group"]),
+            group=SignalGroup(data["group"]),
             method=str(data["method"]),
             score=data.get("score"),
             threshold=data.get("threshold"),

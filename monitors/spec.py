@@ -8,37 +8,94 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
 Task = Literal["classification", "generation"]
-Group = Literal["data", "output", "quality"]
 
-# Every signal the configuration can name, and the group its result is reported under. The
-# descriptors signal also yields ``output_descriptors`` (group output) when outputs are described.
-SIGNAL_GROUPS: Mapping[str, Group] = {
-    "descriptors": "data",
-    "text": "data",
-    "embedding": "data",
-    "prediction": "output",
-    "confidence": "output",
-    "performance": "quality",
-    "judge": "quality",
-    "feedback": "quality",
-    "format_validity": "quality",
-    "refusal": "quality",
-    "errors": "output",
-    "latency": "output",
+
+class Signal(StrEnum):
+    """What a check measures; each signal belongs to a group (``SIGNAL_GROUPS``).
+
+    The one list of signals: the daemon's configuration, metrics and docs take theirs from here.
+    """
+
+    descriptors = "descriptors"
+    text = "text"
+    embedding = "embedding"
+    prediction = "prediction"
+    confidence = "confidence"
+    performance = "performance"
+    judge = "judge"
+    feedback = "feedback"
+    format_validity = "format_validity"
+    refusal = "refusal"
+    errors = "errors"
+    latency = "latency"
+
+
+class SignalGroup(StrEnum):
+    """What a signal's drift says: the inputs changed (data), the outputs changed (output), or
+    the answers got worse (quality)."""
+
+    data = "data"
+    output = "output"
+    quality = "quality"
+
+
+# The group each signal's result is reported under. The descriptors signal also yields
+# ``output_descriptors`` (group output) when outputs are described.
+SIGNAL_GROUPS: Mapping[str, SignalGroup] = {
+    Signal.descriptors: SignalGroup.data,
+    Signal.text: SignalGroup.data,
+    Signal.embedding: SignalGroup.data,
+    Signal.prediction: SignalGroup.output,
+    Signal.confidence: SignalGroup.output,
+    Signal.performance: SignalGroup.quality,
+    Signal.judge: SignalGroup.quality,
+    Signal.feedback: SignalGroup.quality,
+    Signal.format_validity: SignalGroup.quality,
+    Signal.refusal: SignalGroup.quality,
+    Signal.errors: SignalGroup.output,
+    Signal.latency: SignalGroup.output,
 }
 OUTPUT_DESCRIPTORS = "output_descriptors"
-RESULT_GROUPS: Mapping[str, Group] = {**SIGNAL_GROUPS, OUTPUT_DESCRIPTORS: "output"}
+RESULT_GROUPS: Mapping[str, SignalGroup] = {**SIGNAL_GROUPS, OUTPUT_DESCRIPTORS: SignalGroup.output}
 
-# The same split as the daemon's configuration: what makes sense for one task only.
-CLASSIFICATION_ONLY = frozenset({"prediction", "confidence", "performance"})
-GENERATION_ONLY = frozenset({"judge", "format_validity", "refusal", "errors", "latency"})
+# What makes sense for one task only, and what a task checks when the configuration names no
+# signals.
+CLASSIFICATION_ONLY = frozenset({Signal.prediction, Signal.confidence, Signal.performance})
+GENERATION_ONLY = frozenset(
+    {Signal.judge, Signal.format_validity, Signal.refusal, Signal.errors, Signal.latency}
+)
+DEFAULT_SIGNALS: Mapping[str, tuple[Signal, ...]] = {
+    "classification": (
+        Signal.descriptors,
+        Signal.text,
+        Signal.embedding,
+        Signal.prediction,
+        Signal.confidence,
+        Signal.performance,
+    ),
+    "generation": (
+        Signal.descriptors,
+        Signal.text,
+        Signal.embedding,
+        Signal.judge,
+        Signal.feedback,
+        Signal.format_validity,
+        Signal.refusal,
+        Signal.errors,
+        Signal.latency,
+    ),
+}
+EmbeddingMethod = Literal["classifier_cv", "evidently_model", "novelty"]
+"""The embedding signal's tests (``monitors.domain``); ``classifier_cv`` is the default."""
+EMBEDDING_METHODS: tuple[str, ...] = get_args(EmbeddingMethod)
 
 TEXT_DESCRIPTORS = ("chars", "words", "sentences", "non_letter_pct", "is_json", "refusal")
 """Descriptor columns computed at ingest, each prefixed ``input_`` or ``output_``."""
@@ -116,9 +173,9 @@ class MonitorSpec:
             raise ValueError(f"min_rows must be at least 1, got {self.min_rows}")
         if not 0.0 < self.quality_drop <= 1.0:
             raise ValueError(f"quality_drop must be in (0, 1], got {self.quality_drop}")
-        if self.embedding_method not in ("classifier_cv", "evidently_model", "novelty"):
+        if self.embedding_method not in EMBEDDING_METHODS:
             raise ValueError(
-                f"embedding_method must be 'classifier_cv', 'evidently_model' or 'novelty', "
+                f"embedding_method must be one of {', '.join(EMBEDDING_METHODS)}, "
                 f"not {self.embedding_method!r}"
             )
         if self.text_max_rows < 1:

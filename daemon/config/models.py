@@ -29,17 +29,7 @@ from daemon.config.sections.deployment import (
     UpstreamAuth,
 )
 from daemon.config.sections.judge import Judge
-from daemon.config.sections.monitor import (
-    CLASSIFICATION_ONLY,
-    DEFAULT_SIGNALS,
-    GENERATION_ONLY,
-    AfterPromotion,
-    Monitor,
-    Reference,
-    ReferenceKind,
-    Signal,
-    SignalGroup,
-)
+from daemon.config.sections.monitor import AfterPromotion, Monitor, Reference
 from daemon.config.sections.notifications import (
     AlertmanagerChannel,
     Notifications,
@@ -76,6 +66,8 @@ from daemon.config.sections.service import (
     Storage,
 )
 from daemon.config.types import TimeZone
+from daemon.domain import ReferenceKind
+from monitors.spec import CLASSIFICATION_ONLY, DEFAULT_SIGNALS, GENERATION_ONLY, Signal, SignalGroup
 
 __all__ = [
     "CLASSIFICATION_ONLY",

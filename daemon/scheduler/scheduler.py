@@ -401,7 +401,7 @@ def record_failed_check(
             status=CheckStatus.failed.value,
             window_start=now - window,
             window_end=now,
-            reference_kind="none",
+            reference_kind=None,
             reference_start=None,
             reference_end=None,
             current_rows=0,

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from daemon.domain import CheckStatus, Kind, Task
+from daemon.domain import CheckStatus, Kind, ReferenceKind, Task
 from daemon.errors import NotFound, StoreError
 from daemon.store.engine import make_engine, unreachable, write_engine
 from daemon.store.models import (
@@ -48,6 +48,7 @@ INSERT_BATCH_ROWS = 1000
 _DRAW_PERSON = b"driftd.draw.v1"
 _SEED_PERSON = b"driftd.seed.v1"
 _MAX_ID_LENGTH = 255
+NO_REFERENCE = "none"  # stored as a check's reference kind when it drew none
 
 
 @dataclass(slots=True)
@@ -134,7 +135,7 @@ class NewCheck:
     status: CheckStatus | str
     window_start: datetime
     window_end: datetime
-    reference_kind: str
+    reference_kind: ReferenceKind | None  # None: the check failed before drawing one
     current_rows: int
     reference_rows: int
     current_total: int
@@ -389,7 +390,7 @@ class Store:
                 status=CheckStatus(check.status).value,
                 window_start=check.window_start,
                 window_end=check.window_end,
-                reference_kind=check.reference_kind,
+                reference_kind=check.reference_kind or NO_REFERENCE,
                 reference_start=check.reference_start,
                 reference_end=check.reference_end,
                 current_rows=check.current_rows,

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+from daemon.domain import ReferenceKind
 from daemon.store import NewCheck
 from monitors import SIGNAL_GROUPS, CheckResult, SignalResult
 from monitors.result import CheckStatus
@@ -65,7 +66,7 @@ def new_check(
         status=status,
         window_start=at - window,
         window_end=at,
-        reference_kind="previous_window",
+        reference_kind=ReferenceKind.previous_window,
         current_rows=rows,
         reference_rows=rows,
         current_total=rows,

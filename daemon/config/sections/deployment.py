@@ -15,13 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from daemon.config.sections import Section
 from daemon.config.sections.judge import Judge
-from daemon.config.sections.monitor import (
-    CLASSIFICATION_ONLY,
-    DEFAULT_SIGNALS,
-    GENERATION_ONLY,
-    Monitor,
-    Signal,
-)
+from daemon.config.sections.monitor import Monitor
 from daemon.config.sections.policy import Action, Policy
 from daemon.config.sections.retune import Method, Metric, Retune
 from daemon.config.types import (
@@ -32,6 +26,7 @@ from daemon.config.types import (
     UrlEnv,
 )
 from daemon.domain import Kind, Task
+from monitors.spec import CLASSIFICATION_ONLY, DEFAULT_SIGNALS, GENERATION_ONLY, Signal
 
 
 class UpstreamAuth(StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import Field, model_validator
 
@@ -15,64 +15,12 @@ from daemon.config.types import (
     Schedule,
     ScheduleSpec,
 )
-from daemon.domain import Task
-
-
-class Signal(StrEnum):
-    """What a check measures; each signal belongs to a group (data, output, quality)."""
-
-    descriptors = "descriptors"
-    text = "text"
-    embedding = "embedding"
-    prediction = "prediction"
-    confidence = "confidence"
-    performance = "performance"
-    judge = "judge"
-    feedback = "feedback"
-    format_validity = "format_validity"
-    refusal = "refusal"
-    errors = "errors"
-    latency = "latency"
-
-
-class SignalGroup(StrEnum):
-    data = "data"
-    output = "output"
-    quality = "quality"
-
-
-CLASSIFICATION_ONLY = frozenset({Signal.prediction, Signal.confidence, Signal.performance})
-GENERATION_ONLY = frozenset(
-    {Signal.judge, Signal.format_validity, Signal.refusal, Signal.errors, Signal.latency}
+from daemon.domain import ReferenceKind
+from monitors.spec import (
+    DEFAULT_SIGNALS,
+    EmbeddingMethod,
+    Signal,
 )
-DEFAULT_SIGNALS: dict[Task, tuple[Signal, ...]] = {
-    Task.classification: (
-        Signal.descriptors,
-        Signal.text,
-        Signal.embedding,
-        Signal.prediction,
-        Signal.confidence,
-        Signal.performance,
-    ),
-    Task.generation: (
-        Signal.descriptors,
-        Signal.text,
-        Signal.embedding,
-        Signal.judge,
-        Signal.feedback,
-        Signal.format_validity,
-        Signal.refusal,
-        Signal.errors,
-        Signal.latency,
-    ),
-}
-
-
-class ReferenceKind(StrEnum):
-    previous_window = "previous_window"
-    fixed = "fixed"
-    dataset = "dataset"
-    baseline = "baseline"
 
 
 class AfterPromotion(StrEnum):
@@ -144,10 +92,9 @@ class Monitor(Section):
     reference: Reference = Field(default_factory=Reference, description="What is compared to.")
     signals: tuple[Signal, ...] | None = Field(
         None,
-        description="Signals to compute; unset means the task's defaults "
-        "(classification: descriptors, text, embedding, prediction, confidence, performance; "
-        "generation: descriptors, text, embedding, judge, feedback, format_validity, refusal, "
-        "errors, latency).",
+        description="Signals to compute; unset means the task's defaults ("
+        + "; ".join(f"{task}: {', '.join(names)}" for task, names in DEFAULT_SIGNALS.items())
+        + ").",
     )
     thresholds: dict[Signal, float] = Field(
         default_factory=dict,
@@ -170,7 +117,7 @@ class Monitor(Section):
         description="`default` (all-MiniLM-L6-v2 shipped with driftd, offline), a hub id, a "
         "local path, or `openai:<model>`.",
     )
-    embedding_method: Literal["classifier_cv", "evidently_model", "novelty"] = Field(
+    embedding_method: EmbeddingMethod = Field(
         "classifier_cv",
         description="Embedding drift test: `classifier_cv` (a logistic regression cross-fitted "
         "over 5 folds, every row scored; a shift of the whole mix), `evidently_model` "

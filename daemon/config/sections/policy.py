@@ -8,10 +8,10 @@ from enum import StrEnum
 from pydantic import Field
 
 from daemon.config.sections import Section
-from daemon.config.sections.monitor import SignalGroup
 from daemon.config.types import (
     Duration,
 )
+from monitors.spec import SignalGroup
 
 
 class Action(StrEnum):
