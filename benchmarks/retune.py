@@ -4,7 +4,7 @@ recovers of the accuracy lost to shifted traffic.
     python benchmarks/retune.py [--repeats 3] [--rows 480] [--intents 20] [--epochs 2]
                                 [--batch-size 16] [--max-length 32] [--learning-rate 1e-4]
                                 [--known 10] [--unseen 5] [--unseen-share 0.4]
-                                [--champion-rows 40] [--production 400] [--production-ratio 0.5]
+                                [--active-rows 40] [--production 400] [--production-ratio 0.5]
                                 [--oracle-rows 80] [--retune-epochs 3] [--seed 0]
                                 [--workdir DIR] [--skip-throughput] [--skip-accuracy]
 
@@ -25,21 +25,21 @@ imports, tokenising, training, saving). The medians count. The job's checkpoint 
 timed from its progress lines (each "checkpoint saved" line against the evaluation line just
 before it). Target: job samples/s ≥ 0.95 x plain.
 
-Part 2, recovered accuracy: the scenario of ``tests/daemon/test_retune_loop.py``, bigger. A
-seeded choice of ``--known`` intents and ``--unseen`` others (among intents with 100+ training
-questions). The champion is MiniLM tuned by the ``train`` job on ``--champion-rows`` questions
-of each known intent, its labels all known + unseen intents (the deployment declares them all).
-Production traffic shifts: ``--production`` labelled questions, ``--unseen-share`` of them from
-the unseen intents. The ``retrain`` job gets what the daemon would give it (see
-``daemon/retune/specs.py``): that traffic as ``production.jsonl``, the champion's training data as
-the original file, a golden set (10 test questions per intent), the champion as its base and as the
-model to beat, driftd.yaml's defaults for data mix and gate; it builds the data set, fine-tunes
-and gates a challenger. The oracle is the MiniLM base tuned by the ``train`` job on
-``--oracle-rows`` training questions of every intent, known and unseen. The ``evaluate`` job
-scores the champion, the challenger and the oracle on held-out shifted traffic: the test
-questions not in the golden set, with the same unseen share as production. Reported: each
-model's accuracy (on all, on known, on unseen intents), the challenger's accuracy as a share of
-the oracle's, and the recovered share of the gap, (challenger - champion) / (oracle - champion).
+Part 2, recovered accuracy: the scenario of ``tests/daemon/test_retune_loop.py``, bigger. A seeded
+choice of ``--known`` intents and ``--unseen`` others (among intents with 100+ training questions).
+The active version is MiniLM tuned by the ``train`` job on ``--active-rows`` questions of each known
+intent, its labels all known + unseen intents (the deployment declares them all). Production traffic
+shifts: ``--production`` labelled questions, ``--unseen-share`` of them from the unseen intents. The
+``retrain`` job gets what the daemon would give it (see ``daemon/retune/specs.py``): that traffic as
+``production.jsonl``, the active version's training data as the original file, a golden set (10 test
+questions per intent), the active version as its base and as the model to beat, driftd.yaml's
+defaults for data mix and gate; it builds the data set, fine-tunes and gates a candidate. The oracle
+is the MiniLM base tuned by the ``train`` job on ``--oracle-rows`` training questions of every
+intent, known and unseen. The ``evaluate`` job scores the active version, the candidate and the
+oracle on held-out shifted traffic: the test questions not in the golden set, with the same unseen
+share as production. Reported: each model's accuracy (on all, on known, on unseen intents), the
+candidate's accuracy as a share of the oracle's, and the recovered share of the gap, (candidate -
+active) / (oracle - active).
 
 Every model trains on torch's default threads (one per core). Results go to stdout as markdown
 tables, progress to stderr; with ``--workdir`` the data, models and job logs are kept there.
@@ -416,21 +416,21 @@ def scenario(args: argparse.Namespace, folder: Path) -> Scenario:
     test = shuffled(by_intent("test"), args.seed)
     chosen = choose_intents(train, args.known + args.unseen, args.seed + 1)
     known, unseen = chosen[: args.known], chosen[args.known :]
-    needed = args.champion_rows + math.ceil(args.production * args.unseen_share / args.unseen)
+    needed = args.active_rows + math.ceil(args.production * args.unseen_share / args.unseen)
     short = [i for i in chosen if len(train[i]) < max(needed, args.oracle_rows)]
     if short:
         raise SystemExit(f"intents {', '.join(short)} have too few training questions")
 
-    original = round_robin(train, known, args.champion_rows * len(known))
+    original = round_robin(train, known, args.active_rows * len(known))
     with (folder / "original.csv").open("w", encoding="utf-8", newline="") as sink:
         writer = csv.writer(sink)
         writer.writerow(["text", "category"])
         writer.writerows((row["input"], row["label"]) for row in original)
-    champion_train, champion_validation = split_validation(original, args.seed)
+    active_train, active_validation = split_validation(original, args.seed)
 
     unseen_count = round(args.production * args.unseen_share)
     production = round_robin(train, unseen, unseen_count) + round_robin(
-        train, known, args.production - unseen_count, skip=args.champion_rows
+        train, known, args.production - unseen_count, skip=args.active_rows
     )
     random.Random(args.seed).shuffle(production)
     production_rows = [{**row, "sample_id": i} for i, row in enumerate(production, start=1)]
@@ -446,8 +446,8 @@ def scenario(args: argparse.Namespace, folder: Path) -> Scenario:
     held_known = round_robin(test, known, known_count, skip=GOLDEN_PER_INTENT)
     files = {
         "original": folder / "original.csv",
-        "champion_train": write_jsonl(folder / "champion-train.jsonl", champion_train),
-        "champion_validation": write_jsonl(folder / "champion-val.jsonl", champion_validation),
+        "active_train": write_jsonl(folder / "active-train.jsonl", active_train),
+        "active_validation": write_jsonl(folder / "active-val.jsonl", active_validation),
         "production": write_jsonl(folder / "production.jsonl", production_rows),
         "oracle_train": write_jsonl(folder / "oracle-train.jsonl", oracle_train),
         "oracle_validation": write_jsonl(folder / "oracle-val.jsonl", oracle_validation),
@@ -455,7 +455,7 @@ def scenario(args: argparse.Namespace, folder: Path) -> Scenario:
         "held_out": write_jsonl(folder / "held-out.jsonl", held_unseen + held_known),
     }
     counts = {
-        "champion_train": len(champion_train),
+        "active_train": len(active_train),
         "production": len(production),
         "production_unseen": unseen_count,
         "oracle_train": len(oracle_train),
@@ -470,7 +470,7 @@ def scenario(args: argparse.Namespace, folder: Path) -> Scenario:
 class Recovery:
     scene: Scenario
     trainer: dict[str, Any]
-    champion: Process
+    active: Process
     retune: dict[str, Any]
     retune_process: Process
     oracle: dict[str, Any]
@@ -479,7 +479,8 @@ class Recovery:
 
 
 def recovery(args: argparse.Namespace, base_model: str, folder: Path) -> Recovery:
-    """Champion, challenger (the retrain job) and oracle, each scored on held-out traffic."""
+    """The active version, the candidate (the retrain job) and the oracle, each scored on
+    held-out traffic."""
     scene = scenario(args, folder)
     files = scene.files
     trainer = {
@@ -489,16 +490,16 @@ def recovery(args: argparse.Namespace, base_model: str, folder: Path) -> Recover
         "max_length": args.max_length,
     }
     tuned = {"task": "classification", "labels": scene.labels, "seed": args.seed, **trainer}
-    champion, champion_process = run_job(
+    active, active_process = run_job(
         "train",
         {
             **tuned,
             "base_model": base_model,
-            "train_file": str(files["champion_train"]),
-            "validation_file": str(files["champion_validation"]),
+            "train_file": str(files["active_train"]),
+            "validation_file": str(files["active_validation"]),
         },
-        folder / "champion",
-        "champion (train)",
+        folder / "active",
+        "active (train)",
     )
     retune, retune_process = run_job(
         "retrain",
@@ -506,8 +507,8 @@ def recovery(args: argparse.Namespace, base_model: str, folder: Path) -> Recover
             "method": "trainer",
             "task": "classification",
             "labels": scene.labels,
-            "base_model": champion["model_dir"],
-            "champion": {"model_dir": champion["model_dir"]},
+            "base_model": active["model_dir"],
+            "active": {"model_dir": active["model_dir"]},
             "production_file": str(files["production"]),
             "original_file": str(files["original"]),
             "original_input_field": "text",
@@ -521,11 +522,11 @@ def recovery(args: argparse.Namespace, base_model: str, folder: Path) -> Recover
             "trainer": trainer,
             "gate": {"metric": "accuracy", "margin": 0.0, "bootstrap_samples": 1000},
             "seed": args.seed,
-            "candidate": {"name": "challenger"},
+            "candidate": {"name": "candidate"},
             "lineage": {"benchmark": "retune"},
         },
-        folder / "challenger",
-        "challenger (retrain: data set, train, gate)",
+        folder / "candidate",
+        "candidate (retrain: data set, train, gate)",
     )
     oracle, oracle_process = run_job(
         "train",
@@ -540,8 +541,8 @@ def recovery(args: argparse.Namespace, base_model: str, folder: Path) -> Recover
     )
     scores = {}
     models = {
-        "champion": champion["model_dir"],
-        "challenger": retune["candidate"]["artifact"],
+        "active": active["model_dir"],
+        "candidate": retune["candidate"]["artifact"],
         "oracle": oracle["model_dir"],
     }
     for name, model_dir in models.items():
@@ -556,7 +557,7 @@ def recovery(args: argparse.Namespace, base_model: str, folder: Path) -> Recover
             f"evaluate {name}",
         )
     return Recovery(
-        scene, trainer, champion_process, retune, retune_process, oracle, oracle_process, scores
+        scene, trainer, active_process, retune, retune_process, oracle, oracle_process, scores
     )
 
 
@@ -598,12 +599,12 @@ def print_recovery(args: argparse.Namespace, found: Recovery) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     described = {
-        "champion": (
-            f"MiniLM + {counts['champion_train']} questions of the known intents",
-            found.champion.wall_s,
+        "active": (
+            f"MiniLM + {counts['active_train']} questions of the known intents",
+            found.active.wall_s,
         ),
-        "challenger": (
-            f"champion + the retrain job's {lineage['rows']['train']} examples",
+        "candidate": (
+            f"active + the retrain job's {lineage['rows']['train']} examples",
             found.retune_process.wall_s,
         ),
         "oracle": (
@@ -620,20 +621,20 @@ def print_recovery(args: argparse.Namespace, found: Recovery) -> None:
             f"{accuracy_on(metrics, scene.known):.3f} | {accuracy_on(metrics, scene.unseen):.3f} | "
             f"{metrics['macro_f1']:.3f} | {wall:.0f} |"
         )
-    gap = accuracy["oracle"] - accuracy["champion"]
-    recovered = (accuracy["challenger"] - accuracy["champion"]) / gap if gap else math.nan
+    gap = accuracy["oracle"] - accuracy["active"]
+    recovered = (accuracy["candidate"] - accuracy["active"]) / gap if gap else math.nan
     gate = found.retune["gate"]
     low, high = gate["ci"]
     print(
-        f"\nChallenger / oracle accuracy: **{accuracy['challenger'] / accuracy['oracle']:.3f}**. "
-        f"Recovered share of the gap, (challenger - champion) / (oracle - champion): "
-        f"**{recovered:.3f}** ({accuracy['challenger'] - accuracy['champion']:+.3f} of "
+        f"\nCandidate / oracle accuracy: **{accuracy['candidate'] / accuracy['oracle']:.3f}**. "
+        f"Recovered share of the gap, (candidate - active) / (oracle - active): "
+        f"**{recovered:.3f}** ({accuracy['candidate'] - accuracy['active']:+.3f} of "
         f"{gap:+.3f}).\n"
     )
     print(
-        f"Gate on the golden set ({gate['n']} questions): champion "
-        f"{gate['champion']['metrics']['accuracy']:.3f}, challenger "
-        f"{gate['challenger']['metrics']['accuracy']:.3f}, difference {gate['difference']:+.3f} "
+        f"Gate on the golden set ({gate['n']} questions): active "
+        f"{gate['active']['metrics']['accuracy']:.3f}, candidate "
+        f"{gate['candidate']['metrics']['accuracy']:.3f}, difference {gate['difference']:+.3f} "
         f"(95% interval {low:+.3f} to {high:+.3f}), margin {gate['margin']:g}: "
         f"{'passed' if gate['passed'] else 'rejected'}."
     )
@@ -651,10 +652,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--known", type=int, default=10, help="intents the champion knows")
+    parser.add_argument("--known", type=int, default=10, help="intents the active version knows")
     parser.add_argument("--unseen", type=int, default=5, help="intents new in production")
     parser.add_argument("--unseen-share", type=float, default=0.4)
-    parser.add_argument("--champion-rows", type=int, default=40, help="per known intent")
+    parser.add_argument("--active-rows", type=int, default=40, help="per known intent")
     parser.add_argument("--production", type=int, default=400, help="labelled samples")
     parser.add_argument("--production-ratio", type=float, default=0.5)
     parser.add_argument("--oracle-rows", type=int, default=80, help="per intent")

@@ -10,7 +10,7 @@ The rules, in the order ``build_dataset`` applies them:
 1. Examples with neither a label nor an output teach nothing and are dropped.
 2. The golden set never enters training: an example whose normalised input (case-folded,
    whitespace collapsed) is a golden input is dropped, so the gate that compares a candidate with
-   its champion never scores the candidate on what it was trained on.
+   its active version never scores the candidate on what it was trained on.
 3. One example per normalised input: the first production example wins over later ones and over
    every original example with that input (production labels are the fresher truth).
 4. The mix: production examples make up ``production_ratio`` of the set. The side that is scarce

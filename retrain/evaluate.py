@@ -125,7 +125,7 @@ class Classifier:
 def score(truth: list[str], predicted: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class metrics of ``predicted`` against ``truth``.
 
-    Classes are the golden set's labels: a challenger and its champion are then averaged over
+    Classes are the golden set's labels: a candidate and the active version are then averaged over
     the same classes, whatever else either predicts (a prediction outside them is simply
     wrong, and lowers the recall of the true class).
     """

@@ -1,18 +1,18 @@
-"""The ``gate`` job: does a challenger beat the champion on the golden set, by enough, clearly?
+"""The ``gate`` job: does a candidate beat the active version on the golden set, by enough, clearly?
 
 Both models label the SAME golden examples, so the comparison is paired: the difference of the
-gate's metric (challenger minus champion) comes with a 95% confidence interval from a paired
+gate's metric (candidate minus active) comes with a 95% confidence interval from a paired
 bootstrap, which resamples example indices and scores both models on each resample. A
-challenger passes when the interval's LOWER bound reaches the margin and no guard metric is
-worse than the champion's by more than ``GUARD_TOLERANCE``.
+candidate passes when the interval's LOWER bound reaches the margin and no guard metric is
+worse than the active version's by more than ``GUARD_TOLERANCE``.
 
 Why the lower bound and not the point estimate: the gate runs unattended, and its verdict
 replaces the model that serves production. On a golden set of a few hundred examples, a point
-estimate a little above the champion's is often luck of the draw, and promoting on luck makes
-versions flip back and forth. Turning down a challenger costs little (the champion keeps
+estimate a little above the active version's is often luck of the draw, and promoting on luck makes
+versions flip back and forth. Turning down a candidate costs little (the active version keeps
 serving; an operator can still promote it by hand with force), while promoting a worse one costs
 a regression users see until the watch rolls it back. So the gate asks for evidence: a
-challenger that labels every example as the champion does passes a margin of 0 (its interval is
+candidate that labels every example as the active version does passes a margin of 0 (its interval is
 [0, 0]), one that differs passes only if the gain is larger than the noise.
 
 The spec (``job.json``) names:
@@ -20,12 +20,12 @@ The spec (``job.json``) names:
 ``golden_set``
     A JSONL, CSV or Parquet file, read as the ``evaluate`` job reads it (``input_field``,
     ``label_field``).
-``champion``
-    ``{"model_dir": ...}``, or ``null`` when the deployment has no model yet: then the challenger
+``active``
+    ``{"model_dir": ...}``, or ``null`` when the deployment has no model yet: then the candidate
     passes when the lower bound of its score's interval reaches ``min_score`` (or at once when
     ``min_score`` is unset). The key is required, so that a misspelt key cannot turn a
     comparison into a first promotion without anyone noticing.
-``challenger``
+``candidate``
     ``{"model_dir": ...}``: the model to judge.
 ``metric`` (``accuracy``), ``margin`` (0), ``guard_metrics`` ([]), ``bootstrap_samples`` (1000),
 ``seed`` (0), ``min_score`` (null)
@@ -35,7 +35,7 @@ The spec (``job.json``) names:
 
 The spec is ``retrain.contract.GateSpec``; relative paths are read from the spec's directory.
 The result (``retrain.contract.GateJobResult``) holds ``passed``, ``metric``,
-``champion`` and ``challenger`` (``model_dir`` and ``metrics`` as ``evaluate`` reports them),
+``active`` and ``candidate`` (``model_dir`` and ``metrics`` as ``evaluate`` reports them),
 ``difference``, ``ci``, ``guards`` and ``reasons`` (plain sentences). A rejection is a result,
 not a failure: the job succeeds (exit 0) whichever way the verdict goes.
 
@@ -76,7 +76,7 @@ METRICS = LABEL_METRICS
 ``SCORE_METRIC``, the mean of per-example scores (an LLM judge's)."""
 CONFIDENCE = 0.95
 GUARD_TOLERANCE = 0.01
-"""How much worse than the champion a guard metric may be: one example in a hundred. A guard
+"""How much worse than the active version a guard metric may be: one example in a hundred. A guard
 catches a real regression elsewhere, not one golden example flipping on a small set."""
 
 # Float noise between sklearn's point metrics and the bootstrap's: 0.1 + 0.2 is not 0.3.
@@ -87,16 +87,16 @@ _CELLS_PER_CHUNK = 2_000_000
 
 @dataclass(frozen=True, slots=True)
 class Guard:
-    """A metric the challenger may not lose on: both scores and the verdict."""
+    """A metric the candidate may not lose on: both scores and the verdict."""
 
     metric: str
-    champion: float
-    challenger: float
+    active: float
+    candidate: float
     tolerance: float
 
     @property
     def difference(self) -> float:
-        return self.challenger - self.champion
+        return self.candidate - self.active
 
     @property
     def ok(self) -> bool:
@@ -105,8 +105,8 @@ class Guard:
     def check(self) -> GuardCheck:
         """The guard as a verdict reports it."""
         return GuardCheck(
-            champion=self.champion,
-            challenger=self.challenger,
+            active=self.active,
+            candidate=self.candidate,
             difference=self.difference,
             tolerance=self.tolerance,
             ok=self.ok,
@@ -118,15 +118,15 @@ class GateResult:
     """The gate's verdict and its evidence.
 
     ``ci`` is the 95% interval of what was held against the bar: the difference of ``metric``
-    (challenger minus champion) when there is a champion, the challenger's own score when
+    (candidate minus active) when there is an active version, the candidate's own score when
     there is none (``difference`` is then None).
     """
 
     passed: bool
     metric: str
     n: int
-    champion: Metrics | None
-    challenger: Metrics
+    active: Metrics | None
+    candidate: Metrics
     difference: float | None
     ci: tuple[float, float]
     margin: float
@@ -142,8 +142,8 @@ class GateResult:
             passed=self.passed,
             metric=self.metric,
             n=self.n,
-            champion=None if self.champion is None else Side(metrics=self.champion),
-            challenger=Side(metrics=self.challenger),
+            active=None if self.active is None else Side(metrics=self.active),
+            candidate=Side(metrics=self.candidate),
             difference=self.difference,
             ci=self.ci,
             margin=self.margin,
@@ -156,8 +156,8 @@ class GateResult:
 
 
 def compare(
-    champion_predictions: Sequence[str],
-    challenger_predictions: Sequence[str],
+    active_predictions: Sequence[str],
+    candidate_predictions: Sequence[str],
     truth: Sequence[str],
     *,
     metric: str,
@@ -167,30 +167,30 @@ def compare(
     seed: int = 0,
     guard_tolerance: float = GUARD_TOLERANCE,
 ) -> GateResult:
-    """Judge a challenger against the champion on the same golden examples.
+    """Judge a candidate against the active version on the same golden examples.
 
     Passes when the lower bound of the 95% paired-bootstrap interval of the difference
-    (challenger minus champion) reaches ``margin`` (see the module's docstring for why the
+    (candidate minus active) reaches ``margin`` (see the module's docstring for why the
     bound and not the point estimate), and every guard metric is at most ``guard_tolerance``
-    below the champion's. Deterministic for a given ``seed``.
+    below the active version's. Deterministic for a given ``seed``.
     """
-    _check_inputs(truth, metric, guard_metrics, bootstrap_samples, champion_predictions)
-    _check_inputs(truth, metric, guard_metrics, bootstrap_samples, challenger_predictions)
-    champion = score(list(truth), list(champion_predictions))
-    challenger = score(list(truth), list(challenger_predictions))
-    difference = challenger[metric] - champion[metric]
+    _check_inputs(truth, metric, guard_metrics, bootstrap_samples, active_predictions)
+    _check_inputs(truth, metric, guard_metrics, bootstrap_samples, candidate_predictions)
+    active = score(list(truth), list(active_predictions))
+    candidate = score(list(truth), list(candidate_predictions))
+    difference = candidate[metric] - active[metric]
     low, high = _interval(
-        truth, [champion_predictions, challenger_predictions], metric, bootstrap_samples, seed
+        truth, [active_predictions, candidate_predictions], metric, bootstrap_samples, seed
     )
     n = len(truth)
     reasons = [
-        _difference_reason(metric, champion[metric], challenger[metric], difference, low, high)
+        _difference_reason(metric, active[metric], candidate[metric], difference, low, high)
         + " "
         + _verdict_of_bound(low, margin, "the margin", difference, n)
     ]
     guards: dict[str, Guard] = {}
     for name in dict.fromkeys(guard_metrics):
-        guard = Guard(name, champion[name], challenger[name], guard_tolerance)
+        guard = Guard(name, active[name], candidate[name], guard_tolerance)
         guards[name] = guard
         reasons.append(_guard_reason(guard))
     passed = low + _EPSILON >= margin and all(guard.ok for guard in guards.values())
@@ -198,8 +198,8 @@ def compare(
         passed=passed,
         metric=metric,
         n=n,
-        champion=champion,
-        challenger=challenger,
+        active=active,
+        candidate=candidate,
         difference=difference,
         ci=(low, high),
         margin=margin,
@@ -212,42 +212,42 @@ def compare(
 
 
 def compare_scores(
-    champion_scores: Sequence[float],
-    challenger_scores: Sequence[float],
+    active_scores: Sequence[float],
+    candidate_scores: Sequence[float],
     *,
     metric: str = SCORE_METRIC,
     margin: float = 0.0,
     bootstrap_samples: int = 1000,
     seed: int = 0,
 ) -> GateResult:
-    """Judge a challenger against the champion on per-example numeric scores in [0, 1] (an
+    """Judge a candidate against the active version on per-example numeric scores in [0, 1] (an
     LLM judge's, say) of the SAME examples, with the same evidence rule as ``compare``.
 
-    The statistic is the mean score; the difference (challenger minus champion) comes with a
-    95% paired-bootstrap interval, and the challenger passes when its lower bound reaches
+    The statistic is the mean score; the difference (candidate minus active) comes with a
+    95% paired-bootstrap interval, and the candidate passes when its lower bound reaches
     ``margin``. Deterministic for a given ``seed``. The result has ``compare``'s shape, with
     ``{metric: mean}`` as each side's metrics and no guards.
     """
-    if not champion_scores:
+    if not active_scores:
         raise ValueError("no scores: there is nothing to compare on")
-    if len(challenger_scores) != len(champion_scores):
+    if len(candidate_scores) != len(active_scores):
         raise ValueError(
-            f"{len(challenger_scores)} challenger scores for {len(champion_scores)} champion "
+            f"{len(candidate_scores)} candidate scores for {len(active_scores)} active "
             "scores: both must be scored on every example of the same set"
         )
-    for side, scores in (("champion", champion_scores), ("challenger", challenger_scores)):
+    for side, scores in (("active", active_scores), ("candidate", candidate_scores)):
         bad = [x for x in scores if not (isinstance(x, int | float) and 0.0 <= x <= 1.0)]
         if bad:
             raise ValueError(f"{side} scores must be numbers from 0 to 1, got {bad[0]!r}")
     if bootstrap_samples < 1:
         raise ValueError(f"bootstrap_samples must be at least 1, got {bootstrap_samples}")
-    champion = float(np.mean(champion_scores))
-    challenger = float(np.mean(challenger_scores))
-    difference = challenger - champion
-    low, high = _score_interval([champion_scores, challenger_scores], bootstrap_samples, seed)
-    n = len(champion_scores)
+    active = float(np.mean(active_scores))
+    candidate = float(np.mean(candidate_scores))
+    difference = candidate - active
+    low, high = _score_interval([active_scores, candidate_scores], bootstrap_samples, seed)
+    n = len(active_scores)
     reason = (
-        _difference_reason(metric, champion, challenger, difference, low, high)
+        _difference_reason(metric, active, candidate, difference, low, high)
         + " "
         + _verdict_of_bound(low, margin, "the margin", difference, n)
     )
@@ -255,8 +255,8 @@ def compare_scores(
         passed=low + _EPSILON >= margin,
         metric=metric,
         n=n,
-        champion={metric: champion},
-        challenger={metric: challenger},
+        active={metric: active},
+        candidate={metric: candidate},
         difference=difference,
         ci=(low, high),
         margin=margin,
@@ -268,7 +268,7 @@ def compare_scores(
 
 
 def qualify(
-    challenger_predictions: Sequence[str],
+    candidate_predictions: Sequence[str],
     truth: Sequence[str],
     *,
     metric: str,
@@ -276,16 +276,16 @@ def qualify(
     bootstrap_samples: int = 1000,
     seed: int = 0,
 ) -> GateResult:
-    """Judge a first version, with no champion to beat: it passes when the lower bound of the
+    """Judge a first version, with no active version to beat: it passes when the lower bound of the
     95% bootstrap interval of its ``metric`` reaches ``min_score`` (the same evidence rule as
-    against a champion), or at once when ``min_score`` is None."""
-    _check_inputs(truth, metric, (), bootstrap_samples, challenger_predictions)
-    challenger = score(list(truth), list(challenger_predictions))
-    low, high = _interval(truth, [challenger_predictions], metric, bootstrap_samples, seed)
-    value = challenger[metric]
+    against an active version), or at once when ``min_score`` is None."""
+    _check_inputs(truth, metric, (), bootstrap_samples, candidate_predictions)
+    candidate = score(list(truth), list(candidate_predictions))
+    low, high = _interval(truth, [candidate_predictions], metric, bootstrap_samples, seed)
+    value = candidate[metric]
     n = len(truth)
     stated = (
-        f"There is no champion to compare with; the challenger's {metric} is {value:.4f} on "
+        f"There is no active version to compare with; the candidate's {metric} is {value:.4f} on "
         f"{n} golden examples (95% confidence interval {low:.4f} to {high:.4f})."
     )
     if min_score is None:
@@ -296,8 +296,8 @@ def qualify(
         passed=min_score is None or low + _EPSILON >= min_score,
         metric=metric,
         n=n,
-        champion=None,
-        challenger=challenger,
+        active=None,
+        candidate=candidate,
         difference=None,
         ci=(low, high),
         margin=0.0,
@@ -457,11 +457,11 @@ def _check_inputs(
 
 
 def _difference_reason(
-    metric: str, champion: float, challenger: float, difference: float, low: float, high: float
+    metric: str, active: float, candidate: float, difference: float, low: float, high: float
 ) -> str:
     return (
-        f"{metric}: the challenger scores {challenger:.4f} against the champion's "
-        f"{champion:.4f}, a difference of {difference:+.4f} (95% confidence interval "
+        f"{metric}: the candidate scores {candidate:.4f} against the active version's "
+        f"{active:.4f}, a difference of {difference:+.4f} (95% confidence interval "
         f"{low:+.4f} to {high:+.4f})."
     )
 
@@ -480,8 +480,8 @@ def _verdict_of_bound(low: float, bar: float, bar_name: str, estimate: float, n:
 
 def _guard_reason(guard: Guard) -> str:
     stated = (
-        f"Guard {guard.metric}: the challenger scores {guard.challenger:.4f} against the "
-        f"champion's {guard.champion:.4f}"
+        f"Guard {guard.metric}: the candidate scores {guard.candidate:.4f} against the "
+        f"active's {guard.active:.4f}"
     )
     if guard.difference >= 0:
         return f"{stated}, no worse."
@@ -489,7 +489,7 @@ def _guard_reason(guard: Guard) -> str:
         return f"{stated}, within the tolerance of {guard.tolerance:.4f}."
     return (
         f"{stated}, {-guard.difference:.4f} worse, beyond the tolerance of "
-        f"{guard.tolerance:.4f}: the challenger may not lose on {guard.metric}."
+        f"{guard.tolerance:.4f}: the candidate may not lose on {guard.metric}."
     )
 
 
@@ -497,18 +497,18 @@ def _guard_reason(guard: Guard) -> str:
 
 
 def run(spec: GateSpec, progress: Progress) -> GateJobResult:
-    """Label the golden set with both models and judge the challenger; the job's result."""
+    """Label the golden set with both models and judge the candidate; the job's result."""
     started = time.monotonic()
     examples = read_golden_set(spec.golden_set, spec.input_field, spec.label_field)
     texts = [example.input for example in examples]
     truth = [example.label for example in examples]
     progress(f"gate: {len(examples)} examples of {len(set(truth))} labels from {spec.golden_set}")
-    challenger_dir = spec.challenger.model_dir
-    champion_dir = None if spec.champion is None else spec.champion.model_dir
-    challenger = _predict("challenger", challenger_dir, texts, truth, spec, progress)
-    if champion_dir is None:
+    candidate_dir = spec.candidate.model_dir
+    active_dir = None if spec.active is None else spec.active.model_dir
+    candidate = _predict("candidate", candidate_dir, texts, truth, spec, progress)
+    if active_dir is None:
         verdict = qualify(
-            challenger,
+            candidate,
             truth,
             metric=spec.metric,
             min_score=spec.min_score,
@@ -516,10 +516,10 @@ def run(spec: GateSpec, progress: Progress) -> GateJobResult:
             seed=spec.seed,
         )
     else:
-        champion = _predict("champion", champion_dir, texts, truth, spec, progress)
+        active = _predict("active", active_dir, texts, truth, spec, progress)
         verdict = compare(
-            champion,
-            challenger,
+            active,
+            candidate,
             truth,
             metric=spec.metric,
             margin=spec.margin,
@@ -529,12 +529,12 @@ def run(spec: GateSpec, progress: Progress) -> GateJobResult:
         )
     for reason in verdict.reasons:
         progress(f"gate: {reason}")
-    progress(f"gate: the challenger {'passes' if verdict.passed else 'is rejected'}")
+    progress(f"gate: the candidate {'passes' if verdict.passed else 'is rejected'}")
     found = verdict.verdict()
-    if found.challenger is not None:
-        found.challenger.model_dir = str(challenger_dir)
-    if found.champion is not None:
-        found.champion.model_dir = str(champion_dir)
+    if found.candidate is not None:
+        found.candidate.model_dir = str(candidate_dir)
+    if found.active is not None:
+        found.active.model_dir = str(active_dir)
     timing = {
         "golden_set": str(spec.golden_set),
         "duration_s": round(time.monotonic() - started, 3),

@@ -2,20 +2,20 @@
 
 The daemon creates this job when its policy decides to re-tune and writes the spec (see
 ``daemon/retune/specs.py``): the labelled production samples it exported, the original training
-data, the golden set, the model to start from and the champion to beat. The job
+data, the golden set, the model to start from and the active version to beat. The job
 
 1. builds the data set (``retrain.dataset``: golden set kept out, deduplicated, mixed at the
    configured ratio, split deterministically, lineage recorded),
-2. fine-tunes the challenger (``retrain.train`` with transformers' ``Trainer``, resumable from a
+2. fine-tunes the candidate (``retrain.train`` with transformers' ``Trainer``, resumable from a
    checkpoint when a killed attempt is retried; or ``retrain.openai_finetune`` for OpenAI models),
-3. gates it against the champion on the golden set (``retrain.gate``),
+3. gates it against the active version on the golden set (``retrain.gate``),
 
 and returns the candidate (its name and model folder), the gate's verdict and the lineage. It
 promotes nothing: the daemon's leader registers the candidate and promotes it only if the gate
 passed, fenced by its lease, through the promotion hooks.
 
 The spec is ``retrain.contract.RetuneSpec``: ``method`` (trainer | openai), ``task``,
-``labels``, ``base_model``, ``champion`` ({"model_dir"} or null), ``production_file`` (JSONL:
+``labels``, ``base_model``, ``active`` ({"model_dir"} or null), ``production_file`` (JSONL:
 input, label or output, sample_id), ``original_file`` (JSONL, CSV or Parquet, optional) with
 ``original_input_field`` / ``original_label_field``, ``golden_set`` (JSONL, CSV or Parquet)
 with ``golden_input_field`` (``input``) / ``golden_label_field`` (``label``), ``data``
@@ -52,7 +52,7 @@ Progress = Callable[[str], None]
 
 
 def run(spec: RetuneSpec, progress: Progress) -> RetuneResult:
-    """Build the data set, fine-tune the challenger, gate it; the job's result."""
+    """Build the data set, fine-tune the candidate, gate it; the job's result."""
     built = _dataset(spec, progress)
     data_dir = spec.output / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -64,11 +64,11 @@ def run(spec: RetuneSpec, progress: Progress) -> RetuneResult:
     dataset.write_jsonl(validation_file, built.validation)
     trained = _train(spec, train_file, validation_file, progress)
     verdict = _gate(spec, Path(str(trained.model_dir)), progress)
-    challenger = verdict.challenger
+    candidate = verdict.candidate
     return RetuneResult(
         candidate=Produced(name=spec.candidate.name, artifact=trained.model_dir),
         gate=verdict,
-        metrics=(challenger.metrics if challenger is not None else None) or trained.metrics,
+        metrics=(candidate.metrics if candidate is not None else None) or trained.metrics,
         train=Trained.model_validate(trained.model_dump(include=set(Trained.model_fields))),
         lineage=built.lineage,
     )
@@ -142,7 +142,7 @@ def _train(
     return train.run(train_spec, progress)
 
 
-def _gate(spec: RetuneSpec, challenger: Path, progress: Progress) -> Verdict:
+def _gate(spec: RetuneSpec, candidate: Path, progress: Progress) -> Verdict:
     from retrain import gate
 
     if spec.task != "classification":
@@ -157,8 +157,8 @@ def _gate(spec: RetuneSpec, challenger: Path, progress: Progress) -> Verdict:
         golden_set=spec.golden,
         input_field=spec.golden_input_field,
         label_field=spec.golden_label_field,
-        champion=None if spec.champion is None else ModelRef(model_dir=spec.champion.model_dir),
-        challenger=ModelRef(model_dir=challenger),
+        active=None if spec.active is None else ModelRef(model_dir=spec.active.model_dir),
+        candidate=ModelRef(model_dir=candidate),
         seed=spec.seed,
         output_dir=spec.output / "gate",
         max_length=spec.trainer.max_length,

@@ -1,21 +1,21 @@
 """Job kind ``revise_prompt``: an LLM proposes revised system prompts from failing production
 samples, each is scored on held-out data with the deployment's scorer, and the best is gated
-against the champion.
+against the active version.
 
 For a ``prompted`` deployment, re-tuning means a better prompt, not new weights. The job
 
 1. asks the proposer model ``candidates`` times, with the meta-prompt beside this module
    (``meta_prompt.md`` for classification, ``meta_prompt_generation.md`` for generation)
-   filled with the champion prompt and a sample of the failing examples, for a revised system
+   filled with the active prompt and a sample of the failing examples, for a revised system
    prompt (its reply: JSON ``{"system": ...}``);
-2. runs the champion prompt and each candidate on the target model (the deployment's) over the
+2. runs the active prompt and each candidate on the target model (the deployment's) over the
    golden set and the fresh production samples, and scores each answer with the deployment's
    scorer: for ``task: classification`` exact match with the label (whitespace stripped, case
    folded); for ``task: generation`` an LLM judge (``retrain.judge``) scoring the answer
    against the rubric in [0, 1], shown the example's reference answer where the golden set has
    one. An answer the judge cannot score counts as 0, and the result says how many and why:
    leaving it out would let a prompt that provokes unscorable answers look better than it is;
-3. gates the best candidate (highest accuracy, F1 or mean judge score) against the champion on
+3. gates the best candidate (highest accuracy, F1 or mean judge score) against the active version on
    those same examples, paired: ``retrain.gate.compare`` on labels, ``compare_scores`` on
    judge scores (see ``retrain.gate`` for why the interval's lower bound).
 
@@ -30,7 +30,7 @@ that would pass the cap: a scheduled job spends at most what it was allowed, and
 comparison is no verdict.
 
 The spec is ``retrain.contract.RevisionSpec``, the result ``RevisionResult``. Spec keys:
-``champion`` ({"system", "few_shot": [{"input", "output"}], "model"}), ``task``
+``active`` ({"system", "few_shot": [{"input", "output"}], "model"}), ``task``
 (``classification`` or ``generation``), ``failing_file``, ``golden_set``, ``fresh_file``
 (optional), ``candidates`` (3), ``failures_shown`` (20), ``proposer`` and ``target``
 (``model``, ``base_url``, ``api_key_env`` (``OPENAI_API_KEY``)), ``judge`` (generation only,
@@ -104,10 +104,10 @@ class Prompt:
 
     @classmethod
     def of(cls, spec: contract.RevisionSpec) -> Prompt:
-        """The spec's champion prompt."""
-        champion = spec.champion
-        shots = tuple((shot.input, shot.output) for shot in champion.few_shot)
-        return cls(champion.system, shots, champion.model or spec.target.model)
+        """The spec's active prompt."""
+        active = spec.active
+        shots = tuple((shot.input, shot.output) for shot in active.few_shot)
+        return cls(active.system, shots, active.model or spec.target.model)
 
     def as_model(self) -> contract.Prompt:
         return contract.Prompt(
@@ -202,9 +202,9 @@ def run(
         scorer = _LabelScorer([e for e in examples if isinstance(e, Example)], target, spec)
     try:
         proposals = _propose(spec, failures, examples, proposer, progress)
-        champion_prompt = Prompt.of(spec)
-        champion = scorer.evaluate(champion_prompt, "champion")
-        progress(f"champion: {_summary(spec.metric, champion)} on {len(examples)}")
+        active_prompt = Prompt.of(spec)
+        active = scorer.evaluate(active_prompt, "active")
+        progress(f"active: {_summary(spec.metric, active)} on {len(examples)}")
         scored: list[contract.ProposedPrompt] = []
         evaluated: list[_Evaluation | None] = []
         for number, proposal in enumerate(proposals, start=1):
@@ -214,7 +214,7 @@ def run(
                 )
                 evaluated.append(None)
                 continue
-            prompt = Prompt(proposal.system, champion_prompt.few_shot, champion_prompt.model)
+            prompt = Prompt(proposal.system, active_prompt.few_shot, active_prompt.model)
             evaluation = scorer.evaluate(prompt, f"candidate {number}")
             progress(f"candidate {number}: {_summary(spec.metric, evaluation)}")
             report = evaluation.report()
@@ -237,9 +237,9 @@ def run(
     best = max(usable, key=lambda i: scored[i].scores[spec.metric])
     best_evaluation = evaluated[best]
     assert best_evaluation is not None
-    verdict = scorer.gate(champion, best_evaluation)
+    verdict = scorer.gate(active, best_evaluation)
     progress(f"gate: candidate {best + 1} {'passed' if verdict.passed else 'rejected'}")
-    candidate = Prompt(str(scored[best].system), champion_prompt.few_shot, champion_prompt.model)
+    candidate = Prompt(str(scored[best].system), active_prompt.few_shot, active_prompt.model)
     tokens = contract.Tokens(
         used=budget.spent,
         limit=budget.limit,
@@ -253,7 +253,7 @@ def run(
         candidate=candidate.as_model(),
         best=best + 1,
         gate=verdict.verdict(),
-        champion=champion.report(),
+        active=active.report(),
         candidates=scored,
         tokens=tokens,
         dropped_overlaps={"golden": dropped_golden, "fresh": dropped_fresh},
@@ -363,7 +363,7 @@ def _propose(
 def _meta_prompt(
     spec: RevisionSpec, shown: Sequence[Failure], examples: Sequence[Example | Query]
 ) -> str:
-    """The proposer's request: the task's meta-prompt filled with the champion and failures."""
+    """The proposer's request: the task's meta-prompt filled with the active prompt and failures."""
     few_shot = "\n".join(
         f"- user: {_clip(given)}\n  assistant: {_clip(answer)}"
         for given, answer in Prompt.of(spec).few_shot
@@ -371,7 +371,7 @@ def _meta_prompt(
     if spec.judge is not None:
         return Template(META_PROMPT_GENERATION_FILE.read_text(encoding="utf-8")).substitute(
             rubric=spec.judge.rubric,
-            system=spec.champion.system,
+            system=spec.active.system,
             few_shot=few_shot or "(none)",
             failures="\n".join(
                 f"- message: {_clip(f.input)}\n  answered: {_clip(f.output)}"
@@ -384,7 +384,7 @@ def _meta_prompt(
     labels |= {f.label for f in shown if f.label}
     return Template(META_PROMPT_FILE.read_text(encoding="utf-8")).substitute(
         labels="\n".join(f"- {label}" for label in sorted(labels)),
-        system=spec.champion.system,
+        system=spec.active.system,
         few_shot=few_shot or "(none)",
         failures="\n".join(
             f"- message: {_clip(f.input)}\n  answered: {_clip(f.output)}\n  right label: "
@@ -416,7 +416,7 @@ def parse_proposal(text: str) -> str:
 
 def _answers(prompt: Prompt, inputs: Sequence[str], target: _Chat, max_tokens: int) -> list[str]:
     """The target model's answer to each input under ``prompt``, at temperature 0: the
-    champion and the candidates are compared on what each prompt makes the model say, not on
+    active and the candidates are compared on what each prompt makes the model say, not on
     sampling noise."""
     base: list[dict[str, str]] = [{"role": "system", "content": prompt.system}]
     for given, answer in prompt.few_shot:
@@ -469,7 +469,7 @@ class _Scorer(Protocol):
 
     def evaluate(self, prompt: Prompt, who: str) -> _Evaluation: ...
 
-    def gate(self, champion: _Evaluation, challenger: _Evaluation) -> GateResult: ...
+    def gate(self, active: _Evaluation, candidate: _Evaluation) -> GateResult: ...
 
 
 class _LabelScorer:
@@ -492,10 +492,10 @@ class _LabelScorer:
         found = score(self.truth, predicted)
         return _Evaluation({m: float(found[m]) for m in METRICS}, labels=predicted)
 
-    def gate(self, champion: _Evaluation, challenger: _Evaluation) -> GateResult:
+    def gate(self, active: _Evaluation, candidate: _Evaluation) -> GateResult:
         return compare(
-            champion.labels,
-            challenger.labels,
+            active.labels,
+            candidate.labels,
             self.truth,
             metric=self.spec.metric,
             margin=self.spec.margin,
@@ -533,10 +533,10 @@ class _JudgeScorer:
             {self.spec.metric: float(np.mean(values))}, values=values, unscored=unscored
         )
 
-    def gate(self, champion: _Evaluation, challenger: _Evaluation) -> GateResult:
+    def gate(self, active: _Evaluation, candidate: _Evaluation) -> GateResult:
         return compare_scores(
-            champion.values,
-            challenger.values,
+            active.values,
+            candidate.values,
             metric=self.spec.metric,
             margin=self.spec.margin,
             bootstrap_samples=self.spec.bootstrap_samples,

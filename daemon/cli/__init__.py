@@ -44,9 +44,9 @@ _REPORTED = (
 )
 
 
-@app.command("version")
-def version_command() -> None:
-    """Print driftd's version and those of the libraries it runs on."""
+def _print_versions(asked: bool) -> None:
+    if not asked:
+        return
     typer.echo(f"driftd {__version__}")
     typer.echo(f"python {platform.python_version()} ({sys.implementation.name})")
     for name in _REPORTED:
@@ -54,6 +54,28 @@ def version_command() -> None:
             typer.echo(f"{name} {version(name)}")
         except PackageNotFoundError:
             typer.echo(f"{name} not installed")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        metavar="",  # a flag: typer would show <bool> as if it took a value
+        is_eager=True,
+        callback=_print_versions,
+        help="Print driftd's version and those of the libraries it runs on, and exit.",
+    ),
+) -> None:
+    """Watch LLM deployments for drift, export it to Prometheus, re-tune and roll back."""
+
+
+@app.command("version", hidden=True)
+def version_command() -> None:
+    """Deprecated: ``driftd --version`` (``driftd versions`` lists a deployment's versions)."""
+    typer.echo("driftd version is deprecated: use driftd --version", err=True)
+    _print_versions(True)
 
 
 # `driftd --help` lists commands in the order they are added here, then the command groups.

@@ -40,7 +40,7 @@ class Size:
     name: str
     known: tuple[str, ...]
     unseen: tuple[str, ...]
-    champion_rows: int
+    active_rows: int
     reference_rows: int
     normal_rows: int
     shifted_known_rows: int
@@ -86,7 +86,7 @@ FULL = Size(
         "apple_pay_or_google_pay",
     ),
     unseen=("lost_or_stolen_card", "top_up_failed", "terminate_account"),
-    champion_rows=40,
+    active_rows=40,
     reference_rows=30,
     normal_rows=10,
     shifted_known_rows=20,
@@ -109,7 +109,7 @@ SMALL = Size(
     name="small",
     known=("card_arrival", "exchange_rate", "pin_blocked"),
     unseen=("lost_or_stolen_card", "top_up_failed"),
-    champion_rows=30,
+    active_rows=30,
     reference_rows=20,
     normal_rows=10,
     shifted_known_rows=10,
@@ -134,7 +134,7 @@ class Scenario:
     """Every question of a run, by purpose; traffic is in the order the app serves it."""
 
     size: Size
-    champion: list[Example]
+    active: list[Example]
     reference: list[Example]
     normal: list[Example]
     shifted: list[Example]
@@ -176,7 +176,7 @@ def build_scenario(size: Size, folder: Path) -> Scenario:
     """Split Banking77's questions for one run of ``size``; ``DemoError`` if too few exist."""
     train = by_intent(folder / "train.csv", size.labels)
     test = by_intent(folder / "test.csv", size.labels)
-    known_train = size.champion_rows + size.reference_rows + size.normal_rows
+    known_train = size.active_rows + size.reference_rows + size.normal_rows
     needs = {
         **dict.fromkeys(size.known, (known_train + size.shifted_known_rows, size.eval_known_rows)),
         **dict.fromkeys(size.unseen, (size.shifted_unseen_rows, size.eval_unseen_rows)),
@@ -195,9 +195,9 @@ def build_scenario(size: Size, folder: Path) -> Scenario:
     ) -> list[Example]:
         return [(text, i) for i in intents for text in split[i][start : start + count]]
 
-    champion = take(train, size.known, 0, size.champion_rows)
-    reference = take(train, size.known, size.champion_rows, size.reference_rows)
-    normal = take(train, size.known, size.champion_rows + size.reference_rows, size.normal_rows)
+    active = take(train, size.known, 0, size.active_rows)
+    reference = take(train, size.known, size.active_rows, size.reference_rows)
+    normal = take(train, size.known, size.active_rows + size.reference_rows, size.normal_rows)
     shifted = take(train, size.known, known_train, size.shifted_known_rows) + take(
         train, size.unseen, 0, size.shifted_unseen_rows
     )
@@ -207,7 +207,7 @@ def build_scenario(size: Size, folder: Path) -> Scenario:
     )
     return Scenario(
         size=size,
-        champion=champion,
+        active=active,
         reference=_mixed(reference, "reference"),
         normal=_mixed(normal, "normal"),
         shifted=_mixed(shifted, "shifted"),

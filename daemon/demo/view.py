@@ -272,10 +272,10 @@ def _compact_facts(state: DemoState) -> Group:
         lines.append(row)
     gate = state.gate
     if gate is not None:
-        champion = ((gate.get("champion") or {}).get("metrics") or {}).get("accuracy")
-        challenger = ((gate.get("challenger") or {}).get("metrics") or {}).get("accuracy")
+        active = ((gate.get("active") or {}).get("metrics") or {}).get("accuracy")
+        candidate = ((gate.get("candidate") or {}).get("metrics") or {}).get("accuracy")
         verdict = "passed" if gate.get("passed") else "rejected"
-        lines.append(_line(f"gate {verdict}: {_score(champion)} → {_score(challenger)}"))
+        lines.append(_line(f"gate {verdict}: {_score(active)} → {_score(candidate)}"))
     if state.before_after is not None:
         before, after, _ = state.before_after
         lines.append(_line(f"accuracy {before:.2f} before → {after:.2f} after", "green"))
@@ -397,15 +397,15 @@ def _gate(state: DemoState) -> Panel:
     lines: list[RenderableType] = []
     gate = state.gate
     if gate is not None:
-        champion = ((gate.get("champion") or {}).get("metrics") or {}).get("accuracy")
-        challenger = ((gate.get("challenger") or {}).get("metrics") or {}).get("accuracy")
+        active = ((gate.get("active") or {}).get("metrics") or {}).get("accuracy")
+        candidate = ((gate.get("candidate") or {}).get("metrics") or {}).get("accuracy")
         low, high = (gate.get("ci") or [float("nan"), float("nan")])[:2]
         verdict = ("passed", "green") if gate.get("passed") else ("rejected", "red")
         lines.append(
             Text.assemble(
                 "gate: ",
                 verdict,
-                f"  accuracy {_score(champion)} → {_score(challenger)} on {gate.get('n')} "
+                f"  accuracy {_score(active)} → {_score(candidate)} on {gate.get('n')} "
                 f"golden questions (95% CI of the gain {low:+.2f}..{high:+.2f})",
             )
         )
@@ -424,7 +424,7 @@ def _gate(state: DemoState) -> Panel:
             )
         )
     if not lines:
-        lines.append(Text("waiting for a challenger", "dim"))
+        lines.append(Text("waiting for a candidate", "dim"))
     return Panel(Group(*lines), title="gate, promotion, recovery")
 
 

@@ -62,7 +62,7 @@ def prepare(folder: Path) -> Path:
 def write_data(folder: Path, scenario: Scenario) -> None:
     """The files the configuration names: the first model's training data (the re-tune mixes
     it with production data) and the golden set the gate scores on."""
-    write_jsonl(folder / ORIGINAL, labelled_rows(scenario.champion))
+    write_jsonl(folder / ORIGINAL, labelled_rows(scenario.active))
     write_jsonl(folder / GOLDEN, labelled_rows(scenario.golden))
 
 

@@ -128,8 +128,8 @@ class LoopCollector:
             "The threshold the latest score was judged against.",
             labels=["deployment", "signal", "group", "method"],
         )
-        detected = GaugeMetricFamily(
-            "driftd_drift_detected",
+        signal_drifted = GaugeMetricFamily(
+            "driftd_signal_drifted",
             "1 if the signal drifted in the latest check, 0 otherwise (0 is exported too).",
             labels=["deployment", "signal", "group"],
         )
@@ -162,7 +162,7 @@ class LoopCollector:
             for signal in kept:
                 signal_name, group = str(signal.get("name")), str(signal.get("group"))
                 method = str(signal.get("method") or "unknown")
-                detected.add_metric(
+                signal_drifted.add_metric(
                     [name, signal_name, group], 1.0 if signal.get("drifted") else 0.0
                 )
                 value = _finite(signal.get("score"))
@@ -178,7 +178,17 @@ class LoopCollector:
             exported.add_metric([name], len(kept))
             for metric, value in sorted(quality_values(signals).items()):
                 quality.add_metric([name, metric], value)
-        yield from (last, drifted, score, threshold, detected, ratio, monitored, exported, quality)
+        yield from (
+            last,
+            drifted,
+            score,
+            threshold,
+            signal_drifted,
+            ratio,
+            monitored,
+            exported,
+            quality,
+        )
 
     def _jobs(self, readings: Readings, configured: set[str]) -> Iterable[Metric]:
         finished = CounterMetricFamily(

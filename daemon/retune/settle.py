@@ -36,6 +36,7 @@ from retrain.contract import (
     Settlement,
     TrainResult,
     read_result,
+    upgraded,
 )
 
 log = logging.getLogger("driftd.scheduler")
@@ -72,7 +73,7 @@ def _succeeded_with_candidates(store: Store) -> list[tuple[str, Job, Settlement]
     found = []
     for name, job in rows:
         try:
-            settlement = Settlement.model_validate(job.spec)
+            settlement = Settlement.model_validate(upgraded(job.spec))
         except ValidationError as error:
             if "candidate" in job.spec:  # else there is nothing to settle anyway
                 log.warning(
@@ -105,7 +106,7 @@ def settle(store: Store, deployment: str, job: Job, spec: Settlement, leader: Le
         return
     gate = result.gate if isinstance(result, RetuneResult | RevisionResult) else None
     scores = _scores(result)
-    if gate is not None:  # a re-tune: the gate compared it with the champion
+    if gate is not None:  # a re-tune: the gate compared it with the active version
         passed = gate.passed
     else:  # an evaluation of a given model: a floor on its accuracy
         score = scores.get("accuracy")
@@ -127,7 +128,7 @@ def settle(store: Store, deployment: str, job: Job, spec: Settlement, leader: Le
             kind=kind,
             name=name,
             artifact=str(artifact or spec.model_dir or ""),
-            parent=spec.champion_version,
+            parent=spec.active_version,
             state=VersionState.candidate if passed else VersionState.rejected,
             eval_scores={k: v for k, v in scores.items() if _is_number(v)},
             meta={
@@ -156,15 +157,15 @@ def settle(store: Store, deployment: str, job: Job, spec: Settlement, leader: Le
 
 
 def _scores(result: JobResult) -> Json:
-    """A succeeded job's scores of its candidate: its metrics, else the gate's challenger's (a
+    """A succeeded job's scores of its candidate: its metrics, else the gate's candidate's (a
     prompt revision reports them there)."""
     if isinstance(result, EvaluateResult | TrainResult):
         return result.metrics
     if isinstance(result, RetuneResult) and result.metrics is not None:
         return result.metrics
     gate = result.gate if isinstance(result, RetuneResult | RevisionResult) else None
-    if gate is not None and gate.challenger is not None:
-        return gate.challenger.metrics
+    if gate is not None and gate.candidate is not None:
+        return gate.candidate.metrics
     return {}
 
 

@@ -1,17 +1,17 @@
 """Building a job's spec: what a re-tune or a prompt revision gets to work with.
 
 A re-tune job (``python -m retrain retrain``) never reads the store: the daemon exports what it
-needs when the job is created — the labelled production samples of the look-back period, with
-their ids for lineage — and writes a spec that names them, the original training data, the golden
-set, the model to start from and the champion to beat. A retried job reuses the same export, so
-every attempt trains on the same data. The spec is ``retrain.contract.RetuneSpec``, the model
-the job reads back.
+needs when the job is created — the labelled production samples of the look-back period, with their
+ids for lineage — and writes a spec that names them, the original training data, the golden set, the
+model to start from and the active version to beat. A retried job reuses the same export, so every
+attempt trains on the same data. The spec is ``retrain.contract.RetuneSpec``, the model the job
+reads back.
 
 Like a re-tune, the job never reads the store. When the policy asks for a revision, the daemon
 exports the failing production samples of the look-back period (negative feedback, a low judge
 score, or a wrong label), and — separately — recent samples that did not fail, so that the
 samples that inspire the new prompt are not the ones that score it; it writes a spec naming
-them, the golden set, the champion prompt and the models that propose and that run the prompt.
+them, the golden set, the active prompt and the models that propose and that run the prompt.
 
 The scorer follows the deployment's task. ``classification``: answers must match labels, so the
 fresh samples are labelled ones. ``generation``: answers are free text that the deployment's LLM
@@ -44,8 +44,8 @@ from daemon.store.models import Deployment as DeploymentRow
 from daemon.store.models import Sample
 from retrain.contract import (
     SCORE_METRIC,
+    ActiveModel,
     Candidate,
-    Champion,
     DataSettings,
     Endpoint,
     FineTuneSettings,
@@ -130,9 +130,9 @@ def retune_spec(
     production = inputs / PRODUCTION_FILE
     production.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     name = f"{deployment.name}-{when:%Y%m%d-%H%M%S}"
-    active = store.active_version(deployment.name)
+    serving = store.active_version(deployment.name)
     configured = deployment.model.name if deployment.model is not None else None
-    champion = _local_or_hub(active.artifact if active is not None else configured)
+    active = _local_or_hub(serving.artifact if serving is not None else configured)
     method = method_of(deployment)
     openai = method is Method.openai
     upstream = deployment.upstream
@@ -142,10 +142,10 @@ def retune_spec(
         method=method.value,
         task=deployment.task.value,
         labels=tuple(deployment.labels),
-        # OpenAI fine-tunes a fine-tuned model further: there the champion is its base.
-        base_model=None if openai else champion,
-        champion=None if openai or champion is None else Champion(model_dir=Path(champion)),
-        champion_version=None if active is None else active.name,
+        # OpenAI fine-tunes a fine-tuned model further: there the active version is its base.
+        base_model=None if openai else active,
+        active=None if openai or active is None else ActiveModel(model_dir=Path(active)),
+        active_version=None if serving is None else serving.name,
         production_file=production,
         original_file=absolute_path(data.training_data),
         original_input_field=data.input_field,
@@ -159,7 +159,7 @@ def retune_spec(
         trainer=TrainerSettings.model_validate(retune.trainer.model_dump(mode="json")),
         gate=GateSettings.model_validate(retune.gate.model_dump(mode="json")),
         openai=FineTuneSettings(
-            base_model=champion,
+            base_model=active,
             base_url=upstream.base_url,
             api_key_env=upstream.api_key_env,
             suffix=deployment.name[:18],
@@ -171,7 +171,7 @@ def retune_spec(
         seed=job_seed(name),
         candidate=Candidate(name=name),
         promote=True,
-        lineage={**lineage, "base_version": None if active is None else active.name},
+        lineage={**lineage, "base_version": None if serving is None else serving.name},
         created_at=when,
     )
 
@@ -280,8 +280,8 @@ def revision_spec(
         for row in fresh
     ]
     fresh_file.write_text("".join(json.dumps(row) + "\n" for row in fresh_rows), encoding="utf-8")
-    active = read_active_prompt(store, deployment.name)
-    champion = active.spec if active is not None else initial_prompt(deployment)
+    serving = read_active_prompt(store, deployment.name)
+    active = serving.spec if serving is not None else initial_prompt(deployment)
     upstream = deployment.upstream
     endpoint = {"base_url": upstream.base_url, "api_key_env": upstream.api_key_env}
     retune = deployment.retune
@@ -294,14 +294,14 @@ def revision_spec(
         deployment=deployment.name,
         trigger=trigger,
         task=deployment.task.value,
-        champion=Prompt.model_validate(champion.to_json()),
-        champion_version=None if active is None else active.version,
+        active=Prompt.model_validate(active.to_json()),
+        active_version=None if serving is None else serving.version,
         failing_file=failing_file,
         fresh_file=fresh_file,
         **golden_set_keys(deployment).model_dump(),
         candidates=retune.candidates,
         proposer=Endpoint(model=deployment.judge.model, **endpoint),
-        target=Endpoint(model=champion.model, **endpoint),
+        target=Endpoint(model=active.model, **endpoint),
         judge=judge,
         max_tokens=TOKENS_PER_JOB,
         gate=PromptGate(

@@ -30,6 +30,7 @@ from retrain.contract.base import (
     Part,
     Task,
     describe,
+    upgraded,
 )
 from retrain.contract.results import (
     RESULTS,
@@ -54,9 +55,9 @@ from retrain.contract.results import (
 from retrain.contract.retunes import (
     ANSWER_MAX_TOKENS,
     GENERATION_ANSWER_MAX_TOKENS,
+    ActiveModel,
     Bookkeeping,
     Candidate,
-    Champion,
     DataSettings,
     Endpoint,
     GoldenSet,
@@ -96,9 +97,9 @@ __all__ = [
     "SCORE_METRIC",
     "SPECS",
     "SPEC_VERSION",
+    "ActiveModel",
     "Bookkeeping",
     "Candidate",
-    "Champion",
     "Contract",
     "DataSettings",
     "Endpoint",
@@ -142,4 +143,5 @@ __all__ = [
     "Verdict",
     "describe",
     "read_result",
+    "upgraded",
 ]

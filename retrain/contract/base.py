@@ -21,8 +21,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 """The version of the specs and results this release writes, and the newest it reads."""
+RENAMED_IN_2 = {
+    "champion": "active",
+    "challenger": "candidate",
+    "champion_version": "active_version",
+}
+"""Keys of version 1 read under their version-2 names (the words of ``docs/concepts.md``)."""
 
 Json = dict[str, JsonValue]
 Metrics = dict[str, JsonValue]
@@ -254,3 +260,22 @@ class Contract(Part):
                 "that release, or upgrade driftd here"
             )
         return value
+
+
+def upgraded(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec or result as this release reads it. One without ``spec_version`` was written before
+    specs carried one: version 1. Version 1's keys are read under their version-2 names."""
+    version = document.get("spec_version", 1)
+    if version != 1:
+        return dict(document)
+    renamed: dict[str, Any] = _renamed(document)
+    return {**renamed, "spec_version": 1}
+
+
+def _renamed(value: Any) -> Any:
+    """A version-1 document with its keys renamed as version 2 names them, at every depth."""
+    if isinstance(value, Mapping):
+        return {RENAMED_IN_2.get(key, key): _renamed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_renamed(item) for item in value]
+    return value

@@ -16,6 +16,7 @@ from retrain.contract.base import (
     Metrics,
     Part,
     describe,
+    upgraded,
 )
 from retrain.contract.retunes import Prompt
 
@@ -41,10 +42,10 @@ class Side(Part):
 
 
 class GuardCheck(Part):
-    """A metric the challenger may not lose on: both scores and the verdict."""
+    """A metric the candidate may not lose on: both scores and the verdict."""
 
-    champion: float
-    challenger: float
+    active: float
+    candidate: float
     difference: float
     tolerance: float
     ok: bool
@@ -57,8 +58,8 @@ class Verdict(Part):
     passed: bool = False
     metric: str | None = None
     n: int | None = None
-    champion: Side | None = None
-    challenger: Side | None = None
+    active: Side | None = None
+    candidate: Side | None = None
     difference: float | None = None
     ci: tuple[float, float] | None = None
     margin: float | None = None
@@ -178,7 +179,7 @@ class RevisionResult(JobResult):
     candidate: Prompt | None = None
     best: int | None = None
     gate: Verdict | None = None
-    champion: PromptScores | None = None
+    active: PromptScores | None = None
     candidates: list[ProposedPrompt] = Field(default_factory=list)
     tokens: Tokens | None = None
     dropped_overlaps: dict[str, int] = Field(default_factory=dict)
@@ -202,6 +203,6 @@ def read_result(kind: str, data: Mapping[str, Any]) -> JobResult:
     as the common part of every result."""
     model = RESULTS.get(kind, JobResult)
     try:
-        return model.model_validate(dict(data))
+        return model.model_validate(upgraded(data))
     except ValidationError as error:
         raise ValueError(f"the {kind} job's result: {'; '.join(describe(error))}") from None

@@ -57,7 +57,7 @@ class Bookkeeping(Part):
     candidate: Candidate | None = None
     promote: bool = False
     """Register the job's candidate as a version and promote it if it passes."""
-    champion_version: str | None = None
+    active_version: str | None = None
     lineage: Json = Field(default_factory=dict)
     """Why the job ran (trigger, decision event, checks, base version): copied into the
     candidate's lineage."""
@@ -111,7 +111,7 @@ class GoldenSet(Part):
         return self.golden_set
 
 
-class Champion(Part):
+class ActiveModel(Part):
     """The model a re-tune must beat: a folder (or an id the gate will refuse, saying so)."""
 
     model_dir: OutputPath
@@ -129,7 +129,7 @@ class RetuneSpec(JobSpec, Bookkeeping, GoldenSet):
     labels: tuple[str, ...] = ()
     base_model: str | None = None
     """The model to fine-tune: a folder or a hub id (the trainer method)."""
-    champion: Champion | None = None
+    active: ActiveModel | None = None
     original_file: InputFile | None = None
     original_input_field: Column = "input"
     original_label_field: Column = "label"
@@ -210,7 +210,7 @@ class RevisionSpec(JobSpec, Bookkeeping, GoldenSet):
     KIND: ClassVar[str] = "revise_prompt"
     NEEDED: ClassVar[tuple[str, ...]] = ("output_dir", "golden_set")
     task: Task
-    champion: Prompt
+    active: Prompt
     failing_file: InputFile
     fresh_file: InputFile | None = None
     proposer: Endpoint
@@ -274,6 +274,6 @@ class RevisionSpec(JobSpec, Bookkeeping, GoldenSet):
         if self.answer_max_tokens is None:
             cap = GENERATION_ANSWER_MAX_TOKENS if generation else ANSWER_MAX_TOKENS
             self.answer_max_tokens = cap
-        if self.champion.model is None:
-            self.champion.model = self.target.model
+        if self.active.model is None:
+            self.active.model = self.target.model
         return self

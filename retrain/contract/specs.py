@@ -42,6 +42,7 @@ from retrain.contract.base import (
     spec_folder,
     stated,
     text,
+    upgraded,
     warn,
     whole,
 )
@@ -92,6 +93,8 @@ class JobSpec(Contract):
             raise SpecError(f"it is not JSON: {error}") from None
         if not isinstance(raw, dict):
             raise SpecError(f"it must be a JSON object, not {type(raw).__name__}")
+        raw = upgraded(raw)
+        text = json.dumps(raw)
         known = set(cls.model_fields)
         unknown = sorted(key for key in raw if key not in known)
         if unknown:
@@ -152,7 +155,7 @@ def _model_ref(nullable: bool) -> BeforeValidator:
         if isinstance(value, ModelRef):
             return value
         if not isinstance(value, Mapping) or "model_dir" not in value:
-            null = " or null (no champion yet)" if nullable else ""
+            null = " or null (no active version yet)" if nullable else ""
             raise problem(f'must be {{"model_dir": PATH}}{null}, got {value!r}')
         return value
 
@@ -166,7 +169,7 @@ class ModelRef(Part):
 
 
 class GateSettings(Part):
-    """When a challenger beats its champion (``retune.gate`` of ``driftd.yaml``)."""
+    """When a candidate beats its active version (``retune.gate`` of ``driftd.yaml``)."""
 
     metric: LabelMetric = "accuracy"
     margin: Share = 0.0
@@ -176,14 +179,14 @@ class GateSettings(Part):
 
 
 class GateSpec(JobSpec, GateSettings):
-    """Job kind ``gate``: does a challenger beat the champion on the golden set."""
+    """Job kind ``gate``: does a candidate beat the active version on the golden set."""
 
     KIND: ClassVar[str] = "gate"
     golden_set: InputFile
-    champion: Annotated[ModelRef | None, _model_ref(True)]
-    """Required, and null when there is no champion yet: a misspelt key cannot turn a
+    active: Annotated[ModelRef | None, _model_ref(True)]
+    """Required, and null when there is no active version yet: a misspelt key cannot turn a
     comparison into a first promotion."""
-    challenger: Annotated[ModelRef, _model_ref(False)]
+    candidate: Annotated[ModelRef, _model_ref(False)]
     seed: Seed = 0
     input_field: Column = "input"
     label_field: Column = "label"

@@ -34,7 +34,7 @@ def driftd(
 def test_help_lists_the_commands() -> None:
     result = driftd("--help")
     assert result.returncode == 0, result.stderr
-    for command in ("serve", "config", "db", "version"):
+    for command in ("serve", "config", "db", "versions", "--version"):
         assert command in result.stdout
 
 
@@ -60,13 +60,16 @@ def test_python_dash_m_daemon_is_the_same_command() -> None:
     assert "Usage: driftd" in result.stdout
 
 
-def test_version_prints_driftd_and_its_libraries() -> None:
-    result = driftd("version")
+@pytest.mark.parametrize("args", [("--version",), ("version",)])
+def test_version_prints_driftd_and_its_libraries(args: tuple[str, ...]) -> None:
+    result = driftd(*args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"driftd {version('driftd')}"
     assert f"torch {version('torch')}" in lines
     assert f"evidently {version('evidently')}" in lines
+    # The old command still answers, saying what replaced it.
+    assert ("deprecated" in result.stderr) == (args == ("version",))
 
 
 def test_validate_accepts_the_example() -> None:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 
 from daemon.cli.admin import register
 from daemon.cli.common import EXIT_FAILURE, EXIT_USAGE
-from daemon.domain import JobState
+from daemon.domain import JobState, ReferenceKind
 from daemon.store import NewCheck, Store, upgrade
 from daemon.store import jobs as job_store
 from daemon.store.versions import add_version
@@ -88,7 +88,7 @@ def a_check(hours_ago: float, status: str, drifted: tuple[str, ...] = ()) -> New
         status=status,
         window_start=started - timedelta(hours=1),
         window_end=started,
-        reference_kind="window",
+        reference_kind=ReferenceKind.previous_window,
         current_rows=500,
         reference_rows=480,
         current_total=1234,

@@ -39,8 +39,8 @@ def late_in_the_demo() -> DemoState:
     )
     state.gate = {
         "passed": True,
-        "champion": {"metrics": {"accuracy": 0.61}},
-        "challenger": {"metrics": {"accuracy": 0.88}},
+        "active": {"metrics": {"accuracy": 0.61}},
+        "candidate": {"metrics": {"accuracy": 0.88}},
         "ci": [0.21, 0.33],
         "n": 400,
     }

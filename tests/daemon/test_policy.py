@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from daemon.config.models import Action, Approval, Budget, Policy, SignalGroup
-from daemon.domain import CheckStatus, JobState
+from daemon.domain import CheckStatus, JobState, ReferenceKind
 from daemon.errors import StoreError
 from daemon.policy import (
     EVENT_KIND,
@@ -380,7 +380,7 @@ def record_check(
             status=status,
             window_start=at - timedelta(hours=6),
             window_end=at,
-            reference_kind="previous_window",
+            reference_kind=ReferenceKind.previous_window,
             current_rows=400,
             reference_rows=400,
             current_total=900,

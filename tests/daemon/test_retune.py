@@ -48,17 +48,15 @@ def labelled(store: Store, count: int) -> None:
     )
 
 
-def test_a_trainer_spec_names_absolute_inputs_and_the_champion(
-    store: Store, tmp_path: Path
-) -> None:
+def test_a_trainer_spec_names_absolute_inputs_and_the_active(store: Store, tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     cfg = config(tmp_path, "transformers", "./model")
     labelled(store, 4)
     spec = retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={"check_ids": [1]})
     assert spec.method == "trainer"
     assert spec.base_model == str((tmp_path / "model").resolve())
-    assert spec.champion is not None
-    assert spec.champion.model_dir == Path(spec.base_model)
+    assert spec.active is not None
+    assert spec.active.model_dir == Path(spec.base_model)
     for path in (spec.production_file, spec.original_file, spec.golden_set):
         assert path is not None
         assert path.is_absolute()
@@ -75,7 +73,7 @@ def test_a_trainer_spec_names_absolute_inputs_and_the_champion(
     assert RetuneSpec.model_validate(stored) == spec
 
 
-def test_an_openai_spec_fine_tunes_the_champion_through_the_upstream(
+def test_an_openai_spec_fine_tunes_the_active_through_the_upstream(
     store: Store, tmp_path: Path
 ) -> None:
     cfg = config(tmp_path, "openai", "ft:gpt-4o-mini-2024-07-18:acme::abc1")
@@ -86,7 +84,7 @@ def test_an_openai_spec_fine_tunes_the_champion_through_the_upstream(
     assert spec.openai.base_model == "ft:gpt-4o-mini-2024-07-18:acme::abc1"
     assert spec.openai.base_url == "http://127.0.0.1:9/v1"
     assert spec.openai.api_key_env == "DRIFTD_OPENAI_KEY"
-    assert (spec.base_model, spec.champion) == (None, None)
+    assert (spec.base_model, spec.active) == (None, None)
     assert "sk-" not in json.dumps(spec.to_json())
 
 

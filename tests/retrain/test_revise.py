@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 fakes = sys.modules["fake_openai"]  # loaded by tests/conftest.py, with its fixture
 
 RULE = "A stolen card is always card_lost."
-CHAMPION_SYSTEM = "Label the customer's message: card_lost, refund or balance. Answer the label."
+ACTIVE_SYSTEM = "Label the customer's message: card_lost, refund or balance. Answer the label."
 FEW_SHOT = [{"input": "I want my money back for order 1", "output": "refund"}]
 KEY_ENV = "DRIFTD_TEST_LLM_KEY"
 
@@ -69,7 +69,7 @@ def make_spec(
     tmp_path: Path,
     fake: FakeOpenAI,
     *,
-    champion_system: str = CHAMPION_SYSTEM,
+    active_system: str = ACTIVE_SYSTEM,
     failing: list[dict[str, str]] | None = None,
     golden: list[dict[str, str]] | None = None,
     fresh: list[dict[str, str]] | None = None,
@@ -87,7 +87,7 @@ def make_spec(
     endpoint = {"base_url": fake.base_url, "api_key_env": KEY_ENV}
     return {
         "task": "classification",
-        "champion": {"system": champion_system, "few_shot": FEW_SHOT, "model": "target-mini"},
+        "active": {"system": active_system, "few_shot": FEW_SHOT, "model": "target-mini"},
         "failing_file": write_jsonl(tmp_path / "failing.jsonl", failing),
         "golden_set": write_jsonl(tmp_path / "golden.jsonl", golden),
         "fresh_file": write_jsonl(tmp_path / "fresh.jsonl", fresh),
@@ -126,8 +126,8 @@ def test_a_revision_that_fixes_the_failing_pattern_passes_the_gate(
     fake_openai.script_rule(RULE, truth, without_rule)
     fake_openai.script_chat(
         "I would make the prompt friendlier.",  # no JSON: an unusable proposal
-        "```json\n" + proposal(CHAMPION_SYSTEM + " Be concise.") + "\n```",
-        proposal(CHAMPION_SYSTEM + " " + RULE),
+        "```json\n" + proposal(ACTIVE_SYSTEM + " Be concise.") + "\n```",
+        proposal(ACTIVE_SYSTEM + " " + RULE),
     )
     result = revise(tmp_path, fake_openai, make_spec(tmp_path, fake_openai, candidates=3))
 
@@ -135,23 +135,23 @@ def test_a_revision_that_fixes_the_failing_pattern_passes_the_gate(
     assert result["gate"]["passed"] is True
     assert result["best"] == 3
     assert result["candidate"] == {
-        "system": CHAMPION_SYSTEM + " " + RULE,
+        "system": ACTIVE_SYSTEM + " " + RULE,
         "few_shot": FEW_SHOT,
         "model": "target-mini",
     }
     first, second, third = result["candidates"]
     assert first["system"] is None
     assert "no JSON object" in first["error"]
-    assert second["scores"]["accuracy"] == result["champion"]["scores"]["accuracy"]
+    assert second["scores"]["accuracy"] == result["active"]["scores"]["accuracy"]
     assert third["scores"]["accuracy"] == 1.0
-    assert result["champion"]["scores"]["accuracy"] == pytest.approx(20 / 32)
+    assert result["active"]["scores"]["accuracy"] == pytest.approx(20 / 32)
     assert result["gate"]["difference"] == pytest.approx(12 / 32)
     assert result["gate"]["ci"][0] > 0
-    # The proposer saw the champion's prompt and the failures; the target ran system +
+    # The proposer saw the active version's prompt and the failures; the target ran system +
     # few-shot + input, at temperature 0.
     calls = fake_openai.calls(fakes.CHAT_ROUTE)
     meta = calls[0].body["messages"][0]["content"]
-    assert CHAMPION_SYSTEM in meta
+    assert ACTIVE_SYSTEM in meta
     assert "Someone has stolen my card, case 100" in meta
     assert "right label: card_lost" in meta
     assert calls[0].body["model"] == "proposer-large"
@@ -159,7 +159,7 @@ def test_a_revision_that_fixes_the_failing_pattern_passes_the_gate(
     assert scoring["model"] == "target-mini"
     assert scoring["temperature"] == 0
     assert [m["role"] for m in scoring["messages"]] == ["system", "user", "assistant", "user"]
-    assert len(calls) == 3 + 3 * 32  # three proposals; champion and two candidates on 32
+    assert len(calls) == 3 + 3 * 32  # three proposals; active and two candidates on 32
     assert result["tokens"]["used"] == result["tokens"]["proposer"] + result["tokens"]["target"]
     assert 0 < result["tokens"]["used"] <= 200_000
 
@@ -167,19 +167,17 @@ def test_a_revision_that_fixes_the_failing_pattern_passes_the_gate(
 def test_a_revision_that_scores_worse_is_rejected_not_failed(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
-    # The champion already holds the rule; the proposal drops it.
+    # The active version already holds the rule; the proposal drops it.
     fake_openai.script_rule(RULE, truth, without_rule)
     fake_openai.script_chat(proposal("Answer with a label."))
-    raw = make_spec(
-        tmp_path, fake_openai, champion_system=CHAMPION_SYSTEM + " " + RULE, candidates=1
-    )
+    raw = make_spec(tmp_path, fake_openai, active_system=ACTIVE_SYSTEM + " " + RULE, candidates=1)
     result = revise(tmp_path, fake_openai, raw)
 
     assert result["passed"] is False
     assert result["gate"]["passed"] is False
     assert result["gate"]["difference"] < 0
     assert result["candidates"][0]["scores"]["accuracy"] < 1.0
-    assert result["champion"]["scores"]["accuracy"] == 1.0
+    assert result["active"]["scores"]["accuracy"] == 1.0
     assert "short of the margin" in " ".join(result["gate"]["reasons"])
 
 
@@ -187,7 +185,7 @@ def test_the_token_cap_stops_the_job_before_it_is_passed(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     fake_openai.script_rule(RULE, truth, without_rule)
-    fake_openai.script_chat(proposal(CHAMPION_SYSTEM + " " + RULE), proposal("Label it."))
+    fake_openai.script_chat(proposal(ACTIVE_SYSTEM + " " + RULE), proposal("Label it."))
     raw = make_spec(tmp_path, fake_openai, max_tokens=4000)
     with pytest.raises(JobError, match="token cap reached") as stopped:
         revise(tmp_path, fake_openai, raw)
@@ -205,7 +203,7 @@ def test_examples_that_wrote_the_prompt_do_not_score_it(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     fake_openai.script_rule(RULE, truth, without_rule)
-    fake_openai.script_chat(proposal(CHAMPION_SYSTEM + " " + RULE))
+    fake_openai.script_chat(proposal(ACTIVE_SYSTEM + " " + RULE))
     golden = rows("stolen", 6) + rows("balance", 6)
     fresh = rows("stolen", 3, start=50) + rows("refund", 3, start=50)
     failing = [
@@ -273,9 +271,7 @@ def test_python_m_retrain_revise_prompt_end_to_end(
     monkeypatch.setenv(KEY_ENV, fake_openai.api_key)
     fake_openai.script_rule(RULE, truth, without_rule)
     fake_openai.script_chat(proposal("Answer with a label."))
-    raw = make_spec(
-        tmp_path, fake_openai, champion_system=CHAMPION_SYSTEM + " " + RULE, candidates=1
-    )
+    raw = make_spec(tmp_path, fake_openai, active_system=ACTIVE_SYSTEM + " " + RULE, candidates=1)
     spec_path = tmp_path / "job.json"
     spec_path.write_text(json.dumps(raw), encoding="utf-8")
 
@@ -294,7 +290,7 @@ def test_an_empty_fresh_file_leaves_the_golden_set_to_score_alone(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     fake_openai.script_rule(RULE, truth, without_rule)
-    fake_openai.script_chat(proposal(CHAMPION_SYSTEM + " " + RULE))
+    fake_openai.script_chat(proposal(ACTIVE_SYSTEM + " " + RULE))
     golden = rows("stolen", 4) + rows("balance", 4)
     raw = make_spec(tmp_path, fake_openai, golden=golden, fresh=[], candidates=1)
     result = revise(tmp_path, fake_openai, raw)
@@ -306,7 +302,7 @@ def test_a_csv_golden_set_is_read_by_the_columns_the_spec_names(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     fake_openai.script_rule(RULE, truth, without_rule)
-    fake_openai.script_chat(proposal(CHAMPION_SYSTEM + " " + RULE))
+    fake_openai.script_chat(proposal(ACTIVE_SYSTEM + " " + RULE))
     golden = rows("stolen", 4) + rows("balance", 4)
     with (tmp_path / "test.csv").open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
@@ -324,7 +320,7 @@ def test_a_csv_golden_set_is_read_by_the_columns_the_spec_names(
     result = revise(tmp_path, fake_openai, raw)
 
     assert result["evaluated_on"] == {"golden": 8, "fresh": 0}
-    assert result["champion"]["scores"]["accuracy"] == pytest.approx(4 / 8)
+    assert result["active"]["scores"]["accuracy"] == pytest.approx(4 / 8)
     assert result["passed"] is True
     scored = last_user_texts(fake_openai)[1:]
     assert "Someone has stolen my card, case 3" in scored
@@ -382,7 +378,7 @@ def make_generation_spec(
     tmp_path: Path,
     fake: FakeOpenAI,
     *,
-    champion_system: str = GENERATION_SYSTEM,
+    active_system: str = GENERATION_SYSTEM,
     failing: list[dict[str, str]] | None = None,
     golden: list[dict[str, str]] | None = None,
     fresh: list[dict[str, str]] | None = None,
@@ -404,7 +400,7 @@ def make_generation_spec(
     raw = make_spec(
         tmp_path,
         fake,
-        champion_system=champion_system,
+        active_system=active_system,
         failing=failing,
         golden=golden,
         fresh=fresh,
@@ -413,7 +409,7 @@ def make_generation_spec(
         gate={"metric": "judge_score", "margin": 0.0, "bootstrap_samples": 500},
         **overrides,
     )
-    raw["champion"] = {"system": champion_system, "few_shot": [], "model": "target-mini"}
+    raw["active"] = {"system": active_system, "few_shot": [], "model": "target-mini"}
     return raw
 
 
@@ -450,12 +446,12 @@ def test_a_generation_revision_that_adds_the_instruction_passes_the_judge_gate(
     assert (gate["metric"], gate["n"]) == ("judge_score", 13)
     assert gate["ci"][0] > 0
     # The unscorable answer counts as 0 for every prompt, and is reported.
-    champion, (warm, signed) = result["champion"], result["candidates"]
-    assert champion["scores"]["judge_score"] == pytest.approx(12 * 0.1 / 13)
+    active, (warm, signed) = result["active"], result["candidates"]
+    assert active["scores"]["judge_score"] == pytest.approx(12 * 0.1 / 13)
     assert warm["scores"]["judge_score"] == pytest.approx(12 * 0.1 / 13)
     assert signed["scores"]["judge_score"] == pytest.approx(12 / 13)
     assert gate["difference"] == pytest.approx(12 * 0.9 / 13)
-    for entry in (champion, warm, signed):
+    for entry in (active, warm, signed):
         assert entry["unscored"] == 1
         assert "example 9: no usable score" in entry["unscored_errors"][0]
     # The judge saw the rubric, each answer, and the golden set's reference where it had one.
@@ -490,13 +486,13 @@ def test_a_generation_revision_that_scores_worse_is_rejected(
 ) -> None:
     play_generation(fake_openai, proposal(GENERATION_SYSTEM))  # drops the sign-off
     raw = make_generation_spec(
-        tmp_path, fake_openai, champion_system=GENERATION_SYSTEM + " " + GENERATION_RULE
+        tmp_path, fake_openai, active_system=GENERATION_SYSTEM + " " + GENERATION_RULE
     )
     result = revise(tmp_path, fake_openai, raw)
 
     assert result["passed"] is False
     assert result["gate"]["difference"] == pytest.approx(-0.9)
-    assert result["champion"]["scores"]["judge_score"] == pytest.approx(1.0)
+    assert result["active"]["scores"]["judge_score"] == pytest.approx(1.0)
     assert result["candidates"][0]["scores"]["judge_score"] == pytest.approx(0.1)
     assert "short of the margin" in " ".join(result["gate"]["reasons"])
 
@@ -506,7 +502,7 @@ def test_the_token_cap_stops_a_generation_revision_at_the_judge(
 ) -> None:
     play_generation(fake_openai, proposal(GENERATION_SYSTEM + " " + GENERATION_RULE))
     # 2400 tokens allow the proposal's request (about 2000 estimated: the meta-prompt and a
-    # 1500-token cap) and run out while the champion's answers are judged: with short answers
+    # 1500-token cap) and run out while the active version's answers are judged: with short answers
     # the judge's requests (rubric, answer, a 200-token cap) are the costly ones.
     raw = make_generation_spec(
         tmp_path, fake_openai, candidates=1, answer_max_tokens=20, max_tokens=2400

@@ -271,7 +271,7 @@ class Deployment(Section):
         if retunes and self.retune.golden_set is None:
             raise ValueError(
                 "re-tuning can run (policy.on_drift or retune.schedule) but retune.golden_set "
-                "is not set: a challenger cannot be gated without it"
+                "is not set: a candidate cannot be gated without it"
             )
         revises = retunes and self.kind is Kind.prompted and self.task is Task.generation
         if revises and self.judge.rubric is None:

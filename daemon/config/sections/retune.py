@@ -1,4 +1,4 @@
-"""``retune``: how a challenger is made (training data, trainer), gated against the champion on
+"""``retune``: how a candidate is made (training data, trainer), gated against the active version on
 the golden set, promoted (hooks) and watched after its promotion."""
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ class Metric(StrEnum):
 
 class Gate(Section):
     metric: Metric = Field(
-        Metric.accuracy, description="Metric the challenger must improve on the golden set."
+        Metric.accuracy, description="Metric the candidate must improve on the golden set."
     )
     margin: float = Field(
-        0.0, ge=0.0, le=1.0, description="Required improvement over the champion."
+        0.0, ge=0.0, le=1.0, description="Required improvement over the active version."
     )
     guard_metrics: tuple[Metric, ...] = Field(
-        (), description="Metrics the challenger may not be worse on."
+        (), description="Metrics the candidate may not be worse on."
     )
     bootstrap_samples: int = Field(
         1000, ge=100, le=100_000, description="Resamples for the confidence interval."
@@ -132,7 +132,7 @@ class GoldenColumns(Section):
 
 
 class GoldenSet(Section):
-    """The golden set: the fixed file a challenger and its champion are both scored on."""
+    """The golden set: the fixed file a candidate and the active version are both scored on."""
 
     path: RelativePath = Field(
         description="JSONL, CSV (with a header row) or Parquet file, relative to this file."
@@ -161,7 +161,7 @@ class Retune(Section):
         "columns: {input: COLUMN, label: COLUMN}}`, e.g. `{path: data/test.csv, columns: "
         "{input: text, label: category}}`.",
     )
-    gate: Gate = Field(default_factory=Gate, description="When a challenger is promoted.")
+    gate: Gate = Field(default_factory=Gate, description="When a candidate is promoted.")
     trainer: Trainer = Field(default_factory=Trainer, description="transformers settings.")
     candidates: int = Field(4, ge=1, le=20, description="`prompt_revision`: prompts proposed.")
     watch: Watch = Field(default_factory=Watch, description="Rollback after promotion.")

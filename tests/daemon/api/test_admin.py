@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from daemon.api.admin import admin_router
 from daemon.auth import Scope, Tokens
 from daemon.config.models import Hooks
-from daemon.domain import JobState
+from daemon.domain import JobState, ReferenceKind
 from daemon.store import NewCheck, Store
 from daemon.store import jobs as job_store
 from daemon.store.engine import unreachable
@@ -78,7 +78,7 @@ def a_check(started_at: datetime, status: str, drifted: tuple[str, ...] = ()) ->
         status=status,
         window_start=started_at - timedelta(hours=1),
         window_end=started_at,
-        reference_kind="window",
+        reference_kind=ReferenceKind.previous_window,
         current_rows=500,
         reference_rows=480,
         current_total=1200,

@@ -239,10 +239,10 @@ def test_a_real_check_exports_its_verdict_signals_and_quality_zeros_included(
     assert last is not None
     assert abs(last - now.timestamp()) < 120
     refusal = {"deployment": "bot", "signal": "refusal", "group": "quality"}
-    assert daemon.value("driftd_drift_detected", **refusal) == 1
+    assert daemon.value("driftd_signal_drifted", **refusal) == 1
     # Signals that did not drift, or could not run, are exported as 0: alerts can resolve.
     assert (
-        daemon.value("driftd_drift_detected", deployment="bot", signal="errors", group="output")
+        daemon.value("driftd_signal_drifted", deployment="bot", signal="errors", group="output")
         == 0
     )
     # The exported values are the stored evidence of that check, to the last digit.
@@ -294,7 +294,7 @@ def test_a_real_check_exports_its_verdict_signals_and_quality_zeros_included(
         s.labels["signal"]
         for family in capped.collect()
         for s in family.samples
-        if s.name == "driftd_drift_detected"
+        if s.name == "driftd_signal_drifted"
     ]
     assert len(detected) == 2
     assert "refusal" in detected

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from daemon.config import Config, parse_config
-from daemon.domain import CheckStatus, JobState
+from daemon.domain import CheckStatus, JobState, ReferenceKind
 from daemon.errors import ConfigError
 from daemon.scheduler import CheckDone, Tick
 from daemon.scheduler.actions import Actions
@@ -59,7 +59,7 @@ class FakeChecks:
                 status=status,
                 window_start=now - timedelta(hours=1),
                 window_end=now,
-                reference_kind="previous_window",
+                reference_kind=ReferenceKind.previous_window,
                 current_rows=100,
                 reference_rows=100,
                 current_total=100,
@@ -119,7 +119,7 @@ def test_two_drifted_checks_create_one_job_and_every_decision_is_recorded(
     assert job.spec["lineage"]["check_ids"]
     failing = Path(job.spec["failing_file"]).read_text().splitlines()
     assert [json.loads(line)["why"] for line in failing] == ["negative feedback"] * 3
-    assert job.spec["champion"]["system"] == "You are helpful."
+    assert job.spec["active"]["system"] == "You are helpful."
     assert job.spec["lineage"]["decision_event_id"] == decisions[1].id
 
 
@@ -253,7 +253,7 @@ def test_too_few_labels_skip_the_retrain_and_say_why(store: Store, tmp_path: Any
 def finished_retune(store: Store, name: str, passed: bool, artifact: Path) -> int:
     """A re-tune job that succeeded with ``passed`` as its gate's verdict."""
     artifact.mkdir()
-    spec = {"candidate": {"name": name}, "promote": True, "champion_version": "v1"}
+    spec = {"candidate": {"name": name}, "promote": True, "active_version": "v1"}
     job_id = job_store.create_job(store, "intents", "retrain", "drift", spec)
     with store.session() as session:
         job = session.get(Job, job_id)
@@ -268,7 +268,7 @@ def finished_retune(store: Store, name: str, passed: bool, artifact: Path) -> in
     return job_id
 
 
-def test_the_leader_promotes_a_passed_challenger_and_rejects_a_worse_one(
+def test_the_leader_promotes_a_passed_candidate_and_rejects_a_worse_one(
     store: Store, tmp_path: Any
 ) -> None:
     store.ensure_deployment("intents", "finetuned", "classification")
@@ -373,7 +373,7 @@ def test_a_passed_prompt_revision_becomes_the_active_prompt(store: Store, tmp_pa
     ensure_initial(store, cfg.deployments[0])
     assert acquire(store, "scheduler", "driftd", 10.0) is not None
     revised = {"system": "You are helpful. Answer in one line.", "few_shot": [], "model": "m"}
-    spec = {"candidate": {"name": "prompt-2"}, "promote": True, "champion_version": "prompt-1"}
+    spec = {"candidate": {"name": "prompt-2"}, "promote": True, "active_version": "prompt-1"}
     job_id = job_store.create_job(store, "bot", "revise_prompt", "drift", spec)
     with store.session() as session:
         job = session.get(Job, job_id)
@@ -522,7 +522,7 @@ def test_a_passed_generation_revision_scored_by_the_judge_becomes_the_active_pro
     assert promoted.eval_scores is not None
     assert (
         promoted.eval_scores["judge_score"]
-        == done.result["gate"]["challenger"]["metrics"]["judge_score"]
+        == done.result["gate"]["candidate"]["metrics"]["judge_score"]
     )
     assert "passed" not in promoted.eval_scores
 

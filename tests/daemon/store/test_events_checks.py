@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from daemon.domain import CheckStatus
+from daemon.domain import CheckStatus, ReferenceKind
 from daemon.errors import StoreError
 from daemon.store import NewCheck, Store
 from daemon.store.queries import list_checks, list_events, parse_time
@@ -20,7 +20,7 @@ def a_check(started_at: datetime, status: str = "ok", **extra: Any) -> NewCheck:
         status=status,
         window_start=started_at - timedelta(hours=1),
         window_end=started_at,
-        reference_kind="window",
+        reference_kind=ReferenceKind.previous_window,
         current_rows=500,
         reference_rows=480,
         current_total=12_000,
@@ -44,7 +44,7 @@ def test_checks_round_trip_newest_first(store: Store, deployment: str) -> None:
             status=CheckStatus.drift,
             window_start=NOW - timedelta(hours=1),
             window_end=NOW,
-            reference_kind="fixed",
+            reference_kind=ReferenceKind.fixed,
             current_rows=500,
             reference_rows=2_000,
             current_total=9_876,
