@@ -74,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "banking77" / "data"
 MIN_TRAIN_ROWS = 100  # intents with fewer training questions are left out of the choice
 GOLDEN_PER_INTENT = 10
-VALIDATION_SHARE = 0.1  # the retrain job's default (retune.data.validation_share)
+VALIDATION_SHARE = 0.1  # the finetune job's default (retune.data.validation_share)
 CHILD_TIMEOUT_S = 1800.0
 
 
@@ -479,7 +479,7 @@ class Recovery:
 
 
 def recovery(args: argparse.Namespace, base_model: str, folder: Path) -> Recovery:
-    """The active version, the candidate (the retrain job) and the oracle, each scored on
+    """The active version, the candidate (the finetune job) and the oracle, each scored on
     held-out traffic."""
     scene = scenario(args, folder)
     files = scene.files
@@ -502,7 +502,7 @@ def recovery(args: argparse.Namespace, base_model: str, folder: Path) -> Recover
         "active (train)",
     )
     retune, retune_process = run_job(
-        "retrain",
+        "finetune",
         {
             "method": "trainer",
             "task": "classification",
@@ -583,7 +583,7 @@ def print_recovery(args: argparse.Namespace, found: Recovery) -> None:
         f"### Recovered accuracy on shifted traffic\n\n"
         f"{len(scene.known)} known intents ({', '.join(scene.known)}); {len(scene.unseen)} "
         f"unseen ({', '.join(scene.unseen)}). Production: {counts['production']} labelled "
-        f"questions, {counts['production_unseen']} of them unseen intents. The retrain job's "
+        f"questions, {counts['production_unseen']} of them unseen intents. The finetune job's "
         f"data set: {lineage['rows']['train']} training and {lineage['rows']['validation']} "
         f"validation examples ({sources['production']['used']} production, "
         f"{sources['original']['used']} original; production_ratio {args.production_ratio:g}). "
@@ -604,7 +604,7 @@ def print_recovery(args: argparse.Namespace, found: Recovery) -> None:
             found.active.wall_s,
         ),
         "candidate": (
-            f"active + the retrain job's {lineage['rows']['train']} examples",
+            f"active + the finetune job's {lineage['rows']['train']} examples",
             found.retune_process.wall_s,
         ),
         "oracle": (

@@ -24,6 +24,11 @@ class ConfigError(DriftdError):
         super().__init__(f"{source}: invalid configuration ({count}):\n{body}")
 
 
+class ConfigDeprecation(FutureWarning):
+    """The configuration uses a key or value that still works but was renamed; the message
+    says where, and what to write instead."""
+
+
 class StoreError(DriftdError):
     """The store cannot be reached, or its schema is not what this version of driftd expects."""
 

@@ -61,13 +61,12 @@ class DecisionAction(StrEnum):
 
     none = "none"
     alert = "alert"
-    retrain = "retrain"
-    revise_prompt = "revise_prompt"
+    retune = "retune"
     hold = "hold"
 
 
 # Decisions that start the cooldown: something was (or, in a dry run, would have been) done.
-ACTIONS = frozenset({DecisionAction.alert, DecisionAction.retrain, DecisionAction.revise_prompt})
+ACTIONS = frozenset({DecisionAction.alert, DecisionAction.retune})
 
 
 class Reason(StrEnum):
@@ -169,12 +168,18 @@ class Decision:
 
 
 def decide(
-    policy: Policy, history: History, now: datetime, *, estimated_cost_usd: float | None
+    policy: Policy,
+    history: History,
+    now: datetime,
+    *,
+    job_kind: str,
+    estimated_cost_usd: float | None,
 ) -> Decision:
     """The decision after the latest check of ``history`` under ``policy``; see the module's
-    docstring for the precedence. ``estimated_cost_usd`` is what the job would cost on paid
-    APIs; None when it cannot be estimated, and then only spend already made counts against the
-    daily budget."""
+    docstring for the precedence. ``job_kind`` is the job a re-tune of this deployment runs
+    (``finetune`` or ``prompt_revision``, by its ``retune.method``). ``estimated_cost_usd`` is
+    what the job would cost on paid APIs; None when it cannot be estimated, and then only spend
+    already made counts against the daily budget."""
     _require_aware("now", now)
     if estimated_cost_usd is not None and estimated_cost_usd < 0:
         raise ValueError(f"estimated_cost_usd must be 0 or more, got {estimated_cost_usd}")
@@ -246,7 +251,6 @@ def decide(
     held = _job_limit(policy, history, estimated_cost_usd, evidence)
     if held is not None:
         return decision(DecisionAction.hold, *held)
-    job_kind = policy.on_drift.value
     if policy.approval is Approval.manual:
         job_state, reason = JobState.awaiting_approval, Reason.manual_approval
         rule += "; approval is manual, so the job awaits approval"
@@ -281,10 +285,9 @@ def decide_scheduled(
     _require_aware("now", now)
     evidence: dict[str, Any] = {
         "trigger": "schedule",
-        "intended": job_kind,
+        "intended": DecisionAction.retune.value,
         "policy": policy.model_dump(mode="json"),
     }
-    action = DecisionAction(job_kind)
 
     def decision(action: DecisionAction, reason: Reason, rule: str, **extra: Any) -> Decision:
         evidence.update(extra)
@@ -323,9 +326,13 @@ def decide_scheduled(
             DecisionAction.none,
             Reason.dry_run,
             f"dry run: would have created a {job_kind} job because {rule}",
-            would_be={"action": job_kind, "reason": Reason.scheduled.value, "job_kind": job_kind},
+            would_be={
+                "action": DecisionAction.retune.value,
+                "reason": Reason.scheduled.value,
+                "job_kind": job_kind,
+            },
         )
-    return decision(action, Reason.scheduled, rule)
+    return decision(DecisionAction.retune, Reason.scheduled, rule)
 
 
 def history_for(store: Store, deployment: str, now: datetime, consecutive: int) -> History:

@@ -36,9 +36,12 @@ KINDS = {
     "train": "retrain.train",
     "openai_finetune": "retrain.openai_finetune",
     "gate": "retrain.gate",
-    "retrain": "retrain.retune",
-    "revise_prompt": "retrain.revise",
+    "finetune": "retrain.finetune",
+    "prompt_revision": "retrain.prompt_revision",
 }
+# Kinds renamed in 0.2, still run under their new names: a Kubernetes Job created by 0.1 may
+# start its pod again on a 0.2 image.
+RETIRED_KINDS = {"retrain": "finetune", "revise_prompt": "prompt_revision"}
 RESULT_FILE = "result.json"
 EXIT_FILE = "exit"  # the name driftd's executors read (daemon.jobs.executor.EXIT_FILE)
 
@@ -52,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m retrain",
         description="Run one driftd job: read its spec, write result.json in its output_dir.",
     )
-    parser.add_argument("kind", choices=sorted(KINDS), help="the job to run")
+    parser.add_argument("kind", choices=sorted(KINDS), type=_current_kind, help="the job to run")
     parser.add_argument("--spec", type=Path, required=True, help="the job's spec (JSON)")
     args = parser.parse_args(argv)
     code = run(args.kind, args.spec)
@@ -90,6 +93,14 @@ def run(kind: str, spec_path: Path) -> int:
     _write_result(spec.output, result.model_copy(update={"kind": kind, "status": "succeeded"}))
     print(f"{kind}: succeeded; result in {spec.output / RESULT_FILE}", flush=True)
     return EXIT_SUCCEEDED
+
+
+def _current_kind(kind: str) -> str:
+    if kind in RETIRED_KINDS:
+        new = RETIRED_KINDS[kind]
+        print(f"retrain: job kind {kind} is deprecated; running it as {new}", file=sys.stderr)
+        return new
+    return kind
 
 
 def _progress(line: str) -> None:

@@ -46,7 +46,7 @@ Tokens are counted with tiktoken when it is installed and has its encoding at ha
 off by a third either way for other languages or code. The result says which count was used.
 
 The spec is ``retrain.contract.OpenAIFineTuneSpec``; relative paths are read from the spec's
-directory. The result (``FineTuneResult``) holds ``openai_job_id``,
+directory. The result (``OpenAIFineTuneResult``) holds ``openai_job_id``,
 ``training_file_id``, ``validation_file_id``, ``fine_tuned_model``, ``status``,
 ``trained_tokens``, ``estimated_training_tokens``, ``estimated_cost_usd``, ``cost_usd`` (the
 trained tokens at the given price) and what was counted and run.
@@ -67,7 +67,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from retrain.contract import FineTuneResult, OpenAIFineTuneSpec
+from retrain.contract import OpenAIFineTuneResult, OpenAIFineTuneSpec
 from retrain.errors import FineTuneCancelled, FineTuneError
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ class _StopRequests:
 
 def run(
     spec: OpenAIFineTuneSpec, progress: Progress, *, environ: Mapping[str, str] | None = None
-) -> FineTuneResult:
+) -> OpenAIFineTuneResult:
     """Fine-tune ``spec.base_model`` on the spec's data; the job's result.
 
     The key is read from ``environ`` (the process environment by default) under
@@ -288,7 +288,7 @@ class _FineTune:
         self._events_problem: str | None = None
         self._events_on = True
 
-    def run(self) -> FineTuneResult:
+    def run(self) -> OpenAIFineTuneResult:
         spec = self.spec
         training = read_chat_jsonl(spec.training_file)
         validation = read_chat_jsonl(spec.validation_file) if spec.validation_file else []
@@ -325,7 +325,7 @@ class _FineTune:
         cost = None if job.trained_tokens is None or price is None else job.trained_tokens * price
         epochs = job.hyperparameters.n_epochs if job.hyperparameters else None
         # The job's status on the server is ``succeeded`` here, as the result's status says.
-        return FineTuneResult(
+        return OpenAIFineTuneResult(
             openai_job_id=job.id,
             training_file_id=training_id,
             validation_file_id=validation_id,

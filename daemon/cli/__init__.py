@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import platform
 import sys
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
 from daemon import __version__
 from daemon.cli import admin, check, config, ingest, serve
+from daemon.errors import ConfigDeprecation
 
 app = typer.Typer(
     name="driftd",
@@ -42,6 +44,23 @@ _REPORTED = (
     "fastapi",
     "pydantic",
 )
+
+
+_format_warning = warnings.formatwarning
+
+
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """A configuration warning reads like a configuration error (``FILE:LINE: path: …``), not
+    like a traceback line of driftd's own source."""
+    if issubclass(category, ConfigDeprecation):
+        return f"warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
 
 
 def _print_versions(asked: bool) -> None:
@@ -69,6 +88,7 @@ def _options(
     ),
 ) -> None:
     """Watch LLM deployments for drift, export it to Prometheus, re-tune and roll back."""
+    warnings.formatwarning = _warning_line
 
 
 @app.command("version", hidden=True)

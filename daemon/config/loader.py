@@ -11,6 +11,7 @@ import re
 import shlex
 import types
 import typing
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from daemon.config.models import Config, Deployment, ReferenceKind
+from daemon.config.sections.policy import RETIRED_ACTIONS
 from daemon.config.types import ENV_STORAGE_URL
 from daemon.domain import Task
-from daemon.errors import ConfigError
+from daemon.errors import ConfigDeprecation, ConfigError
 from retrain import dataset
 
 __all__ = ["ENV_STORAGE_URL", "load_config", "parse_config"]
@@ -376,6 +378,7 @@ def parse_config(
     for loc, message in (*_secret_problems(data), *_duplicate_names(data)):
         refused.add(loc)
         reader.report(loc, message)
+    _read_retired(data, reader)
     env = environ or {}
     if env.get(ENV_STORAGE_URL):
         storage = data.get("storage")
@@ -399,6 +402,28 @@ def parse_config(
     if reader.problems or config is None:
         raise ConfigError(source, reader.problems)
     return config
+
+
+def _read_retired(data: dict[str, Any], reader: _Reader) -> None:
+    """Values renamed in 0.2 are read as what they became, each with a ``ConfigDeprecation``
+    warning naming where it is and what to write instead (see docs/concepts.md)."""
+    deployments = data.get("deployments")
+    for index, deployment in enumerate(deployments if isinstance(deployments, list) else ()):
+        policy = deployment.get("policy") if isinstance(deployment, dict) else None
+        if not isinstance(policy, dict):
+            continue
+        value = policy.get("on_drift")
+        if isinstance(value, str) and value in RETIRED_ACTIONS:
+            loc: Loc = ("deployments", index, "policy", "on_drift")
+            new = RETIRED_ACTIONS[value].value
+            policy["on_drift"] = new
+            warnings.warn(
+                f"{reader.source}:{reader.line(loc)}: {format_loc(loc)}: '{value}' is deprecated "
+                f"since 0.2 and read as '{new}' (the deployment's retune.method says how); "
+                f"write '{new}'",
+                ConfigDeprecation,
+                stacklevel=1,
+            )
 
 
 def _upstream_urls(config: Config, env: Mapping[str, str], reader: _Reader) -> Config:

@@ -118,7 +118,7 @@ class Observer:
     def acted(self) -> Record | None:
         """The newest decision that started a job, if one did."""
         for event in self.decisions:
-            if (event.get("evidence") or {}).get("action") in ("retrain", "revise_prompt"):
+            if (event.get("evidence") or {}).get("action") == "retune":
                 return event
         return None
 

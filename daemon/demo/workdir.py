@@ -119,7 +119,7 @@ deployments:
       max_rows: 2000
       quality_drop: {size.quality_drop:g}          # accuracy falling this much is quality drift
     policy:
-      on_drift: retrain
+      on_drift: retune
       act_on: [quality, output]
       consecutive: 2             # two drifted checks in a row before acting
       cooldown: 30s

@@ -29,10 +29,10 @@ from daemon.store.models import Deployment as DeploymentRow
 from daemon.store.models import Job, Version
 from retrain.contract import (
     EvaluateResult,
+    FineTuneResult,
     JobResult,
     Json,
-    RetuneResult,
-    RevisionResult,
+    PromptRevisionResult,
     Settlement,
     TrainResult,
     read_result,
@@ -104,7 +104,7 @@ def settle(store: Store, deployment: str, job: Job, spec: Settlement, leader: Le
             extra={"deployment": deployment, "job_id": job.id, "error": str(error)},
         )
         return
-    gate = result.gate if isinstance(result, RetuneResult | RevisionResult) else None
+    gate = result.gate if isinstance(result, FineTuneResult | PromptRevisionResult) else None
     scores = _scores(result)
     if gate is not None:  # a re-tune: the gate compared it with the active version
         passed = gate.passed
@@ -113,9 +113,9 @@ def settle(store: Store, deployment: str, job: Job, spec: Settlement, leader: Le
         passed = isinstance(score, int | float) and float(score) >= spec.min_accuracy
     kind = VersionKind.model
     artifact = spec.candidate.artifact
-    if isinstance(result, RetuneResult) and result.candidate is not None:
+    if isinstance(result, FineTuneResult) and result.candidate is not None:
         artifact = result.candidate.artifact or artifact
-    if isinstance(result, RevisionResult):  # the candidate is a prompt: stored as its JSON
+    if isinstance(result, PromptRevisionResult):  # the candidate is a prompt: stored as its JSON
         if result.candidate is None:
             return  # no usable proposal: the job's result says why, nothing to register
         kind = VersionKind.prompt
@@ -161,16 +161,16 @@ def _scores(result: JobResult) -> Json:
     prompt revision reports them there)."""
     if isinstance(result, EvaluateResult | TrainResult):
         return result.metrics
-    if isinstance(result, RetuneResult) and result.metrics is not None:
+    if isinstance(result, FineTuneResult) and result.metrics is not None:
         return result.metrics
-    gate = result.gate if isinstance(result, RetuneResult | RevisionResult) else None
+    gate = result.gate if isinstance(result, FineTuneResult | PromptRevisionResult) else None
     if gate is not None and gate.candidate is not None:
         return gate.candidate.metrics
     return {}
 
 
 def _lineage(result: JobResult) -> Json | None:
-    return result.lineage if isinstance(result, RetuneResult) else None
+    return result.lineage if isinstance(result, FineTuneResult) else None
 
 
 def _is_number(value: object) -> bool:

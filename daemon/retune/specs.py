@@ -4,7 +4,7 @@ A re-tune job (``python -m retrain retrain``) never reads the store: the daemon 
 needs when the job is created — the labelled production samples of the look-back period, with their
 ids for lineage — and writes a spec that names them, the original training data, the golden set, the
 model to start from and the active version to beat. A retried job reuses the same export, so every
-attempt trains on the same data. The spec is ``retrain.contract.RetuneSpec``, the model the job
+attempt trains on the same data. The spec is ``retrain.contract.FineTuneSpec``, the model the job
 reads back.
 
 Like a re-tune, the job never reads the store. When the policy asks for a revision, the daemon
@@ -19,7 +19,7 @@ judge scores against its rubric (``judge`` section: its model, on the deployment
 so failing samples need no label, the fresh ones are recent production inputs (no label
 needed: the judge scores whatever each prompt makes the model answer), and the gate's metric
 is ``judge_score``. A generation deployment without a rubric has nothing to score a candidate
-with; its revision is skipped, saying so. The spec is ``retrain.contract.RevisionSpec``.
+with; its revision is skipped, saying so. The spec is ``retrain.contract.PromptRevisionSpec``.
 """
 
 from __future__ import annotations
@@ -49,14 +49,14 @@ from retrain.contract import (
     DataSettings,
     Endpoint,
     FineTuneSettings,
+    FineTuneSpec,
     GateSettings,
     GoldenSet,
     Json,
     Judge,
     Prompt,
     PromptGate,
-    RetuneSpec,
-    RevisionSpec,
+    PromptRevisionSpec,
     TrainerSettings,
 )
 
@@ -98,7 +98,7 @@ def labelled_samples(
     ]
 
 
-def retune_spec(
+def finetune_spec(
     config: Config,
     store: Store,
     deployment: Deployment,
@@ -106,7 +106,7 @@ def retune_spec(
     trigger: str,
     lineage: Json,
     now: datetime | None = None,
-) -> RetuneSpec:
+) -> FineTuneSpec:
     """Export the training inputs of a re-tune of ``deployment`` and return the job's spec.
 
     ``NotEnoughLabels`` when fewer than ``retune.data.min_labelled`` labelled samples exist.
@@ -136,7 +136,7 @@ def retune_spec(
     method = method_of(deployment)
     openai = method is Method.openai
     upstream = deployment.upstream
-    return RetuneSpec(
+    return FineTuneSpec(
         deployment=deployment.name,
         trigger=trigger,
         method=method.value,
@@ -212,7 +212,7 @@ TOKENS_PER_JOB = 200_000
 JUDGE_METRIC = SCORE_METRIC  # what retrain.gate.compare_scores reports
 
 
-def revision_spec(
+def prompt_revision_spec(
     config: Config,
     store: Store,
     deployment: Deployment,
@@ -220,7 +220,7 @@ def revision_spec(
     trigger: str,
     lineage: Json,
     now: datetime | None = None,
-) -> RevisionSpec:
+) -> PromptRevisionSpec:
     """Export the failing and fresh samples of ``deployment`` and return the job's spec."""
     generation = deployment.task is Task.generation
     rubric = deployment.judge.rubric
@@ -290,7 +290,7 @@ def revision_spec(
         # The same judge as the scheduled judging (daemon.judging): its model on the
         # deployment's upstream, and the rubric of the config.
         judge = Judge(model=deployment.judge.model, rubric=rubric, **endpoint)
-    return RevisionSpec(
+    return PromptRevisionSpec(
         deployment=deployment.name,
         trigger=trigger,
         task=deployment.task.value,

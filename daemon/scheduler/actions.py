@@ -22,7 +22,7 @@ from daemon.errors import DriftdError, NotEnoughLabels, NothingFailed
 from daemon.policy import decide, decide_scheduled, history_for, record
 from daemon.retune import promotion
 from daemon.retune.settle import Leader, settle_jobs
-from daemon.retune.specs import method_of, retune_spec, revision_spec
+from daemon.retune.specs import finetune_spec, method_of, prompt_revision_spec
 from daemon.retune.watch import watch
 from daemon.scheduler.pool import CheckPool
 from daemon.scheduler.scheduler import Tick, record_failed_check
@@ -30,10 +30,7 @@ from daemon.store import Store
 from daemon.store import jobs as job_store
 from daemon.store.lease import epoch_is_current
 from daemon.store.models import Sample
-from retrain.contract import (
-    JobSpec,
-    Json,
-)
+from retrain.contract import FineTuneSpec, JobSpec, Json, PromptRevisionSpec
 
 if TYPE_CHECKING:
     from daemon.metrics import LeaderCounters
@@ -44,8 +41,10 @@ RETENTION_BATCH = 10_000
 
 
 def job_kind_for(deployment: Deployment) -> str:
-    """The job a re-tune of ``deployment`` is: a prompt revision or a model re-tune."""
-    return "revise_prompt" if method_of(deployment) is Method.prompt_revision else "retrain"
+    """The job a re-tune of ``deployment`` runs: a prompt revision or a fine-tune."""
+    if method_of(deployment) is Method.prompt_revision:
+        return PromptRevisionSpec.KIND
+    return FineTuneSpec.KIND
 
 
 class Actions:
@@ -112,7 +111,9 @@ class Actions:
         now = datetime.now(UTC)
         policy = deployment.policy
         history = history_for(self.store, tick.deployment, now, policy.consecutive)
-        decision = decide(policy, history, now, estimated_cost_usd=None)
+        decision = decide(
+            policy, history, now, job_kind=job_kind_for(deployment), estimated_cost_usd=None
+        )
         self._act(deployment, decision, trigger="drift")
 
     def rollback(self, deployment: str) -> None:
@@ -150,9 +151,10 @@ class Actions:
             "decision_event_id": event_id,
             "check_ids": decision.evidence.get("check_ids", []),
         }
-        if kind not in ("retrain", "revise_prompt"):
+        builders = {FineTuneSpec.KIND: finetune_spec, PromptRevisionSpec.KIND: prompt_revision_spec}
+        build = builders.get(kind)
+        if build is None:
             raise ValueError(f"the policy asked for a {kind} job, which no spec is built for")
-        build = retune_spec if kind == "retrain" else revision_spec
         try:
             spec: JobSpec = build(
                 self.config, self.store, deployment, trigger=trigger, lineage=lineage

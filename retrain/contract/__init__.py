@@ -40,11 +40,11 @@ from retrain.contract.results import (
     GateJobResult,
     GuardCheck,
     JobResult,
+    OpenAIFineTuneResult,
     Produced,
+    PromptRevisionResult,
     PromptScores,
     ProposedPrompt,
-    RetuneResult,
-    RevisionResult,
     Side,
     Tokens,
     Trained,
@@ -60,13 +60,13 @@ from retrain.contract.retunes import (
     Candidate,
     DataSettings,
     Endpoint,
+    FineTuneSpec,
     GoldenSet,
     Judge,
     Named,
     Prompt,
     PromptGate,
-    RetuneSpec,
-    RevisionSpec,
+    PromptRevisionSpec,
     Settlement,
     Shot,
 )
@@ -84,7 +84,14 @@ from retrain.contract.specs import (
 
 SPECS: dict[str, type[JobSpec]] = {
     spec.KIND: spec
-    for spec in (EvaluateSpec, GateSpec, TrainSpec, OpenAIFineTuneSpec, RetuneSpec, RevisionSpec)
+    for spec in (
+        EvaluateSpec,
+        GateSpec,
+        TrainSpec,
+        OpenAIFineTuneSpec,
+        FineTuneSpec,
+        PromptRevisionSpec,
+    )
 }
 """Each job kind's spec, by the kind's name (``python -m retrain <kind>``)."""
 
@@ -107,6 +114,7 @@ __all__ = [
     "EvaluateSpec",
     "FineTuneResult",
     "FineTuneSettings",
+    "FineTuneSpec",
     "FineTuned",
     "GateJobResult",
     "GateSettings",
@@ -120,17 +128,16 @@ __all__ = [
     "Metrics",
     "ModelRef",
     "Named",
+    "OpenAIFineTuneResult",
     "OpenAIFineTuneSpec",
     "Part",
     "Produced",
     "Prompt",
     "PromptGate",
+    "PromptRevisionResult",
+    "PromptRevisionSpec",
     "PromptScores",
     "ProposedPrompt",
-    "RetuneResult",
-    "RetuneSpec",
-    "RevisionResult",
-    "RevisionSpec",
     "Settlement",
     "Shot",
     "Side",

@@ -262,13 +262,13 @@ class Contract(Part):
         return value
 
 
-def upgraded(document: Mapping[str, Any]) -> dict[str, Any]:
+def upgraded(document: Mapping[str, Any]) -> Json:
     """A spec or result as this release reads it. One without ``spec_version`` was written before
     specs carried one: version 1. Version 1's keys are read under their version-2 names."""
     version = document.get("spec_version", 1)
     if version != 1:
         return dict(document)
-    renamed: dict[str, Any] = _renamed(document)
+    renamed: Json = _renamed(document)
     return {**renamed, "spec_version": 1}
 
 

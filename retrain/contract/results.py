@@ -121,7 +121,7 @@ class FineTuned(Part):
     duration_s: float | None = None
 
 
-class FineTuneResult(JobResult, FineTuned):
+class OpenAIFineTuneResult(JobResult, FineTuned):
     """The result of ``openai_finetune``."""
 
 
@@ -132,8 +132,8 @@ class Produced(Part):
     artifact: str | None = None
 
 
-class RetuneResult(JobResult):
-    """What ``retrain`` produced: the candidate, the gate's verdict and the data's lineage."""
+class FineTuneResult(JobResult):
+    """What ``finetune`` produced: the candidate, the gate's verdict and the data's lineage."""
 
     candidate: Produced | None = None
     gate: Verdict | None = None
@@ -171,7 +171,7 @@ class Tokens(Part):
     judge: int = 0
 
 
-class RevisionResult(JobResult):
+class PromptRevisionResult(JobResult):
     """What ``revise_prompt`` produced: the best candidate prompt and its verdict."""
 
     passed: bool = False
@@ -190,9 +190,9 @@ RESULTS: dict[str, type[JobResult]] = {
     "evaluate": EvaluateResult,
     "gate": GateJobResult,
     "train": TrainResult,
-    "openai_finetune": FineTuneResult,
-    "retrain": RetuneResult,
-    "revise_prompt": RevisionResult,
+    "openai_finetune": OpenAIFineTuneResult,
+    "finetune": FineTuneResult,
+    "prompt_revision": PromptRevisionResult,
 }
 """Each job kind's result, by the kind's name."""
 

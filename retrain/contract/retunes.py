@@ -117,10 +117,10 @@ class ActiveModel(Part):
     model_dir: OutputPath
 
 
-class RetuneSpec(JobSpec, Bookkeeping, GoldenSet):
+class FineTuneSpec(JobSpec, Bookkeeping, GoldenSet):
     """Job kind ``retrain``: a whole re-tune (data set, fine-tune, gate) in one process."""
 
-    KIND: ClassVar[str] = "retrain"
+    KIND: ClassVar[str] = "finetune"
     NEEDED: ClassVar[tuple[str, ...]] = ("output_dir", "golden_set")
     method: Literal["trainer", "openai"]
     task: Task
@@ -204,10 +204,10 @@ good answer from a bad one, without paying for essays on every example of every 
 AtLeastOne = Annotated[int, whole(1)]
 
 
-class RevisionSpec(JobSpec, Bookkeeping, GoldenSet):
+class PromptRevisionSpec(JobSpec, Bookkeeping, GoldenSet):
     """Job kind ``revise_prompt``: revised prompts proposed, scored, the best one gated."""
 
-    KIND: ClassVar[str] = "revise_prompt"
+    KIND: ClassVar[str] = "prompt_revision"
     NEEDED: ClassVar[tuple[str, ...]] = ("output_dir", "golden_set")
     task: Task
     active: Prompt

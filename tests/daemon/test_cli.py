@@ -122,6 +122,19 @@ def test_validate_rejects_broken_files_with_status_2_naming_the_path(
     assert "sk-0123" not in result.stderr + result.stdout
 
 
+def test_validate_warns_of_a_retired_value_and_accepts_the_file(tmp_path: Path) -> None:
+    (tmp_path / "golden.csv").write_text("input,label\nhello,a\n")
+    retired = "    policy: {on_drift: retrain}\n    retune: {golden_set: golden.csv}\n"
+    (tmp_path / "old.yaml").write_text(GOOD + retired)
+    result = driftd("config", "validate", "old.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(
+        "warning: old.yaml:7: deployments[0].policy.on_drift: 'retrain' is deprecated since 0.2 "
+        "and read as 'retune'"
+    )
+    assert "valid; 1 deployment(s)" in result.stdout
+
+
 def test_validate_a_missing_file_exits_2(tmp_path: Path) -> None:
     result = driftd("config", "validate", "absent.yaml", cwd=tmp_path)
     assert result.returncode == 2

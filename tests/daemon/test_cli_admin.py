@@ -144,14 +144,14 @@ def test_one_check_shows_its_signals(driftd: Driftd, store: Store) -> None:
 
 def test_jobs_are_listed_approved_cancelled_and_retried(driftd: Driftd, store: Store) -> None:
     waiting = job_store.create_job(
-        store, "support-bot", "revise_prompt", "drift", {}, state=JobState.awaiting_approval
+        store, "support-bot", "prompt_revision", "drift", {}, state=JobState.awaiting_approval
     )
     queued = job_store.create_job(store, "intents", "evaluate", "schedule", {})
 
     table = driftd("jobs")
 
     assert table.exit_code == 0, table.output
-    [row] = lines_with(table.stdout, "revise_prompt")
+    [row] = lines_with(table.stdout, "prompt_revision")
     assert "awaiting_approval" in row
     assert "support-bot" in row
     assert "0 of 3" in row
@@ -162,11 +162,11 @@ def test_jobs_are_listed_approved_cancelled_and_retried(driftd: Driftd, store: S
     approved = driftd("jobs", "approve", str(waiting))
     assert approved.exit_code == 0, approved.output
     assert approved.stdout.strip() == (
-        f"job {waiting} (revise_prompt) of support-bot: awaiting_approval → queued"
+        f"job {waiting} (prompt_revision) of support-bot: awaiting_approval → queued"
     )
     again = driftd("jobs", "approve", str(waiting))
     assert again.exit_code == EXIT_FAILURE
-    assert f"job {waiting} (revise_prompt) is queued, so it cannot be approved" in again.stderr
+    assert f"job {waiting} (prompt_revision) is queued, so it cannot be approved" in again.stderr
     assert driftd.json("jobs", "cancel", str(queued))["state"] == "cancelled"
     retried = driftd("jobs", "retry", str(queued))
     assert "cancelled → queued" in retried.stdout

@@ -29,7 +29,7 @@ from monitors import SIGNAL_GROUPS, CheckResult, SignalResult
 from monitors.result import CheckStatus as Verdict
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-RETRAIN = Policy(on_drift=Action.retrain, consecutive=2, cooldown=timedelta(hours=6))
+RETUNE = Policy(on_drift=Action.retune, consecutive=2, cooldown=timedelta(hours=6))
 
 
 def summary(
@@ -53,15 +53,17 @@ def history(*checks: CheckSummary, **extra: Any) -> History:
     return History(checks=checks, **extra)
 
 
-def decided(policy: Policy, past: History, estimate: float | None = None) -> Decision:
-    return decide(policy, past, NOW, estimated_cost_usd=estimate)
+def decided(
+    policy: Policy, past: History, estimate: float | None = None, kind: str = "finetune"
+) -> Decision:
+    return decide(policy, past, NOW, job_kind=kind, estimated_cost_usd=estimate)
 
 
 # --- hysteresis ---------------------------------------------------------------------------------
 
 
 def test_one_drifted_check_of_two_needed_waits() -> None:
-    decision = decided(RETRAIN, history(*quality_drift(7)))
+    decision = decided(RETUNE, history(*quality_drift(7)))
 
     assert (decision.action, decision.reason) == (DecisionAction.none, Reason.hysteresis)
     assert not decision.creates_job
@@ -72,28 +74,28 @@ def test_one_drifted_check_of_two_needed_waits() -> None:
     }
 
 
-def test_two_drifted_checks_in_a_row_start_a_retrain() -> None:
-    decision = decided(RETRAIN, history(*quality_drift(8, 7)))
+def test_two_drifted_checks_in_a_row_start_a_retune() -> None:
+    decision = decided(RETUNE, history(*quality_drift(8, 7)))
 
-    assert (decision.action, decision.reason) == (DecisionAction.retrain, Reason.acted)
-    assert (decision.job_kind, decision.job_state) == ("retrain", JobState.queued)
+    assert (decision.action, decision.reason) == (DecisionAction.retune, Reason.acted)
+    assert (decision.job_kind, decision.job_state) == ("finetune", JobState.queued)
     assert decision.decided_at == NOW
     assert decision.evidence["check_ids"] == [8, 7]
     assert decision.evidence["run"] == 2
-    assert "in 2 checks in a row triggers retrain" in decision.rule
+    assert "in 2 checks in a row triggers retune" in decision.rule
 
 
 def test_consecutive_one_acts_on_the_first_drift() -> None:
-    policy = RETRAIN.model_copy(update={"consecutive": 1})
+    policy = RETUNE.model_copy(update={"consecutive": 1})
 
     decision = decided(policy, history(*quality_drift(3)))
 
-    assert decision.action is DecisionAction.retrain
+    assert decision.action is DecisionAction.retune
 
 
 @pytest.mark.parametrize("breaker", ["insufficient_data", "failed", "ok"])
 def test_a_check_without_drift_breaks_the_run(breaker: str) -> None:
-    policy = RETRAIN.model_copy(update={"consecutive": 3})
+    policy = RETUNE.model_copy(update={"consecutive": 3})
     checks = (*quality_drift(12, 11), summary(10, breaker), *quality_drift(9, 8))
 
     decision = decided(policy, history(*checks))
@@ -114,7 +116,7 @@ def test_a_check_without_drift_breaks_the_run(breaker: str) -> None:
     ],
 )
 def test_a_latest_check_without_drift_does_nothing(status: str, reason: Reason) -> None:
-    decision = decided(RETRAIN, history(summary(20, status), *quality_drift(19, 18)))
+    decision = decided(RETUNE, history(summary(20, status), *quality_drift(19, 18)))
 
     assert (decision.action, decision.reason) == (DecisionAction.none, reason)
     assert decision.evidence["check_id"] == 20
@@ -122,7 +124,7 @@ def test_a_latest_check_without_drift_does_nothing(status: str, reason: Reason) 
 
 
 def test_no_checks_yet() -> None:
-    decision = decided(RETRAIN, history())
+    decision = decided(RETUNE, history())
 
     assert (decision.action, decision.reason) == (DecisionAction.none, Reason.no_checks)
     assert decision.evidence["check_ids"] == []
@@ -134,21 +136,21 @@ def test_no_checks_yet() -> None:
 def test_quality_drift_triggers_a_retune() -> None:
     checks = (summary(2, "drift", "judge", "embedding"), summary(1, "drift", "feedback"))
 
-    decision = decided(RETRAIN, history(*checks))
+    decision = decided(RETUNE, history(*checks))
 
-    assert decision.action is DecisionAction.retrain
+    assert decision.action is DecisionAction.retune
     assert decision.evidence["checks"][0]["groups"] == ["data", "quality"]
 
 
 def test_input_data_drift_alone_only_alerts() -> None:
     checks = (summary(2, "drift", "embedding", "text"), summary(1, "drift", "descriptors"))
 
-    decision = decided(RETRAIN, history(*checks))
+    decision = decided(RETUNE, history(*checks))
 
     assert (decision.action, decision.reason) == (DecisionAction.alert, Reason.group_not_routed)
     assert not decision.creates_job
     assert decision.rule == (
-        "only drift in output, quality in each of the last 2 checks may trigger retrain; "
+        "only drift in output, quality in each of the last 2 checks may trigger retune; "
         "drifted groups were check 2: data; check 1: data, so alert"
     )
     assert set(decision.evidence["drifted"]) == {"embedding", "text"}
@@ -157,33 +159,31 @@ def test_input_data_drift_alone_only_alerts() -> None:
 def test_one_routed_check_in_a_run_of_data_drift_only_alerts() -> None:
     checks = (summary(2, "drift", "judge"), summary(1, "drift", "embedding"))
 
-    decision = decided(RETRAIN, history(*checks))
+    decision = decided(RETUNE, history(*checks))
 
     assert (decision.action, decision.reason) == (DecisionAction.alert, Reason.group_not_routed)
 
 
 def test_act_on_data_lets_input_drift_retune() -> None:
-    policy = RETRAIN.model_copy(update={"act_on": (SignalGroup.data,)})
+    policy = RETUNE.model_copy(update={"act_on": (SignalGroup.data,)})
     checks = (summary(2, "drift", "embedding"), summary(1, "drift", "text"))
 
-    assert decided(policy, history(*checks)).action is DecisionAction.retrain
+    assert decided(policy, history(*checks)).action is DecisionAction.retune
     assert decided(policy, history(*quality_drift(2, 1))).reason is Reason.group_not_routed
 
 
-def test_revise_prompt_policy_asks_for_a_revision_job() -> None:
-    policy = RETRAIN.model_copy(update={"on_drift": Action.revise_prompt})
+def test_a_prompted_deployments_retune_is_a_prompt_revision_job() -> None:
+    decision = decided(RETUNE, history(*quality_drift(2, 1)), kind="prompt_revision")
 
-    decision = decided(policy, history(*quality_drift(2, 1)))
-
-    assert decision.action is DecisionAction.revise_prompt
-    assert (decision.job_kind, decision.job_state) == ("revise_prompt", JobState.queued)
+    assert decision.action is DecisionAction.retune
+    assert (decision.job_kind, decision.job_state) == ("prompt_revision", JobState.queued)
 
 
 # --- on_drift none / alert ----------------------------------------------------------------------
 
 
 def test_on_drift_none_only_records() -> None:
-    policy = RETRAIN.model_copy(update={"on_drift": Action.none})
+    policy = RETUNE.model_copy(update={"on_drift": Action.none})
 
     decision = decided(policy, history(*quality_drift(2, 1)))
 
@@ -193,7 +193,7 @@ def test_on_drift_none_only_records() -> None:
 
 
 def test_on_drift_alert_alerts_after_the_run() -> None:
-    policy = RETRAIN.model_copy(update={"on_drift": Action.alert})
+    policy = RETUNE.model_copy(update={"on_drift": Action.alert})
 
     first = decided(policy, history(*quality_drift(1)))
     second = decided(policy, history(*quality_drift(2, 1)))
@@ -210,25 +210,25 @@ def test_cooldown_holds_a_retune_then_lets_it_through() -> None:
     recent = history(*quality_drift(9, 8), last_action_at=NOW - timedelta(hours=2))
     old = history(*quality_drift(9, 8), last_action_at=NOW - timedelta(hours=6))
 
-    held = decided(RETRAIN, recent)
-    acted = decided(RETRAIN, old)
+    held = decided(RETUNE, recent)
+    acted = decided(RETUNE, old)
 
     assert (held.action, held.reason) == (DecisionAction.hold, Reason.cooldown)
     assert not held.creates_job
-    assert held.evidence["intended"] == "retrain"
+    assert held.evidence["intended"] == "retune"
     assert held.evidence["next_action_at"] == "2026-03-02T16:00:00+00:00"
     assert held.rule == (
         "cooldown of 6h after an action: the last was at 2026-03-02T10:00:00+00:00, "
-        "the next may come at 2026-03-02T16:00:00+00:00; retrain held"
+        "the next may come at 2026-03-02T16:00:00+00:00; retune held"
     )
-    assert acted.action is DecisionAction.retrain
+    assert acted.action is DecisionAction.retune
 
 
 def test_cooldown_holds_alerts_too() -> None:
     checks = (summary(2, "drift", "embedding"), summary(1, "drift", "embedding"))
     past = history(*checks, last_action_at=NOW - timedelta(minutes=30))
 
-    decision = decided(RETRAIN, past)
+    decision = decided(RETUNE, past)
 
     assert (decision.action, decision.reason) == (DecisionAction.hold, Reason.cooldown)
     assert decision.evidence["intended"] == "alert"
@@ -238,17 +238,17 @@ def test_cooldown_holds_alerts_too() -> None:
 
 
 def test_daily_cap_holds_the_third_job_of_the_day() -> None:
-    at_cap = decided(RETRAIN, history(*quality_drift(2, 1), jobs_last_24h=2))
-    below = decided(RETRAIN, history(*quality_drift(2, 1), jobs_last_24h=1))
+    at_cap = decided(RETUNE, history(*quality_drift(2, 1), jobs_last_24h=2))
+    below = decided(RETUNE, history(*quality_drift(2, 1), jobs_last_24h=1))
 
     assert (at_cap.action, at_cap.reason) == (DecisionAction.hold, Reason.daily_cap)
     assert at_cap.rule == "at most 2 jobs per day; 2 created in the last 24 h"
     assert at_cap.evidence["jobs_last_24h"] == 2
-    assert below.action is DecisionAction.retrain
+    assert below.action is DecisionAction.retune
 
 
 def test_a_cap_of_zero_jobs_never_starts_one() -> None:
-    policy = RETRAIN.model_copy(update={"max_jobs_per_day": 0})
+    policy = RETUNE.model_copy(update={"max_jobs_per_day": 0})
 
     decision = decided(policy, history(*quality_drift(2, 1)))
 
@@ -256,7 +256,7 @@ def test_a_cap_of_zero_jobs_never_starts_one() -> None:
 
 
 def test_daily_budget_exhausted_by_spend_plus_estimate() -> None:
-    policy = RETRAIN.model_copy(update={"budget": Budget(max_usd_per_day=10.0)})
+    policy = RETUNE.model_copy(update={"budget": Budget(max_usd_per_day=10.0)})
     spent = history(*quality_drift(2, 1), jobs_last_24h=1, spent_usd_last_24h=8.0)
 
     over = decided(policy, spent, estimate=3.0)
@@ -268,62 +268,62 @@ def test_daily_budget_exhausted_by_spend_plus_estimate() -> None:
     )
     assert over.evidence["spent_usd_last_24h"] == 8.0
     assert over.evidence["estimated_cost_usd"] == 3.0
-    assert exactly.action is DecisionAction.retrain
+    assert exactly.action is DecisionAction.retune
 
 
 def test_daily_budget_without_an_estimate_counts_spend_only() -> None:
-    policy = RETRAIN.model_copy(update={"budget": Budget(max_usd_per_day=10.0)})
+    policy = RETUNE.model_copy(update={"budget": Budget(max_usd_per_day=10.0)})
 
     spent_out = decided(policy, history(*quality_drift(2, 1), spent_usd_last_24h=10.0))
     left = decided(policy, history(*quality_drift(2, 1), spent_usd_last_24h=9.5))
 
     assert spent_out.reason is Reason.budget
     assert "the job's cost is not estimated" in spent_out.rule
-    assert left.action is DecisionAction.retrain
+    assert left.action is DecisionAction.retune
 
 
 def test_a_job_estimated_over_the_per_job_cap_is_not_started() -> None:
-    policy = RETRAIN.model_copy(update={"budget": Budget(max_usd_per_job=5.0)})
+    policy = RETUNE.model_copy(update={"budget": Budget(max_usd_per_job=5.0)})
 
     over = decided(policy, history(*quality_drift(2, 1)), estimate=6.0)
     within = decided(policy, history(*quality_drift(2, 1)), estimate=4.99)
 
     assert (over.action, over.reason) == (DecisionAction.hold, Reason.budget)
     assert over.rule == "spend cap $5.00 per job; this one is estimated at $6.00"
-    assert within.action is DecisionAction.retrain
+    assert within.action is DecisionAction.retune
 
 
 # --- approval and dry run -----------------------------------------------------------------------
 
 
 def test_manual_approval_creates_the_job_awaiting_approval() -> None:
-    policy = RETRAIN.model_copy(update={"approval": Approval.manual})
+    policy = RETUNE.model_copy(update={"approval": Approval.manual})
 
     decision = decided(policy, history(*quality_drift(2, 1)))
 
-    assert (decision.action, decision.reason) == (DecisionAction.retrain, Reason.manual_approval)
-    assert (decision.job_kind, decision.job_state) == ("retrain", JobState.awaiting_approval)
+    assert (decision.action, decision.reason) == (DecisionAction.retune, Reason.manual_approval)
+    assert (decision.job_kind, decision.job_state) == ("finetune", JobState.awaiting_approval)
     assert decision.rule.endswith("approval is manual, so the job awaits approval")
 
 
 def test_dry_run_records_what_would_have_happened_without_a_job() -> None:
-    policy = RETRAIN.model_copy(update={"dry_run": True, "approval": Approval.manual})
+    policy = RETUNE.model_copy(update={"dry_run": True, "approval": Approval.manual})
 
     decision = decided(policy, history(*quality_drift(2, 1)))
 
     assert (decision.action, decision.reason) == (DecisionAction.none, Reason.dry_run)
     assert (decision.job_kind, decision.job_state) == (None, None)
     assert decision.evidence["would_be"] == {
-        "action": "retrain",
+        "action": "retune",
         "reason": "manual_approval",
-        "job_kind": "retrain",
+        "job_kind": "finetune",
         "job_state": "awaiting_approval",
     }
-    assert decision.rule.startswith("dry run: would have created a retrain job")
+    assert decision.rule.startswith("dry run: would have created a finetune job")
 
 
 def test_dry_run_keeps_holds_and_alerts() -> None:
-    policy = RETRAIN.model_copy(update={"dry_run": True})
+    policy = RETUNE.model_copy(update={"dry_run": True})
     data_drift = (summary(2, "drift", "text"), summary(1, "drift", "text"))
 
     held = decided(policy, history(*quality_drift(2, 1), jobs_last_24h=2))
@@ -335,7 +335,13 @@ def test_dry_run_keeps_holds_and_alerts() -> None:
 
 def test_naive_time_is_refused() -> None:
     with pytest.raises(ValueError, match="has no timezone"):
-        decide(RETRAIN, history(), NOW.replace(tzinfo=None), estimated_cost_usd=None)
+        decide(
+            RETUNE,
+            history(),
+            NOW.replace(tzinfo=None),
+            job_kind="finetune",
+            estimated_cost_usd=None,
+        )
 
 
 # --- the store: history_for and record, on SQLite and PostgreSQL --------------------------------
@@ -430,12 +436,12 @@ def test_history_for_reads_checks_jobs_and_actions(store: Store, deployment: str
     record_check(store, deployment, NOW - timedelta(hours=3), "ok")
     middle = record_check(store, deployment, NOW - timedelta(hours=2), "drift", judge=0.3)
     newest = record_check(store, deployment, NOW - timedelta(hours=1), "drift", feedback=0.2)
-    add_job(store, deployment, NOW - timedelta(hours=23), 1.25, "revise_prompt")
+    add_job(store, deployment, NOW - timedelta(hours=23), 1.25, "prompt_revision")
     add_job(store, deployment, NOW - timedelta(hours=5), None, "evaluate")
-    add_job(store, deployment, NOW - timedelta(hours=25), 40.0, "revise_prompt")  # a day ago
-    add_job(store, "classifier", NOW - timedelta(hours=1), 7.0, "retrain")  # not ours
-    add_job(store, deployment, NOW + timedelta(hours=1), 3.0, "revise_prompt")  # after `now`
-    acted = decided(RETRAIN, history(*quality_drift(2, 1))).evidence
+    add_job(store, deployment, NOW - timedelta(hours=25), 40.0, "prompt_revision")  # a day ago
+    add_job(store, "classifier", NOW - timedelta(hours=1), 7.0, "finetune")  # not ours
+    add_job(store, deployment, NOW + timedelta(hours=1), 3.0, "prompt_revision")  # after `now`
+    acted = decided(RETUNE, history(*quality_drift(2, 1))).evidence
     store.add_event(
         deployment, EVENT_KIND, "alert", {**acted, "action": "alert"}, ts=NOW - timedelta(hours=4)
     )
@@ -462,12 +468,12 @@ def test_history_of_a_quiet_deployment(store: Store, deployment: str) -> None:
 
 
 def test_the_latest_job_counts_as_the_last_action(store: Store, deployment: str) -> None:
-    add_job(store, deployment, NOW - timedelta(minutes=10), 0.5, "retrain")
+    add_job(store, deployment, NOW - timedelta(minutes=10), 0.5, "finetune")
 
     past = history_for(store, deployment, NOW, consecutive=2)
 
     assert past.last_action_at == NOW - timedelta(minutes=10)
-    assert decided(RETRAIN, History(quality_drift(2, 1), past.last_action_at)).reason is (
+    assert decided(RETUNE, History(quality_drift(2, 1), past.last_action_at)).reason is (
         Reason.cooldown
     )
 
@@ -483,11 +489,21 @@ def test_record_leaves_one_event_per_decision_with_its_evidence(
     before = NOW - timedelta(hours=1)
     first = record_check(store, deployment, before, "drift", judge=0.42)
     waiting = decide(
-        RETRAIN, history_for(store, deployment, before, 2), before, estimated_cost_usd=0.0
+        RETUNE,
+        history_for(store, deployment, before, 2),
+        before,
+        job_kind="finetune",
+        estimated_cost_usd=0.0,
     )
     ids = [record(store, deployment, waiting)]
     second = record_check(store, deployment, NOW, "drift", judge=0.47)
-    acting = decide(RETRAIN, history_for(store, deployment, NOW, 2), NOW, estimated_cost_usd=0.0)
+    acting = decide(
+        RETUNE,
+        history_for(store, deployment, NOW, 2),
+        NOW,
+        job_kind="finetune",
+        estimated_cost_usd=0.0,
+    )
 
     ids.append(record(store, deployment, acting))
 
@@ -496,11 +512,11 @@ def test_record_leaves_one_event_per_decision_with_its_evidence(
     assert all(e.kind == "policy.decision" for e in events)
     latest = events[0]
     assert latest.ts == NOW
-    assert latest.message == f"retrain (acted): {acting.rule}"
-    assert latest.evidence["action"] == "retrain"
+    assert latest.message == f"retune (acted): {acting.rule}"
+    assert latest.evidence["action"] == "retune"
     assert latest.evidence["reason"] == "acted"
     assert latest.evidence["rule"] == acting.rule
-    assert (latest.evidence["job_kind"], latest.evidence["job_state"]) == ("retrain", "queued")
+    assert (latest.evidence["job_kind"], latest.evidence["job_state"]) == ("finetune", "queued")
     assert latest.evidence["check_ids"] == [second, first]
     assert latest.evidence["drifted"] == {
         "judge": {"group": "quality", "score": 0.47, "threshold": 0.55}
@@ -516,13 +532,17 @@ def test_a_persistent_drift_acts_as_often_as_the_policy_allows(
 ) -> None:
     """Hourly checks that all find quality drift for a day: the engine waits out the
     hysteresis, then re-tunes once per 6 h cooldown, and holds every check in between."""
-    policy = RETRAIN.model_copy(update={"max_jobs_per_day": 3})
+    policy = RETUNE.model_copy(update={"max_jobs_per_day": 3})
     reasons = []
     for hour in range(24):
         now = NOW + timedelta(hours=hour)
         record_check(store, deployment, now, "drift", judge=0.4)
         decision = decide(
-            policy, history_for(store, deployment, now, 2), now, estimated_cost_usd=0.0
+            policy,
+            history_for(store, deployment, now, 2),
+            now,
+            job_kind="finetune",
+            estimated_cost_usd=0.0,
         )
         record(store, deployment, decision)
         if decision.creates_job:
@@ -538,13 +558,17 @@ def test_a_persistent_drift_acts_as_often_as_the_policy_allows(
 
 
 def test_dry_run_would_be_actions_start_the_cooldown(store: Store, deployment: str) -> None:
-    policy = RETRAIN.model_copy(update={"dry_run": True, "consecutive": 1})
+    policy = RETUNE.model_copy(update={"dry_run": True, "consecutive": 1})
     reasons = []
     for hour in range(3):
         now = NOW + timedelta(hours=hour)
         record_check(store, deployment, now, "drift", judge=0.4)
         decision = decide(
-            policy, history_for(store, deployment, now, 1), now, estimated_cost_usd=None
+            policy,
+            history_for(store, deployment, now, 1),
+            now,
+            job_kind="finetune",
+            estimated_cost_usd=None,
         )
         record(store, deployment, decision)
         reasons.append(decision.reason)
@@ -558,36 +582,36 @@ def test_dry_run_would_be_actions_start_the_cooldown(store: Store, deployment: s
 
 
 def scheduled(policy: Policy, past: History, estimate: float | None = None) -> Decision:
-    return decide_scheduled(policy, past, NOW, job_kind="retrain", estimated_cost_usd=estimate)
+    return decide_scheduled(policy, past, NOW, job_kind="finetune", estimated_cost_usd=estimate)
 
 
 def test_a_scheduled_retune_needs_no_drift() -> None:
-    decision = scheduled(RETRAIN, history())
-    assert (decision.action, decision.reason) == (DecisionAction.retrain, Reason.scheduled)
-    assert (decision.job_kind, decision.job_state) == ("retrain", JobState.queued)
+    decision = scheduled(RETUNE, history())
+    assert (decision.action, decision.reason) == (DecisionAction.retune, Reason.scheduled)
+    assert (decision.job_kind, decision.job_state) == ("finetune", JobState.queued)
     assert decision.evidence["trigger"] == "schedule"
 
 
 def test_a_scheduled_retune_waits_for_approval_when_approval_is_manual() -> None:
-    manual = RETRAIN.model_copy(update={"approval": Approval.manual})
+    manual = RETUNE.model_copy(update={"approval": Approval.manual})
     assert scheduled(manual, history()).job_state is JobState.awaiting_approval
 
 
 def test_a_scheduled_retune_holds_on_the_cap_the_budget_and_the_cooldown() -> None:
-    capped = scheduled(RETRAIN, history(jobs_last_24h=2))
+    capped = scheduled(RETUNE, history(jobs_last_24h=2))
     assert (capped.action, capped.reason, capped.creates_job) == (
         DecisionAction.hold,
         Reason.daily_cap,
         False,
     )
-    budget = RETRAIN.model_copy(update={"budget": Budget(max_usd_per_day=10.0)})
+    budget = RETUNE.model_copy(update={"budget": Budget(max_usd_per_day=10.0)})
     spent = scheduled(budget, history(spent_usd_last_24h=8.0), estimate=5.0)
     assert (spent.reason, spent.creates_job) == (Reason.budget, False)
-    recent = scheduled(RETRAIN, history(last_action_at=NOW - timedelta(hours=1)))
+    recent = scheduled(RETUNE, history(last_action_at=NOW - timedelta(hours=1)))
     assert (recent.reason, recent.creates_job) == (Reason.cooldown, False)
 
 
 def test_a_scheduled_retune_in_dry_run_only_says_what_it_would_do() -> None:
-    dry = scheduled(RETRAIN.model_copy(update={"dry_run": True}), history())
+    dry = scheduled(RETUNE.model_copy(update={"dry_run": True}), history())
     assert (dry.action, dry.reason, dry.creates_job) == (DecisionAction.none, Reason.dry_run, False)
-    assert dry.evidence["would_be"]["job_kind"] == "retrain"
+    assert dry.evidence["would_be"]["job_kind"] == "finetune"

@@ -10,9 +10,9 @@ import pytest
 
 from daemon.config import Config, parse_config
 from daemon.errors import NotEnoughLabels
-from daemon.retune.specs import retune_spec
+from daemon.retune.specs import finetune_spec
 from daemon.store import NewSample, Store
-from retrain.contract import SPEC_VERSION, RetuneSpec
+from retrain.contract import SPEC_VERSION, FineTuneSpec
 
 CONFIG = """\
 deployments:
@@ -21,7 +21,7 @@ deployments:
     task: classification
     model: {provider: %s, name: %s}
     labels: [card_arrival, card_linking]
-    policy: {on_drift: retrain}
+    policy: {on_drift: retune}
     upstream: {base_url: "http://127.0.0.1:9/v1", api_key_env: DRIFTD_OPENAI_KEY}
     retune:
       golden_set: golden.jsonl
@@ -52,7 +52,9 @@ def test_a_trainer_spec_names_absolute_inputs_and_the_active(store: Store, tmp_p
     (tmp_path / "model").mkdir()
     cfg = config(tmp_path, "transformers", "./model")
     labelled(store, 4)
-    spec = retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={"check_ids": [1]})
+    spec = finetune_spec(
+        cfg, store, cfg.deployments[0], trigger="drift", lineage={"check_ids": [1]}
+    )
     assert spec.method == "trainer"
     assert spec.base_model == str((tmp_path / "model").resolve())
     assert spec.active is not None
@@ -65,12 +67,12 @@ def test_a_trainer_spec_names_absolute_inputs_and_the_active(store: Store, tmp_p
     rows = spec.production_file.read_text().splitlines()
     assert len(rows) == 4
     assert spec.lineage == {"check_ids": [1], "base_version": None}
-    again = retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
+    again = finetune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
     assert again.production_file != spec.production_file  # each job its own export
     # What the job reads back is what was built, and it is versioned.
     stored = spec.to_json()
     assert stored["spec_version"] == SPEC_VERSION
-    assert RetuneSpec.model_validate(stored) == spec
+    assert FineTuneSpec.model_validate(stored) == spec
 
 
 def test_an_openai_spec_fine_tunes_the_active_through_the_upstream(
@@ -78,7 +80,7 @@ def test_an_openai_spec_fine_tunes_the_active_through_the_upstream(
 ) -> None:
     cfg = config(tmp_path, "openai", "ft:gpt-4o-mini-2024-07-18:acme::abc1")
     labelled(store, 3)
-    spec = retune_spec(cfg, store, cfg.deployments[0], trigger="schedule", lineage={})
+    spec = finetune_spec(cfg, store, cfg.deployments[0], trigger="schedule", lineage={})
     assert spec.method == "openai"
     assert spec.openai is not None
     assert spec.openai.base_model == "ft:gpt-4o-mini-2024-07-18:acme::abc1"
@@ -95,7 +97,7 @@ def test_too_few_labels_is_an_error_that_says_what_to_do(store: Store, tmp_path:
     with pytest.raises(
         NotEnoughLabels, match=r"has 2 labelled samples in the last 30d; .*min_labelled is 3"
     ):
-        retune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
+        finetune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
 
 
 def test_the_golden_set_travels_with_its_columns(store: Store, tmp_path: Path) -> None:
@@ -111,10 +113,10 @@ def test_the_golden_set_travels_with_its_columns(store: Store, tmp_path: Path) -
     )
     labelled(store, 3)
 
-    spec = retune_spec(mapped, store, mapped.deployments[0], trigger="drift", lineage={})
+    spec = finetune_spec(mapped, store, mapped.deployments[0], trigger="drift", lineage={})
     assert spec.golden_set == (tmp_path / "test.csv").resolve()
     assert (spec.golden_input_field, spec.golden_label_field) == ("text", "category")
     # A golden set given as a bare path is read by its columns input and label.
-    spec = retune_spec(plain, store, plain.deployments[0], trigger="drift", lineage={})
+    spec = finetune_spec(plain, store, plain.deployments[0], trigger="drift", lineage={})
     assert spec.golden_set == (tmp_path / "golden.jsonl").resolve()
     assert (spec.golden_input_field, spec.golden_label_field) == ("input", "label")

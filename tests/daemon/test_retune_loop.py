@@ -140,7 +140,7 @@ deployments:
     model: {{name: {v1["model_dir"]}}}
     labels: [{", ".join(LABELS)}]
     monitor: {{schedule: every 5s, window: 1h, min_rows: 30, signals: [prediction, performance]}}
-    policy: {{on_drift: retrain, consecutive: 2, cooldown: 1h}}
+    policy: {{on_drift: retune, consecutive: 2, cooldown: 1h}}
     retune:
       golden_set: golden.jsonl
       data:
@@ -209,7 +209,7 @@ deployments:
         job = wait_for(
             lambda: job_store.list_jobs(store, deployment="intents"), 120, "a re-tuning job", log
         )[0][1]
-        assert (job.kind, job.trigger) == ("retrain", "drift")
+        assert (job.kind, job.trigger) == ("finetune", "drift")
         wait_for(
             lambda: (
                 job_store.get_job(store, job.id)[1].state

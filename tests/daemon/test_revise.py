@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from daemon.config import parse_config
-from daemon.retune.specs import revision_spec
+from daemon.retune.specs import prompt_revision_spec
 from daemon.store import NewSample, Store
 
 CONFIG = """\
@@ -16,7 +16,7 @@ deployments:
     task: classification
     prompt: {model: target-mini, system: "Label the customer's message."}
     labels: [card_arrival, card_linking]
-    policy: {on_drift: revise_prompt}
+    policy: {on_drift: retune}
     retune:
       golden_set: {path: test.csv, columns: {input: text, label: category}}
 """
@@ -36,7 +36,7 @@ def test_the_golden_set_travels_with_its_columns(store: Store, tmp_path: Path) -
     )
     store.insert_samples("intents", [wrong])
 
-    spec = revision_spec(config, store, config.deployments[0], trigger="drift", lineage={})
+    spec = prompt_revision_spec(config, store, config.deployments[0], trigger="drift", lineage={})
 
     assert spec.golden_set == (tmp_path / "test.csv").resolve()
     assert (spec.golden_input_field, spec.golden_label_field) == ("text", "category")

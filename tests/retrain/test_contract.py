@@ -14,9 +14,9 @@ from retrain.contract import (
     SPECS,
     Candidate,
     EvaluateSpec,
+    FineTuneResult,
+    FineTuneSpec,
     GateSpec,
-    RetuneResult,
-    RetuneSpec,
     Settlement,
     read_result,
 )
@@ -32,7 +32,7 @@ def golden(folder: Path) -> Path:
 def test_a_spec_the_daemon_builds_is_what_the_job_reads(tmp_path: Path) -> None:
     production = tmp_path / "production.jsonl"
     production.write_text('{"input": "Where is my card?", "label": "card_arrival"}\n')
-    built = RetuneSpec(
+    built = FineTuneSpec(
         method="trainer",
         task="classification",
         labels=("card_arrival", "card_linking"),
@@ -47,7 +47,7 @@ def test_a_spec_the_daemon_builds_is_what_the_job_reads(tmp_path: Path) -> None:
     assert stored["spec_version"] == SPEC_VERSION
     assert "output_dir" not in stored  # the runner adds it
 
-    read = RetuneSpec.parse({**stored, "output_dir": "out"}, tmp_path)
+    read = FineTuneSpec.parse({**stored, "output_dir": "out"}, tmp_path)
 
     assert read.model_dump(exclude={"output_dir"}) == built.model_dump(exclude={"output_dir"})
     assert read.output == tmp_path.absolute() / "out"
@@ -126,6 +126,22 @@ def test_a_spec_of_a_newer_release_is_refused_before_anything_runs(
     assert (tmp_path / "exit").read_text().strip() == "2"
 
 
+@pytest.mark.parametrize(
+    ("retired", "kind"), [("retrain", "finetune"), ("revise_prompt", "prompt_revision")]
+)
+def test_a_job_kind_of_0_1_runs_as_its_new_kind(
+    retired: str, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "job.json"
+    path.write_text("{}")
+
+    assert main([retired, "--spec", str(path)]) == 2
+
+    err = capsys.readouterr().err
+    assert f"retrain: job kind {retired} is deprecated; running it as {kind}" in err
+    assert f"retrain {kind}: invalid spec {path}" in err
+
+
 def test_every_problem_names_its_field_nested_ones_by_their_path(tmp_path: Path) -> None:
     raw = {
         "golden_set": str(golden(tmp_path)),
@@ -153,20 +169,20 @@ def test_every_job_kind_has_a_spec_and_a_result() -> None:
 
 def test_a_result_is_read_typed_and_a_newer_one_is_refused() -> None:
     result = read_result(
-        "retrain",
+        "finetune",
         {
-            "kind": "retrain",
+            "kind": "finetune",
             "status": "succeeded",
             "candidate": {"name": "intents-v2", "artifact": "/models/v2"},
             "gate": {"passed": True, "candidate": {"metrics": {"accuracy": 0.9}}},
         },
     )
-    assert isinstance(result, RetuneResult)
+    assert isinstance(result, FineTuneResult)
     assert result.spec_version == 1  # written before results carried a version
     assert result.gate is not None
     assert result.gate.passed
     assert result.candidate is not None
     assert result.candidate.artifact == "/models/v2"
 
-    with pytest.raises(ValueError, match=r"the retrain job's result: 'spec_version' is 9"):
-        read_result("retrain", {"spec_version": 9, "candidate": {"name": "x"}})
+    with pytest.raises(ValueError, match=r"the finetune job's result: 'spec_version' is 9"):
+        read_result("finetune", {"spec_version": 9, "candidate": {"name": "x"}})

@@ -253,10 +253,6 @@ class Deployment(Section):
 
     def _check_actions(self) -> None:
         action = self.policy.on_drift
-        if action is Action.retrain and self.kind is not Kind.finetuned:
-            raise ValueError("policy.on_drift 'retrain' needs kind 'finetuned'; use revise_prompt")
-        if action is Action.revise_prompt and self.kind is not Kind.prompted:
-            raise ValueError("policy.on_drift 'revise_prompt' needs kind 'prompted'; use retrain")
         method = self.method
         if (method is Method.prompt_revision) != (self.kind is Kind.prompted):
             raise ValueError(f"retune.method '{method}' does not fit kind '{self.kind}'")
@@ -267,7 +263,7 @@ class Deployment(Section):
                     f"retune.method '{method}' needs model.provider '{wanted}', "
                     f"got '{self.model.provider}'"
                 )
-        retunes = action in (Action.retrain, Action.revise_prompt) or self.retune.schedule
+        retunes = action is Action.retune or self.retune.schedule
         if retunes and self.retune.golden_set is None:
             raise ValueError(
                 "re-tuning can run (policy.on_drift or retune.schedule) but retune.golden_set "

@@ -15,10 +15,15 @@ from monitors.spec import SignalGroup
 
 
 class Action(StrEnum):
+    """What drift leads to; ``retune`` re-tunes by the deployment's ``retune.method``."""
+
     none = "none"
     alert = "alert"
-    retrain = "retrain"
-    revise_prompt = "revise_prompt"
+    retune = "retune"
+
+
+# Values of ``policy.on_drift`` before 0.2, still read (with a warning) as the action they became.
+RETIRED_ACTIONS = {"retrain": Action.retune, "revise_prompt": Action.retune}
 
 
 class Approval(StrEnum):
@@ -34,7 +39,11 @@ class Budget(Section):
 
 
 class Policy(Section):
-    on_drift: Action = Field(Action.alert, description="What drift leads to.")
+    on_drift: Action = Field(
+        Action.alert,
+        description="What drift leads to; `retune` re-tunes as `retune.method` says (the values "
+        "`retrain` and `revise_prompt` of 0.1 are read as `retune`, with a warning).",
+    )
     act_on: tuple[SignalGroup, ...] = Field(
         (SignalGroup.quality, SignalGroup.output),
         description="Signal groups whose drift may trigger `on_drift`; drift in the others "

@@ -283,7 +283,7 @@ def test_a_store_that_cannot_answer_is_a_503_not_a_404(store: Store) -> None:
 
 def test_jobs_are_listed_and_steered(client: TestClient, store: Store) -> None:
     waiting = job_store.create_job(
-        store, "support-bot", "revise_prompt", "drift", {}, state=JobState.awaiting_approval
+        store, "support-bot", "prompt_revision", "drift", {}, state=JobState.awaiting_approval
     )
     queued = job_store.create_job(store, "intents", "evaluate", "schedule", {"golden": "g.jsonl"})
 

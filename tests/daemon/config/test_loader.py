@@ -9,7 +9,7 @@ import pytest
 from daemon.config import load_config, parse_config
 from daemon.config.models import Action, Method, Signal
 from daemon.domain import Kind, Task
-from daemon.errors import ConfigError
+from daemon.errors import ConfigDeprecation, ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -357,7 +357,24 @@ def test_every_problem_is_reported_in_file_order() -> None:
     found = problems(text)
     assert [p.split(":")[1] for p in found] == ["1", "8"]
     assert "server.port: expected less than or equal to 65535, got 99999" in found[0]
-    assert "'none', 'alert', 'retrain' or 'revise_prompt', got 'explode'" in found[1]
+    assert "'none', 'alert' or 'retune', got 'explode'" in found[1]
+
+
+@pytest.mark.parametrize("retired", ["retrain", "revise_prompt"])
+def test_a_retired_policy_action_is_read_as_retune_with_a_warning(retired: str) -> None:
+    text = MINIMAL + f"    policy: {{on_drift: {retired}}}\n"
+    with pytest.warns(ConfigDeprecation) as warned:
+        found = problems(text)
+    (warning,) = warned
+    assert str(warning.message).startswith(
+        f"driftd.yaml:7: deployments[0].policy.on_drift: '{retired}' is deprecated since 0.2 "
+        "and read as 'retune'"
+    )
+    # Read as a re-tune: which needs a golden set to gate the candidate on.
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "deployments[0]: re-tuning can run (policy.on_drift or retune.schedule) but "
+        "retune.golden_set is not set: a candidate cannot be gated without it"
+    ]
 
 
 def test_yaml_syntax_error_names_the_line() -> None:
@@ -385,8 +402,7 @@ def test_an_empty_file_is_a_daemon_with_no_deployments() -> None:
     ("extra", "message"),
     [
         ("    prompt: {model: m, system: s}\n", "'prompt' is only for kind 'prompted'"),
-        ("    policy: {on_drift: revise_prompt}\n", "needs kind 'prompted'; use retrain"),
-        ("    policy: {on_drift: retrain}\n", "retune.golden_set is not set"),
+        ("    policy: {on_drift: retune}\n", "retune.golden_set is not set"),
         ("    retune: {method: openai}\n", "needs model.provider 'openai'"),
         ("    monitor: {signals: [judge]}\n", "do not apply to task 'classification'"),
         ("    monitor: {min_rows: 900, max_rows: 100}\n", "min_rows (900) exceeds max_rows (100)"),

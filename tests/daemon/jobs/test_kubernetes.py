@@ -234,7 +234,7 @@ def test_another_daemon_adopts_a_running_job_and_sees_it_end(
     log_path = jobs_dir / "8" / "attempt-2.log"
     spec = spec_for(jobs_dir, 8).resolve()
     name = "driftd-job-8-0a1b2c"
-    body = first.job_body(name, 8, "revise_prompt", spec, log_path, {})
+    body = first.job_body(name, 8, "prompt_revision", spec, log_path, {})
     as_sent = ApiClient().sanitize_for_serialization(body)  # type: ignore[no-untyped-call]
     fake.add_job(NAMESPACE, as_sent, fk.Succeed(after_polls=1, log="done\n"))
     handle = str(KubernetesHandle(NAMESPACE, name))

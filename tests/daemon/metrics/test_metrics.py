@@ -336,7 +336,7 @@ def test_jobs_are_counted_by_kind_status_and_trigger_with_their_run_time(
     broken = {"golden_set": str(tmp_path / "missing.jsonl"), "model_dir": str(tmp_path)}
     failed = job_store.create_job(daemon.store, "bot", "evaluate", "drift", broken, max_attempts=1)
     job_store.create_job(
-        daemon.store, "bot", "revise_prompt", "drift", {}, state=JobState.awaiting_approval
+        daemon.store, "bot", "prompt_revision", "drift", {}, state=JobState.awaiting_approval
     )
     runner = JobRunner(
         daemon.store,
@@ -354,7 +354,7 @@ def test_jobs_are_counted_by_kind_status_and_trigger_with_their_run_time(
     assert daemon.value("driftd_jobs_total", **ended, status="failed") == 1
     # The other final statuses exist from the start, so increase() sees their first one.
     assert daemon.value("driftd_jobs_total", **ended, status="succeeded") == 0
-    waiting = {"deployment": "bot", "kind": "revise_prompt"}
+    waiting = {"deployment": "bot", "kind": "prompt_revision"}
     assert daemon.value("driftd_jobs_unfinished", **waiting, status="awaiting_approval") == 1
     assert daemon.value("driftd_jobs_unfinished", **waiting, status="running") == 0
     run = {"deployment": "bot", "kind": "evaluate"}
@@ -371,7 +371,7 @@ def test_promotions_and_rollbacks_come_from_the_audit_log(daemon: Daemon) -> Non
     ensure_initial(store, daemon.config.deployment("bot"))  # prompt-1, promoted by the config
     artifact = store.active_version("bot")
     assert artifact is not None
-    job_id = job_store.create_job(store, "bot", "revise_prompt", "schedule", {})
+    job_id = job_store.create_job(store, "bot", "prompt_revision", "schedule", {})
     for name, job in (("prompt-2", job_id), ("prompt-3", None)):
         versions.add_version(
             store,

@@ -454,9 +454,9 @@ def test_a_failed_job_fires_once_and_the_next_success_of_its_kind_resolves_it(
     store: Store, deployment: str, receiver: Receiver
 ) -> None:
     notifier = webhook(store, receiver)
-    failed = run_job(store, deployment, "retrain", JobState.failed, "CUDA out of memory")
-    run_job(store, deployment, "retrain", JobState.failed, "CUDA out of memory")
-    run_job(store, deployment, "revise_prompt", JobState.succeeded, None)  # another kind
+    failed = run_job(store, deployment, "finetune", JobState.failed, "CUDA out of memory")
+    run_job(store, deployment, "finetune", JobState.failed, "CUDA out of memory")
+    run_job(store, deployment, "prompt_revision", JobState.succeeded, None)  # another kind
     notifier.process()
     deliver_all(notifier)
 
@@ -468,7 +468,7 @@ def test_a_failed_job_fires_once_and_the_next_success_of_its_kind_resolves_it(
     assert firing["details"]["error"] == "CUDA out of memory"
     assert "CUDA out of memory" in firing["summary"]
 
-    succeeded = run_job(store, deployment, "retrain", JobState.succeeded, None)
+    succeeded = run_job(store, deployment, "finetune", JobState.succeeded, None)
     notifier.process()
     deliver_all(notifier)
 

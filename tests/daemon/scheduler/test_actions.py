@@ -32,7 +32,7 @@ deployments:
     task: generation
     prompt: {model: gpt-4o-mini, system: "You are helpful."}
     judge: {rubric: "The answer is helpful."}
-    policy: {on_drift: revise_prompt, consecutive: 2, cooldown: 1h, max_jobs_per_day: 1}
+    policy: {on_drift: retune, consecutive: 2, cooldown: 1h, max_jobs_per_day: 1}
     retune: {schedule: "0 3 * * *", golden_set: golden.jsonl}
 """
 
@@ -110,7 +110,7 @@ def test_two_drifted_checks_create_one_job_and_every_decision_is_recorded(
         actions.check(tick("check"))
     jobs = job_store.list_jobs(store, deployment="bot")
     assert [(job.kind, job.trigger, job.state) for _, job in jobs] == [
-        ("revise_prompt", "drift", "queued")
+        ("prompt_revision", "drift", "queued")
     ]
     decisions = [e for e in store.recent_events("bot") if e.kind == "policy.decision"]
     reasons = [e.evidence["reason"] for e in reversed(decisions)]
@@ -131,7 +131,7 @@ def test_a_scheduled_retune_creates_a_job_then_waits_out_the_cooldown(
     actions.retune(tick("retune"))
     actions.retune(tick("retune"))
     jobs = job_store.list_jobs(store, deployment="bot")
-    assert [(job.kind, job.trigger) for _, job in jobs] == [("revise_prompt", "schedule")]
+    assert [(job.kind, job.trigger) for _, job in jobs] == [("prompt_revision", "schedule")]
     decisions = [e for e in store.recent_events("bot") if e.kind == "policy.decision"]
     assert [e.evidence["reason"] for e in reversed(decisions)] == ["scheduled", "cooldown"]
 
@@ -194,7 +194,7 @@ deployments:
     task: classification
     model: {name: ./model}
     labels: [card_arrival, card_linking]
-    policy: {on_drift: retrain, consecutive: 1}
+    policy: {on_drift: retune, consecutive: 1}
     retune:
       golden_set: golden.jsonl
       data: {min_labelled: 5}
@@ -227,7 +227,7 @@ def test_a_retrain_job_gets_the_labelled_production_samples(store: Store, tmp_pa
     actions.check(Tick("intents", "check", now))
     ((_, job),) = job_store.list_jobs(store, deployment="intents")
     assert (job.kind, job.spec["method"], job.spec["task"]) == (
-        "retrain",
+        "finetune",
         "trainer",
         "classification",
     )
@@ -254,7 +254,7 @@ def finished_retune(store: Store, name: str, passed: bool, artifact: Path) -> in
     """A re-tune job that succeeded with ``passed`` as its gate's verdict."""
     artifact.mkdir()
     spec = {"candidate": {"name": name}, "promote": True, "active_version": "v1"}
-    job_id = job_store.create_job(store, "intents", "retrain", "drift", spec)
+    job_id = job_store.create_job(store, "intents", "finetune", "drift", spec)
     with store.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -374,7 +374,7 @@ def test_a_passed_prompt_revision_becomes_the_active_prompt(store: Store, tmp_pa
     assert acquire(store, "scheduler", "driftd", 10.0) is not None
     revised = {"system": "You are helpful. Answer in one line.", "few_shot": [], "model": "m"}
     spec = {"candidate": {"name": "prompt-2"}, "promote": True, "active_version": "prompt-1"}
-    job_id = job_store.create_job(store, "bot", "revise_prompt", "drift", spec)
+    job_id = job_store.create_job(store, "bot", "prompt_revision", "drift", spec)
     with store.session() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -395,7 +395,7 @@ deployments:
     prompt: {{model: target-mini, system: "You answer customers' questions, briefly."}}
     upstream: {{base_url: "{base_url}", api_key_env: {key_env}}}
     judge: {{model: judge-large, rubric: "{rubric}"}}
-    policy: {{on_drift: revise_prompt, consecutive: 1}}
+    policy: {{on_drift: retune, consecutive: 1}}
     retune:
       schedule: "0 3 * * *"
       golden_set: golden.jsonl
@@ -478,7 +478,7 @@ def test_a_passed_generation_revision_scored_by_the_judge_becomes_the_active_pro
     actions.retune(Tick("helpdesk", "retune", datetime.now(UTC).replace(microsecond=0)))
 
     ((_, job),) = job_store.list_jobs(store, deployment="helpdesk")
-    assert (job.kind, job.spec["task"]) == ("revise_prompt", "generation")
+    assert (job.kind, job.spec["task"]) == ("prompt_revision", "generation")
     assert job.spec["judge"] == {
         "model": "judge-large",
         "base_url": fake_openai.base_url,

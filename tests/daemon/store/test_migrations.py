@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,7 +75,7 @@ def test_upgrade_creates_every_table_and_sets_head(engine: Engine) -> None:
     result = upgrade(engine)
 
     assert result.before is None
-    assert result.after == head_revision() == "0004"
+    assert result.after == head_revision() == "0005"
     assert result.changed
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     assert current_revision(engine) == head_revision()
@@ -170,3 +171,59 @@ def test_a_store_of_an_older_driftd_is_upgraded_with_its_data(engine: Engine) ->
             text("SELECT request_id, input, feedback_comment FROM samples")
         ).one()
     assert tuple(row) == ("r1", "hello", None)
+
+
+def test_jobs_and_decisions_of_0_1_take_the_words_of_0_2(engine: Engine) -> None:
+    from alembic import command
+
+    from daemon.store.engine import write_engine
+    from daemon.store.migrate import alembic_config
+
+    now = {"now": "2026-01-01 00:00:00.000000"}
+    decision = {
+        "action": "retrain",
+        "intended": "retrain",
+        "job_kind": "retrain",
+        "would_be": {"action": "revise_prompt", "job_kind": "revise_prompt"},
+    }
+    with write_engine(engine).begin() as connection:
+        command.upgrade(alembic_config(connection), "0004")
+        connection.execute(
+            text(
+                "INSERT INTO deployments (name, kind, task, created_at, updated_at) "
+                "VALUES ('bot', 'finetuned', 'classification', :now, :now)"
+            ),
+            now,
+        )
+        for kind in ("retrain", "revise_prompt", "evaluate"):
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (deployment_id, kind, trigger, state, attempt, "
+                    "max_attempts, created_at, spec) VALUES (1, :kind, 'drift', 'queued', 0, 1, "
+                    ":now, '{}')"
+                ),
+                {"kind": kind, **now},
+            )
+        for kind, evidence in (("policy.decision", decision), ("job.failed", decision)):
+            connection.execute(
+                text(
+                    "INSERT INTO events (deployment_id, ts, kind, message, evidence) "
+                    "VALUES (1, :now, :kind, 'm', :evidence)"
+                ),
+                {"kind": kind, "evidence": json.dumps(evidence), **now},
+            )
+
+    upgrade(engine)
+
+    with engine.connect() as connection:
+        kinds = connection.execute(text("SELECT kind FROM jobs ORDER BY id")).scalars().all()
+        stored = connection.execute(text("SELECT evidence FROM events ORDER BY id")).scalars()
+        renamed, untouched = (e if isinstance(e, dict) else json.loads(e) for e in stored)
+    assert kinds == ["finetune", "prompt_revision", "evaluate"]
+    assert renamed == {
+        "action": "retune",
+        "intended": "retune",
+        "job_kind": "finetune",
+        "would_be": {"action": "retune", "job_kind": "prompt_revision"},
+    }
+    assert untouched == decision  # only policy decisions carry these words

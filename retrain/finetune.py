@@ -14,7 +14,7 @@ and returns the candidate (its name and model folder), the gate's verdict and th
 promotes nothing: the daemon's leader registers the candidate and promotes it only if the gate
 passed, fenced by its lease, through the promotion hooks.
 
-The spec is ``retrain.contract.RetuneSpec``: ``method`` (trainer | openai), ``task``,
+The spec is ``retrain.contract.FineTuneSpec``: ``method`` (trainer | openai), ``task``,
 ``labels``, ``base_model``, ``active`` ({"model_dir"} or null), ``production_file`` (JSONL:
 input, label or output, sample_id), ``original_file`` (JSONL, CSV or Parquet, optional) with
 ``original_input_field`` / ``original_label_field``, ``golden_set`` (JSONL, CSV or Parquet)
@@ -23,7 +23,7 @@ with ``golden_input_field`` (``input``) / ``golden_label_field`` (``label``), ``
 max_length, optional max_steps), ``gate`` (metric, margin, guard_metrics, bootstrap_samples),
 ``seed``, ``candidate`` ({"name"}), ``lineage``, ``output_dir``; for ``openai``: ``openai`` (the
 ``openai_finetune`` spec's keys other than the files and output_dir) and ``system_prompt``.
-The result is ``RetuneResult``.
+The result is ``FineTuneResult``.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from pathlib import Path
 from retrain import dataset
 from retrain.contract import (
     FineTuned,
+    FineTuneResult,
     FineTuneSettings,
+    FineTuneSpec,
     GateSpec,
     ModelRef,
     OpenAIFineTuneSpec,
     Produced,
-    RetuneResult,
-    RetuneSpec,
     Trained,
     TrainSpec,
     Verdict,
@@ -51,7 +51,7 @@ from retrain.errors import JobError
 Progress = Callable[[str], None]
 
 
-def run(spec: RetuneSpec, progress: Progress) -> RetuneResult:
+def run(spec: FineTuneSpec, progress: Progress) -> FineTuneResult:
     """Build the data set, fine-tune the candidate, gate it; the job's result."""
     built = _dataset(spec, progress)
     data_dir = spec.output / "data"
@@ -65,7 +65,7 @@ def run(spec: RetuneSpec, progress: Progress) -> RetuneResult:
     trained = _train(spec, train_file, validation_file, progress)
     verdict = _gate(spec, Path(str(trained.model_dir)), progress)
     candidate = verdict.candidate
-    return RetuneResult(
+    return FineTuneResult(
         candidate=Produced(name=spec.candidate.name, artifact=trained.model_dir),
         gate=verdict,
         metrics=(candidate.metrics if candidate is not None else None) or trained.metrics,
@@ -74,7 +74,7 @@ def run(spec: RetuneSpec, progress: Progress) -> RetuneResult:
     )
 
 
-def _dataset(spec: RetuneSpec, progress: Progress) -> dataset.DataSet:
+def _dataset(spec: FineTuneSpec, progress: Progress) -> dataset.DataSet:
     generation = spec.task == "generation"
     production = dataset.read_examples(
         spec.production_file,
@@ -123,7 +123,7 @@ def _dataset(spec: RetuneSpec, progress: Progress) -> dataset.DataSet:
 
 
 def _train(
-    spec: RetuneSpec, train_file: Path, validation_file: Path, progress: Progress
+    spec: FineTuneSpec, train_file: Path, validation_file: Path, progress: Progress
 ) -> Trained:
     from retrain import train
 
@@ -142,7 +142,7 @@ def _train(
     return train.run(train_spec, progress)
 
 
-def _gate(spec: RetuneSpec, candidate: Path, progress: Progress) -> Verdict:
+def _gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
     from retrain import gate
 
     if spec.task != "classification":
@@ -168,8 +168,8 @@ def _gate(spec: RetuneSpec, candidate: Path, progress: Progress) -> Verdict:
 
 
 def _openai(
-    spec: RetuneSpec, built: dataset.DataSet, data_dir: Path, progress: Progress
-) -> RetuneResult:
+    spec: FineTuneSpec, built: dataset.DataSet, data_dir: Path, progress: Progress
+) -> FineTuneResult:
     from retrain import openai_finetune
 
     train_file, validation_file = data_dir / "train.chat.jsonl", data_dir / "validation.chat.jsonl"
@@ -182,7 +182,7 @@ def _openai(
         output_dir=str(spec.output / "openai"),
     )
     tuned = openai_finetune.run(finetune_spec, progress)
-    return RetuneResult(
+    return FineTuneResult(
         candidate=Produced(name=spec.candidate.name, artifact=tuned.fine_tuned_model),
         gate=Verdict(
             passed=False,

@@ -1,4 +1,4 @@
-"""Job kind ``revise_prompt``: an LLM proposes revised system prompts from failing production
+"""Job kind ``prompt_revision``: an LLM proposes revised system prompts from failing production
 samples, each is scored on held-out data with the deployment's scorer, and the best is gated
 against the active version.
 
@@ -29,7 +29,7 @@ characters / 4 plus the answer's cap) and stops with a ``JobError`` giving the n
 that would pass the cap: a scheduled job spends at most what it was allowed, and a half-scored
 comparison is no verdict.
 
-The spec is ``retrain.contract.RevisionSpec``, the result ``RevisionResult``. Spec keys:
+The spec is ``retrain.contract.PromptRevisionSpec``, the result ``PromptRevisionResult``. Spec keys:
 ``active`` ({"system", "few_shot": [{"input", "output"}], "model"}), ``task``
 (``classification`` or ``generation``), ``failing_file``, ``golden_set``, ``fresh_file``
 (optional), ``candidates`` (3), ``failures_shown`` (20), ``proposer`` and ``target``
@@ -60,21 +60,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from retrain import contract
-from retrain.contract import RevisionResult, RevisionSpec
+from retrain.chat import Budget, Chat
+from retrain.contract import PromptRevisionResult, PromptRevisionSpec
 from retrain.dataset import data_rows
 from retrain.errors import EvaluationError, RevisionError
 from retrain.evaluate import Example, read_golden_set
 from retrain.gate import METRICS, GateResult, compare, compare_scores
 from retrain.jsonl import json_objects
-from retrain.judge import CHARS_PER_TOKEN, ClientSettings, JudgeSample, Stop, TokenBudget, judge
-
-if TYPE_CHECKING:
-    from openai import OpenAIError
+from retrain.judge import ClientSettings, JudgeSample, Stop, TokenBudget, judge
 
 Progress = Callable[[str], None]
 
@@ -103,7 +101,7 @@ class Prompt:
     model: str
 
     @classmethod
-    def of(cls, spec: contract.RevisionSpec) -> Prompt:
+    def of(cls, spec: contract.PromptRevisionSpec) -> Prompt:
         """The spec's active prompt."""
         active = spec.active
         shots = tuple((shot.input, shot.output) for shot in active.few_shot)
@@ -145,8 +143,8 @@ class Proposal:
 
 
 def run(
-    spec: RevisionSpec, progress: Progress, *, environ: Mapping[str, str] | None = None
-) -> RevisionResult:
+    spec: PromptRevisionSpec, progress: Progress, *, environ: Mapping[str, str] | None = None
+) -> PromptRevisionResult:
     """Propose, score and gate revised prompts; the job's result (see the module docstring).
 
     Keys are read from ``environ`` (the process environment by default) under each endpoint's
@@ -191,9 +189,9 @@ def run(
             + (f" and {spec.fresh_file}" if spec.fresh_file else "")
             + f" is also in {spec.failing_file}; add examples the failures do not hold"
         )
-    budget = _Budget(spec.max_tokens)
-    proposer = _Chat(spec.proposer, keys["proposer"], "proposer", budget)
-    target = _Chat(spec.target, keys["target"], "target", budget)
+    budget = Budget(spec.max_tokens)
+    proposer = Chat(spec.proposer, keys["proposer"], "proposer", budget)
+    target = Chat(spec.target, keys["target"], "target", budget)
     scorer: _Scorer
     if spec.judge is not None:
         judged = _JudgeModel(spec.judge, keys["judge"], budget)
@@ -247,7 +245,7 @@ def run(
         target=target.spent,
         judge=scorer.judge_tokens,
     )
-    return RevisionResult(
+    return PromptRevisionResult(
         passed=verdict.passed,
         task=spec.task,
         candidate=candidate.as_model(),
@@ -334,10 +332,10 @@ def _normal(text: str) -> str:
 
 
 def _propose(
-    spec: RevisionSpec,
+    spec: PromptRevisionSpec,
     failures: Sequence[Failure],
     examples: Sequence[Example | Query],
-    proposer: _Chat,
+    proposer: Chat,
     progress: Progress,
 ) -> list[Proposal]:
     """One proposal per candidate asked for, in order."""
@@ -361,7 +359,7 @@ def _propose(
 
 
 def _meta_prompt(
-    spec: RevisionSpec, shown: Sequence[Failure], examples: Sequence[Example | Query]
+    spec: PromptRevisionSpec, shown: Sequence[Failure], examples: Sequence[Example | Query]
 ) -> str:
     """The proposer's request: the task's meta-prompt filled with the active prompt and failures."""
     few_shot = "\n".join(
@@ -414,7 +412,7 @@ def parse_proposal(text: str) -> str:
     raise ValueError(f'the answer holds no JSON object with a non-empty "system": {shown!r}')
 
 
-def _answers(prompt: Prompt, inputs: Sequence[str], target: _Chat, max_tokens: int) -> list[str]:
+def _answers(prompt: Prompt, inputs: Sequence[str], target: Chat, max_tokens: int) -> list[str]:
     """The target model's answer to each input under ``prompt``, at temperature 0: the
     active and the candidates are compared on what each prompt makes the model say, not on
     sampling noise."""
@@ -477,7 +475,7 @@ class _LabelScorer:
 
     judge_tokens = 0  # no judge: labels are matched exactly
 
-    def __init__(self, examples: Sequence[Example], target: _Chat, spec: RevisionSpec) -> None:
+    def __init__(self, examples: Sequence[Example], target: Chat, spec: PromptRevisionSpec) -> None:
         self.examples = examples
         self.truth = [_normal(example.label) for example in examples]
         self.target = target
@@ -508,7 +506,7 @@ class _JudgeScorer:
     """Generation: the judge's score of the target's answer against the rubric."""
 
     def __init__(
-        self, queries: Sequence[Query], target: _Chat, judge: _JudgeModel, spec: RevisionSpec
+        self, queries: Sequence[Query], target: Chat, judge: _JudgeModel, spec: PromptRevisionSpec
     ) -> None:
         self.queries = queries
         self.target = target
@@ -544,26 +542,10 @@ class _JudgeScorer:
         )
 
 
-@dataclass
-class _Budget:
-    """The job's token cap, shared by the proposer, the target and the judge."""
-
-    limit: int
-    spent: int = 0
-
-    def exhausted(self, role: str, needed: int) -> RevisionError:
-        """The error that stops the job before a request of ``role`` would pass the cap."""
-        return RevisionError(
-            f"token cap reached: {self.spent} of max_tokens {self.limit} spent, and the next "
-            f"{role} request needs about {needed}; the job stopped before a verdict. Raise "
-            "max_tokens, or lower 'candidates' or the size of the golden and fresh sets"
-        )
-
-
 class _JudgeModel:
     """The LLM judge (``retrain.judge``), spending from the job's token cap."""
 
-    def __init__(self, judge: contract.Judge, key: str, budget: _Budget) -> None:
+    def __init__(self, judge: contract.Judge, key: str, budget: Budget) -> None:
         self.judge = judge
         self.budget = budget
         self.spent = 0
@@ -603,66 +585,3 @@ class _JudgeModel:
             if score.score is None
         ]
         return values, unscored
-
-
-class _Chat:
-    """One chat model, its client, and the tokens it has spent against the job's cap."""
-
-    def __init__(self, endpoint: contract.Endpoint, key: str, role: str, budget: _Budget) -> None:
-        import openai
-
-        self.endpoint = endpoint
-        self.role = role
-        self.budget = budget
-        self.spent = 0
-        self.calls = 0
-        self._key = key
-        self._api = openai.OpenAI(
-            api_key=key, base_url=endpoint.base_url, timeout=60.0, max_retries=2
-        )
-
-    def close(self) -> None:
-        self._api.close()
-
-    def ask(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0) -> str:
-        """The model's answer; ``RevisionError`` when the cap would be passed or it fails."""
-        import openai
-
-        estimate = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN + max_tokens
-        if not TokenBudget(self.budget.limit, self.budget.spent).allows(estimate):
-            raise self.budget.exhausted(self.role, estimate)
-        try:
-            completion = self._api.chat.completions.create(
-                model=self.endpoint.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=temperature,
-                max_tokens=max_tokens,
-            )
-        except openai.OpenAIError as failure:
-            raise RevisionError(self._describe(failure)) from None
-        self.calls += 1
-        if completion.usage is not None:
-            used = completion.usage.prompt_tokens + completion.usage.completion_tokens
-            self.spent += used
-            self.budget.spent += used
-        content = completion.choices[0].message.content if completion.choices else None
-        return content or ""
-
-    def _describe(self, error: OpenAIError) -> str:
-        """What went wrong and where, with the key masked (a server may echo it)."""
-        import openai
-
-        where = str(self._api.base_url).rstrip("/")
-        what = f"the {self.role} model {self.endpoint.model} at {where}"
-        if isinstance(error, openai.APIStatusError):
-            hint = {
-                401: f"; check the key in {self.endpoint.api_key_env}",
-                403: f"; check the key in {self.endpoint.api_key_env} and its permissions",
-                404: f"; check {self.role}.model and {self.role}.base_url",
-            }.get(error.status_code, "")
-            text = f"{what} answered HTTP {error.status_code}: {error.message}{hint}"
-        elif isinstance(error, openai.APIConnectionError):
-            text = f"cannot reach {what}: {error}; check {self.role}.base_url and the network"
-        else:
-            text = f"{what} failed: {type(error).__name__}: {error}"
-        return text.replace(self._key, "***") if len(self._key) >= 4 else text

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import retrain.__main__ as job_main
-from retrain.contract import RevisionSpec
+from retrain.contract import PromptRevisionSpec
 from retrain.errors import JobError, SpecError
-from retrain.revise import parse_proposal, run
+from retrain.prompt_revision import parse_proposal, run
 
 if TYPE_CHECKING:
     from tests.fake_openai import FakeOpenAI
@@ -102,8 +102,8 @@ def make_spec(
     }
 
 
-def parsed(tmp_path: Path, raw: dict[str, Any]) -> RevisionSpec:
-    return RevisionSpec.parse(raw, tmp_path)
+def parsed(tmp_path: Path, raw: dict[str, Any]) -> PromptRevisionSpec:
+    return PromptRevisionSpec.parse(raw, tmp_path)
 
 
 def revise(tmp_path: Path, fake: FakeOpenAI, raw: dict[str, Any]) -> dict[str, Any]:
@@ -264,10 +264,10 @@ def test_a_proposal_is_read_from_prose_around_its_json() -> None:
         parse_proposal('{"system": "  "}')
 
 
-def test_python_m_retrain_revise_prompt_end_to_end(
+def test_python_m_retrain_prompt_revision_end_to_end(
     fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert job_main.KINDS["revise_prompt"] == "retrain.revise"
+    assert job_main.KINDS["prompt_revision"] == "retrain.prompt_revision"
     monkeypatch.setenv(KEY_ENV, fake_openai.api_key)
     fake_openai.script_rule(RULE, truth, without_rule)
     fake_openai.script_chat(proposal("Answer with a label."))
@@ -275,15 +275,15 @@ def test_python_m_retrain_revise_prompt_end_to_end(
     spec_path = tmp_path / "job.json"
     spec_path.write_text(json.dumps(raw), encoding="utf-8")
 
-    assert job_main.main(["revise_prompt", "--spec", str(spec_path)]) == 0
+    assert job_main.main(["prompt_revision", "--spec", str(spec_path)]) == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
-    assert result["kind"] == "revise_prompt"
+    assert result["kind"] == "prompt_revision"
     assert result["status"] == "succeeded"
     assert result["passed"] is False  # a rejection is a result
     assert (tmp_path / "exit").read_text(encoding="utf-8") == "0\n"
 
     spec_path.write_text(json.dumps({**raw, "task": "generation"}), encoding="utf-8")
-    assert job_main.main(["revise_prompt", "--spec", str(spec_path)]) == 2
+    assert job_main.main(["prompt_revision", "--spec", str(spec_path)]) == 2
 
 
 def test_an_empty_fresh_file_leaves_the_golden_set_to_score_alone(

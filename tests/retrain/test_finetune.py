@@ -47,7 +47,7 @@ def run_job(spec: dict[str, Any], folder: Path, env: dict[str, str] | None = Non
     path = folder / "job.json"
     path.write_text(json.dumps({**spec, "output_dir": str(folder / "out")}))
     done = subprocess.run(
-        [sys.executable, "-m", "retrain", "retrain", "--spec", str(path)],
+        [sys.executable, "-m", "retrain", "finetune", "--spec", str(path)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -134,7 +134,7 @@ def test_a_bad_spec_names_every_problem(tmp_path: Path) -> None:
     path = tmp_path / "job.json"
     path.write_text(json.dumps({"method": "sgd", "output_dir": "out"}))
     done = subprocess.run(
-        [sys.executable, "-m", "retrain", "retrain", "--spec", str(path)],
+        [sys.executable, "-m", "retrain", "finetune", "--spec", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
