@@ -276,6 +276,10 @@ class Predictor:
 
     def accuracy(self, examples: Sequence[Example]) -> float:
         """The share of ``examples`` this model labels right."""
-        predicted = self([text for text, _ in examples])
-        pairs = zip(examples, predicted, strict=True)
-        return sum(label == guess for (_, label), (guess, _) in pairs) / len(examples)
+        return share_right(examples, self([text for text, _ in examples]))
+
+
+def share_right(examples: Sequence[Example], answers: Sequence[tuple[str, float]]) -> float:
+    """The share of ``examples`` that ``answers`` (a label and its probability each) get right."""
+    pairs = zip(examples, answers, strict=True)
+    return sum(label == guess for (_, label), (guess, _) in pairs) / max(1, len(examples))

@@ -107,7 +107,7 @@ def run_job(
                 if left <= 0:
                     raise DemoError(
                         f"the {kind} job did not finish within {timeout:.0f} s and was stopped; "
-                        f"its log: {log_path}\n{_tail(log_path)}"
+                        f"its log: {log_path}\n{log_tail(log_path)}"
                     )
                 try:
                     line = lines.get(timeout=min(left, 0.5))
@@ -131,7 +131,7 @@ def run_job(
     result_path = output / RESULT_FILE
     if code != 0 or not result_path.is_file():
         raise DemoError(
-            f"the {kind} job failed (exit code {code}); its log: {log_path}\n{_tail(log_path)}"
+            f"the {kind} job failed (exit code {code}); its log: {log_path}\n{log_tail(log_path)}"
         )
     result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
     return result
@@ -161,7 +161,8 @@ def _pump(process: subprocess.Popen[bytes], lines: queue.Queue[str | None]) -> N
     lines.put(None)
 
 
-def _tail(path: Path) -> str:
+def log_tail(path: Path) -> str:
+    """The end of the log at ``path``, for an error message; empty if it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -125,6 +125,11 @@ class Observer:
     def latest_check_id(self) -> int:
         return max((int(c["id"]) for c in self.checks), default=0)
 
+    def first_check_after(self, after: int, statuses: tuple[str, ...]) -> Record | None:
+        """The first check after check ``after`` that ended in one of ``statuses``, if any."""
+        found = [c for c in self.checks if int(c["id"]) > after and c.get("status") in statuses]
+        return min(found, key=lambda c: int(c["id"])) if found else None
+
     def _measure(self) -> None:
         """Accuracy as the newest check measured it, from its performance signal."""
         done = [c for c in self.checks if c.get("status") in ("ok", "drift")]

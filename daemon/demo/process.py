@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 
+from daemon.demo.jobs import log_tail
 from daemon.errors import DemoError
 
 DEFAULT_PORT = 8477
-_TAIL_CHARS = 3000
 
 
 class DaemonProcess:
@@ -103,10 +103,7 @@ class DaemonProcess:
         _end_group(process.pid)
 
     def tail(self) -> str:
-        try:
-            return self.log.read_text(encoding="utf-8", errors="replace")[-_TAIL_CHARS:]
-        except OSError:
-            return ""
+        return log_tail(self.log)
 
 
 def sweep_jobs(store_url: str, grace: float = 5.0) -> list[int]:

