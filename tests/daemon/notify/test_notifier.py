@@ -463,7 +463,7 @@ def test_a_failed_job_fires_once_and_the_next_success_of_its_kind_resolves_it(
     [firing] = receiver.bodies()
     assert firing["status"] == "firing"
     assert firing["event"] == "job.failed"
-    assert firing["incident"] == "job_failed:retrain"
+    assert firing["incident"] == "job_failed:finetune"
     assert firing["details"]["job_id"] == failed
     assert firing["details"]["error"] == "CUDA out of memory"
     assert "CUDA out of memory" in firing["summary"]
@@ -476,7 +476,7 @@ def test_a_failed_job_fires_once_and_the_next_success_of_its_kind_resolves_it(
     assert len(receiver.bodies()) == 2
     assert resolved["status"] == "resolved"
     assert resolved["event"] == "job.succeeded"
-    assert resolved["incident"] == "job_failed:retrain"
+    assert resolved["incident"] == "job_failed:finetune"
     assert resolved["details"]["job_id"] == succeeded
 
 

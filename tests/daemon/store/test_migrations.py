@@ -204,7 +204,19 @@ def test_jobs_and_decisions_of_0_1_take_the_words_of_0_2(engine: Engine) -> None
                 ),
                 {"kind": kind, **now},
             )
-        for kind, evidence in (("policy.decision", decision), ("job.failed", decision)):
+        connection.execute(
+            text(
+                "INSERT INTO notification_incidents (deployment_id, incident, opened_event_id, "
+                "opened_at) VALUES (1, 'job_failed:retrain', 2, :now)"
+            ),
+            now,
+        )
+        failed = {"kind": "revise_prompt", "job_id": 2}
+        for kind, evidence in (
+            ("policy.decision", decision),
+            ("job.failed", failed),
+            ("check.completed", decision),
+        ):
             connection.execute(
                 text(
                     "INSERT INTO events (deployment_id, ts, kind, message, evidence) "
@@ -218,12 +230,17 @@ def test_jobs_and_decisions_of_0_1_take_the_words_of_0_2(engine: Engine) -> None
     with engine.connect() as connection:
         kinds = connection.execute(text("SELECT kind FROM jobs ORDER BY id")).scalars().all()
         stored = connection.execute(text("SELECT evidence FROM events ORDER BY id")).scalars()
-        renamed, untouched = (e if isinstance(e, dict) else json.loads(e) for e in stored)
+        renamed, job_failed, untouched = (
+            e if isinstance(e, dict) else json.loads(e) for e in stored
+        )
+        incident = connection.execute(text("SELECT incident FROM notification_incidents")).one()
     assert kinds == ["finetune", "prompt_revision", "evaluate"]
+    assert job_failed == {"kind": "prompt_revision", "job_id": 2}
+    assert incident == ("job_failed:finetune",)
     assert renamed == {
         "action": "retune",
         "intended": "retune",
         "job_kind": "finetune",
         "would_be": {"action": "retune", "job_kind": "prompt_revision"},
     }
-    assert untouched == decision  # only policy decisions carry these words
+    assert untouched == decision  # only policy decisions and job events carry these words
