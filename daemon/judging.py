@@ -17,13 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
-
 from daemon.config.models import Upstream
 from daemon.errors import DriftdError
-from daemon.store import Event, Sample, Store
-from daemon.store.models import Base
-from daemon.store.repository import _deployment_id, _require_aware
+from daemon.store import Store, judgements
+from daemon.store.types import require_aware
 from retrain.judge import ClientSettings, Judgement, JudgeSample, TokenBudget, judge
 
 EVENT_KIND = "judge.run"
@@ -91,46 +88,9 @@ def client_settings(upstream: Upstream, environ: Mapping[str, str]) -> ClientSet
 def spent_today(store: Store, deployment: str, now: datetime) -> tuple[int, set[int]]:
     """Tokens the judge spent on ``deployment`` in the 24 hours before ``now``, and the ids of
     the samples it failed to score in that time, from the ``judge.run`` events."""
-    _require_aware("now", now)
-    with store.session(readonly=True) as session:
-        deployment_id = _deployment_id(session.connection(), deployment)
-        evidence = session.scalars(
-            select(Event.evidence).where(
-                Event.deployment_id == deployment_id,
-                Event.kind == EVENT_KIND,
-                Event.ts > now - DAY,
-                Event.ts <= now,
-            )
-        ).all()
-    tokens = sum(int(e.get("tokens") or 0) for e in evidence)
-    failed = {int(i) for e in evidence for i in e.get("failed_ids") or ()}
-    return tokens, failed
-
-
-def unjudged_samples(
-    store: Store, deployment: str, since: datetime, until: datetime, limit: int, skip: set[int]
-) -> list[Sample]:
-    """The newest samples in ``[since, until)`` with an output, no error and no judge score,
-    leaving out the ids in ``skip``; at most ``limit``."""
-    with store.session(readonly=True) as session:
-        deployment_id = _deployment_id(session.connection(), deployment)
-        query = (
-            select(Sample)
-            .where(
-                Sample.deployment_id == deployment_id,
-                Sample.ts >= since,
-                Sample.ts < until,
-                Sample.output.is_not(None),
-                Sample.output != "",
-                Sample.error.is_(None),
-                Sample.judge_score.is_(None),
-            )
-            .order_by(Sample.ts.desc(), Sample.id.desc())
-            .limit(limit)
-        )
-        if skip:
-            query = query.where(Sample.id.not_in(sorted(skip)))
-        return list(session.scalars(query))
+    require_aware("now", now)
+    spent = judgements.ledger(store, deployment, EVENT_KIND, now - DAY, now)
+    return spent.tokens, spent.failed
 
 
 def judge_recent(
@@ -138,7 +98,7 @@ def judge_recent(
 ) -> JudgeReport:
     """Judge up to ``settings.sample_size`` recent unjudged outputs of ``deployment``, within
     the daily token cap; store the scores and record the run."""
-    _require_aware("now", now)
+    require_aware("now", now)
     spent, failed_before = spent_today(store, deployment, now)
     cap = settings.max_tokens_per_day
     if cap is not None and spent >= cap:
@@ -153,7 +113,7 @@ def judge_recent(
             "budget",
             f"the judge's daily cap of {cap} tokens is spent ({spent} in the last 24 h)",
         )
-    samples = unjudged_samples(
+    samples = judgements.unjudged_samples(
         store, deployment, now - settings.lookback, now, settings.sample_size, failed_before
     )
     if not samples:
@@ -194,7 +154,9 @@ def judge_recent(
         + ")"
         + (f"; stopped: {judgement.detail}" if judgement.detail else "")
     )
-    event_id = _store_run(store, deployment, scored, now, message, evidence)
+    event_id = judgements.record_run(
+        store, deployment, scored, kind=EVENT_KIND, ts=now, message=message, evidence=evidence
+    )
     return JudgeReport(
         deployment=deployment,
         picked=len(samples),
@@ -207,39 +169,6 @@ def judge_recent(
         detail=judgement.detail,
         event_id=event_id,
     )
-
-
-def _store_run(
-    store: Store,
-    deployment: str,
-    scores: Mapping[int, float | None],
-    now: datetime,
-    message: str,
-    evidence: dict[str, Any],
-) -> int:
-    """The scores and the run's event in one transaction: the ledger the cap is read from
-    never misses tokens whose scores were stored."""
-    table = Base.metadata.tables["samples"]
-    with store.session() as session:
-        deployment_id = _deployment_id(session.connection(), deployment)
-        if scores:
-            session.connection().execute(
-                update(table)
-                .where(
-                    table.c.id == bindparam("sample_id"),
-                    table.c.deployment_id == deployment_id,
-                    # A score that arrived through the feedback API meanwhile is kept.
-                    table.c.judge_score.is_(None),
-                )
-                .values(judge_score=bindparam("score")),
-                [{"sample_id": i, "score": s} for i, s in scores.items()],
-            )
-        row = Event(
-            deployment_id=deployment_id, ts=now, kind=EVENT_KIND, message=message, evidence=evidence
-        )
-        session.add(row)
-        session.flush()
-        return row.id
 
 
 def _cost(judgement: Judgement, settings: JudgeSettings) -> float | None:

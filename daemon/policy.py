@@ -43,12 +43,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, or_, select
-
 from daemon.config.models import Action, Approval, Policy
 from daemon.config.types import format_duration
 from daemon.domain import CheckStatus, JobState
-from daemon.store import Check, Deployment, Event, Job, Store
+from daemon.store import Check, Store
+from daemon.store.activity import activity
+from daemon.store.types import require_aware
 from monitors.spec import RESULT_GROUPS
 
 EVENT_KIND = "policy.decision"
@@ -180,7 +180,7 @@ def decide(
     (``finetune`` or ``prompt_revision``, by its ``retune.method``). ``estimated_cost_usd`` is
     what the job would cost on paid APIs; None when it cannot be estimated, and then only spend
     already made counts against the daily budget."""
-    _require_aware("now", now)
+    require_aware("now", now)
     if estimated_cost_usd is not None and estimated_cost_usd < 0:
         raise ValueError(f"estimated_cost_usd must be 0 or more, got {estimated_cost_usd}")
     checks = history.checks[: policy.consecutive]
@@ -282,7 +282,7 @@ def decide_scheduled(
 ) -> Decision:
     """The decision on a scheduled re-tune (``retune.schedule``): no drift is needed, but the
     cooldown, the daily cap, the budget, approval and dry run apply as they do after drift."""
-    _require_aware("now", now)
+    require_aware("now", now)
     evidence: dict[str, Any] = {
         "trigger": "schedule",
         "intended": DecisionAction.retune.value,
@@ -339,43 +339,27 @@ def history_for(store: Store, deployment: str, now: datetime, consecutive: int) 
     """Read what ``decide`` needs from the store, as of ``now``: the ``consecutive`` latest
     checks, the jobs created in the 24 h before ``now`` and what they cost, and the last action.
     """
-    _require_aware("now", now)
+    require_aware("now", now)
     if consecutive < 1:
         raise ValueError(f"consecutive must be at least 1, got {consecutive}")
     checks = tuple(
         CheckSummary.from_check(check)
         for check in store.recent_checks(deployment, limit=consecutive)
     )
-    with store.session(readonly=True) as session:
-        deployment_id = select(Deployment.id).where(Deployment.name == deployment).scalar_subquery()
-        jobs_until_now = (
-            Job.deployment_id == deployment_id,
-            Job.created_at <= now,
-        )
-        jobs, spent = session.execute(
-            select(func.count(Job.id), func.coalesce(func.sum(Job.cost_usd), 0.0)).where(
-                *jobs_until_now, Job.created_at > now - DAY
-            )
-        ).one()
-        last_job = session.execute(select(func.max(Job.created_at)).where(*jobs_until_now)).scalar()
-        acting = [action.value for action in ACTIONS]
-        last_decision = session.execute(
-            select(func.max(Event.ts)).where(
-                Event.deployment_id == deployment_id,
-                Event.kind == EVENT_KIND,
-                Event.ts <= now,
-                or_(
-                    Event.evidence["action"].as_string().in_(acting),
-                    Event.evidence[("would_be", "action")].as_string().in_(acting),
-                ),
-            )
-        ).scalar()
-    known = [t for t in (last_job, last_decision) if t is not None]
+    done = activity(
+        store,
+        deployment,
+        now,
+        since=now - DAY,
+        decision_kind=EVENT_KIND,
+        acting=[action.value for action in ACTIONS],
+    )
+    known = [t for t in (done.last_job_at, done.last_decision_at) if t is not None]
     return History(
         checks=checks,
         last_action_at=max(known) if known else None,
-        jobs_last_24h=int(jobs),
-        spent_usd_last_24h=float(spent or 0.0),
+        jobs_last_24h=done.jobs,
+        spent_usd_last_24h=done.spent_usd,
     )
 
 
@@ -510,11 +494,3 @@ def _job_limit(
                 f"+ ${estimate:.2f} estimated = ${spent + estimate:.2f}"
             )
     return None
-
-
-def _require_aware(name: str, value: datetime) -> None:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"{name} {value.isoformat()} has no timezone; pass an aware datetime, "
-            "e.g. datetime.now(UTC)"
-        )

@@ -26,6 +26,55 @@ def test_pure_packages_never_import_the_daemon(package: str) -> None:
                 assert name.split(".")[0] != "daemon", f"{path} imports {name}"
 
 
+def test_only_the_store_talks_sql() -> None:
+    """SQLAlchemy (and Alembic, its migrations) is imported in ``daemon/store/`` only: every
+    other module reaches the database through the store's functions, and holds an engine or a
+    connection, if at all, as an opaque handle. Every import counts, also those inside
+    functions and under ``if TYPE_CHECKING:``, so not even a type annotation needs SQLAlchemy
+    outside the store."""
+    assert sql_users(ROOT, PACKAGES, allowed=ROOT / "daemon" / "store") == []
+
+
+def test_the_sql_check_sees_every_import(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "store").mkdir(parents=True)
+    for name in ("__init__.py", "store/__init__.py", "clean.py"):
+        (package / name).write_text("import json\nfrom . import store\n")
+    (package / "store" / "sql.py").write_text("from sqlalchemy import select\n")
+    (package / "later.py").write_text("def f() -> None:\n    import sqlalchemy.orm\n")
+    (package / "typed.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sqlalchemy import Engine\n"
+    )
+    (package / "migrating.py").write_text("from alembic import command\n")
+
+    assert sql_users(tmp_path, ["pkg"], allowed=package / "store") == [
+        "pkg/later.py imports sqlalchemy.orm",
+        "pkg/migrating.py imports alembic",
+        "pkg/typed.py imports sqlalchemy",
+    ]
+
+
+def sql_users(root: Path, packages: Sequence[str], *, allowed: Path) -> list[str]:
+    """Each import of SQLAlchemy or Alembic in ``root``'s ``packages`` outside ``allowed``."""
+    found = []
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            if path.is_relative_to(allowed):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module]
+                found += [
+                    f"{path.relative_to(root).as_posix()} imports {name}"
+                    for name in names
+                    if name.split(".")[0] in ("sqlalchemy", "alembic")
+                ]
+    return found
+
+
 def test_no_module_imports_itself_through_others() -> None:
     """No import cycle among the modules of ``daemon``, ``monitors`` and ``retrain``.
 

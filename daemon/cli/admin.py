@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from daemon.config.models import Hooks
     from daemon.retune.promotion import HookedChange
     from daemon.store import Store
+    from daemon.store.versions import VersionChange
 
 T = TypeVar("T")
 
@@ -318,22 +319,19 @@ def version_promote(
     """Make a version the active one; the active one is retired. Then run the hooks."""
     from daemon.retune.promotion import promote
 
-    settings = load(config)
-    hooks = _hooks_of(settings, deployment)
-    done = _with_store(
+    def summary(change: VersionChange) -> str:
+        was = change.previous.name if change.previous is not None else "none"
+        return f"{deployment}: version {change.active.name} is active (was {was})"
+
+    _change_version(
         config,
+        deployment,
         "versions promote",
-        lambda store: promote(store, hooks, deployment, version, actor=_actor(), force=force),
-        settings=settings,
-    )
-    change = done.change
-    was = change.previous.name if change.previous is not None else "none"
-    _report_change(
-        done,
+        lambda store, hooks: promote(
+            store, hooks, deployment, version, actor=_actor(), force=force
+        ),
+        summary,
         as_json,
-        f"{deployment}: version {change.active.name} is active (was {was}); "
-        f"audit event {change.event_id}",
-        "versions promote",
     )
 
 
@@ -346,47 +344,43 @@ def version_rollback(
     """Re-activate the version that was active before the current one. Then run the hooks."""
     from daemon.retune.promotion import rollback
 
-    settings = load(config)
-    hooks = _hooks_of(settings, deployment)
-    done = _with_store(
+    def summary(change: VersionChange) -> str:
+        assert change.previous is not None
+        return (
+            f"{deployment}: rolled back from version {change.previous.name} to {change.active.name}"
+        )
+
+    _change_version(
         config,
+        deployment,
         "versions rollback",
-        lambda store: rollback(store, hooks, deployment, actor=_actor()),
-        settings=settings,
-    )
-    change = done.change
-    assert change.previous is not None
-    _report_change(
-        done,
+        lambda store, hooks: rollback(store, hooks, deployment, actor=_actor()),
+        summary,
         as_json,
-        f"{deployment}: rolled back from version {change.previous.name} to "
-        f"{change.active.name}; audit event {change.event_id}",
-        "versions rollback",
     )
 
 
-def _hooks_of(settings: Config, deployment: str) -> Hooks:
-    """The deployment's promotion hooks; none for a deployment the store has but the
-    configuration no longer names."""
-    from daemon.config.models import Hooks
-
-    try:
-        return settings.deployment(deployment).retune.hooks
-    except KeyError:
-        return Hooks()
-
-
-def _report_change(done: HookedChange, as_json: bool, summary: str, command: str) -> None:
-    """Print the change and each hook's outcome; exit 1 when a hook failed, saying that the
-    change itself was made."""
+def _change_version(
+    config: Path,
+    deployment: str,
+    command: str,
+    change: Callable[[Store, Hooks], HookedChange],
+    summary: Callable[[VersionChange], str],
+    as_json: bool,
+) -> None:
+    """Make a promotion or rollback with the deployment's hooks, then print it and each hook's
+    outcome; exit 1 when a hook failed, saying that the change itself was made."""
     from daemon.retune.promotion import outcome_record
     from daemon.store.queries import change_record
 
+    settings = load(config)
+    hooks = settings.hooks_of(deployment)
+    done = _with_store(config, command, lambda store: change(store, hooks), settings=settings)
     if as_json:
         record = change_record(done.change)
         _print_json({**record, "hooks": [outcome_record(o) for o in done.hooks]})
     else:
-        typer.echo(summary)
+        typer.echo(f"{summary(done.change)}; audit event {done.change.event_id}")
         for outcome in done.hooks:
             typer.echo(
                 f"  hook {outcome.hook}: {'ok' if outcome.ok else 'FAILED'}: {outcome.detail}"
@@ -458,26 +452,25 @@ def _with_store(
     fail on a missing column instead of saying what to do. ``settings`` is the configuration
     when the caller has loaded it already (from ``config``).
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
     from daemon.store import Store, head_revision, is_current, mask_url
-    from daemon.store.engine import unreachable
+    from daemon.store.engine import failures_reported
 
     if settings is None:
         settings = load(config)
     storage = settings.storage
     try:
-        with Store.open(storage.url, busy_timeout=storage.busy_timeout.total_seconds()) as store:
-            try:
-                if not is_current(store.engine):
-                    fail(
-                        f"driftd {command}: the store at {mask_url(storage.url)} is not at "
-                        f"schema {head_revision()}; run `driftd db upgrade -c {config}` first",
-                        EXIT_FAILURE,
-                    )
-                return work(store)
-            except SQLAlchemyError as error:
-                raise unreachable(store.engine, error) from error
+        timeout = storage.busy_timeout.total_seconds()
+        with (
+            Store.open(storage.url, busy_timeout=timeout) as store,
+            failures_reported(store.engine),
+        ):
+            if not is_current(store.engine):
+                fail(
+                    f"driftd {command}: the store at {mask_url(storage.url)} is not at "
+                    f"schema {head_revision()}; run `driftd db upgrade -c {config}` first",
+                    EXIT_FAILURE,
+                )
+            return work(store)
     except DriftdError as exc:
         fail(f"driftd {command}: {exc}", EXIT_FAILURE)
 

@@ -152,3 +152,11 @@ class Config(Section):
             if deployment.name == name:
                 return deployment
         raise KeyError(name)
+
+    def hooks_of(self, name: str) -> Hooks:
+        """The promotion hooks of deployment ``name``; none for a deployment that the store
+        still has but this configuration no longer names."""
+        try:
+            return self.deployment(name).retune.hooks
+        except KeyError:
+            return Hooks()

@@ -25,14 +25,8 @@ from prometheus_client.metrics_core import (
 from daemon.config import Config
 from daemon.config.types import Schedule
 from daemon.metrics.metrics import LeaderCounters
-from daemon.metrics.readings import (
-    FINISHED,
-    UNFINISHED,
-    CachedReadings,
-    LatestCheck,
-    Readings,
-    cumulative,
-)
+from daemon.metrics.readings import CachedReadings, cumulative
+from daemon.store.readings import FINISHED, UNFINISHED, LatestCheck, Readings
 
 log = logging.getLogger("driftd.metrics")
 

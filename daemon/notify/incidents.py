@@ -30,22 +30,12 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
-
 from daemon.config.models import NotifyOn
 from daemon.domain import CheckStatus
 from daemon.notify.channels import Channel, Message, render
-from daemon.store import Store
-from daemon.store.models import (
-    Deployment,
-    Event,
-    Notification,
-    NotificationCursor,
-    NotificationIncident,
-    NotificationState,
-    utcnow,
-)
+from daemon.store import Event, Store
+from daemon.store.models import NotificationState, utcnow
+from daemon.store.notifications import EventPass, caught_up, event_pass
 
 CURSOR = "events"
 GAP_SETTLE = timedelta(seconds=30)
@@ -101,83 +91,38 @@ def process_events(
     Pass the same ``gaps`` to every call, or a gap in the ids stops every pass.
     """
     gaps = gaps if gaps is not None else Gaps()
-    with store.session(readonly=True) as session:
-        # Most passes find nothing new: find that out without taking SQLite's write lock,
-        # which ingest's writer waits for.
-        seen = session.execute(
-            select(NotificationCursor.last_event_id).where(NotificationCursor.name == CURSOR)
-        ).scalar()
-        if seen is not None:
-            newer = session.execute(select(Event.id).where(Event.id > seen).limit(1)).scalar()
-            if newer is None:
-                return Processed(0, 0, int(seen))
-    with store.session() as session:
-        cursor = _lock_cursor(session)
-        rows = session.execute(
-            select(Event, Deployment.name)
-            .join(Deployment, Deployment.id == Event.deployment_id, isouter=True)
-            .where(Event.id > cursor)
-            .order_by(Event.id)
-            .limit(batch)
-        ).all()
-        position = cursor
+    # Most passes find nothing new: find that out without taking SQLite's write lock, which
+    # ingest's writer waits for.
+    seen = caught_up(store, CURSOR)
+    if seen is not None:
+        return Processed(0, 0, seen)
+    with event_pass(store, CURSOR, batch) as work:
+        position = work.cursor
         messages = 0
         read = 0
-        for event, deployment in rows:
+        for event, deployment in work.events:
             if event.id != position + 1 and not gaps.settled(position):
                 break  # an earlier id may still commit: wait for it, or for the gap to settle
             position = event.id
             read += 1
             if deployment is None:
                 continue
-            message = _message(session, event, str(deployment))
+            message = _message(work, event, deployment)
             if message is None or _class_of(message) not in send:
                 continue
             for name, channel in channels.items():
-                session.add(
-                    Notification(
-                        channel=name,
-                        event_id=event.id,
-                        deployment_id=event.deployment_id,
-                        incident=message.incident,
-                        state=message.state.value,
-                        payload=render(channel.kind, message, driftd_url),
-                        attempts=0,
-                        next_try_at=now(),
-                        created_at=now(),
-                    )
+                work.queue(
+                    name,
+                    event,
+                    incident=message.incident,
+                    state=message.state.value,
+                    payload=render(channel.kind, message, driftd_url),
+                    at=now(),
                 )
                 messages += 1
-        if position != cursor:
-            moved = session.connection().execute(
-                update(NotificationCursor)
-                .where(
-                    NotificationCursor.name == CURSOR, NotificationCursor.last_event_id == cursor
-                )
-                .values(last_event_id=position)
-            )
-            if moved.rowcount != 1:
-                # Cannot happen while the row lock holds; if it does, roll everything back.
-                raise RuntimeError(f"the notification cursor moved from {cursor} under this pass")
+        work.move_cursor(position)
     gaps.passed(position)
     return Processed(read, messages, position)
-
-
-def _lock_cursor(session: Session) -> int:
-    """The cursor's position, its row locked until commit (PostgreSQL; SQLite's write lock is
-    taken when the session begins). Created at the newest event if missing."""
-    found = session.execute(
-        select(NotificationCursor.last_event_id)
-        .where(NotificationCursor.name == CURSOR)
-        .with_for_update()
-    ).scalar()
-    if found is not None:
-        return int(found)
-    # The migration creates the row; a store whose row was deleted starts from now.
-    newest = session.execute(select(Event.id).order_by(Event.id.desc()).limit(1)).scalar()
-    session.add(NotificationCursor(name=CURSOR, last_event_id=int(newest or 0)))
-    session.flush()
-    return _lock_cursor(session)
 
 
 def _class_of(message: Message) -> NotifyOn:
@@ -190,7 +135,7 @@ def _class_of(message: Message) -> NotifyOn:
     return NotifyOn.job_failed
 
 
-def _message(session: Session, event: Event, deployment: str) -> Message | None:
+def _message(work: EventPass, event: Event, deployment: str) -> Message | None:
     """The message ``event`` causes, if any, with the incident opened or closed on the way."""
     evidence = event.evidence or {}
     if event.kind == "check.completed":
@@ -199,10 +144,10 @@ def _message(session: Session, event: Event, deployment: str) -> Message | None:
         if status == CheckStatus.drift:
             drifted = ", ".join(sorted(evidence.get("drifted") or {})) or "no signal named"
             summary = f"{deployment}: drift detected by check {check} ({drifted})"
-            return _open(session, event, deployment, DRIFT, summary, "DriftdDriftDetected", {})
+            return _open(work, event, deployment, DRIFT, summary, "DriftdDriftDetected", {})
         if status == CheckStatus.ok:
             summary = f"{deployment}: drift resolved, check {check} found none"
-            return _close(session, event, deployment, DRIFT, summary, "DriftdDriftDetected", {})
+            return _close(work, event, deployment, DRIFT, summary, "DriftdDriftDetected", {})
         return None
     if event.kind in ("job.failed", "job.succeeded"):
         kind = str(evidence.get("kind", "job"))
@@ -212,11 +157,11 @@ def _message(session: Session, event: Event, deployment: str) -> Message | None:
             error = str(evidence.get("error") or "no error recorded")[:_ERROR_CHARS]
             summary = f"{deployment}: {kind} job {job} failed: {error}"
             return _open(
-                session, event, deployment, _JOB_FAILED + kind, summary, "DriftdJobFailed", labels
+                work, event, deployment, _JOB_FAILED + kind, summary, "DriftdJobFailed", labels
             )
         summary = f"{deployment}: {kind} job {job} succeeded; the earlier failure is resolved"
         return _close(
-            session, event, deployment, _JOB_FAILED + kind, summary, "DriftdJobFailed", labels
+            work, event, deployment, _JOB_FAILED + kind, summary, "DriftdJobFailed", labels
         )
     if event.kind in ("version.promoted", "version.rolled_back"):
         new = evidence.get("new") or {}
@@ -226,7 +171,7 @@ def _message(session: Session, event: Event, deployment: str) -> Message | None:
 
 
 def _open(
-    session: Session,
+    work: EventPass,
     event: Event,
     deployment: str,
     incident: str,
@@ -234,23 +179,14 @@ def _open(
     alertname: str,
     labels: dict[str, str],
 ) -> Message | None:
-    if _incident(session, event, incident) is not None:
+    if not work.open_incident(event, incident):
         return None  # already firing: said once
-    session.add(
-        NotificationIncident(
-            deployment_id=event.deployment_id,
-            incident=incident,
-            opened_event_id=event.id,
-            opened_at=event.ts,
-        )
-    )
-    session.flush()
     state = NotificationState.firing
     return _make(event, deployment, state, incident, summary, alertname, event.ts, labels)
 
 
 def _close(
-    session: Session,
+    work: EventPass,
     event: Event,
     deployment: str,
     incident: str,
@@ -258,26 +194,16 @@ def _close(
     alertname: str,
     labels: dict[str, str],
 ) -> Message | None:
-    found = _incident(session, event, incident)
-    if found is None:
+    opened_at = work.close_incident(event, incident)
+    if opened_at is None:
         return None  # nothing was firing
-    session.execute(delete(NotificationIncident).where(NotificationIncident.id == found.id))
     state = NotificationState.resolved
-    return _make(event, deployment, state, incident, summary, alertname, found.opened_at, labels)
+    return _make(event, deployment, state, incident, summary, alertname, opened_at, labels)
 
 
 def _info(event: Event, deployment: str, alertname: str, labels: dict[str, str]) -> Message:
     state = NotificationState.info
     return _make(event, deployment, state, None, event.message, alertname, event.ts, labels)
-
-
-def _incident(session: Session, event: Event, incident: str) -> NotificationIncident | None:
-    return session.scalars(
-        select(NotificationIncident).where(
-            NotificationIncident.deployment_id == event.deployment_id,
-            NotificationIncident.incident == incident,
-        )
-    ).first()
 
 
 def _make(

@@ -24,18 +24,15 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
-from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.orm import aliased
 
 from daemon import __version__
 from daemon.metrics import ReplicaMetrics
 from daemon.notify.channels import Channel
 from daemon.notify.stats import Outcome
-from daemon.store import Store
-from daemon.store.models import Delivery, Notification, utcnow
+from daemon.store import Store, outbox
+from daemon.store.models import Notification, utcnow
 
 log = logging.getLogger("driftd.notify")
 
@@ -125,10 +122,7 @@ class Sender:
 
     def _until_next_due(self) -> float:
         """Seconds until the next row this sender may post is due, at most ``idle``."""
-        with self.store.session(readonly=True) as session:
-            due = session.execute(
-                select(func.min(Notification.next_try_at)).where(*self._ready())
-            ).scalar()
+        due = outbox.next_due(self.store, self.channels)
         idle = self.idle.total_seconds()
         if due is None:
             return idle
@@ -138,16 +132,7 @@ class Sender:
         """One pass: post up to ``limit`` due rows; returns how many were tried."""
         if not self.channels:
             return 0
-        now = self._now()
-        with self.store.session(readonly=True) as session:
-            due = list(
-                session.scalars(
-                    select(Notification)
-                    .where(*self._ready(), Notification.next_try_at <= now)
-                    .order_by(Notification.id)
-                    .limit(limit)
-                )
-            )
+        due = outbox.due(self.store, self.channels, self._now(), limit)
         tried = 0
         for row in due:
             if self._stopping.is_set():
@@ -157,40 +142,9 @@ class Sender:
                 tried += 1
         return tried
 
-    def _ready(self) -> tuple[ColumnElement[bool], ...]:
-        """Pending rows of this sender's channels that no earlier row of their incident holds
-        back (whether they are due yet or not)."""
-        earlier = aliased(Notification)
-        held_back = (
-            select(earlier.id)
-            .where(
-                earlier.channel == Notification.channel,
-                earlier.deployment_id == Notification.deployment_id,
-                earlier.incident == Notification.incident,
-                earlier.delivery == Delivery.pending.value,
-                earlier.id < Notification.id,
-            )
-            .exists()
-        )
-        return (
-            Notification.delivery == Delivery.pending.value,
-            Notification.channel.in_(list(self.channels)),
-            ~held_back,
-        )
-
     def _claim(self, row: Notification) -> bool:
         now = self._now()
-        with self.store.session() as session:
-            claimed = session.connection().execute(
-                update(Notification)
-                .where(
-                    Notification.id == row.id,
-                    Notification.delivery == Delivery.pending.value,
-                    Notification.next_try_at <= now,
-                )
-                .values(next_try_at=now + self.timeout + CLAIM_MARGIN)
-            )
-            return int(claimed.rowcount) == 1
+        return outbox.claim(self.store, row.id, now, now + self.timeout + CLAIM_MARGIN)
 
     def _deliver(self, row: Notification) -> None:
         channel = self.channels[row.channel]
@@ -212,14 +166,7 @@ class Sender:
         self._failed(row, error, retryable=retryable, retry_after=retry_after)
 
     def _sent(self, row: Notification) -> None:
-        now = self._now()
-        self._record(
-            row,
-            delivery=Delivery.sent.value,
-            attempts=row.attempts + 1,
-            sent_at=now,
-            last_error=None,
-        )
+        outbox.mark_sent(self.store, row.id, row.attempts + 1, self._now())
         self.metrics.notified(row.channel, Outcome.sent)
         log.info(
             "notification sent",
@@ -241,28 +188,20 @@ class Sender:
             delay = min(self.backoff * 2 ** (attempts - 1), MAX_BACKOFF)
             if retry_after is not None:
                 delay = max(delay, min(timedelta(seconds=retry_after), MAX_BACKOFF))
-            self._record(row, attempts=attempts, last_error=error, next_try_at=self._now() + delay)
+            outbox.retry_later(self.store, row.id, attempts, error, self._now() + delay)
             self.metrics.notified(row.channel, Outcome.retried)
             log.warning(
                 "notification not delivered; retrying",
                 extra=where | {"retry_in_s": delay.total_seconds()},
             )
             return
-        self._record(row, delivery=Delivery.failed.value, attempts=attempts, last_error=error)
+        outbox.mark_failed(self.store, row.id, attempts, error)
         self.metrics.notified(row.channel, Outcome.failed)
         reason = "the channel refused it" if not retryable else "no attempts left"
         log.error(
             f"notification given up ({reason}); check the channel's URL and the receiver",
             extra=where,
         )
-
-    def _record(self, row: Notification, **values: Any) -> None:
-        with self.store.session() as session:
-            session.execute(
-                update(Notification)
-                .where(Notification.id == row.id, Notification.delivery == Delivery.pending.value)
-                .values(values)
-            )
 
 
 def _scrub(text: str, url: str) -> str:

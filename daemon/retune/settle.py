@@ -17,16 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from daemon.config.models import Hooks
-from daemon.domain import JobState, VersionKind, VersionState
+from daemon.domain import VersionKind, VersionState
 from daemon.prompts import PromptSpec
 from daemon.retune import promotion
-from daemon.store import Store, versions
+from daemon.store import Job, Store, versions
+from daemon.store import jobs as job_store
 from daemon.store.lease import epoch_is_current
-from daemon.store.models import Deployment as DeploymentRow
-from daemon.store.models import Job, Version
 from retrain.contract import (
     EvaluateResult,
     FineTuneResult,
@@ -62,16 +60,8 @@ def settle_jobs(store: Store, leader: Leader) -> None:
 
 
 def _succeeded_with_candidates(store: Store) -> list[tuple[str, Job, Settlement]]:
-    with store.session(readonly=True) as session:
-        rows = session.execute(
-            select(DeploymentRow.name, Job)
-            .join(DeploymentRow, DeploymentRow.id == Job.deployment_id)
-            .where(Job.state == JobState.succeeded.value)
-            .order_by(Job.finished_at.desc(), Job.id.desc())
-            .limit(SETTLE_LOOKBACK)
-        ).all()
     found = []
-    for name, job in rows:
+    for name, job in job_store.succeeded_jobs(store, SETTLE_LOOKBACK):
         try:
             settlement = Settlement.model_validate(upgraded(job.spec))
         except ValidationError as error:
@@ -90,10 +80,7 @@ def settle(store: Store, deployment: str, job: Job, spec: Settlement, leader: Le
     """Register the candidate of one succeeded job, and promote it if it passed."""
     assert spec.candidate is not None
     name = spec.candidate.name or f"job-{job.id}"
-    with store.session(readonly=True) as session:
-        version = session.scalars(
-            select(Version).where(Version.job_id == job.id, Version.name == name)
-        ).first()
+    version = versions.job_version(store, job.id, name)
     if version is not None and version.state != VersionState.candidate.value:
         return  # settled already: promoted, rejected, or since retired
     try:

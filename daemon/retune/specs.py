@@ -29,9 +29,6 @@ import json
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import and_, or_, select
 
 from daemon.config import Config
 from daemon.config.models import Deployment, Method, Provider
@@ -40,8 +37,7 @@ from daemon.domain import Task
 from daemon.errors import NotEnoughLabels, NothingFailed
 from daemon.prompts import initial_prompt, read_active_prompt
 from daemon.store import Store
-from daemon.store.models import Deployment as DeploymentRow
-from daemon.store.models import Sample
+from daemon.store.exports import Exported, labelled_samples, revision_samples
 from retrain.contract import (
     SCORE_METRIC,
     ActiveModel,
@@ -74,30 +70,6 @@ def method_of(deployment: Deployment) -> Method:
     return Method.trainer
 
 
-def labelled_samples(
-    store: Store, deployment: Deployment, now: datetime, limit: int
-) -> list[dict[str, str | int | None]]:
-    """The newest ``limit`` labelled samples of the look-back period, oldest first."""
-    since = now - deployment.retune.data.lookback
-    with store.session(readonly=True) as session:
-        rows = session.execute(
-            select(Sample.id, Sample.input, Sample.label, Sample.output, Sample.ts)
-            .join(DeploymentRow, DeploymentRow.id == Sample.deployment_id)
-            .where(
-                DeploymentRow.name == deployment.name,
-                Sample.ts >= since,
-                Sample.ts <= now,
-                Sample.label.is_not(None),
-            )
-            .order_by(Sample.ts.desc(), Sample.id.desc())
-            .limit(limit)
-        ).all()
-    return [
-        {"sample_id": row.id, "input": row.input, "label": row.label, "output": row.output}
-        for row in reversed(rows)
-    ]
-
-
 def finetune_spec(
     config: Config,
     store: Store,
@@ -114,7 +86,12 @@ def finetune_spec(
     when = now or datetime.now(UTC)
     retune = deployment.retune
     data = retune.data
-    rows = labelled_samples(store, deployment, when, data.max_rows)
+    rows = [
+        {"sample_id": row.id, "input": row.input, "label": row.label, "output": row.output}
+        for row in labelled_samples(
+            store, deployment.name, when - data.lookback, when, data.max_rows
+        )
+    ]
     if len(rows) < data.min_labelled:
         raise NotEnoughLabels(
             f"deployment {deployment.name!r} has {len(rows)} labelled samples in the last "
@@ -229,39 +206,17 @@ def prompt_revision_spec(
         raise ValueError(f"deployment {deployment.name!r}: generation without judge.rubric")
     when = now or datetime.now(UTC)
     since = when - deployment.retune.data.lookback
-    # Each term is true or false, never NULL: a sample with no feedback, no judge score or no
-    # label is simply not failing on that count, and NOT(...) of it selects it as fresh.
-    failed = or_(
-        and_(Sample.feedback_score.is_not(None), Sample.feedback_score < FAILING_SCORE),
-        and_(Sample.judge_score.is_not(None), Sample.judge_score < FAILING_SCORE),
-        and_(
-            Sample.label.is_not(None),
-            Sample.prediction.is_not(None),
-            Sample.label != Sample.prediction,
-        ),
+    exported = revision_samples(
+        store,
+        deployment.name,
+        since,
+        when,
+        failing_below=FAILING_SCORE,
+        max_failing=deployment.retune.data.max_rows,
+        max_fresh=FRESH_ROWS,
+        fresh_labelled=not generation,
     )
-    fresh_wanted = Sample.input != "" if generation else Sample.label.is_not(None)
-    with store.session(readonly=True) as session:
-        in_window = (
-            DeploymentRow.name == deployment.name,
-            Sample.ts >= since,
-            Sample.ts <= when,
-        )
-        columns = (Sample.id, Sample.input, Sample.output, Sample.label, Sample.prediction)
-        failing = session.execute(
-            select(*columns, Sample.feedback_score, Sample.judge_score)
-            .join(DeploymentRow, DeploymentRow.id == Sample.deployment_id)
-            .where(*in_window, failed)
-            .order_by(Sample.ts.desc())
-            .limit(deployment.retune.data.max_rows)
-        ).all()
-        fresh = session.execute(
-            select(*columns)
-            .join(DeploymentRow, DeploymentRow.id == Sample.deployment_id)
-            .where(*in_window, fresh_wanted, ~failed)
-            .order_by(Sample.ts.desc())
-            .limit(FRESH_ROWS)
-        ).all()
+    failing, fresh = exported.failing, exported.fresh
     if not failing:
         raise NothingFailed(
             f"deployment {deployment.name!r} has no failing sample (negative feedback, judge "
@@ -319,7 +274,7 @@ def prompt_revision_spec(
     )
 
 
-def _failure(row: Any) -> dict[str, str | None]:
+def _failure(row: Exported) -> dict[str, str | None]:
     reasons = []
     if row.feedback_score is not None and row.feedback_score < FAILING_SCORE:
         reasons.append("negative feedback")

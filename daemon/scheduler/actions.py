@@ -14,10 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
-
 from daemon.config import Config
-from daemon.config.models import Deployment, Hooks, Method
+from daemon.config.models import Deployment, Method
 from daemon.errors import DriftdError, NotEnoughLabels, NothingFailed
 from daemon.policy import decide, decide_scheduled, history_for, record
 from daemon.retune import promotion
@@ -29,7 +27,7 @@ from daemon.scheduler.scheduler import Tick, record_failed_check
 from daemon.store import Store
 from daemon.store import jobs as job_store
 from daemon.store.lease import epoch_is_current
-from daemon.store.models import Sample
+from daemon.store.retention import delete_samples_before, drop_embeddings
 from retrain.contract import FineTuneSpec, JobSpec, Json, PromptRevisionSpec
 
 if TYPE_CHECKING:
@@ -124,7 +122,7 @@ class Actions:
         lease = self._lease_name
         promotion.rollback(
             self.store,
-            self._hooks(deployment),
+            self.config.hooks_of(deployment),
             deployment,
             actor=f"leader:{self.owner}",
             fence=lambda connection: epoch_is_current(connection, lease, epoch),
@@ -213,24 +211,7 @@ class Actions:
     def retention(self, tick: Tick) -> None:
         """Delete the samples of ``tick.deployment`` older than ``storage.retention``."""
         cutoff = datetime.now(UTC) - self.config.storage.retention
-        deployment_id = self.store.deployment_ids()[tick.deployment]
-        deleted = 0
-        while True:
-            # One transaction per batch: the ingest writer waits for at most one batch's delete,
-            # not for the whole backlog.
-            with self.store.session() as session:
-                ids = list(
-                    session.scalars(
-                        select(Sample.id)
-                        .where(Sample.deployment_id == deployment_id, Sample.ts < cutoff)
-                        .limit(RETENTION_BATCH)
-                    )
-                )
-                if ids:
-                    session.execute(delete(Sample).where(Sample.id.in_(ids)))
-            if not ids:
-                break
-            deleted += len(ids)
+        deleted = delete_samples_before(self.store, tick.deployment, cutoff, RETENTION_BATCH)
         if deleted:
             self.store.add_event(
                 tick.deployment,
@@ -246,29 +227,12 @@ class Actions:
 
         deployment = self.config.deployment(tick.deployment)
         current = LazyEmbedder(deployment.monitor.embedding_model).name
-        deployment_id = self.store.deployment_ids()[tick.deployment]
-        with self.store.session() as session:
-            result = session.execute(
-                update(Sample)
-                .where(
-                    Sample.deployment_id == deployment_id,
-                    Sample.embedding_model.is_not(None),
-                    Sample.embedding_model != current,
-                )
-                .values(embedding=None, embedding_model=None)
-            )
-            dropped = int(getattr(result, "rowcount", 0) or 0)
+        dropped = drop_embeddings(self.store, tick.deployment, current)
         if dropped:
             log.info(
                 "stale embeddings dropped",
                 extra={"deployment": tick.deployment, "dropped": dropped, "model": current},
             )
-
-    def _hooks(self, name: str) -> Hooks:
-        try:
-            return self.config.deployment(name).retune.hooks
-        except KeyError:  # a deployment in the store that the config no longer names
-            return Hooks()
 
     def settle_jobs(self) -> None:
         """Register and promote the candidates of succeeded jobs, once each, as the leader
@@ -277,6 +241,6 @@ class Actions:
             epoch=self._epoch,
             lease_name=self._lease_name,
             actor=f"leader:{self.owner}",
-            hooks=self._hooks,
+            hooks=self.config.hooks_of,
         )
         settle_jobs(self.store, leader)

@@ -16,9 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from daemon.store import Store
+from daemon.store import DatabaseFailure, Store
 from daemon.store.lease import Lease, acquire, release
 
 log = logging.getLogger("driftd.leader")
@@ -84,7 +82,7 @@ class Leadership:
         held = self._lease
         try:
             lease = acquire(self.store, self.name, self.owner, self.ttl)
-        except SQLAlchemyError as error:
+        except DatabaseFailure as error:
             log.warning("could not renew the leader lease", extra={"error": str(error)})
             lease = held if held is not None and held.is_valid() else None
         if lease is not None and (held is None or not held.is_valid()):
@@ -111,5 +109,5 @@ class Leadership:
         if release_lease:
             try:
                 release(self.store, self.name, self.owner)
-            except SQLAlchemyError as error:
+            except DatabaseFailure as error:
                 log.warning("could not release the leader lease", extra={"error": str(error)})

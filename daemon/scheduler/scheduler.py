@@ -30,7 +30,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import func, select
 
 from daemon.config import Config
 from daemon.config.types import Schedule
@@ -38,8 +37,6 @@ from daemon.domain import CheckStatus
 from daemon.errors import DriftdError, NotLeading
 from daemon.scheduler.leader import Leadership
 from daemon.store import NewCheck, Store
-from daemon.store.models import Deployment as DeploymentRow
-from daemon.store.models import RunClaim
 
 if TYPE_CHECKING:
     from daemon.metrics import LeaderCounters
@@ -284,7 +281,7 @@ class Scheduler:
     def _catch_up(self) -> None:
         """Run once the latest tick each job missed while no replica led (downtime)."""
         now = datetime.now(UTC)
-        last = self._last_claims()
+        last = self.store.last_claims()
         for (deployment, kind), trigger in self._triggers.items():
             previous = last.get((deployment, kind))
             if previous is None:
@@ -300,15 +297,6 @@ class Scheduler:
                 target=self._run, args=(Tick(deployment, kind, missed),), daemon=True
             )
             thread.start()
-
-    def _last_claims(self) -> dict[tuple[str, str], datetime]:
-        with self.store.session(readonly=True) as session:
-            rows = session.execute(
-                select(DeploymentRow.name, RunClaim.job_kind, func.max(RunClaim.scheduled_for))
-                .join(DeploymentRow, DeploymentRow.id == RunClaim.deployment_id)
-                .group_by(DeploymentRow.name, RunClaim.job_kind)
-            ).all()
-        return {(name, kind): when for name, kind, when in rows}
 
     def _run(self, tick: Tick) -> None:
         lease = self.leadership.lease

@@ -8,11 +8,13 @@ the database cannot be reached.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from daemon.errors import StoreError
 from daemon.store.types import to_json_text
@@ -20,6 +22,10 @@ from daemon.store.types import to_json_text
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _PSYCOPG_SCHEME = "postgresql+psycopg://"
 _CONNECT_TIMEOUT_SECONDS = 10
+
+DatabaseFailure = SQLAlchemyError
+"""What the database layer raises when a connection or a statement fails. Code outside the store
+catches it by this name, so that only ``daemon.store`` imports SQLAlchemy."""
 
 # An execution option read by the SQLite "begin" hook; see write_engine().
 _BEGIN_IMMEDIATE = "driftd_sqlite_begin_immediate"
@@ -115,6 +121,15 @@ def unreachable(engine: Engine, error: Exception) -> StoreError:
         )
     reason = str(getattr(error, "orig", None) or error).strip()
     return StoreError(f"cannot connect to the store at {where}: {reason}; {hint}")
+
+
+@contextmanager
+def failures_reported(engine: Engine) -> Iterator[None]:
+    """Turn a database failure inside the block into the ``StoreError`` of ``unreachable``."""
+    try:
+        yield
+    except SQLAlchemyError as error:
+        raise unreachable(engine, error) from error
 
 
 def _sqlite_engine(url: URL, busy_timeout: float, synchronous: str) -> Engine:

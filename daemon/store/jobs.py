@@ -22,7 +22,8 @@ from sqlalchemy import ColumnElement, Connection, func, or_, select, update
 from daemon.domain import JobState
 from daemon.errors import NotFound, StoreError
 from daemon.store.models import Deployment, Job, utcnow
-from daemon.store.repository import Store, _deployment_id
+from daemon.store.repository import Store
+from daemon.store.statements import deployment_id_of, named_row, of_deployment
 
 # A kind names a ``retrain`` job (``python -m retrain <kind>``) or a Kubernetes Job template:
 # lower-case words, so it can never be read as an option or a path.
@@ -67,7 +68,7 @@ def create_job(
     now = utcnow()
     with store.session() as session:
         job = Job(
-            deployment_id=_deployment_id(session.connection(), deployment),
+            deployment_id=deployment_id_of(session.connection(), deployment),
             kind=kind,
             trigger=trigger,
             state=state.value,
@@ -95,14 +96,10 @@ def create_job(
 def get_job(store: Store, job_id: int) -> tuple[str, Job]:
     """A job and the name of its deployment; ``NotFound`` if there is no such job."""
     with store.session(readonly=True) as session:
-        found = session.execute(
-            select(Deployment.name, Job)
-            .join(Deployment, Deployment.id == Job.deployment_id)
-            .where(Job.id == job_id)
-        ).first()
+        found = named_row(session, Job, job_id)
     if found is None:
         raise NotFound(f"no job {job_id} in the store; check the job id")
-    return str(found[0]), found[1]
+    return found
 
 
 def list_jobs(
@@ -123,12 +120,23 @@ def list_jobs(
         .limit(limit)
     )
     with store.session(readonly=True) as session:
-        if deployment is not None:
-            deployment_id = _deployment_id(session.connection(), deployment)
-            query = query.where(Job.deployment_id == deployment_id)
+        query = of_deployment(session, query, Job, deployment)
         if state is not None:
             query = query.where(Job.state == JobState(state).value)
         return [(str(name), job) for name, job in session.execute(query)]
+
+
+def succeeded_jobs(store: Store, limit: int) -> list[tuple[str, Job]]:
+    """The latest ``limit`` succeeded jobs, last finished first, with their deployments' names."""
+    with store.session(readonly=True) as session:
+        rows = session.execute(
+            select(Deployment.name, Job)
+            .join(Deployment, Deployment.id == Job.deployment_id)
+            .where(Job.state == JobState.succeeded.value)
+            .order_by(Job.finished_at.desc(), Job.id.desc())
+            .limit(limit)
+        ).all()
+    return [(str(name), job) for name, job in rows]
 
 
 def approve_job(store: Store, job_id: int, *, by: str | None = None) -> None:

@@ -33,7 +33,8 @@ from sqlalchemy import (
 
 from daemon.store.engine import write_engine
 from daemon.store.models import LeaseRow
-from daemon.store.repository import Store, insert_for
+from daemon.store.repository import Store
+from daemon.store.statements import insert_for
 
 _UNIX_EPOCH_JULIAN_DAY = 2440587.5
 _SECONDS_PER_DAY = 86400.0

@@ -17,7 +17,9 @@ from sqlalchemy import func, select
 from daemon.config.types import parse_duration
 from daemon.domain import CheckStatus
 from daemon.store.models import Base, Check, Deployment, Event, Job, Version
-from daemon.store.repository import Store, _deployment_id, _require_aware
+from daemon.store.repository import Store
+from daemon.store.statements import of_deployment
+from daemon.store.types import require_aware
 from daemon.store.versions import VersionChange
 
 MAX_LIMIT = 1000
@@ -45,9 +47,7 @@ def list_checks(
     if since is not None:
         query = query.where(Check.started_at >= _aware("since", since))
     with store.session(readonly=True) as session:
-        if deployment is not None:
-            deployment_id = _deployment_id(session.connection(), deployment)
-            query = query.where(Check.deployment_id == deployment_id)
+        query = of_deployment(session, query, Check, deployment)
         return [(str(name), check) for name, check in session.execute(query)]
 
 
@@ -82,9 +82,7 @@ def list_events(
     if until is not None:
         query = query.where(Event.ts < _aware("until", until))
     with store.session(readonly=True) as session:
-        if deployment is not None:
-            deployment_id = _deployment_id(session.connection(), deployment)
-            query = query.where(Event.deployment_id == deployment_id)
+        query = of_deployment(session, query, Event, deployment)
         return [
             (None if name is None else str(name), event) for name, event in session.execute(query)
         ]
@@ -192,5 +190,5 @@ def _check_limit(limit: int) -> None:
 
 
 def _aware(name: str, value: datetime) -> datetime:
-    _require_aware(name, value)
+    require_aware(name, value)
     return value

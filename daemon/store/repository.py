@@ -1,18 +1,19 @@
-"""The store's operations that the daemon needs, each one transaction, on SQLite or PostgreSQL."""
+"""The store's operations that the daemon needs, each one transaction, on SQLite or PostgreSQL.
+
+``Store`` is the handle every part of the daemon holds; the operations that concern one idea
+(jobs, versions, the lease, the notification outbox, …) live in modules of their own that take it.
+"""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass
-from datetime import UTC, datetime
-from operator import attrgetter
+from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, NoReturn, Self
+from typing import Any, Literal, Self
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Connection,
     Engine,
@@ -22,13 +23,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from daemon.domain import CheckStatus, Kind, ReferenceKind, Task
-from daemon.errors import NotFound, StoreError
-from daemon.store.engine import make_engine, unreachable, write_engine
+from daemon.errors import NotFound
+from daemon.store.engine import failures_reported, make_engine, write_engine
 from daemon.store.models import (
     Base,
     Check,
@@ -39,61 +38,50 @@ from daemon.store.models import (
     Version,
     utcnow,
 )
-from daemon.store.types import UTCDateTime, to_json_text
+from daemon.store.rows import (
+    DRAW_MODULUS,
+    INSERT_BATCH_ROWS,
+    ROW_COLUMNS,
+    InsertResult,
+    NewSample,
+    RowEncoder,
+    SampleRows,
+    draw_for,
+    insert_new,
+    insert_results,
+    seed_offset,
+    unique_rows,
+)
+from daemon.store.statements import (
+    deployment_id_of,
+    deployment_unknown,
+    insert_for,
+    named_row,
+    of_deployment,
+    samples_between,
+    write_event,
+)
+from daemon.store.types import require_aware
 
-DRAW_MODULUS = 2**31
-# Rows per INSERT round trip: well under SQLite's and PostgreSQL's bound-parameter limits even
-# with every sample column set, and large enough that a 10,000-row batch takes 10 round trips.
-INSERT_BATCH_ROWS = 1000
-_DRAW_PERSON = b"driftd.draw.v1"
-_SEED_PERSON = b"driftd.seed.v1"
-_MAX_ID_LENGTH = 255
+# Names that moved to ``daemon.store.rows`` and ``.statements`` stay importable from here.
+__all__ = [
+    "DRAW_MODULUS",
+    "NO_REFERENCE",
+    "ROW_COLUMNS",
+    "FeedbackUpdate",
+    "InsertResult",
+    "NewCheck",
+    "NewSample",
+    "RowEncoder",
+    "SampleRows",
+    "Store",
+    "Window",
+    "draw_for",
+    "insert_for",
+    "seed_offset",
+]
+
 NO_REFERENCE = "none"  # stored as a check's reference kind when it drew none
-
-
-@dataclass(slots=True)
-class NewSample:
-    """A sample to store. ``request_id`` identifies it within its deployment: re-sent samples
-    with a known ``request_id`` are recognised as duplicates and not stored again.
-
-    Not frozen: ingest builds one per sample on its hot path, and a frozen dataclass's
-    ``__init__`` costs several times more. Treat it as a value all the same."""
-
-    request_id: str
-    ts: datetime
-    _: KW_ONLY
-    input: str = ""
-    input_messages: list[dict[str, Any]] | None = None
-    output: str | None = None
-    prediction: str | None = None
-    confidence: float | None = None
-    probabilities: dict[str, float] | None = None
-    label: str | None = None
-    label_ts: datetime | None = None
-    feedback_score: float | None = None
-    feedback_kind: str | None = None
-    feedback_comment: str | None = None
-    judge_score: float | None = None
-    descriptors: dict[str, Any] | None = None
-    embedding: bytes | None = None
-    embedding_model: str | None = None
-    model_version: str | None = None
-    prompt_version: str | None = None
-    latency_ms: float | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    error: str | None = None
-    meta: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.request_id or len(self.request_id) > _MAX_ID_LENGTH:
-            raise ValueError(
-                f"request_id must be 1 to {_MAX_ID_LENGTH} characters, "
-                f"got {len(self.request_id)}: {self.request_id[:40]!r}"
-            )
-        _require_aware("ts", self.ts)
-        if self.label_ts is not None:
-            _require_aware("label_ts", self.label_ts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +95,6 @@ class FeedbackUpdate:
     feedback_kind: str | None = None
     feedback_comment: str | None = None
     judge_score: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InsertResult:
-    """Request ids stored by this call (``new``) and those already stored (``duplicate``)."""
-
-    new: list[str]
-    duplicate: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,25 +128,6 @@ class NewCheck:
     reference_end: datetime | None = None
     snapshot_path: str | None = None
     error: str | None = None
-
-
-def draw_for(deployment: str, request_id: str) -> int:
-    """The sample's position in every capped draw, in ``[0, 2**31)``.
-
-    A keyed hash rather than ``random``: the same sample gets the same value in every process and
-    on every re-insert, so a check can be re-run on exactly the same rows.
-    """
-    digest = hashlib.blake2b(
-        f"{deployment}\x00{request_id}".encode(), digest_size=8, person=_DRAW_PERSON
-    ).digest()
-    return int.from_bytes(digest, "big") % DRAW_MODULUS
-
-
-def seed_offset(seed: int) -> int:
-    """Spread a seed over ``[0, 2**31)``: neighbouring seeds must draw unrelated subsets, which
-    a plain ``(draw + seed)`` rotation would not (seeds 1 and 2 would pick nearly the same rows)."""
-    digest = hashlib.blake2b(str(seed).encode(), digest_size=8, person=_SEED_PERSON).digest()
-    return int.from_bytes(digest, "big") % DRAW_MODULUS
 
 
 class Store:
@@ -212,11 +173,8 @@ class Store:
 
     def ping(self) -> None:
         """Round-trip to the database; raises ``StoreError`` saying what to check if it fails."""
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(select(1))
-        except SQLAlchemyError as error:
-            raise unreachable(self.engine, error) from error
+        with failures_reported(self.engine), self.engine.connect() as connection:
+            connection.execute(select(1))
 
     @contextmanager
     def session(self, *, readonly: bool = False) -> Iterator[Session]:
@@ -274,7 +232,7 @@ class Store:
         encoded = []
         for deployment, samples in batches:
             if deployment not in ids:
-                _deployment_unknown(deployment)
+                deployment_unknown(deployment)
             encoded.append(encoder.encode(deployment, ids[deployment], samples))
         return self.insert_rows(encoded)
 
@@ -282,32 +240,9 @@ class Store:
         """``insert_batches`` for batches already encoded by a ``RowEncoder`` (ingest's hot
         path: the encoding can run in another process). Rows go through the driver's
         ``executemany`` (SQLite) or one ``unnest`` insert (PostgreSQL), skipping the ORM."""
-        taken: set[tuple[int, str]] = set()
-        fresh: list[tuple[Any, ...]] = []
-        for batch in batches:
-            for row in batch.rows:
-                key = (batch.deployment_id, row[ROW_REQUEST_ID])
-                if key not in taken:
-                    taken.add(key)
-                    fresh.append(row)
         with self._writer.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                inserted = _insert_postgres(connection, fresh)
-            else:
-                inserted = _insert_sqlite(connection, fresh)
-        results = []
-        for batch in batches:
-            new: list[str] = []
-            duplicate: list[str] = []
-            for row in batch.rows:
-                key = (batch.deployment_id, row[ROW_REQUEST_ID])
-                if key in inserted:
-                    inserted.discard(key)
-                    new.append(key[1])
-                else:
-                    duplicate.append(key[1])
-            results.append(InsertResult(new=new, duplicate=duplicate))
-        return results
+            inserted = insert_new(connection, unique_rows(batches))
+        return insert_results(batches, inserted)
 
     def deployment_ids(self) -> dict[str, int]:
         """Every registered deployment's id, by name."""
@@ -321,7 +256,7 @@ class Store:
         """Join feedback to stored samples by request id, in one transaction; returns the
         request ids that matched a sample (the caller reports the others)."""
         with self._writer.begin() as connection:
-            deployment_id = _deployment_id(connection, deployment)
+            deployment_id = deployment_id_of(connection, deployment)
             found = _stored_request_ids(connection, deployment_id, {u.request_id for u in updates})
             for update_ in updates:
                 if update_.request_id not in found:
@@ -360,15 +295,11 @@ class Store:
         """
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
-        _require_aware("start", start)
-        _require_aware("end", end)
+        require_aware("start", start)
+        require_aware("end", end)
         with self._snapshot_sessions.begin() as session:
-            deployment_id = _deployment_id(session.connection(), deployment)
-            in_window = (
-                Sample.deployment_id == deployment_id,
-                Sample.ts >= start,
-                Sample.ts < end,
-            )
+            deployment_id = deployment_id_of(session.connection(), deployment)
+            in_window = samples_between(deployment_id, start, end)
             total = session.execute(select(func.count()).where(*in_window)).scalar_one()
             position = (cast(Sample.draw, BigInteger) + seed_offset(seed)) % DRAW_MODULUS
             drawn = list(
@@ -383,7 +314,7 @@ class Store:
         """Store a check's outcome; returns its id."""
         with self.session() as session:
             row = Check(
-                deployment_id=_deployment_id(session.connection(), deployment),
+                deployment_id=deployment_id_of(session.connection(), deployment),
                 scheduled_for=check.scheduled_for,
                 started_at=check.started_at,
                 finished_at=check.finished_at,
@@ -408,14 +339,10 @@ class Store:
     def get_check(self, check_id: int) -> tuple[str, Check]:
         """A stored check and the name of its deployment; ``NotFound`` if there is none."""
         with self.session(readonly=True) as session:
-            found = session.execute(
-                select(Deployment.name, Check)
-                .join(Deployment, Deployment.id == Check.deployment_id)
-                .where(Check.id == check_id)
-            ).first()
+            found = named_row(session, Check, check_id)
         if found is None:
             raise NotFound(f"no check {check_id} in the store; `driftd check` prints the ids")
-        return str(found[0]), found[1]
+        return found
 
     def set_snapshot_path(self, check_id: int, path: str) -> None:
         with self.session() as session:
@@ -437,7 +364,7 @@ class Store:
     def active_version(self, deployment: str) -> Version | None:
         """The deployment's active version, if it has one."""
         with self.session(readonly=True) as session:
-            deployment_id = _deployment_id(session.connection(), deployment)
+            deployment_id = deployment_id_of(session.connection(), deployment)
             return session.scalars(
                 select(Version).where(
                     Version.deployment_id == deployment_id, Version.state == "active"
@@ -449,18 +376,14 @@ class Store:
     ) -> list[Sample]:
         """The first ``limit`` samples with ``since <= ts < until``, oldest first: a version's
         baseline, as a check ending at ``until`` sees it."""
-        _require_aware("since", since)
-        _require_aware("until", until)
+        require_aware("since", since)
+        require_aware("until", until)
         with self.session(readonly=True) as session:
-            deployment_id = _deployment_id(session.connection(), deployment)
+            deployment_id = deployment_id_of(session.connection(), deployment)
             return list(
                 session.scalars(
                     select(Sample)
-                    .where(
-                        Sample.deployment_id == deployment_id,
-                        Sample.ts >= since,
-                        Sample.ts < until,
-                    )
+                    .where(*samples_between(deployment_id, since, until))
                     .order_by(Sample.ts, Sample.id)
                     .limit(limit)
                 )
@@ -469,7 +392,7 @@ class Store:
     def recent_checks(self, deployment: str, limit: int = 10) -> list[Check]:
         """The deployment's latest checks, newest first."""
         with self.session(readonly=True) as session:
-            deployment_id = _deployment_id(session.connection(), deployment)
+            deployment_id = deployment_id_of(session.connection(), deployment)
             return list(
                 session.scalars(
                     select(Check)
@@ -491,26 +414,15 @@ class Store:
         """Append an audit event (``deployment`` None for daemon-wide ones); returns its id."""
         with self.session() as session:
             deployment_id = (
-                None if deployment is None else _deployment_id(session.connection(), deployment)
+                None if deployment is None else deployment_id_of(session.connection(), deployment)
             )
-            row = Event(
-                deployment_id=deployment_id,
-                ts=ts or utcnow(),
-                kind=kind,
-                message=message,
-                evidence=evidence,
-            )
-            session.add(row)
-            session.flush()
-            return row.id
+            return write_event(session, deployment_id, kind, message, evidence, ts or utcnow())
 
     def recent_events(self, deployment: str | None = None, limit: int = 50) -> list[Event]:
         """The latest audit events, newest first: one deployment's, or all of them."""
         with self.session(readonly=True) as session:
             query = select(Event).order_by(Event.ts.desc(), Event.id.desc()).limit(limit)
-            if deployment is not None:
-                deployment_id = _deployment_id(session.connection(), deployment)
-                query = query.where(Event.deployment_id == deployment_id)
+            query = of_deployment(session, query, Event, deployment)
             return list(session.scalars(query))
 
     def claim_run(
@@ -521,10 +433,10 @@ class Store:
         True for exactly one caller, across replicas and leader changes; everyone else, and any
         later attempt at the same tick, gets False and must not run it.
         """
-        _require_aware("scheduled_for", scheduled_for)
+        require_aware("scheduled_for", scheduled_for)
         with self._writer.begin() as connection:
             values = {
-                "deployment_id": _deployment_id(connection, deployment),
+                "deployment_id": deployment_id_of(connection, deployment),
                 "job_kind": job_kind,
                 "scheduled_for": scheduled_for,
                 "owner": owner,
@@ -541,147 +453,15 @@ class Store:
             )
             return connection.execute(statement).first() is not None
 
-
-def insert_for(connection: Connection, entity: type[Base]) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT into ``entity``'s table in the connection's dialect, for ON CONFLICT clauses."""
-    name = connection.dialect.name
-    if name == "postgresql":
-        return postgresql.insert(entity)
-    if name == "sqlite":
-        return sqlite.insert(entity)
-    raise StoreError(f"unsupported database {name!r}: driftd's store runs on SQLite or PostgreSQL")
-
-
-def _deployment_id(connection: Connection, name: str) -> int:
-    found = connection.execute(select(Deployment.id).where(Deployment.name == name)).scalar()
-    if found is None:
-        _deployment_unknown(name)
-    return int(found)
-
-
-def _deployment_unknown(name: str) -> NoReturn:
-    raise NotFound(
-        f"unknown deployment {name!r}: it is not registered in the store; check the name, "
-        "or add the deployment to the configuration and restart driftd to register it"
-    )
-
-
-# The sample columns an insert writes, in table order; ``id`` is the database's.
-_SAMPLE_COLUMNS = tuple(c.name for c in Sample.__table__.columns if c.name != "id")
-_COMPUTED = ("deployment_id", "draw", "created_at")
-_FROM_SAMPLE = tuple(name for name in _SAMPLE_COLUMNS if name not in _COMPUTED)
-_read_sample = attrgetter(*_FROM_SAMPLE)
-ROW_COLUMNS = _COMPUTED + _FROM_SAMPLE
-ROW_REQUEST_ID = ROW_COLUMNS.index("request_id")
-
-
-def _sqlite_utc_text(value: datetime) -> str:
-    # The text SQLAlchemy's SQLite DATETIME writes, made by C code in one go.
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-@dataclass(frozen=True, slots=True)
-class SampleRows:
-    """One batch of samples encoded for the driver: one tuple per sample, in ``ROW_COLUMNS``
-    order. Plain values only, so a batch can be encoded in another process."""
-
-    deployment_id: int
-    rows: list[tuple[Any, ...]]
-
-
-class RowEncoder:
-    """Turns samples into the rows the driver receives, in the very form SQLAlchemy's types
-    would write (UTC text timestamps on SQLite, JSON text), so that rows written this way read
-    back through the ORM exactly like rows the ORM wrote, without its per-row cost."""
-
-    def __init__(self, dialect: str) -> None:
-        if dialect not in ("sqlite", "postgresql"):
-            raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
-        columns = {c.name: c for c in Sample.__table__.columns}
-        stamp = _sqlite_utc_text if dialect == "sqlite" else None
-        self._stamp = stamp
-        self._converters: list[tuple[int, Callable[[Any], Any]]] = []
-        for i, name in enumerate(_FROM_SAMPLE):
-            type_ = columns[name].type
-            if isinstance(type_, UTCDateTime) and stamp is not None:
-                self._converters.append((i, stamp))
-            elif isinstance(type_, JSON):
-                self._converters.append((i, to_json_text))
-
-    def encode(
-        self,
-        deployment: str,
-        deployment_id: int,
-        samples: Sequence[NewSample],
-        now: datetime | None = None,
-    ) -> SampleRows:
-        created: Any = now or utcnow()
-        if self._stamp is not None:
-            created = self._stamp(created)
-        converters = self._converters
-        rows = []
-        for sample in samples:
-            values = list(_read_sample(sample))
-            for i, convert in converters:
-                if values[i] is not None:
-                    values[i] = convert(values[i])
-            rows.append((deployment_id, draw_for(deployment, sample.request_id), created, *values))
-        return SampleRows(deployment_id, rows)
-
-
-def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
-    """Insert, skipping known request ids; the (deployment id, request id) pairs stored.
-
-    The transaction holds SQLite's write lock and new rows take ids above the largest one, so
-    when the driver reports fewer rows than it was given, the stored ones are those above the
-    largest id seen before. No lookup is needed when nothing was a duplicate.
-    """
-    sql = (
-        f"INSERT INTO samples ({', '.join(ROW_COLUMNS)}) "
-        f"VALUES ({', '.join('?' for _ in ROW_COLUMNS)}) "
-        "ON CONFLICT (deployment_id, request_id) DO NOTHING"
-    )
-    before = connection.execute(select(func.coalesce(func.max(Sample.id), 0))).scalar_one()
-    stored = 0
-    for start in range(0, len(rows), INSERT_BATCH_ROWS):
-        stored += connection.exec_driver_sql(sql, rows[start : start + INSERT_BATCH_ROWS]).rowcount
-    if stored == len(rows):
-        return {(row[0], row[ROW_REQUEST_ID]) for row in rows}
-    query = select(Sample.deployment_id, Sample.request_id).where(Sample.id > before)
-    return {(int(d), str(r)) for d, r in connection.execute(query)}
-
-
-def _insert_postgres(connection: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
-    """One ``INSERT … SELECT FROM unnest(arrays)`` per chunk: a single round trip with few
-    parameters, and ``RETURNING`` says exactly which rows were new, even when another replica
-    inserts the same request id at the same moment."""
-    dialect = connection.dialect
-    columns = {c.name: c for c in Sample.__table__.columns}
-    casts = []
-    for i, name in enumerate(ROW_COLUMNS):
-        type_ = columns[name].type
-        sql_type = "TEXT" if isinstance(type_, JSON) else type_.compile(dialect)
-        casts.append(f"%(c{i})s::{sql_type}[]")
-    sql = (
-        f"INSERT INTO samples ({', '.join(ROW_COLUMNS)}) "
-        f"SELECT {', '.join(_select_list(columns))} FROM unnest({', '.join(casts)}) "
-        f"AS r({', '.join(ROW_COLUMNS)}) "
-        "ON CONFLICT (deployment_id, request_id) DO NOTHING RETURNING deployment_id, request_id"
-    )
-    inserted: set[tuple[int, str]] = set()
-    for start in range(0, len(rows), INSERT_BATCH_ROWS * 5):
-        chunk = rows[start : start + INSERT_BATCH_ROWS * 5]
-        arrays = {f"c{i}": list(column) for i, column in enumerate(zip(*chunk, strict=True))}
-        inserted.update((int(d), str(r)) for d, r in connection.exec_driver_sql(sql, arrays))
-    return inserted
-
-
-def _select_list(columns: dict[str, Any]) -> list[str]:
-    # JSON travels as text (one cast per array), and becomes JSON column by column.
-    return [
-        f"r.{name}::JSON" if isinstance(columns[name].type, JSON) else f"r.{name}"
-        for name in ROW_COLUMNS
-    ]
+    def last_claims(self) -> dict[tuple[str, str], datetime]:
+        """The latest scheduled time claimed of each (deployment, job kind) ever claimed."""
+        with self.session(readonly=True) as session:
+            found = session.execute(
+                select(Deployment.name, RunClaim.job_kind, func.max(RunClaim.scheduled_for))
+                .join(Deployment, Deployment.id == RunClaim.deployment_id)
+                .group_by(Deployment.name, RunClaim.job_kind)
+            ).all()
+        return {(str(name), str(kind)): when for name, kind, when in found}
 
 
 def _stored_request_ids(connection: Connection, deployment_id: int, ids: set[str]) -> set[str]:
@@ -698,11 +478,3 @@ def _stored_request_ids(connection: Connection, deployment_id: int, ids: set[str
             ).scalars()
         )
     return found
-
-
-def _require_aware(name: str, value: datetime) -> None:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"{name} {value.isoformat()} has no timezone; pass an aware datetime, "
-            "e.g. datetime.now(UTC)"
-        )

@@ -1,4 +1,5 @@
-"""Column types that behave the same on SQLite and PostgreSQL."""
+"""Column types that behave the same on SQLite and PostgreSQL, and the check that a time passed to
+the store is one (timezone-aware)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,13 @@ def to_json_text(value: Any) -> str:
     """JSON text as the store writes it: pydantic-core's serializer, several times faster than
     ``json.dumps``, since JSON columns are written for every ingested sample."""
     return str(to_json(value).decode())
+
+
+def require_aware(name: str, value: datetime) -> None:
+    """Refuse a naive datetime (``ValueError``, naming the argument): its meaning depends on the
+    machine that made it, and the store compares times across machines."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name} {value.isoformat()} has no timezone; pass an aware datetime, "
+            "e.g. datetime.now(UTC)"
+        )

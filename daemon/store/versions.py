@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 
 from daemon.domain import VersionKind, VersionState
 from daemon.errors import DriftdError, LeaseLost, NotFound
-from daemon.store.models import Deployment, Event, Job, Version, utcnow
-from daemon.store.repository import Store, _deployment_id
+from daemon.store.models import Deployment, Job, Version, utcnow
+from daemon.store.repository import Store
+from daemon.store.statements import deployment_id_of, write_event
 
 Fence = Callable[[Connection], bool]
 """A check run inside the transaction before anything changes; False refuses the change."""
@@ -47,7 +48,7 @@ class VersionChange:
 def list_versions(store: Store, deployment: str) -> list[Version]:
     """Every version of ``deployment``, newest first; ``NotFound`` if it is not registered."""
     with store.session(readonly=True) as session:
-        deployment_id = _deployment_id(session.connection(), deployment)
+        deployment_id = deployment_id_of(session.connection(), deployment)
         return list(
             session.scalars(
                 select(Version)
@@ -55,6 +56,14 @@ def list_versions(store: Store, deployment: str) -> list[Version]:
                 .order_by(Version.created_at.desc(), Version.id.desc())
             )
         )
+
+
+def job_version(store: Store, job_id: int, name: str) -> Version | None:
+    """The version named ``name`` that job ``job_id`` built, if it was registered."""
+    with store.session(readonly=True) as session:
+        return session.scalars(
+            select(Version).where(Version.job_id == job_id, Version.name == name)
+        ).first()
 
 
 def add_version(
@@ -85,7 +94,7 @@ def add_version(
         raise ValueError("a version needs a non-empty name")
     try:
         with store.session() as session:
-            deployment_id = _deployment_id(session.connection(), deployment)
+            deployment_id = deployment_id_of(session.connection(), deployment)
             parent_id = None
             if parent is not None:
                 parent_id = _named(session, deployment, deployment_id, parent).id
@@ -242,7 +251,7 @@ def _lock_deployment(session: Session, deployment: str) -> int:
     ).scalar()
     if found is None:
         # The same message as everywhere else a deployment is looked up.
-        return _deployment_id(session.connection(), deployment)
+        return deployment_id_of(session.connection(), deployment)
     return int(found)
 
 
@@ -292,9 +301,4 @@ def _event(
 ) -> int:
     # Written in the change's own transaction: the audit trail cannot miss a change, nor
     # record one that was rolled back.
-    row = Event(
-        deployment_id=deployment_id, ts=utcnow(), kind=kind, message=message, evidence=evidence
-    )
-    session.add(row)
-    session.flush()
-    return row.id
+    return write_event(session, deployment_id, kind, message, evidence, utcnow())
