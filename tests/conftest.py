@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -147,7 +146,3 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> ClassifierFacto
 
 
 fake_openai = fake_openai_module.fake_openai  # the fake OpenAI server's fixture, for every test
-
-# Test modules not yet moved to ``from tests.fake_openai import ...`` look the fake up as
-# ``sys.modules["fake_openai"]``: the same module, so that there is one copy of its classes.
-sys.modules.setdefault("fake_openai", fake_openai_module)

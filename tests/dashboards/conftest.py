@@ -31,6 +31,7 @@ from daemon.domain import VersionKind, VersionState
 from daemon.retune import promotion
 from daemon.store import Store, versions
 from daemon.store import jobs as job_store
+from tests.fake_openai import CHAT_ROUTE, serve_fake_openai
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIFTD = Path(sys.executable).parent / "driftd"
@@ -174,10 +175,9 @@ def running_driftd(
     tiny_classifier: Callable[[Sequence[str], str], Path],
 ) -> Iterator[RunningDriftd]:
     """A running daemon that has ingested, proxied, checked, run jobs, promoted and rolled back."""
-    fake_openai = sys.modules["fake_openai"]
     model_dir = tiny_classifier(LABELS, "card_arrival")
     tmp = tmp_path_factory.mktemp("driftd-serve")
-    with fake_openai.serve_fake_openai() as upstream:
+    with serve_fake_openai() as upstream:
         config = tmp / "driftd.yaml"
         config.write_text(
             CONFIG.format(
@@ -221,7 +221,7 @@ def running_driftd(
             path = "/proxy/bot/v1/chat/completions"
             proxied = _post(running.base_url, path, chat, PROXY_TOKEN)
             assert proxied.status_code == 200, proxied.text
-            upstream.script_error(fake_openai.CHAT_ROUTE, 503, "overloaded", type="server_error")
+            upstream.script_error(CHAT_ROUTE, 503, "overloaded", type="server_error")
             failed = _post(running.base_url, path, chat, PROXY_TOKEN)
             assert failed.status_code == 503, failed.text
             store = Store.open(db_url)

@@ -10,14 +10,11 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from tests.fake_openai import FakeOpenAI
-
-fakes = sys.modules["fake_openai"]  # loaded by tests/conftest.py, with its fixture
+from tests.fake_openai import FakeOpenAI, Succeed
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["card_arrival", "exchange_rate", "pin_blocked"]
@@ -105,7 +102,7 @@ def test_the_trainer_path_builds_trains_gates_and_names_its_candidate(
 def test_the_openai_path_fine_tunes_and_keeps_the_model_for_an_operator(
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.script_job(fakes.Succeed(after_polls=2))
+    fake_openai.script_job(Succeed(after_polls=2))
     spec = {
         **base_spec(tmp_path, "openai"),
         "system_prompt": "Answer with the intent of the customer's banking question.",
@@ -200,7 +197,7 @@ def test_the_trainer_path_gates_on_a_csv_golden_set_by_its_columns(
 def test_the_openai_path_keeps_a_csv_golden_set_out_of_training(
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.script_job(fakes.Succeed(after_polls=1))
+    fake_openai.script_job(Succeed(after_polls=1))
     golden, golden_inputs = banking77_golden(tmp_path)
     production = [
         {**row, "sample_id": i + 1}
