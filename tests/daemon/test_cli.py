@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from daemon.store import normalize_url
+from tests.helpers.configs import finetuned_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIFTD = Path(sys.executable).parent / "driftd"
@@ -78,14 +79,7 @@ def test_validate_accepts_the_example() -> None:
     assert "valid; 1 deployment(s): banking77-intents (finetuned, classification)" in result.stdout
 
 
-GOOD = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [a, b]
-"""
+GOOD = finetuned_config()
 BROKEN = {
     "wrong type": (
         GOOD + "    sampling: {rate: often}\n",

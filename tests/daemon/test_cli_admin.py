@@ -21,16 +21,14 @@ from daemon.store import NewCheck, Store, upgrade
 from daemon.store import jobs as job_store
 from daemon.store.versions import add_version
 from tests.helpers.checks import new_check
+from tests.helpers.configs import minimal_config
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-CONFIG = """\
-storage: {{url: "sqlite:///{db}"}}
-deployments:
-  - name: support-bot
-    kind: prompted
-    task: generation
-    prompt: {{model: gpt-4o-mini, system: You help bank customers.}}
-"""
+
+
+def config_on(db: Path) -> str:
+    """The configuration file's text: the support bot, on the SQLite store ``db``."""
+    return minimal_config(name="support-bot", storage=f'url: "sqlite:///{db.as_posix()}"')
 
 
 class Driftd:
@@ -57,7 +55,7 @@ class Driftd:
 def store(tmp_path: Path) -> Iterator[Store]:
     """A migrated SQLite store with the config's deployment registered, and the config file."""
     db = tmp_path / "driftd.db"
-    (tmp_path / "driftd.yaml").write_text(CONFIG.format(db=db.as_posix()))
+    (tmp_path / "driftd.yaml").write_text(config_on(db))
     with Store.open(f"sqlite:///{db}") as store:
         upgrade(store.engine)
         store.ensure_deployment("support-bot", "prompted", "generation")
@@ -242,9 +240,7 @@ def test_promote_and_rollback_run_the_configured_hooks(store: Store, tmp_path: P
         {"models_dir": "models", "command": [sys.executable, "-c", reload, str(flag)]}
     )
     config = tmp_path / "hooked.yaml"
-    config.write_text(
-        CONFIG.format(db=(tmp_path / "driftd.db").as_posix()) + f"    retune: {{hooks: {hooks}}}\n"
-    )
+    config.write_text(config_on(tmp_path / "driftd.db") + f"    retune: {{hooks: {hooks}}}\n")
     driftd = Driftd(config)
 
     failed = driftd("versions", "promote", "support-bot", "v1")
@@ -321,7 +317,7 @@ def test_bad_times_are_usage_errors(driftd: Driftd) -> None:
 
 def test_a_store_that_is_not_migrated_says_what_to_run(tmp_path: Path) -> None:
     db = tmp_path / "empty.db"
-    (tmp_path / "driftd.yaml").write_text(CONFIG.format(db=db.as_posix()))
+    (tmp_path / "driftd.yaml").write_text(config_on(db))
 
     result = Driftd(tmp_path / "driftd.yaml")("jobs")
 

@@ -37,6 +37,8 @@ from tests.fake_openai import (
     RunUntilCancelled,
     Succeed,
 )
+from tests.helpers import jobs
+from tests.helpers.jobs import start_retrain
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT / "examples" / "banking77" / "data" / "test.csv"
@@ -69,17 +71,14 @@ def _example(question: str, intent: str) -> dict[str, Any]:
 
 
 def write_spec(directory: Path, fake: FakeOpenAI, **spec: Any) -> Path:
-    path = directory / "job.json"
-    full = {
+    defaults = {
         "base_model": BASE_MODEL,
         "base_url": fake.base_url,
         "api_key_env": KEY_ENV,
         "output_dir": "out",
         **FAST_POLLING,
-        **spec,
     }
-    path.write_text(json.dumps(full))
-    return path
+    return jobs.write_spec(directory, **{**defaults, **spec})
 
 
 def result_of(directory: Path) -> dict[str, Any]:
@@ -90,13 +89,7 @@ def result_of(directory: Path) -> dict[str, Any]:
 def start(spec: Path, key: str) -> subprocess.Popen[str]:
     """``python -m retrain openai_finetune --spec ...`` with the key in its environment only."""
     env = {name: value for name, value in os.environ.items() if name != "OPENAI_API_KEY"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "retrain", KIND, "--spec", str(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**env, KEY_ENV: key},
-    )
+    return start_retrain(KIND, "--spec", str(spec), env={**env, KEY_ENV: key})
 
 
 @pytest.fixture

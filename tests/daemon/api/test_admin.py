@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from daemon.api.admin import admin_router
-from daemon.auth import Scope, Tokens
+from daemon.auth import Tokens
 from daemon.config.models import Hooks
 from daemon.domain import JobState
 from daemon.store import Store
 from daemon.store import jobs as job_store
 from daemon.store.engine import unreachable
 from daemon.store.versions import add_version, list_versions
+from tests.daemon.api.conftest import guard
 from tests.helpers.checks import new_check
 
 ADMIN = {"Authorization": "Bearer admin-1"}
@@ -34,16 +35,7 @@ def guarded_app(
     run_check: Callable[[str], datetime] | None = None,
 ) -> FastAPI:
     """The admin router behind the same guard contract as ``create_app``'s ``authorize``."""
-    tokens = Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",))
-
-    def authorize(request: Request, scope: Scope) -> None:
-        if not tokens.allows(request.headers.get("authorization"), scope):
-            raise HTTPException(
-                401,
-                f"a valid bearer token is needed ({scope.value} or admin)",
-                {"WWW-Authenticate": "Bearer"},
-            )
-
+    authorize = guard(Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",)))
     app = FastAPI()
     app.include_router(admin_router(store, authorize, hooks=hooks or {}, run_check=run_check))
     return app

@@ -10,17 +10,11 @@ from daemon.config import load_config, parse_config
 from daemon.config.models import Action, Method, Signal
 from daemon.domain import Kind, Task
 from daemon.errors import ConfigError
+from tests.helpers.configs import finetuned_config
 
 ROOT = Path(__file__).resolve().parents[3]
 
-MINIMAL = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [card_arrival, card_linking]
-"""
+MINIMAL = finetuned_config(labels=("card_arrival", "card_linking"))
 
 
 def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:

@@ -28,15 +28,9 @@ from daemon.ingest.backfill import (
 )
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.store import Sample, Store
+from tests.helpers.configs import finetuned_config
 
-CONFIG = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [card_arrival, lost_card]
-"""
+CONFIG = finetuned_config(labels=("card_arrival", "lost_card"))
 DRIFTD = Path(sys.executable).parent / "driftd"
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -22,6 +22,7 @@ from daemon.store import jobs as job_store
 from daemon.store.lease import acquire
 from daemon.store.models import Job, Sample, Version
 from tests.helpers.checks import new_check
+from tests.helpers.configs import finetuned_config
 
 if TYPE_CHECKING:
     from tests.fake_openai import FakeOpenAI
@@ -173,18 +174,13 @@ def test_embeddings_of_a_model_no_longer_used_are_dropped(store: Store, tmp_path
     assert [tuple(row) for row in kept] == [("all-MiniLM-L6-v2/int8/128", 1)]
 
 
-FINETUNED = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [card_arrival, card_linking]
-    policy: {on_drift: retrain, consecutive: 1}
-    retune:
-      golden_set: golden.jsonl
-      data: {min_labelled: 5}
-"""
+FINETUNED = finetuned_config(
+    labels=("card_arrival", "card_linking"),
+    more="    policy: {on_drift: retrain, consecutive: 1}\n"
+    "    retune:\n"
+    "      golden_set: golden.jsonl\n"
+    "      data: {min_labelled: 5}\n",
+)
 
 
 def finetuned(tmp_path: Any, *, models: Path | None = None, consecutive: int = 1) -> Config:
