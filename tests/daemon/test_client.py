@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 from daemon.client import Client, ClientStats
 from tests.helpers.http import serving
 from tests.helpers.imports import loaded_after
+from tests.helpers.serve import free_port
 from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,10 +173,7 @@ def connect(ingest: Ingest) -> Iterator[Connect]:
 
 def refused_url() -> str:
     """The URL of a port on 127.0.0.1 where nothing listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def stats(**counts: int) -> ClientStats:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from daemon.retune.promotion import VersionInfo, promote, rollback, run_hooks
 from daemon.store import Store
 from daemon.store.versions import add_version, list_versions
 from tests.fake_webhook import Receiver
+from tests.helpers.serve import free_port
 
 V1 = VersionInfo(name="v1", artifact="v1", kind="model")
 V2 = VersionInfo(name="v2", artifact="v2", kind="model")
@@ -159,9 +159,7 @@ def test_a_5xx_answer_is_retried_and_a_4xx_answer_is_not() -> None:
 
 
 def test_an_unreachable_webhook_fails_after_its_retries() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     # Nothing listens on the port any more: every attempt is refused.
 
     outcome = hook(Hooks(webhook=f"http://127.0.0.1:{port}/hook", timeout=timedelta(seconds=2)))
