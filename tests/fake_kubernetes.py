@@ -15,6 +15,7 @@ fake: ...``; import it as ``from tests import fake_kubernetes``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -25,10 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from tests.helpers.http import serving
 
 Json = dict[str, Any]
 
@@ -118,19 +121,12 @@ class FakeKubernetes:
         self._state = _State()
         self._lock = threading.Lock()
         self._uids = itertools.count(1)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-kubernetes", daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        self._serving = contextlib.ExitStack()
+        self.url = ""
 
     def __enter__(self) -> Self:
-        self._thread.start()
+        server = self._serving.enter_context(serving(_handler(self), "fake-kubernetes"))
+        self.url = f"http://127.0.0.1:{server.server_port}"
         return self
 
     def __exit__(
@@ -139,9 +135,7 @@ class FakeKubernetes:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serving.close()
 
     def script(self, job_id: int, outcome: Outcome) -> None:
         """What every Job created for driftd job ``job_id`` (by its label) does."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,12 +27,12 @@ from email.parser import BytesParser
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.helpers.http import serving_app
 from tests.helpers.wait import wait_for
 
 DEFAULT_API_KEY = "sk-fake-4c1d9e7a0b2f"
@@ -409,28 +408,18 @@ class FakeOpenAI:
     async def _retrieve_job(self, request: Request) -> Response:
         route = JOB_ROUTE
         with self._lock:
-            refused = self._gate(request, route, None)
-            if refused is not None:
-                return refused
-            job = self.jobs.get(request.path_params["job_id"])
-            if job is None:
-                return self._not_found(
-                    request, route, "fine-tuning job", request.path_params["job_id"]
-                )
+            job = self._gated_job(request, route)
+            if isinstance(job, Response):
+                return job
             self._advance(job)
             return self._answer(request, route, None, self._job_object(job))
 
     async def _cancel_job(self, request: Request) -> Response:
         route = CANCEL_ROUTE
         with self._lock:
-            refused = self._gate(request, route, None)
-            if refused is not None:
-                return refused
-            job = self.jobs.get(request.path_params["job_id"])
-            if job is None:
-                return self._not_found(
-                    request, route, "fine-tuning job", request.path_params["job_id"]
-                )
+            job = self._gated_job(request, route)
+            if isinstance(job, Response):
+                return job
             if job.status in TERMINAL:
                 return self._refuse(
                     request, route, None, 400, f"Job {job.id} has already {job.status}."
@@ -443,14 +432,9 @@ class FakeOpenAI:
     async def _list_events(self, request: Request) -> Response:
         route = EVENTS_ROUTE
         with self._lock:
-            refused = self._gate(request, route, None)
-            if refused is not None:
-                return refused
-            job = self.jobs.get(request.path_params["job_id"])
-            if job is None:
-                return self._not_found(
-                    request, route, "fine-tuning job", request.path_params["job_id"]
-                )
+            job = self._gated_job(request, route)
+            if isinstance(job, Response):
+                return job
             newest_first = job.events[::-1]
             after = request.query_params.get("after")
             if after is not None:
@@ -460,6 +444,17 @@ class FakeOpenAI:
             page = newest_first[:limit]
             payload = {"object": "list", "data": page, "has_more": len(newest_first) > limit}
             return self._answer(request, route, None, payload)
+
+    def _gated_job(self, request: Request, route: str) -> FineTuningJob | Response:
+        """The fine-tuning job the path names, or the answer refusing the request: gated (as
+        scripted, or without the key), or no such job. Called holding the lock."""
+        refused = self._gate(request, route, None)
+        if refused is not None:
+            return refused
+        job = self.jobs.get(request.path_params["job_id"])
+        if job is None:
+            return self._not_found(request, route, "fine-tuning job", request.path_params["job_id"])
+        return job
 
     def _advance(self, job: FineTuningJob) -> None:
         """One retrieval's worth of progress, as the job's scripted outcome says."""
@@ -665,36 +660,9 @@ def parse_multipart(
 def serve_fake_openai(api_key: str = DEFAULT_API_KEY, **options: Any) -> Iterator[FakeOpenAI]:
     """A running ``FakeOpenAI`` on 127.0.0.1 and a free port, stopped on exit."""
     fake = FakeOpenAI(api_key, **options)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            fake.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-    )
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [listener]}, name="fake-openai", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            listener.close()
-            raise RuntimeError("the fake OpenAI server did not start within 10 s")
-        time.sleep(0.01)
-    fake.base_url = f"http://127.0.0.1:{port}/v1"
-    try:
+    with serving_app(fake.app, "fake-openai", lifespan="off") as url:
+        fake.base_url = f"{url}/v1"
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        listener.close()
 
 
 @pytest.fixture

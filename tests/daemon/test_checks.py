@@ -21,22 +21,10 @@ from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.schema import SampleIn
 from daemon.store import Store, versions
 from tests.helpers.cli import environ_without, run_driftd
+from tests.helpers.configs import finetuned_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-CONFIG = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [%s]
-    monitor:
-      window: 6h
-      min_rows: 50
-      max_rows: 400
-      signals: [descriptors, embedding, prediction, confidence, performance]
-"""
 
 
 class HashingEncoder:
@@ -69,10 +57,18 @@ def banking77() -> dict[str, list[str]]:
 INTENTS = banking77()
 KNOWN = sorted(INTENTS)[:10]
 UNSEEN = sorted(INTENTS)[40:45]
+CONFIG = finetuned_config(
+    labels=KNOWN,
+    more="    monitor:\n"
+    "      window: 6h\n"
+    "      min_rows: 50\n"
+    "      max_rows: 400\n"
+    "      signals: [descriptors, embedding, prediction, confidence, performance]\n",
+)
 
 
 def config(tmp_path: Path) -> Config:
-    text = CONFIG % ", ".join(KNOWN) + f"storage: {{snapshots: {tmp_path / 'snapshots'}}}\n"
+    text = CONFIG + f"storage: {{snapshots: {tmp_path / 'snapshots'}}}\n"
     return parse_config(text, environ={})
 
 
@@ -190,7 +186,7 @@ def test_each_check_is_added_to_the_configured_evidently_workspace(
     from evidently.ui.workspace import Workspace
 
     workspace = tmp_path / "evidently"
-    text = CONFIG % ", ".join(KNOWN) + (
+    text = CONFIG + (
         f"storage: {{snapshots: {tmp_path / 'snapshots'}, evidently_workspace: {workspace}}}\n"
     )
     cfg = parse_config(text, environ={})
@@ -211,7 +207,7 @@ def test_too_few_samples_is_insufficient_data_not_an_error(filled: Store, cfg: C
 
 
 def test_a_baseline_reference_needs_an_active_version(filled: Store, tmp_path: Path) -> None:
-    text = (CONFIG % ", ".join(KNOWN)).replace(
+    text = CONFIG.replace(
         "      window: 6h\n", "      window: 6h\n      reference: {kind: baseline}\n"
     )
     cfg = parse_config(text + f"storage: {{snapshots: {tmp_path}}}\n", environ={})
@@ -231,9 +227,7 @@ def following(tmp_path: Path, start: datetime, end: datetime, after_promotion: s
         "        samples: 150\n"
         f"        after_promotion: {after_promotion}\n"
     )
-    text = (CONFIG % ", ".join(KNOWN)).replace(
-        "      window: 6h\n", "      window: 6h\n" + reference
-    )
+    text = CONFIG.replace("      window: 6h\n", "      window: 6h\n" + reference)
     return parse_config(text + f"storage: {{snapshots: {tmp_path}}}\n", environ={})
 
 
@@ -349,9 +343,10 @@ def test_a_training_set_reference_is_read_through_its_columns(
         "        path: train.csv\n"
         "        columns: {input: text, prediction: category}\n"
     )
-    text = (CONFIG % ", ".join(KNOWN)).replace(
-        "      window: 6h\n", "      window: 6h\n" + reference
-    ) + f"storage: {{snapshots: {tmp_path / 'snapshots'}}}\n"
+    text = (
+        CONFIG.replace("      window: 6h\n", "      window: 6h\n" + reference)
+        + f"storage: {{snapshots: {tmp_path / 'snapshots'}}}\n"
+    )
     cfg = parse_config(text, base_dir=tmp_path, environ={})
     fill(filled, cfg, NOW - timedelta(hours=6), KNOWN, 300, "cur")
     outcome = Checker(cfg, filled, lambda model: HashingEncoder()).run("intents", now=NOW)
@@ -374,7 +369,7 @@ def test_the_check_command(tmp_path: Path) -> None:
         fill(store, cfg, now - timedelta(hours=12), KNOWN, 200, "ref")
         fill(store, cfg, now - timedelta(hours=6), KNOWN[:5] + UNSEEN, 200, "cur")
     (tmp_path / "driftd.yaml").write_text(
-        (CONFIG % ", ".join(KNOWN)).replace(
+        CONFIG.replace(
             "signals: [descriptors, embedding, prediction, confidence, performance]",
             "signals: [descriptors, prediction, performance]",
         )
@@ -410,7 +405,7 @@ def test_the_check_command_maps_the_columns_of_a_reference_file(tmp_path: Path) 
         store.ensure_deployment("intents", "finetuned", "classification")
         fill(store, config(tmp_path), datetime.now(UTC) - timedelta(hours=6), KNOWN, 200, "cur")
     (tmp_path / "driftd.yaml").write_text(
-        (CONFIG % ", ".join(KNOWN)).replace(
+        CONFIG.replace(
             "signals: [descriptors, embedding, prediction, confidence, performance]",
             "signals: [descriptors, prediction]",
         )

@@ -1,6 +1,5 @@
 """The ``driftd`` command as a user runs it: the installed script, in a subprocess."""
 
-import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -10,25 +9,18 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from daemon.store import normalize_url
+from tests.helpers.cli import environ_without, run_driftd
+from tests.helpers.configs import finetuned_config
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIFTD = Path(sys.executable).parent / "driftd"
 BANKING77 = ROOT / "examples" / "banking77" / "driftd.yaml"
 
 
 def driftd(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    return subprocess.run(
-        [str(DRIFTD), *args],
-        cwd=cwd or ROOT,
-        env={**environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """``driftd ARGS`` in ``cwd`` (the repository's root by default), with ``env`` added."""
+    return run_driftd(*args, cwd=cwd or ROOT, env={**environ_without(), **(env or {})}, timeout=60)
 
 
 def test_help_lists_the_commands() -> None:
@@ -78,14 +70,7 @@ def test_validate_accepts_the_example() -> None:
     assert "valid; 1 deployment(s): banking77-intents (finetuned, classification)" in result.stdout
 
 
-GOOD = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [a, b]
-"""
+GOOD = finetuned_config()
 BROKEN = {
     "wrong type": (
         GOOD + "    sampling: {rate: often}\n",

@@ -16,20 +16,19 @@ from typer.testing import CliRunner, Result
 
 from daemon.cli.admin import register
 from daemon.cli.common import EXIT_FAILURE, EXIT_USAGE
-from daemon.domain import JobState, ReferenceKind
+from daemon.domain import JobState
 from daemon.store import NewCheck, Store, upgrade
 from daemon.store import jobs as job_store
 from daemon.store.versions import add_version
+from tests.helpers.checks import new_check
+from tests.helpers.configs import minimal_config
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-CONFIG = """\
-storage: {{url: "sqlite:///{db}"}}
-deployments:
-  - name: support-bot
-    kind: prompted
-    task: generation
-    prompt: {{model: gpt-4o-mini, system: You help bank customers.}}
-"""
+
+
+def config_on(db: Path) -> str:
+    """The configuration file's text: the support bot, on the SQLite store ``db``."""
+    return minimal_config(name="support-bot", storage=f'url: "sqlite:///{db.as_posix()}"')
 
 
 class Driftd:
@@ -56,7 +55,7 @@ class Driftd:
 def store(tmp_path: Path) -> Iterator[Store]:
     """A migrated SQLite store with the config's deployment registered, and the config file."""
     db = tmp_path / "driftd.db"
-    (tmp_path / "driftd.yaml").write_text(CONFIG.format(db=db.as_posix()))
+    (tmp_path / "driftd.yaml").write_text(config_on(db))
     with Store.open(f"sqlite:///{db}") as store:
         upgrade(store.engine)
         store.ensure_deployment("support-bot", "prompted", "generation")
@@ -69,31 +68,16 @@ def driftd(store: Store, tmp_path: Path) -> Driftd:
     return Driftd(tmp_path / "driftd.yaml")
 
 
-def a_check(hours_ago: float, status: str, drifted: tuple[str, ...] = ()) -> NewCheck:
-    started = NOW - timedelta(hours=hours_ago)
-    signals = [
-        {
-            "name": name,
-            "group": "output" if name == "refusal" else "data",
-            "method": "psi",
-            "score": 0.41 if name in drifted else 0.013,
-            "threshold": 0.2,
-            "drifted": name in drifted,
-            "status": "drift" if name in drifted else "ok",
-        }
-        for name in ("input_length", "refusal")
-    ]
-    return NewCheck(
-        started_at=started,
-        status=status,
-        window_start=started - timedelta(hours=1),
-        window_end=started,
-        reference_kind=ReferenceKind.previous_window,
-        current_rows=500,
-        reference_rows=480,
+def a_check(hours_ago: float, status: str, drifted: bool = False) -> NewCheck:
+    """A check of 500 rows of 1234, ``hours_ago``, of two signals: ``errors`` (an output
+    signal) drifted if ``drifted``, ``descriptors`` (a data signal) calm."""
+    errors = {"errors": 0.81 if drifted else 0.013}
+    return new_check(
+        status,
+        at=NOW - timedelta(hours=hours_ago),
+        drifted=errors if drifted else None,
+        calm={"descriptors": 0.013, **({} if drifted else errors)},
         current_total=1234,
-        reference_total=480,
-        signals={"status": status, "signals": signals},
     )
 
 
@@ -103,7 +87,7 @@ def lines_with(output: str, text: str) -> list[str]:
 
 def test_checks_table_filters_and_json(driftd: Driftd, store: Store) -> None:
     old = store.record_check("support-bot", a_check(5, "ok"))
-    drift = store.record_check("support-bot", a_check(1, "drift", drifted=("refusal",)))
+    drift = store.record_check("support-bot", a_check(1, "drift", drifted=True))
     other = store.record_check("intents", a_check(0.5, "ok"))
 
     table = driftd("checks")
@@ -111,7 +95,7 @@ def test_checks_table_filters_and_json(driftd: Driftd, store: Store) -> None:
     assert table.exit_code == 0, table.output
     [row] = lines_with(table.stdout, " drift ")
     assert str(drift) in row
-    assert "refusal" in row
+    assert "errors" in row
     assert "500 of 1234" in row
     assert (NOW - timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S") in row
     assert [r["id"] for r in driftd.json("checks")] == [other, drift, old]
@@ -119,24 +103,24 @@ def test_checks_table_filters_and_json(driftd: Driftd, store: Store) -> None:
     assert [r["id"] for r in driftd.json("checks", "--status", "ok")] == [other, old]
     assert [r["id"] for r in driftd.json("checks", "--since", "2h")] == [other, drift]
     assert [r["id"] for r in driftd.json("checks", "list", "--limit", "1")] == [other]
-    assert driftd.json("checks", "support-bot", "--status", "drift")[0]["drifted"] == ["refusal"]
+    assert driftd.json("checks", "support-bot", "--status", "drift")[0]["drifted"] == ["errors"]
 
 
 def test_one_check_shows_its_signals(driftd: Driftd, store: Store) -> None:
-    check_id = store.record_check("support-bot", a_check(1, "drift", drifted=("refusal",)))
+    check_id = store.record_check("support-bot", a_check(1, "drift", drifted=True))
 
     shown = driftd("checks", "show", str(check_id))
 
     assert shown.exit_code == 0, shown.output
     assert f"check {check_id} of support-bot: drift" in shown.stdout
-    [refusal] = lines_with(shown.stdout, "refusal")
-    assert "output" in refusal
-    assert "0.41" in refusal
-    assert "drift" in refusal
-    [length] = lines_with(shown.stdout, "input_length")
-    assert "0.013" in length
+    [errors] = lines_with(shown.stdout, "errors")
+    assert "output" in errors
+    assert "0.81" in errors
+    assert "drift" in errors
+    [descriptors] = lines_with(shown.stdout, "descriptors")
+    assert "0.013" in descriptors
     record = driftd.json("checks", "show", str(check_id))
-    assert [s["name"] for s in record["signals"]["signals"]] == ["input_length", "refusal"]
+    assert [s["name"] for s in record["signals"]["signals"]] == ["descriptors", "errors"]
     missing = driftd("checks", "show", "999")
     assert missing.exit_code == EXIT_FAILURE
     assert "driftd checks show: no check 999 in the store" in missing.stderr
@@ -256,9 +240,7 @@ def test_promote_and_rollback_run_the_configured_hooks(store: Store, tmp_path: P
         {"models_dir": "models", "command": [sys.executable, "-c", reload, str(flag)]}
     )
     config = tmp_path / "hooked.yaml"
-    config.write_text(
-        CONFIG.format(db=(tmp_path / "driftd.db").as_posix()) + f"    retune: {{hooks: {hooks}}}\n"
-    )
+    config.write_text(config_on(tmp_path / "driftd.db") + f"    retune: {{hooks: {hooks}}}\n")
     driftd = Driftd(config)
 
     failed = driftd("versions", "promote", "support-bot", "v1")
@@ -335,7 +317,7 @@ def test_bad_times_are_usage_errors(driftd: Driftd) -> None:
 
 def test_a_store_that_is_not_migrated_says_what_to_run(tmp_path: Path) -> None:
     db = tmp_path / "empty.db"
-    (tmp_path / "driftd.yaml").write_text(CONFIG.format(db=db.as_posix()))
+    (tmp_path / "driftd.yaml").write_text(config_on(db))
 
     result = Driftd(tmp_path / "driftd.yaml")("jobs")
 

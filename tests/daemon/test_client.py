@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -13,13 +12,17 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from daemon.client import Client, ClientStats
+from tests.helpers.http import serving
+from tests.helpers.imports import loaded_after
+from tests.helpers.serve import free_port
+from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "support-bot"
@@ -114,19 +117,15 @@ class Ingest:
         return Answer(200, {"received": len(ids), **counts})
 
 
-class _Server(ThreadingHTTPServer):
-    ingest: Ingest
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    ingest: ClassVar[Ingest]
     protocol_version = "HTTP/1.1"  # keep-alive, as the client's pool expects
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        answer = self.server.ingest.answer(self.path, self.headers["Authorization"], body)
+        answer = self.ingest.answer(self.path, self.headers["Authorization"], body)
         if answer.sleep:
-            self.server.ingest.release.wait(answer.sleep)
+            self.ingest.release.wait(answer.sleep)
         content = json.dumps(answer.body).encode()
         self.send_response(answer.status)
         for name, value in answer.headers.items():
@@ -142,18 +141,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def ingest() -> Iterator[Ingest]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.ingest = Ingest()
-    server.ingest.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server.ingest
-    finally:
-        server.ingest.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    class Handler(_Handler):
+        ingest = Ingest()
+
+    with serving(Handler, "ingest") as server:
+        Handler.ingest.url = f"http://127.0.0.1:{server.server_port}"
+        try:
+            yield Handler.ingest
+        finally:
+            Handler.ingest.release.set()
 
 
 Connect = Callable[..., Client]
@@ -177,10 +173,7 @@ def connect(ingest: Ingest) -> Iterator[Connect]:
 
 def refused_url() -> str:
     """The URL of a port on 127.0.0.1 where nothing listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def stats(**counts: int) -> ClientStats:
@@ -263,9 +256,7 @@ def test_what_waits_flush_interval_is_sent_without_a_flush(
 ) -> None:
     client = connect(flush_interval=0.1)
     client.log("r1", "hello")
-    deadline = time.monotonic() + 2
-    while not ingest.delivered() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(ingest.delivered, 2, "the flush interval's delivery", interval=0.01)
 
     assert [s["request_id"] for s in ingest.delivered()] == ["r1"]
 
@@ -648,9 +639,5 @@ def test_a_server_that_is_down_delays_exit_by_at_most_exit_timeout() -> None:
 
 
 def test_importing_the_client_loads_no_server_library() -> None:
-    code = (
-        "import sys, daemon.client\n"
-        "heavy = ('fastapi', 'sqlalchemy', 'pydantic', 'torch', 'uvicorn', 'starlette')\n"
-        "print(sorted(m for m in heavy if m in sys.modules))\n"
-    )
-    assert run_app(code).stdout.strip() == "[]"
+    heavy = ("fastapi", "sqlalchemy", "pydantic", "torch", "uvicorn", "starlette")
+    assert loaded_after("import daemon.client", heavy) == []

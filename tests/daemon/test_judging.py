@@ -3,19 +3,14 @@ judged, the scores stored on them, the run's audit event, and the daily token ca
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daemon.judging import EVENT_KIND, JudgeSettings, judge_recent, spent_today
 from daemon.store import NewSample, Sample, Store
 from daemon.store.queries import list_events
 from retrain.judge import ClientSettings
-
-if TYPE_CHECKING:
-    from tests.fake_openai import FakeOpenAI
-
-fakes = sys.modules["fake_openai"]  # loaded by tests/conftest.py, with its fixture
+from tests.fake_openai import CHAT_ROUTE, FakeOpenAI
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 GOOD = '{"score": 0.9, "reason": "helpful"}'
@@ -86,9 +81,7 @@ def test_recent_unjudged_outputs_are_scored_and_the_run_recorded(
         "too-old": None,
         "future": None,
     }
-    judged_inputs = [
-        call.body["messages"][1]["content"] for call in fake_openai.calls(fakes.CHAT_ROUTE)
-    ]
+    judged_inputs = [call.body["messages"][1]["content"] for call in fake_openai.calls(CHAT_ROUTE)]
     assert sum("question new-1" in text for text in judged_inputs) == 1
     assert sum("question new-3" in text for text in judged_inputs) == 2  # two attempts
     [(_, event)] = list_events(store, deployment=deployment, kind=EVENT_KIND)
@@ -107,7 +100,7 @@ def test_recent_unjudged_outputs_are_scored_and_the_run_recorded(
     # The failed sample is not sent again the same day; nothing else is left to judge.
     again = judge_recent(store, deployment, settings(fake_openai), NOW + timedelta(minutes=5))
     assert (again.picked, again.event_id) == (0, None)
-    assert len(fake_openai.calls(fakes.CHAT_ROUTE)) == 5
+    assert len(fake_openai.calls(CHAT_ROUTE)) == 5
 
 
 def test_the_daily_cap_is_read_from_the_last_24_hours_of_runs(
@@ -134,7 +127,7 @@ def test_the_daily_cap_is_read_from_the_last_24_hours_of_runs(
     later = judge_recent(store, deployment, judge_settings, NOW + timedelta(hours=1))
     assert first.tokens + later.tokens <= cap
     assert later.stopped == "budget"
-    calls = len(fake_openai.calls(fakes.CHAT_ROUTE))
+    calls = len(fake_openai.calls(CHAT_ROUTE))
     assert calls == first.scored + later.scored
 
     # A day on, the first run's tokens no longer count, and judging resumes.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from daemon.config.models import Action, Approval, Budget, Policy, SignalGroup
-from daemon.domain import CheckStatus, JobState, ReferenceKind
+from daemon.domain import CheckStatus, JobState
 from daemon.errors import StoreError
 from daemon.policy import (
     EVENT_KIND,
@@ -24,9 +24,10 @@ from daemon.policy import (
     history_for,
     record,
 )
-from daemon.store import Job, NewCheck, Store
-from monitors import SIGNAL_GROUPS, CheckResult, SignalResult
+from daemon.store import Job, Store
+from monitors import SIGNAL_GROUPS
 from monitors.result import CheckStatus as Verdict
+from tests.helpers.checks import new_check
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 RETUNE = Policy(on_drift=Action.retune, consecutive=2, cooldown=timedelta(hours=6))
@@ -347,53 +348,11 @@ def test_naive_time_is_refused() -> None:
 # --- the store: history_for and record, on SQLite and PostgreSQL --------------------------------
 
 
-def stored_result(
-    status: Verdict, drifted: dict[str, float], calm: dict[str, float]
-) -> dict[str, Any]:
-    """A check's ``signals`` exactly as the checker stores them."""
-    signals = [
-        SignalResult(
-            name=name,
-            group=SIGNAL_GROUPS[name],
-            method="roc_auc",
-            score=score,
-            threshold=0.55,
-            drifted=name in drifted,
-            status="drift" if name in drifted else "ok",
-            reference_rows=400,
-            current_rows=400,
-        )
-        for name, score in {**drifted, **calm}.items()
-    ]
-    result = CheckResult(
-        status=status,
-        signals=signals,
-        timings={},
-        reference_rows=400,
-        current_rows=400,
-    )
-    return {k: v for k, v in result.to_dict().items() if k != "snapshot"}
-
-
 def record_check(
     store: Store, deployment: str, at: datetime, status: Verdict, **drifted: float
 ) -> int:
-    return store.record_check(
-        deployment,
-        NewCheck(
-            started_at=at - timedelta(seconds=20),
-            finished_at=at,
-            status=status,
-            window_start=at - timedelta(hours=6),
-            window_end=at,
-            reference_kind=ReferenceKind.previous_window,
-            current_rows=400,
-            reference_rows=400,
-            current_total=900,
-            reference_total=850,
-            signals=stored_result(status, drifted, {"embedding": 0.51}),
-        ),
-    )
+    check = new_check(status, at=at, drifted=drifted, calm={"embedding": 0.51}, rows=400)
+    return store.record_check(deployment, check)
 
 
 def add_job(

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,8 @@ from daemon.errors import StoreError
 from daemon.retune.promotion import VersionInfo, promote, rollback, run_hooks
 from daemon.store import Store
 from daemon.store.versions import add_version, list_versions
+from tests.fake_webhook import Receiver
+from tests.helpers.serve import free_port
 
 V1 = VersionInfo(name="v1", artifact="v1", kind="model")
 V2 = VersionInfo(name="v2", artifact="v2", kind="model")
@@ -32,42 +32,6 @@ RECORD_ENV = (
 FAIL = (
     "import sys; sys.stderr.write('reload refused: unit intents.service not found\\n'); sys.exit(3)"
 )
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1: answers the scripted statuses in turn (then 200) and
-    keeps every request's body."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = list(statuses)
-        self.bodies: list[Any] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers["Content-Length"])
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                self.wfile.write(f"status {status}".encode())
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/driftd?token=s3cret"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -154,12 +118,12 @@ def test_a_real_folder_named_current_is_not_replaced(models: Path) -> None:
 
 
 def test_the_webhook_receives_the_change_as_json() -> None:
-    with Receiver([200]) as receiver:
+    with Receiver() as receiver:
         outcome = hook(Hooks(webhook=receiver.url))
 
     assert outcome.ok, outcome.detail
     assert outcome.hook == "webhook"
-    [body] = receiver.bodies
+    [body] = receiver.bodies()
     assert body["deployment"] == "intents"
     assert body["action"] == "promoted"
     assert body["old"] == {"name": "v1", "artifact": "v1", "kind": "model"}
@@ -172,29 +136,30 @@ def test_the_webhook_receives_the_change_as_json() -> None:
 
 
 def test_a_5xx_answer_is_retried_and_a_4xx_answer_is_not() -> None:
-    with Receiver([500, 200]) as flaky:
+    with Receiver() as flaky:
+        flaky.answer_next(500)
         retried = hook(Hooks(webhook=flaky.url))
-    with Receiver([400, 200]) as refusing:
+    with Receiver() as refusing:
+        refusing.answer_next(400)
         refused = hook(Hooks(webhook=refusing.url))
-    with Receiver([503, 502, 500, 200]) as down:
+    with Receiver() as down:
+        down.answer_next(503, 502, 500)
         exhausted = hook(Hooks(webhook=down.url))
 
     assert retried.ok
     assert "answered 200 (attempt 2 of 3)" in retried.detail
-    assert len(flaky.bodies) == 2
-    assert flaky.bodies[0] == flaky.bodies[1]
+    assert len(flaky.bodies()) == 2
+    assert flaky.bodies()[0] == flaky.bodies()[1]
     assert not refused.ok
-    assert len(refusing.bodies) == 1
-    assert "answered 400 (attempt 1 of 3): status 400" in refused.detail
+    assert len(refusing.bodies()) == 1
+    assert "answered 400 (attempt 1 of 3): answered 400" in refused.detail
     assert not exhausted.ok
-    assert len(down.bodies) == 3
+    assert len(down.bodies()) == 3
     assert "answered 500 (attempt 3 of 3)" in exhausted.detail
 
 
 def test_an_unreachable_webhook_fails_after_its_retries() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     # Nothing listens on the port any more: every attempt is refused.
 
     outcome = hook(Hooks(webhook=f"http://127.0.0.1:{port}/hook", timeout=timedelta(seconds=2)))
@@ -248,7 +213,7 @@ def test_a_failing_command_is_reported_with_its_stderr() -> None:
 
 
 def test_every_hook_runs_even_when_one_fails(models: Path) -> None:
-    with Receiver([]) as receiver:
+    with Receiver() as receiver:
         outcomes = run_hooks(
             Hooks(
                 models_dir=models,
@@ -266,7 +231,7 @@ def test_every_hook_runs_even_when_one_fails(models: Path) -> None:
         ("command", False),
         ("webhook", True),
     ]
-    assert receiver.bodies[0]["old"] is None
+    assert receiver.bodies()[0]["old"] is None
 
 
 @pytest.fixture

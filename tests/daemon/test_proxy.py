@@ -15,21 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import socketserver
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from websockets.sync.client import connect
 
@@ -47,6 +42,9 @@ from daemon.proxy import (
 )
 from daemon.store import Sample, Store
 from daemon.store.repository import SampleRows
+from tests.helpers.http import serving, serving_app
+from tests.helpers.serve import free_port, start_katan
+from tests.helpers.wait import wait_for
 
 KEY = "sk-katan-right"
 KEY_ENV = "DRIFTD_UPSTREAM_KEY"
@@ -67,12 +65,6 @@ KATANS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Katan:
     url: str  # the OpenAI base URL, ending in /v1
@@ -83,56 +75,14 @@ class Katan:
 def katans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Katan]]:
     """Every llm-katan of ``KATANS``, started at once (each takes seconds to boot)."""
     folder = tmp_path_factory.mktemp("katan")
-    started: dict[str, tuple[subprocess.Popen[bytes], Katan]] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        started = {}
         for name, flags in KATANS.items():
-            port = _free_port()
-            command = [
-                sys.executable,
-                "-m",
-                "llm_katan.cli",
-                "--model",
-                "katan-echo",
-                "--backend",
-                "echo",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--stats-file",
-                str(folder / f"{name}.json"),
-                "--validate-keys",
-                "--api-keys",
-                f"openai={KEY}",
-                "--log-level",
-                "warning",
-                *flags,
-            ]
-            log = (folder / f"{name}.log").open("wb")
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-            started[name] = (process, Katan(f"http://127.0.0.1:{port}/v1", port))
-        deadline = time.monotonic() + START_TIMEOUT
-        for name, (process, katan) in started.items():
-            while True:
-                if process.poll() is not None:
-                    output = (folder / f"{name}.log").read_text()
-                    pytest.fail(f"llm-katan {name!r} exited at start:\n{output}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"http://127.0.0.1:{katan.port}/health", timeout=1).is_success:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llm-katan {name!r} did not start within {START_TIMEOUT:g} s")
-                time.sleep(0.05)
-        yield {name: katan for name, (_, katan) in started.items()}
-    finally:
-        for process, _ in started.values():
-            process.terminate()
-        for process, _ in started.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            started[name] = server = start_katan(folder, KEY, *flags, name=name)
+            stack.callback(server.stop, 10)
+        for server in started.values():
+            server.wait_ready(START_TIMEOUT, path="/health")
+        yield {name: Katan(f"{k.url}/v1", k.port) for name, k in started.items()}
 
 
 class SaturatedWriter(Writer):
@@ -173,18 +123,15 @@ class Proxy:
 
     def sample(self, deployment: str, request_id: str, timeout: float = 10.0) -> Sample:
         """The stored sample of a request, waiting for the writer to commit it."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def stored() -> Sample | None:
             now = datetime.now(UTC)
             window = self.store.read_window(
                 deployment, now - timedelta(days=1), now + timedelta(days=1), max_rows=1000, seed=0
             )
-            for sample in window.samples:
-                if sample.request_id == request_id:
-                    return sample
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no sample {request_id!r} of {deployment!r} was stored")
-            time.sleep(0.05)
+            return next((s for s in window.samples if s.request_id == request_id), None)
+
+        return wait_for(stored, timeout, f"sample {request_id!r} of {deployment!r} to be stored")
 
 
 ProxyFactory = Callable[..., Proxy]
@@ -208,72 +155,46 @@ def _config(upstreams: Mapping[str, tuple[str, float]]) -> str:
 @pytest.fixture
 def proxy(store: Store) -> Iterator[ProxyFactory]:
     """Starts the proxy in front of ``store``; several per test if asked, all stopped at the end."""
-    stops: list[Callable[[], None]] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(
-        upstreams: Mapping[str, tuple[str, float]],
-        *,
-        environ: Mapping[str, str] | None = None,
-        prompt_for: Callable[[str], ActivePrompt | None] = lambda name: None,
-        writer: Writer | None = None,
-    ) -> Proxy:
-        config = parse_config(_config(upstreams), environ={})
-        for deployment in config.deployments:
-            store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
-        writer = writer or Writer(store, queue_batches=8)
-        writer.start()
-        stats = ReplicaMetrics()
-        recorder = ProxyRecorder(config.deployments, writer, stats)
-        recorder.start()
-        shared = UpstreamClient(max_connections=10)
+        def start(
+            upstreams: Mapping[str, tuple[str, float]],
+            *,
+            environ: Mapping[str, str] | None = None,
+            prompt_for: Callable[[str], ActivePrompt | None] = lambda name: None,
+            writer: Writer | None = None,
+        ) -> Proxy:
+            config = parse_config(_config(upstreams), environ={})
+            for deployment in config.deployments:
+                store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
+            writer = writer or Writer(store, queue_batches=8)
+            writer.start()
+            stack.callback(writer.stop)
+            stats = ReplicaMetrics()
+            recorder = ProxyRecorder(config.deployments, writer, stats)
+            recorder.start()
+            stack.callback(recorder.stop)
+            shared = UpstreamClient(max_connections=10)
 
-        @contextlib.asynccontextmanager
-        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-            yield
-            await shared.aclose()
+            @contextlib.asynccontextmanager
+            async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+                yield
+                await shared.aclose()
 
-        app = FastAPI(lifespan=lifespan)
-        app.include_router(
-            proxy_router(
-                config.deployments,
-                recorder,
-                client=shared,
-                environ={KEY_ENV: KEY} if environ is None else environ,
-                prompt_for=prompt_for,
-                tokens=TOKENS,
+            app = FastAPI(lifespan=lifespan)
+            app.include_router(
+                proxy_router(
+                    config.deployments,
+                    recorder,
+                    client=shared,
+                    environ={KEY_ENV: KEY} if environ is None else environ,
+                    prompt_for=prompt_for,
+                    tokens=TOKENS,
+                )
             )
-        )
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        port = listener.getsockname()[1]
-        server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-        )
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [listener]}, name="proxy", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive(), "the proxy's server died at start"
-            assert time.monotonic() < deadline, "the proxy did not start within 10 s"
-            time.sleep(0.01)
+            return Proxy(stack.enter_context(serving_app(app, "proxy")), stats, store)
 
-        def stop() -> None:
-            server.should_exit = True
-            thread.join(timeout=10)
-            listener.close()
-            recorder.stop()
-            writer.stop()
-
-        stops.append(stop)
-        return Proxy(f"http://127.0.0.1:{port}", stats, store)
-
-    try:
         yield start
-    finally:
-        for stop in stops:
-            stop()
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
@@ -479,7 +400,7 @@ def test_added_latency_is_passed_through_and_a_too_slow_upstream_answers_504(
 
 
 def test_an_unreachable_upstream_answers_502_and_is_recorded(proxy: ProxyFactory) -> None:
-    served = proxy({"bot": (f"http://127.0.0.1:{_free_port()}/v1", 5)})
+    served = proxy({"bot": (f"http://127.0.0.1:{free_port()}/v1", 5)})
     response = served.post("bot", chat("hi"), CALLER | {"X-Request-Id": "req-nobody"})
     assert response.status_code == 502
     error = response.json()["error"]
@@ -536,12 +457,13 @@ def test_a_saturated_writer_drops_the_sample_counts_it_and_the_request_succeeds(
         assert streamed.status_code == 200
         assert b"".join(streamed.iter_raw()).endswith(b"data: [DONE]\n\n")
 
-    deadline = time.monotonic() + 5
     dropped = {"deployment": "bot", "reason": "queue_full"}
-    while served.counted("driftd_samples_dropped_total", **dropped) < 2 and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
+    wait_for(
+        lambda: served.counted("driftd_samples_dropped_total", **dropped) >= 2,
+        5,
+        "both samples to be dropped",
+        interval=0.02,
+    )
     assert served.counted("driftd_samples_dropped_total", **dropped) == 2
     assert served.counted("driftd_samples_stored_total", deployment="bot", source="proxy") == 0
 
@@ -643,18 +565,12 @@ def test_embeddings_are_forwarded_with_their_headers_and_recorded(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    thread = threading.Thread(target=server.serve_forever, name="upstream", daemon=True)
-    thread.start()
-    try:
+    with serving(Upstream, "upstream") as server:
         scripted = proxy({"embedder": (f"http://127.0.0.1:{server.server_port}/v1", 5)})
         body = {"model": "text-embedding-3-small", "input": ["first text", "second text"]}
         response = httpx.post(
             f"{scripted.url}/proxy/embedder/v1/embeddings", json=body, headers=CALLER
         )
-    finally:
-        server.shutdown()
-        server.server_close()
 
     assert response.status_code == 200
     assert response.json() == answer
@@ -777,16 +693,9 @@ def test_a_kept_alive_connection_the_upstream_drops_is_retried_on_a_new_one(
     proxy: ProxyFactory,
 ) -> None:
     _ClosesKeptAliveConnections.answered.clear()
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _ClosesKeptAliveConnections)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="upstream", daemon=True)
-    thread.start()
-    try:
-        served = proxy({"bot": (f"http://127.0.0.1:{server.server_address[1]}/v1", 5)})
+    with serving(_ClosesKeptAliveConnections, "upstream") as server:
+        served = proxy({"bot": (f"http://127.0.0.1:{server.server_port}/v1", 5)})
         answers = [served.post("bot", chat(f"call {n}")) for n in range(4)]
-    finally:
-        server.shutdown()
-        server.server_close()
     # Every call after the first reuses a connection the upstream then drops: each is sent
     # again on a fresh one and answered, none reaches the app as a 502.
     assert [a.status_code for a in answers] == [200, 200, 200, 200]

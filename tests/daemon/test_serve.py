@@ -57,7 +57,8 @@ def test_host_and_port_flags_override_the_file(tmp_path: Path) -> None:
     server = start_driftd(BANKING77, tmp_path, host="localhost", port=port)
     records = server.wait_logged("driftd ready")
     try:
-        health = httpx.get(f"http://localhost:{port}/healthz").json()
+        health = server.health()
+        assert health is not None
         assert health["status"] == "ok"
         assert isinstance(health["leader"], bool)
     finally:

@@ -11,16 +11,9 @@ from daemon.config import Config, parse_config
 from daemon.domain import VersionKind
 from daemon.retune.watch import watch
 from daemon.store import NewSample, Store, versions
+from tests.helpers.configs import finetuned_config
 
-CONFIG = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [a, b]
-    retune: {watch: {checks: 3, max_drop: 0.05, period: 1d}}
-"""
+CONFIG = finetuned_config(more="    retune: {watch: {checks: 3, max_drop: 0.05, period: 1d}}\n")
 
 
 def config() -> Config:

@@ -10,12 +10,9 @@ end-to-end Prometheus test all read its ``/metrics``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,15 +28,17 @@ from daemon.domain import VersionKind, VersionState
 from daemon.retune import promotion
 from daemon.store import Store, versions
 from daemon.store import jobs as job_store
+from tests.fake_openai import CHAT_ROUTE, serve_fake_openai
+from tests.helpers.serve import Server, free_port, running, start_driftd
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIFTD = Path(sys.executable).parent / "driftd"
 GOLDEN = ROOT / "examples" / "support-bot" / "golden.jsonl"
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 INGEST_TOKEN, ADMIN_TOKEN = "metrics-ingest", "metrics-admin"
 PROXY_TOKEN = "metrics-proxy"
 REFUSAL = "I'm sorry, but I can't help with that."
 READY_WITHIN = 120.0
+PROMETHEUS = shutil.which("prometheus")
 CONFIG = """\
 scheduling: {{lease_ttl: 3s, job_poll: 1s, jobs_dir: {jobs}}}
 metrics: {{store_cache: 1s}}
@@ -62,21 +61,20 @@ deployments:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class RunningDriftd:
     """A ``driftd serve`` subprocess and how to read it."""
 
-    base_url: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
+    server: Server
     db_url: str
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     def metrics_text(self) -> str:
         answer = httpx.get(f"{self.base_url}/metrics", timeout=10)
@@ -112,25 +110,6 @@ def _traffic(start: datetime, count: int, tag: str, refusals: int = 0) -> list[d
         }
         for i in range(count)
     ]
-
-
-def _wait(what: str, done: Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_WITHIN
-    while not done():
-        if process.poll() is not None:
-            raise AssertionError(f"driftd serve exited ({process.returncode}): {log.read_text()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{what} within {READY_WITHIN:g} s; log: {log.read_text()[-3000:]}"
-            )
-        time.sleep(0.3)
-
-
-def _leads(base_url: str) -> bool:
-    try:
-        return bool(httpx.get(f"{base_url}/healthz", timeout=2).json()["leader"])
-    except httpx.HTTPError:
-        return False
 
 
 def _post(base_url: str, path: str, body: Any, token: str = INGEST_TOKEN) -> httpx.Response:
@@ -174,10 +153,9 @@ def running_driftd(
     tiny_classifier: Callable[[Sequence[str], str], Path],
 ) -> Iterator[RunningDriftd]:
     """A running daemon that has ingested, proxied, checked, run jobs, promoted and rolled back."""
-    fake_openai = sys.modules["fake_openai"]
     model_dir = tiny_classifier(LABELS, "card_arrival")
     tmp = tmp_path_factory.mktemp("driftd-serve")
-    with fake_openai.serve_fake_openai() as upstream:
+    with serve_fake_openai() as upstream:
         config = tmp / "driftd.yaml"
         config.write_text(
             CONFIG.format(
@@ -187,42 +165,32 @@ def running_driftd(
                 golden=GOLDEN,
             )
         )
-        port = free_port()
         db_url = f"sqlite:///{tmp / 'driftd.db'}"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-        log = tmp / "driftd.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [str(DRIFTD), "serve", "-c", str(config), "--port", str(port)],
-                cwd=tmp,
-                env={
-                    **environ,
-                    "DRIFTD_STORAGE_URL": db_url,
-                    "DRIFTD_INGEST_TOKENS": INGEST_TOKEN,
-                    "DRIFTD_ADMIN_TOKENS": ADMIN_TOKEN,
-                    "DRIFTD_PROXY_TOKENS": PROXY_TOKEN,
-                    "DRIFTD_UPSTREAM_KEY": upstream.api_key,
-                    "OMP_NUM_THREADS": "1",
-                },
-                stdout=subprocess.DEVNULL,
-                stderr=sink,
-            )
-        running = RunningDriftd(f"http://127.0.0.1:{port}", port, process, log, db_url)
-        try:
-            _wait("driftd did not lead", lambda: _leads(running.base_url), process, log)
+        environ = {
+            "DRIFTD_STORAGE_URL": db_url,
+            "DRIFTD_INGEST_TOKENS": INGEST_TOKEN,
+            "DRIFTD_ADMIN_TOKENS": ADMIN_TOKEN,
+            "DRIFTD_PROXY_TOKENS": PROXY_TOKEN,
+            "DRIFTD_UPSTREAM_KEY": upstream.api_key,
+            "OMP_NUM_THREADS": "1",
+        }
+        server = start_driftd(config, tmp, env=environ, log=tmp / "driftd.log")
+        driftd = RunningDriftd(server, db_url)
+        with running(server, timeout=READY_WITHIN, stop_within=30, exit_code=None):
+            server.wait_leading(READY_WITHIN)
             now = datetime.now(UTC)
             for batch in (
                 _traffic(now - timedelta(minutes=115), 60, "ref"),
                 _traffic(now - timedelta(minutes=55), 60, "cur", refusals=30),
             ):
-                answer = _post(running.base_url, "/v1/deployments/bot/samples", {"samples": batch})
+                answer = _post(driftd.base_url, "/v1/deployments/bot/samples", {"samples": batch})
                 assert answer.status_code == 200, answer.text
             chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
             path = "/proxy/bot/v1/chat/completions"
-            proxied = _post(running.base_url, path, chat, PROXY_TOKEN)
+            proxied = _post(driftd.base_url, path, chat, PROXY_TOKEN)
             assert proxied.status_code == 200, proxied.text
-            upstream.script_error(fake_openai.CHAT_ROUTE, 503, "overloaded", type="server_error")
-            failed = _post(running.base_url, path, chat, PROXY_TOKEN)
+            upstream.script_error(CHAT_ROUTE, 503, "overloaded", type="server_error")
+            failed = _post(driftd.base_url, path, chat, PROXY_TOKEN)
             assert failed.status_code == 503, failed.text
             store = Store.open(db_url)
             try:
@@ -232,9 +200,9 @@ def running_driftd(
                 store.close()
 
             def settled() -> bool:
-                names = running.names()
-                ended = running.sample("driftd_jobs_total", kind="evaluate", status="succeeded")
-                failed = running.sample("driftd_jobs_total", kind="evaluate", status="failed")
+                names = driftd.names()
+                ended = driftd.sample("driftd_jobs_total", kind="evaluate", status="succeeded")
+                failed = driftd.sample("driftd_jobs_total", kind="evaluate", status="failed")
                 return (
                     "driftd_drift_score" in names
                     and "driftd_check_last_success_timestamp_seconds" in names
@@ -242,14 +210,31 @@ def running_driftd(
                     and failed == 1
                 )
 
-            _wait(f"jobs {job_ids} did not end and no check drifted", settled, process, log)
-            yield running
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                finally:
-                    if process.poll() is None:
-                        process.kill()
-                        process.wait(timeout=10)
+            what = f"jobs {job_ids} to end and a check to drift"
+            server.wait_until(settled, READY_WITHIN, what, interval=0.3)
+            yield driftd
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[Path], Server]]:
+    """Starts a real Prometheus on a configuration file, in ``tmp_path`` on a free port: the
+    server, once ready; stopped at the end. The test is skipped where it is not installed."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (Debian: prometheus)")
+    binary = PROMETHEUS
+    with contextlib.ExitStack() as stack:
+
+        def start(config: Path) -> Server:
+            port = free_port()
+            args = [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ]
+            log = tmp_path / "prometheus.log"
+            server = Server(args, cwd=tmp_path, env=os.environ, port=port, log=log)
+            ready = running(server, timeout=60, path="/-/ready", stop_within=20, exit_code=None)
+            return stack.enter_context(ready)
+
+        yield start

@@ -13,15 +13,15 @@ from __future__ import annotations
 import functools
 import re
 import shutil
-import socket
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
+
+from tests.helpers.serve import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "dashboards" / "prometheus"
@@ -172,17 +172,12 @@ def test_every_runbook_url_points_at_a_heading_of_the_runbooks(rule: Rule) -> No
     assert anchor in _runbook_anchors(), f"{RUNBOOKS} has no heading for #{anchor}"
 
 
-PROMETHEUS = shutil.which("prometheus")
-
-
-@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian: prometheus)")
 def test_a_real_prometheus_links_each_alert_under_the_base_its_operator_set(
-    tmp_path: Path,
+    prometheus: Callable[[Path], Server], tmp_path: Path
 ) -> None:
     """promtool 2.42 has no external labels in unit tests, so a real Prometheus renders them.
 
     Each alert is loaded with its own runbook_url and an expression that always fires."""
-    assert PROMETHEUS is not None
     base = "https://driftd.invalid/ops/driftd/docs/runbooks.md"
     firing = [
         {
@@ -195,47 +190,21 @@ def test_a_real_prometheus_links_each_alert_under_the_base_its_operator_set(
     (tmp_path / "rules.yml").write_text(
         yaml.safe_dump({"groups": [{"name": "g", "rules": firing}]})
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
     config = {
         "global": {"evaluation_interval": "1s", "external_labels": {RUNBOOK_LABEL: base}},
         "rule_files": [str(tmp_path / "rules.yml")],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (tmp_path / "prometheus.log").open("w")
-    server = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        links: dict[str, str] = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(links) < len(firing):
-            assert server.poll() is None, (tmp_path / "prometheus.log").read_text()
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5)
-                alerts = answer.json()["data"]["alerts"]
-                links = {a["labels"]["alertname"]: a["annotations"]["runbook_url"] for a in alerts}
-            except httpx.HTTPError:
-                pass  # not listening yet
-            time.sleep(0.5)
-        assert links == {rule["alert"]: f"{base}#{rule['alert'].lower()}" for rule in firing}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait(timeout=10)
-            log.close()
+    server = prometheus(tmp_path / "prometheus.yml")
+
+    def every_alert_linked() -> dict[str, str] | None:
+        answer = server.answers("/api/v1/alerts", timeout=5)
+        alerts = [] if answer is None else answer.json()["data"]["alerts"]
+        links = {a["labels"]["alertname"]: a["annotations"]["runbook_url"] for a in alerts}
+        return links if len(links) >= len(firing) else None
+
+    links = server.wait_until(every_alert_linked, 60, "every alert to fire", interval=0.5)
+    assert links == {rule["alert"]: f"{base}#{rule['alert'].lower()}" for rule in firing}
 
 
 def test_every_runbook_section_belongs_to_an_alert() -> None:

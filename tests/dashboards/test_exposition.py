@@ -5,23 +5,18 @@ queries for a drift score and the leader gauge through its HTTP API."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-PROMTOOL, PROMETHEUS = shutil.which("promtool"), shutil.which("prometheus")
+from tests.helpers.serve import Server
+
+PROMTOOL = shutil.which("promtool")
 QUERY_WITHIN = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian: prometheus)")
@@ -62,12 +57,9 @@ def query(base: str, expression: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian: prometheus)")
 def test_prometheus_scrapes_a_drift_score_and_the_leader(
-    running_driftd: Any, tmp_path: Path
+    running_driftd: Any, prometheus: Callable[[Path], Server], tmp_path: Path
 ) -> None:
-    assert PROMETHEUS is not None
-    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -75,43 +67,17 @@ def test_prometheus_scrapes_a_drift_score_and_the_leader(
         "  - job_name: driftd\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{running_driftd.port}']}}]\n"
     )
-    log = (tmp_path / "prometheus.log").open("w")
-    server = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + QUERY_WITHIN
-        scores: list[dict[str, Any]] = []
-        leader: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not (scores and leader):
-            assert server.poll() is None, (tmp_path / "prometheus.log").read_text()
-            try:
-                scores = query(base, 'driftd_drift_score{deployment="bot"}')
-                leader = query(base, "driftd_leader")
-            except httpx.HTTPError:
-                pass  # not listening yet
-            time.sleep(0.5)
-        assert leader, "Prometheus has no driftd_leader after scraping the daemon"
-        assert [(s["metric"]["job"], float(s["value"][1])) for s in leader] == [("driftd", 1.0)]
-        assert scores, "Prometheus has no driftd_drift_score after scraping the daemon"
-        refusal = [s for s in scores if s["metric"]["signal"] == "refusal"]
-        assert refusal, scores
-        scraped = float(refusal[0]["value"][1])
-        assert scraped == pytest.approx(0.5, abs=0.1)  # half of the current answers refuse
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait(timeout=10)
-            log.close()
+    server = prometheus(config)
+
+    def scraped() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        scores = query(server.url, 'driftd_drift_score{deployment="bot"}')
+        leader = query(server.url, "driftd_leader")
+        return (scores, leader) if scores and leader else None
+
+    what = "Prometheus to have driftd_drift_score and driftd_leader from the daemon"
+    scores, leader = server.wait_until(scraped, QUERY_WITHIN, what, interval=0.5)
+    assert [(s["metric"]["job"], float(s["value"][1])) for s in leader] == [("driftd", 1.0)]
+    refusal = [s for s in scores if s["metric"]["signal"] == "refusal"]
+    assert refusal, scores
+    value = float(refusal[0]["value"][1])
+    assert value == pytest.approx(0.5, abs=0.1)  # half of the current answers refuse

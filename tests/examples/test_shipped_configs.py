@@ -20,11 +20,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import random
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -36,8 +34,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers.serve import Server, free_port, running, start_driftd
-from tests.helpers.wait import wait_for
+from tests.helpers.serve import Server, running, start_driftd, start_katan
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT / "examples" / "banking77"
@@ -51,10 +48,13 @@ CHECK_TIMEOUT = 300.0
 
 @dataclass
 class Served:
-    """A running ``driftd serve``: its base URL and its log."""
+    """A running ``driftd serve``, and what its users call on it."""
 
-    url: str
-    log: Path
+    server: Server
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     def call(self, method: str, path: str, token: str = ADMIN, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"}
@@ -71,12 +71,7 @@ class Served:
 
     def scheduled_check(self, deployment: str) -> dict[str, Any]:
         """Have the leader's scheduler check ``deployment`` now; the stored check."""
-        wait_for(
-            lambda: httpx.get(f"{self.url}/healthz", timeout=10).json()["leader"],
-            START_TIMEOUT,
-            f"a leader; see {self.log}",
-            interval=0.2,
-        )
+        self.server.wait_leading(START_TIMEOUT)
         started = self.call("POST", f"/v1/deployments/{deployment}/checks")
         assert started.status_code == 202, started.text
         tick = datetime.fromisoformat(started.json()["scheduled_for"])
@@ -90,7 +85,7 @@ class Served:
                     return dict(self.call("GET", f"/v1/checks/{check['id']}").json())
             return None
 
-        return wait_for(stored, CHECK_TIMEOUT, f"the check of {tick}; see {self.log}", interval=1)
+        return self.server.wait_until(stored, CHECK_TIMEOUT, f"the check of {tick}", interval=1)
 
 
 @contextlib.contextmanager
@@ -113,7 +108,7 @@ def serve(config: Path, cwd: Path, environ: Mapping[str, str] | None = None) -> 
         log=cwd / "driftd.log",
     )
     with running(server, timeout=START_TIMEOUT):
-        yield Served(server.url, server.log)
+        yield Served(server)
     assert "Traceback" not in server.output(), server.output()
 
 
@@ -212,35 +207,7 @@ def test_the_compose_stacks_config_checks_as_mounted_there(tmp_path: Path) -> No
 def katan(tmp_path: Path) -> Iterator[str]:
     """llm-katan (echo backend) on 127.0.0.1 serving the support bot's model name, accepting only
     ``UPSTREAM_KEY``: its OpenAI base URL."""
-    port = free_port()
-    server = Server(
-        [
-            sys.executable,
-            "-m",
-            "llm_katan.cli",
-            "--model",
-            "katan-echo",
-            "--name",
-            "gpt-4o-mini",
-            "--backend",
-            "echo",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--validate-keys",
-            "--api-keys",
-            f"openai={UPSTREAM_KEY}",
-            "--stats-file",
-            str(tmp_path / "katan-stats.json"),
-            "--log-level",
-            "warning",
-        ],
-        cwd=tmp_path,
-        env=os.environ,
-        port=port,
-        log=tmp_path / "katan.log",
-    )
+    server = start_katan(tmp_path, UPSTREAM_KEY, "--name", "gpt-4o-mini")
     with running(server, path="/health", stop_within=10, exit_code=None):
         yield f"{server.url}/v1"
 

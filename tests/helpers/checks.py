@@ -20,22 +20,28 @@ def stored_signals(
     calm: Mapping[str, float] | None = None,
     rows: int = 500,
 ) -> dict[str, Any]:
-    """A check's ``signals`` exactly as the checker stores them: ``drifted`` signals scored
-    above the threshold, ``calm`` ones as ok (names from ``monitors.SIGNAL_GROUPS``)."""
+    """A check's ``signals`` exactly as the checker stores them: ``drifted`` signals with their
+    scores as drifted, ``calm`` ones as ok, in the order of ``monitors.SIGNAL_GROUPS`` (whose
+    names they must be)."""
     drifted, calm = dict(drifted or {}), dict(calm or {})
+    scores = {**drifted, **calm}
+    unknown = sorted(set(scores) - set(SIGNAL_GROUPS))
+    if unknown:
+        raise ValueError(f"{unknown} are no signals of monitors.SIGNAL_GROUPS")
     signals = [
         SignalResult(
             name=name,
             group=SIGNAL_GROUPS[name],
             method="roc_auc",
-            score=score,
+            score=scores[name],
             threshold=THRESHOLD,
             drifted=name in drifted,
             status="drift" if name in drifted else "ok",
             reference_rows=rows,
             current_rows=rows,
         )
-        for name, score in {**drifted, **calm}.items()
+        for name in SIGNAL_GROUPS
+        if name in scores
     ]
     result = CheckResult(
         status=cast(CheckStatus, status),  # checked by CheckResult itself
@@ -55,22 +61,23 @@ def new_check(
     calm: Mapping[str, float] | None = None,
     rows: int = 500,
     window: timedelta = timedelta(hours=1),
-    **options: Any,
+    **fields: Any,
 ) -> NewCheck:
     """A finished check of the hour (``window``) up to ``at`` (now by default) over ``rows``
-    rows on each side; ``options`` are ``NewCheck``'s keyword fields (``scheduled_for``, …)."""
+    rows on each side, its signals as ``stored_signals`` makes them; ``fields`` are other
+    values of ``NewCheck``'s fields (``current_total``, ``scheduled_for``, ``error``, …)."""
     at = at or datetime.now(UTC)
-    options.setdefault("finished_at", at)
-    return NewCheck(
-        started_at=at,
-        status=status,
-        window_start=at - window,
-        window_end=at,
-        reference_kind=ReferenceKind.previous_window,
-        current_rows=rows,
-        reference_rows=rows,
-        current_total=rows,
-        reference_total=rows,
-        signals=stored_signals(status, drifted, calm, rows),
-        **options,
-    )
+    values: dict[str, Any] = {
+        "started_at": at,
+        "finished_at": at,
+        "status": status,
+        "window_start": at - window,
+        "window_end": at,
+        "reference_kind": ReferenceKind.previous_window,
+        "current_rows": rows,
+        "reference_rows": rows,
+        "current_total": rows,
+        "reference_total": rows,
+        "signals": stored_signals(status, drifted, calm, rows),
+    }
+    return NewCheck(**{**values, **fields})

@@ -15,14 +15,17 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from tests.helpers.cli import DRIFTD, environ_without
 from tests.helpers.wait import wait_for
+
+T = TypeVar("T")
 
 START_TIMEOUT = 120.0
 _TAIL_CHARS = 3000
@@ -91,6 +94,25 @@ class Server:
         lines = self.output().splitlines(keepends=True)
         return [json.loads(line) for line in lines if line.endswith("\n")]
 
+    def wait_until(
+        self, predicate: Callable[[], T | None], timeout: float, what: str, *, interval: float = 0.2
+    ) -> T:
+        """``wait_for(predicate, timeout, what)`` while it runs: it fails at once if the server
+        exits first; failing, it kills the server and says the tail of its log."""
+
+        def running_and() -> T | None:
+            value = predicate()
+            if not value and self.process.poll() is not None:
+                raise AssertionError(f"{' '.join(self.args)} exited {self.process.returncode}")
+            return value
+
+        try:
+            return wait_for(running_and, timeout, what, interval=interval)
+        except AssertionError as error:
+            if self.process.poll() is None:
+                self.kill()
+            raise AssertionError(f"{error}; its log:\n{self.output()[-_TAIL_CHARS:]}") from None
+
     def wait_logged(self, message: str, timeout: float = 30.0) -> list[Any]:
         """Its log records up to the first whose message is ``message``."""
 
@@ -99,15 +121,9 @@ class Server:
             for index, record in enumerate(records):
                 if record["message"] == message:
                     return records[: index + 1]
-            assert self.process.poll() is None, f"exited {self.process.returncode}: {records}"
             return None
 
-        try:
-            return wait_for(upto, timeout, f"a {message!r} log line", interval=0.1)
-        except AssertionError:
-            if self.process.poll() is None:
-                self.kill()
-            raise
+        return self.wait_until(upto, timeout, f"a {message!r} log line", interval=0.1)
 
     def answers(self, path: str, timeout: float = 2.0) -> httpx.Response | None:
         """Its answer to ``GET path``; None while it does not answer."""
@@ -126,23 +142,17 @@ class Server:
         return bool(health and health["leader"])
 
     def wait_ready(self, timeout: float = START_TIMEOUT, path: str = "/readyz") -> None:
-        """Wait until ``GET path`` answers 2xx; fail with its log if it exits or is not ready
-        within ``timeout`` seconds."""
+        """Wait until ``GET path`` answers 2xx (``wait_until``)."""
 
         def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"{' '.join(self.args)} exited {self.process.returncode} at start-up"
-                )
             answer = self.answers(path)
             return answer is not None and answer.is_success
 
-        try:
-            wait_for(ready, timeout, f"{self.url}{path} to answer", interval=0.2)
-        except AssertionError as error:
-            if self.process.poll() is None:
-                self.kill()
-            raise AssertionError(f"{error}; its log:\n{self.output()[-_TAIL_CHARS:]}") from None
+        self.wait_until(ready, timeout, f"{self.url}{path} to answer")
+
+    def wait_leading(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until ``GET /healthz`` says it leads (``wait_until``)."""
+        self.wait_until(self.leads, timeout, f"{self.url} to lead")
 
     def stop(self, timeout: float = 30.0, *, signal_children: bool = False) -> int:
         """SIGTERM it (with ``signal_children`` its children instead, as when it is ``make``
@@ -204,6 +214,36 @@ def start_driftd(
         log=log or cwd / f"driftd-{port}.log",
         host=host or "127.0.0.1",
     )
+
+
+def start_katan(folder: Path, api_key: str, *flags: str, name: str = "katan") -> Server:
+    """llm-katan, an OpenAI-compatible server, with its echo backend (model ``katan-echo``) on
+    127.0.0.1 and a free port, accepting only ``api_key``, with more ``flags`` (``--name
+    gpt-4o-mini``, ``--error-rate 1.0``, …); its stats in ``folder/NAME-stats.json`` and its log
+    in ``folder/NAME.log``; not waited for (it is ready once ``/health`` answers)."""
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "llm_katan.cli",
+        "--model",
+        "katan-echo",
+        "--backend",
+        "echo",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--validate-keys",
+        "--api-keys",
+        f"openai={api_key}",
+        "--stats-file",
+        str(folder / f"{name}-stats.json"),
+        "--log-level",
+        "warning",
+        *flags,
+    ]
+    return Server(args, cwd=folder, env=os.environ, port=port, log=folder / f"{name}.log")
 
 
 @contextlib.contextmanager

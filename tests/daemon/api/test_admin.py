@@ -10,17 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from daemon.api.admin import admin_router
-from daemon.auth import Scope, Tokens
+from daemon.auth import Tokens
 from daemon.config.models import Hooks
-from daemon.domain import JobState, ReferenceKind
-from daemon.store import NewCheck, Store
+from daemon.domain import JobState
+from daemon.store import Store
 from daemon.store import jobs as job_store
 from daemon.store.engine import unreachable
 from daemon.store.versions import add_version, list_versions
+from tests.daemon.api.conftest import guard
+from tests.helpers.checks import new_check
 
 ADMIN = {"Authorization": "Bearer admin-1"}
 INGEST = {"Authorization": "Bearer ingest-1"}
@@ -33,16 +35,7 @@ def guarded_app(
     run_check: Callable[[str], datetime] | None = None,
 ) -> FastAPI:
     """The admin router behind the same guard contract as ``create_app``'s ``authorize``."""
-    tokens = Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",))
-
-    def authorize(request: Request, scope: Scope) -> None:
-        if not tokens.allows(request.headers.get("authorization"), scope):
-            raise HTTPException(
-                401,
-                f"a valid bearer token is needed ({scope.value} or admin)",
-                {"WWW-Authenticate": "Bearer"},
-            )
-
+    authorize = guard(Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",)))
     app = FastAPI()
     app.include_router(admin_router(store, authorize, hooks=hooks or {}, run_check=run_check))
     return app
@@ -58,33 +51,6 @@ def client(store: Store) -> Iterator[TestClient]:
     with TestClient(guarded_app(store)) as client:
         client.headers.update(ADMIN)
         yield client
-
-
-def a_check(started_at: datetime, status: str, drifted: tuple[str, ...] = ()) -> NewCheck:
-    signals = [
-        {
-            "name": name,
-            "group": "data",
-            "method": "psi",
-            "score": 0.4 if name in drifted else 0.01,
-            "threshold": 0.2,
-            "drifted": name in drifted,
-            "status": "drift" if name in drifted else "ok",
-        }
-        for name in ("input_length", "embedding")
-    ]
-    return NewCheck(
-        started_at=started_at,
-        status=status,
-        window_start=started_at - timedelta(hours=1),
-        window_end=started_at,
-        reference_kind=ReferenceKind.previous_window,
-        current_rows=500,
-        reference_rows=480,
-        current_total=1200,
-        reference_total=480,
-        signals={"status": status, "signals": signals},
-    )
 
 
 def ids(response: Any) -> list[int]:
@@ -116,11 +82,11 @@ def test_every_admin_route_needs_an_admin_token(client: TestClient, store: Store
 
 
 def test_checks_are_listed_newest_first_with_filters(client: TestClient, store: Store) -> None:
-    old = store.record_check("support-bot", a_check(NOW - timedelta(hours=5), "ok"))
+    old = store.record_check("support-bot", new_check("ok", at=NOW - timedelta(hours=5)))
     drift = store.record_check(
-        "support-bot", a_check(NOW - timedelta(hours=1), "drift", drifted=("embedding",))
+        "support-bot", new_check("drift", at=NOW - timedelta(hours=1), drifted={"embedding": 0.6})
     )
-    other = store.record_check("intents", a_check(NOW - timedelta(minutes=10), "ok"))
+    other = store.record_check("intents", new_check("ok", at=NOW - timedelta(minutes=10)))
 
     everything = client.get("/v1/checks")
     assert ids(everything) == [other, drift, old]
@@ -139,7 +105,8 @@ def test_checks_are_listed_newest_first_with_filters(client: TestClient, store: 
 
 
 def test_one_check_comes_with_its_signals(client: TestClient, store: Store) -> None:
-    check_id = store.record_check("support-bot", a_check(NOW, "drift", drifted=("input_length",)))
+    check = new_check("drift", at=NOW, drifted={"descriptors": 0.6}, calm={"embedding": 0.01})
+    check_id = store.record_check("support-bot", check)
 
     response = client.get(f"/v1/checks/{check_id}")
 
@@ -147,9 +114,9 @@ def test_one_check_comes_with_its_signals(client: TestClient, store: Store) -> N
     body = response.json()
     assert body["id"] == check_id
     assert body["deployment"] == "support-bot"
-    assert body["drifted"] == ["input_length"]
-    assert [s["name"] for s in body["signals"]["signals"]] == ["input_length", "embedding"]
-    assert body["signals"]["signals"][0]["score"] == 0.4
+    assert body["drifted"] == ["descriptors"]
+    assert [s["name"] for s in body["signals"]["signals"]] == ["descriptors", "embedding"]
+    assert body["signals"]["signals"][0]["score"] == 0.6
     missing = client.get("/v1/checks/999")
     assert missing.status_code == 404
     assert "no check 999" in missing.json()["detail"]

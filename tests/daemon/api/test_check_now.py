@@ -3,10 +3,11 @@ as a tick of its own (claimed, run in the check workers, stored), refused by a f
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
+from typing import Any
 
 from tests.daemon.api.conftest import SECRETS, Launch
+from tests.helpers.wait import wait_for
 
 ADMIN = {"Authorization": f"Bearer {SECRETS.admin}"}
 INTENTS = (
@@ -17,21 +18,17 @@ INTENTS = (
 
 def test_the_leader_checks_at_once_and_stores_the_check_as_a_tick(launch: Launch) -> None:
     driftd = launch(INTENTS)
-    deadline = time.monotonic() + 60
-    while not driftd.client.get("/healthz").json()["leader"]:
-        assert time.monotonic() < deadline, "no leader within 60 s"
-        time.sleep(0.1)
+    wait_for(lambda: driftd.client.get("/healthz").json()["leader"], 60, "a leader", interval=0.1)
     answer = driftd.client.post("/v1/deployments/intents/checks", headers=ADMIN)
     assert answer.status_code == 202, answer.text
     tick = datetime.fromisoformat(answer.json()["scheduled_for"])
     assert answer.json()["deployment"] == "intents"
-    while True:
+
+    def stored_check() -> list[dict[str, Any]]:
         checks = driftd.client.get("/v1/checks", headers=ADMIN).json()
-        stored = [c for c in checks if datetime.fromisoformat(c["scheduled_for"]) == tick]
-        if stored:
-            break
-        assert time.monotonic() < deadline + 60, "the check was not stored"
-        time.sleep(0.2)
+        return [c for c in checks if datetime.fromisoformat(c["scheduled_for"]) == tick]
+
+    stored = wait_for(stored_check, 60, "the check to be stored", interval=0.2)
     # No samples: the check ran and says so, it did not fail.
     assert stored[0]["status"] == "insufficient_data", stored[0]
     unknown = driftd.client.post("/v1/deployments/nobody/checks", headers=ADMIN)

@@ -6,15 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from daemon.api.prompt import prompt_router
-from daemon.auth import Scope, Tokens
+from daemon.auth import Tokens
 from daemon.config.models import Deployment
 from daemon.prompts import Example, PromptCache, PromptSpec, add_prompt_version, ensure_initial
 from daemon.store import Store
 from daemon.store.versions import promote
+from tests.daemon.api.conftest import guard
 
 ADMIN = {"Authorization": "Bearer admin-1"}
 INGEST = {"Authorization": "Bearer ingest-1"}
@@ -23,16 +24,7 @@ URL = "/v1/deployments/support-bot/prompt"
 
 def guarded_app(cache: PromptCache) -> FastAPI:
     """The prompt router behind the same guard contract as ``create_app``'s ``authorize``."""
-    tokens = Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",))
-
-    def authorize(request: Request, scope: Scope) -> None:
-        if not tokens.allows(request.headers.get("authorization"), scope):
-            raise HTTPException(
-                401,
-                f"a valid bearer token is needed ({scope.value} or admin)",
-                {"WWW-Authenticate": "Bearer"},
-            )
-
+    authorize = guard(Tokens(ingest=(b"ingest-1",), admin=(b"admin-1",)))
     app = FastAPI()
     app.include_router(
         prompt_router(cache, authorize, deployments=("support-bot", "intents", "new-bot"))

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,17 +8,12 @@ from daemon.config import load_config, parse_config
 from daemon.config.models import Action, Method, Signal
 from daemon.domain import Kind, Task
 from daemon.errors import ConfigDeprecation, ConfigError
+from tests.helpers.cli import run_driftd
+from tests.helpers.configs import finetuned_config
 
 ROOT = Path(__file__).resolve().parents[3]
 
-MINIMAL = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [card_arrival, card_linking]
-"""
+MINIMAL = finetuned_config(labels=("card_arrival", "card_linking"))
 
 
 def problems(text: str, environ: dict[str, str] | None = None) -> list[str]:
@@ -566,14 +559,7 @@ def test_training_data_in_jsonl_is_checked_on_its_first_record(tmp_path: Path) -
 def test_config_validate_refuses_a_reference_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "train.csv").write_text("text,category\n")
     (tmp_path / "driftd.yaml").write_text(REFERENCE % "train.csv")
-    driftd = Path(sys.executable).parent / "driftd"
-    done = subprocess.run(
-        [str(driftd), "config", "validate", "driftd.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_driftd("config", "validate", "driftd.yaml", cwd=tmp_path, timeout=120)
     assert done.returncode == 2
     assert "driftd.yaml:8: deployments[0].monitor.reference.columns: train.csv has columns" in (
         done.stderr + done.stdout
@@ -702,14 +688,7 @@ def test_a_generation_golden_set_needs_a_label_column_only_when_it_names_one(
 def test_config_validate_refuses_a_golden_set_it_cannot_read(tmp_path: Path) -> None:
     write_table(tmp_path / "test.csv", [BANKING77_ROW])
     (tmp_path / "driftd.yaml").write_text(MINIMAL + "    retune: {golden_set: test.csv}\n")
-    driftd = Path(sys.executable).parent / "driftd"
-    done = subprocess.run(
-        [str(driftd), "config", "validate", "driftd.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_driftd("config", "validate", "driftd.yaml", cwd=tmp_path, timeout=120)
     assert done.returncode == 2
     assert (
         "driftd.yaml:7: deployments[0].retune.golden_set.columns.input: column 'input' is not "

@@ -8,14 +8,9 @@ import pytest
 
 from daemon.config import parse_config
 from daemon.errors import ConfigError
+from tests.helpers.configs import finetuned_config, minimal_config
 
-PROMPTED = """\
-deployments:
-  - name: bot
-    kind: prompted
-    task: generation
-    prompt: {model: m, system: "Be brief."}
-"""
+PROMPTED = minimal_config()
 
 
 def test_an_unset_base_url_is_read_from_openai_base_url() -> None:
@@ -39,15 +34,7 @@ def test_a_written_base_url_wins_and_the_variable_can_be_renamed() -> None:
 
 
 def test_a_url_from_the_environment_does_not_make_a_deployment_proxied() -> None:
-    finetuned = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [a, b]
-"""
-    config = parse_config(finetuned, environ={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    config = parse_config(finetuned_config(), environ={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     assert not config.deployments[0].proxied
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,16 +25,10 @@ from daemon.ingest.backfill import (
 )
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.store import Sample, Store
+from tests.helpers.cli import environ_without, run_driftd
+from tests.helpers.configs import finetuned_config
 
-CONFIG = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [card_arrival, lost_card]
-"""
-DRIFTD = Path(sys.executable).parent / "driftd"
+CONFIG = finetuned_config(labels=("card_arrival", "lost_card"))
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -220,27 +211,18 @@ def test_the_ingest_command(tmp_path: Path) -> None:
     (tmp_path / "driftd.yaml").write_text(CONFIG)
     data = tmp_path / "past.csv"
     data.write_text("text,category\nWhere is my card?,card_arrival\nPizza?,pizza\n")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    command = [str(DRIFTD), "ingest", "past.csv", "-d", "intents", "--map", "input=text"]
+    command = ["ingest", "past.csv", "-d", "intents", "--map", "input=text"]
     command += ["--map", "prediction=category"]
-    refused = subprocess.run(command, cwd=tmp_path, env=environ, capture_output=True, text=True)
+    refused = run_driftd(*command, cwd=tmp_path)
     assert refused.returncode == 2
     assert "past.csv: line 3: prediction: 'pizza' is not one of the deployment's labels" in (
         refused.stderr
     )
-    done = subprocess.run(
-        [*command, "--skip-invalid"], cwd=tmp_path, env=environ, capture_output=True, text=True
-    )
+    done = run_driftd(*command, "--skip-invalid", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "stored (new)" in done.stdout
     assert "│ 1" in done.stdout.split("stored (new)")[1].splitlines()[0]
-    unknown = subprocess.run(
-        [str(DRIFTD), "ingest", "past.csv", "-d", "nope"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-    )
+    unknown = run_driftd("ingest", "past.csv", "-d", "nope", cwd=tmp_path)
     assert unknown.returncode == 2
     assert "no deployment 'nope' (configured: intents)" in unknown.stderr
 
@@ -285,14 +267,7 @@ def test_a_file_without_a_column_for_a_required_field_is_refused_from_its_header
 def test_the_ingest_command_names_a_missing_field_once_with_its_count(tmp_path: Path) -> None:
     (tmp_path / "driftd.yaml").write_text(CONFIG)
     (tmp_path / "past.csv").write_text("text,category\n" + "Where is my card?,card_arrival\n" * 412)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
-    result = subprocess.run(
-        [str(DRIFTD), "ingest", "past.csv", "-d", "intents", "--map", "input=text"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-    )
+    result = run_driftd("ingest", "past.csv", "-d", "intents", "--map", "input=text", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("prediction") == 3, result.stderr  # one line, and the summary
     assert (
@@ -306,12 +281,9 @@ def test_the_readme_ingest_command_works_as_printed(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
     (line,) = [line for line in readme.splitlines() if line.startswith("driftd ingest ")]
     command = shlex.split(line.split("#")[0])
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
     # The example's store is driftd.db in the working directory; the test's is its own.
-    environ["DRIFTD_STORAGE_URL"] = f"sqlite:///{tmp_path / 'driftd.db'}"
-    result = subprocess.run(
-        [str(DRIFTD), *command[1:]], cwd=ROOT, env=environ, capture_output=True, text=True
-    )
+    environ = {**environ_without(), "DRIFTD_STORAGE_URL": f"sqlite:///{tmp_path / 'driftd.db'}"}
+    result = run_driftd(*command[1:], cwd=ROOT, env=environ)
     assert result.returncode == 0, result.stderr
     file = ROOT / command[2]
     with file.open(encoding="utf-8", newline="") as handle:

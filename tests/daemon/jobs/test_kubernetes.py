@@ -9,7 +9,6 @@ script's ``on_end`` writes instead.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from daemon.jobs.runner import JobRunner
 from daemon.store import Store
 from daemon.store.jobs import create_job, get_job
 from tests import fake_kubernetes as fk
+from tests.helpers.serve import free_port
 
 NAMESPACE = "retune"
 SETTINGS: dict[str, Any] = {
@@ -270,9 +270,7 @@ def test_handles_of_another_executor_and_api_errors_are_refused_clearly(
     with pytest.raises(ValueError, match="not a Kubernetes job handle"):
         executor.poll("pid:123:jobs/1/job.json")
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     unreachable = KubernetesExecutor(
         Kubernetes.model_validate(SETTINGS),
         jobs_dir,

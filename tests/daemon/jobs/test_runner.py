@@ -36,6 +36,8 @@ from daemon.store.jobs import (
     retry_job,
 )
 from daemon.store.models import utcnow
+from tests.helpers.serve import alive
+from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 SUPPORT_BOT = ROOT / "examples" / "support-bot" / "golden.jsonl"
@@ -143,15 +145,13 @@ def tick_until(
     timeout: float = 60.0,
 ) -> Job:
     """Tick (at ``now``, or the real time) until the job satisfies ``done``."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ticked() -> Job | None:
         runner.tick(now)
         job = get_job(runner.store, job_id)[1]
-        if done(job):
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} is still {job.state} after {timeout} s")
-        time.sleep(0.05)
+        return job if done(job) else None
+
+    return wait_for(ticked, timeout, f"job {job_id} to be done")
 
 
 def events_of(store: Store, deployment: str, job_id: int) -> list[tuple[str, dict[str, Any]]]:
@@ -164,15 +164,6 @@ def pid_of(store: Store, job_id: int) -> int:
     handle = get_job(store, job_id)[1].handle
     assert handle is not None
     return LocalHandle.parse(handle).pid
-
-
-def is_running(pid: int) -> bool:
-    """Whether the process runs; an ended one that is not reaped yet (a zombie) does not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def backdate_heartbeat(store: Store, job_id: int, when: datetime) -> None:
@@ -280,7 +271,7 @@ def test_a_job_that_runs_too_long_is_stopped_and_fails_as_timed_out(
     job = get_job(store, job_id)[1]
     assert job.state == "failed"
     assert job.error == "timed out after 5 s"
-    assert not is_running(pid)
+    assert not alive(pid)
 
 
 def test_cancel_ends_a_queued_job_at_once_and_a_running_one_through_its_runner(
@@ -301,13 +292,13 @@ def test_cancel_ends_a_queued_job_at_once_and_a_running_one_through_its_runner(
 
     assert cancel_job(store, running, by="ops") is JobState.running
     assert get_job(store, running)[1].cancel_requested
-    assert is_running(pid)  # the request is carried out by the runner
+    assert alive(pid)  # the request is carried out by the runner
     report = runner.tick()
     assert report.ended == [running]
     assert report.started == []  # the cancelled one never starts
 
     assert get_job(store, running)[1].state == "cancelled"
-    assert not is_running(pid)
+    assert not alive(pid)
     kinds = [kind for kind, _ in events_of(store, deployment, running)]
     assert kinds == ["job.queued", "job.running", "job.cancel_requested", "job.cancelled"]
 
@@ -435,7 +426,7 @@ def test_recovery_adopts_a_job_whose_process_still_runs(
 
     job = get_job(store, job_id)[1]
     assert (job.state, job.owner) == ("running", "daemon-b")
-    assert is_running(pid)
+    assert alive(pid)
     adopted = [e for kind, e in events_of(store, deployment, job_id) if kind == "job.adopted"]
     assert adopted == [
         {
@@ -484,9 +475,7 @@ def test_recovery_settles_jobs_that_ended_while_no_daemon_watched(
     for pid in pids.values():
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    deadline = time.monotonic() + 30
-    while is_running(pid_of(store, finished)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: not alive(pid_of(store, finished)), 30, "the third job to end alone")
     stopped = utcnow() - timedelta(minutes=1)
     for job_id in (last_try, can_retry, finished):
         backdate_heartbeat(store, job_id, stopped)
@@ -529,7 +518,7 @@ def test_shutdown_leaves_running_jobs_to_be_adopted_at_once(
     assert stopping.tick().started == []  # a stopped runner starts nothing
     job = get_job(store, job_id)[1]
     assert (job.state, job.owner) == ("running", None)
-    assert is_running(pid)
+    assert alive(pid)
     # The next daemon need not wait for the heartbeat to go stale.
     successor = runner_for("daemon-b")
     assert successor.recover().adopted == [job_id]
@@ -539,4 +528,4 @@ def test_shutdown_leaves_running_jobs_to_be_adopted_at_once(
     cancel_job(store, job_id)
     assert successor.tick().ended == [job_id]
     assert get_job(store, job_id)[1].state == "cancelled"
-    assert not is_running(pid)
+    assert not alive(pid)

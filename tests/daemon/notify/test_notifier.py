@@ -12,9 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,9 @@ from daemon.store import Store, upgrade
 from daemon.store.jobs import claim_job, create_job, finish_job, get_job
 from daemon.store.models import Event, Notification, utcnow
 from daemon.store.versions import add_version, promote, rollback
+from tests.fake_webhook import Receiver
 from tests.helpers.checks import new_check
+from tests.helpers.configs import minimal_config
 from tests.helpers.serve import Server, free_port, running
 from tests.helpers.wait import wait_for
 
@@ -48,87 +48,10 @@ def notifications(metrics: ReplicaMetrics) -> dict[tuple[str, str], float]:
     }
 
 
-@dataclass(frozen=True)
-class Received:
-    path: str
-    body: Any
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 that keeps every POST's path and JSON body and answers 200,
-    or the status given to ``fail_next`` for that many requests; while ``hang`` is on it keeps
-    each request waiting (until ``release``) before it answers."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self._statuses: list[int] = []
-        self._lock = threading.Lock()
-        self._hanging = threading.Event()
-        self._released = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers["Content-Length"])
-                receiver._arrived(Received(self.path, json.loads(self.rfile.read(length))))
-                if receiver._hanging.is_set():
-                    receiver._released.wait(30)
-                status = receiver._next_status()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                self.wfile.write(f"answered {status}".encode())
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        # A token in the URL, as Slack's webhook URLs carry one: it must never be logged.
-        self.url = f"{self.base}/hooks/driftd?token=s3cret-token"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    def _arrived(self, received: Received) -> None:
-        with self._lock:
-            self.received.append(received)
-
-    def _next_status(self) -> int:
-        with self._lock:
-            return self._statuses.pop(0) if self._statuses else 200
-
-    def fail_next(self, count: int, status: int = 500) -> None:
-        with self._lock:
-            self._statuses.extend([status] * count)
-
-    def hang(self) -> None:
-        self._hanging.set()
-
-    def release(self) -> None:
-        self._hanging.clear()
-        self._released.set()
-
-    def bodies(self, path_prefix: str = "/") -> list[Any]:
-        with self._lock:
-            return [r.body for r in self.received if r.path.startswith(path_prefix)]
-
-    def close(self) -> None:
-        self.release()
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    try:
+    with Receiver() as receiver:
         yield receiver
-    finally:
-        receiver.close()
 
 
 def settings(**changes: Any) -> Notifications:
@@ -274,13 +197,16 @@ def test_a_resolve_held_back_by_its_firing_retry_waits_without_spinning(
         notifier.process()
         wait_for(lambda: len(receiver.bodies()) == 1, 10, "the first, failing, delivery")
         wait_for(lambda: outbox(store)[0].attempts == 1, 10, "the failure to be recorded")
-        recorded = passes
-        cpu = time.process_time()
-        time.sleep(1.0)  # the window the waiting sender's CPU is measured over
+        recorded, cpu, since = passes, time.process_time(), time.monotonic()
+        # The window the waiting sender's CPU is measured over: a second at least, and two
+        # passes of the sender's own, each of which would have sent the resolve had it not been
+        # held back.
+        wait_for(
+            lambda: passes >= recorded + 2 and time.monotonic() - since >= 1.0,
+            10,
+            "a second and two more delivery passes",
+        )
         spent = time.process_time() - cpu
-        # Two passes of the sender's own since then, each of which would have sent the resolve
-        # had it not been held back.
-        wait_for(lambda: passes >= recorded + 2, 10, "two more delivery passes")
     finally:
         notifier.stop(timedelta(seconds=5))
 
@@ -688,15 +614,13 @@ def test_the_daemon_sends_what_its_leader_sees_to_the_channels_in_its_environ(
     from daemon.config import parse_config
     from daemon.serve import Daemon
 
-    config = parse_config(
-        f"storage: {{url: 'sqlite:///{tmp_path / 'driftd.db'}'}}\n"
-        f"scheduling: {{lease_ttl: 3s, job_poll: 1s, jobs_dir: '{tmp_path / 'jobs'}'}}\n"
-        "notifications: {poll: 1s, backoff: 1s}\n"
-        "deployments:\n"
-        "  - {name: support-bot, kind: prompted, task: generation,\n"
-        "     prompt: {model: m, system: Be brief.}}\n",
-        environ={},
+    text = minimal_config(
+        name="support-bot",
+        storage=f"url: 'sqlite:///{tmp_path / 'driftd.db'}'",
+        scheduling=f"lease_ttl: 3s, job_poll: 1s, jobs_dir: '{tmp_path / 'jobs'}'",
+        notifications="poll: 1s, backoff: 1s",
     )
+    config = parse_config(text, environ={})
     daemon = Daemon(config, Tokens(), environ={"DRIFTD_WEBHOOK_URL": receiver.url})
     daemon.start()
     try:

@@ -13,14 +13,16 @@ import pytest
 from sqlalchemy import func, select
 
 from daemon.config import Config, parse_config
-from daemon.domain import CheckStatus, JobState, ReferenceKind
+from daemon.domain import CheckStatus, JobState
 from daemon.errors import ConfigError
 from daemon.scheduler import CheckDone, Tick
 from daemon.scheduler.actions import Actions
-from daemon.store import NewCheck, NewSample, Store, versions
+from daemon.store import NewSample, Store, versions
 from daemon.store import jobs as job_store
 from daemon.store.lease import acquire
 from daemon.store.models import Job, Sample, Version
+from tests.helpers.checks import new_check
+from tests.helpers.configs import finetuned_config
 
 if TYPE_CHECKING:
     from tests.fake_openai import FakeOpenAI
@@ -47,27 +49,12 @@ class FakeChecks:
 
     def run(self, deployment: str, **_: Any) -> CheckDone:
         status = self.verdicts.pop(0)
-        now = datetime.now(UTC)
-        signals = [
-            {"name": "judge", "group": "quality", "drifted": status == "drift", "score": 0.4}
-        ]
-        check_id = self.store.record_check(
-            deployment,
-            NewCheck(
-                started_at=now,
-                finished_at=now,
-                status=status,
-                window_start=now - timedelta(hours=1),
-                window_end=now,
-                reference_kind=ReferenceKind.previous_window,
-                current_rows=100,
-                reference_rows=100,
-                current_total=100,
-                reference_total=100,
-                signals={"status": status, "signals": signals},
-            ),
+        drifted, judge = status == "drift", {"judge": 0.4}
+        check = new_check(
+            status, drifted=judge if drifted else None, calm=None if drifted else judge, rows=100
         )
-        return CheckDone(check_id, status, ("judge",) if status == "drift" else (), 0.01)
+        check_id = self.store.record_check(deployment, check)
+        return CheckDone(check_id, status, ("judge",) if drifted else (), 0.01)
 
 
 def config(tmp_path: Any) -> Config:
@@ -187,18 +174,13 @@ def test_embeddings_of_a_model_no_longer_used_are_dropped(store: Store, tmp_path
     assert [tuple(row) for row in kept] == [("all-MiniLM-L6-v2/int8/128", 1)]
 
 
-FINETUNED = """\
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [card_arrival, card_linking]
-    policy: {on_drift: retune, consecutive: 1}
-    retune:
-      golden_set: golden.jsonl
-      data: {min_labelled: 5}
-"""
+FINETUNED = finetuned_config(
+    labels=("card_arrival", "card_linking"),
+    more="    policy: {on_drift: retune, consecutive: 1}\n"
+    "    retune:\n"
+    "      golden_set: golden.jsonl\n"
+    "      data: {min_labelled: 5}\n",
+)
 
 
 def finetuned(tmp_path: Any, *, models: Path | None = None, consecutive: int = 1) -> Config:

@@ -17,20 +17,17 @@ from daemon.scheduler.leader import LEASE_NAME
 from daemon.store import Store, upgrade, versions
 from daemon.store import jobs as job_store
 from daemon.store.lease import current
+from tests.helpers.configs import finetuned_config
 from tests.helpers.serve import alive, running, start_driftd
 from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
-CONFIG = """\
-scheduling: {lease_ttl: 2s, job_poll: 1s, job_heartbeat: 1s, job_stale_after: 3s, jobs_dir: jobs}
-deployments:
-  - name: intents
-    kind: finetuned
-    task: classification
-    model: {name: ./model}
-    labels: [card_arrival, card_linking, exchange_rate]
-"""
+CONFIG = finetuned_config(
+    labels=LABELS,
+    scheduling="lease_ttl: 2s, job_poll: 1s, job_heartbeat: 1s, job_stale_after: 3s, "
+    "jobs_dir: jobs",
+)
 
 
 def golden_set(path: Path) -> Path:

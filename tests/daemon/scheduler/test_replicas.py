@@ -111,17 +111,15 @@ def replicas_take_turns(db_url: str, folder: Path) -> None:
     try:
         for each in replicas:
             each.wait_ready(60)
-        most_leaders, polls = 0, 0
-        deadline = time.monotonic() + TICKS + 120
-        while time.monotonic() < deadline:
-            leaders = sum(each.leads() for each in replicas)
-            most_leaders, polls = max(most_leaders, leaders), polls + 1
-            if len(claims_and_checks(engine)[0]) >= TICKS:
-                break
-            time.sleep(0.5)
-        claims, _ = claims_and_checks(engine)
-        assert len(claims) >= TICKS, f"only {len(claims)} ticks ran"
-        assert most_leaders == 1, f"{most_leaders} leaders at once over {polls} polls"
+        leaders_seen: list[int] = []  # how many replicas led, at each poll
+
+        def ticked() -> bool:
+            leaders_seen.append(sum(each.leads() for each in replicas))
+            return len(claims_and_checks(engine)[0]) >= TICKS
+
+        wait_for(ticked, TICKS + 120, f"{TICKS} ticks", interval=0.5)
+        most = max(leaders_seen)
+        assert most == 1, f"{most} leaders at once over {len(leaders_seen)} polls"
 
         (leader,) = [each for each in replicas if each.leads()]
         missed = missed_checks(leader)

@@ -1,69 +1,45 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from daemon.domain import CheckStatus, ReferenceKind
 from daemon.errors import StoreError
-from daemon.store import NewCheck, Store
+from daemon.store import Store
 from daemon.store.queries import list_checks, list_events, parse_time
+from tests.helpers.checks import new_check
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def a_check(started_at: datetime, status: str = "ok", **extra: Any) -> NewCheck:
-    return NewCheck(
-        started_at=started_at,
-        status=status,
-        window_start=started_at - timedelta(hours=1),
-        window_end=started_at,
-        reference_kind=ReferenceKind.previous_window,
-        current_rows=500,
-        reference_rows=480,
-        current_total=12_000,
-        reference_total=480,
-        signals={"input_length": {"method": "psi", "score": 0.02, "drift": False}},
-        **extra,
-    )
-
-
 def test_checks_round_trip_newest_first(store: Store, deployment: str) -> None:
-    signals = {
-        "input_length": {"method": "psi", "score": 0.31, "threshold": 0.2, "drift": True},
-        "embedding": {"method": "mmd", "score": 0.004, "threshold": 0.01, "drift": False},
-        "groups": ["data", "output"],
-    }
-    older = store.record_check(deployment, a_check(NOW - timedelta(hours=1)))
-    newer = store.record_check(
-        deployment,
-        NewCheck(
-            started_at=NOW,
-            status=CheckStatus.drift,
-            window_start=NOW - timedelta(hours=1),
-            window_end=NOW,
-            reference_kind=ReferenceKind.fixed,
-            current_rows=500,
-            reference_rows=2_000,
-            current_total=9_876,
-            reference_total=2_000,
-            signals=signals,
-            scheduled_for=NOW - timedelta(seconds=2),
-            finished_at=NOW + timedelta(seconds=14),
-            reference_start=NOW - timedelta(days=8),
-            reference_end=NOW - timedelta(days=7),
-            snapshot_path="snapshots/support-bot/42.json",
-        ),
+    older = store.record_check(deployment, new_check(at=NOW - timedelta(hours=1)))
+    recorded = new_check(
+        CheckStatus.drift,
+        at=NOW,
+        drifted={"descriptors": 0.61},
+        calm={"embedding": 0.004},
+        reference_kind=ReferenceKind.fixed,
+        reference_rows=2_000,
+        current_total=9_876,
+        reference_total=2_000,
+        scheduled_for=NOW - timedelta(seconds=2),
+        finished_at=NOW + timedelta(seconds=14),
+        reference_start=NOW - timedelta(days=8),
+        reference_end=NOW - timedelta(days=7),
+        snapshot_path="snapshots/support-bot/42.json",
     )
+    newer = store.record_check(deployment, recorded)
 
     checks = store.recent_checks(deployment)
 
     assert [c.id for c in checks] == [newer, older]
     latest = checks[0]
     assert latest.status == "drift"
-    assert latest.signals == signals
+    assert latest.signals == recorded.signals
     assert latest.started_at == NOW
     assert latest.scheduled_for == NOW - timedelta(seconds=2)
     assert latest.finished_at == NOW + timedelta(seconds=14)
@@ -75,7 +51,7 @@ def test_checks_round_trip_newest_first(store: Store, deployment: str) -> None:
 
 def test_recent_checks_limit(store: Store, deployment: str) -> None:
     for minutes in range(5):
-        store.record_check(deployment, a_check(NOW + timedelta(minutes=minutes)))
+        store.record_check(deployment, new_check(at=NOW + timedelta(minutes=minutes)))
 
     checks = store.recent_checks(deployment, limit=2)
 
@@ -86,7 +62,9 @@ def test_recent_checks_limit(store: Store, deployment: str) -> None:
 
 
 def test_failed_check_keeps_its_error(store: Store, deployment: str) -> None:
-    store.record_check(deployment, a_check(NOW, "failed", error="monitor timed out after 120 s"))
+    store.record_check(
+        deployment, new_check("failed", at=NOW, error="monitor timed out after 120 s")
+    )
 
     (check,) = store.recent_checks(deployment)
 
@@ -95,7 +73,7 @@ def test_failed_check_keeps_its_error(store: Store, deployment: str) -> None:
 
 def test_unknown_check_status_is_refused(store: Store, deployment: str) -> None:
     with pytest.raises(ValueError, match="exploded"):
-        store.record_check(deployment, a_check(NOW, "exploded"))
+        store.record_check(deployment, replace(new_check(at=NOW), status="exploded"))
 
 
 def test_events_round_trip_with_their_evidence(store: Store, deployment: str) -> None:
@@ -152,7 +130,7 @@ def test_ensure_deployment_updates_kind_and_task(store: Store) -> None:
     again = store.ensure_deployment("bot", "finetuned", "classification")
 
     assert again == first
-    store.record_check("bot", a_check(NOW))
+    store.record_check("bot", new_check(at=NOW))
     with pytest.raises(ValueError, match="'chatty'"):
         store.ensure_deployment("bot", "chatty", "generation")
 
@@ -190,7 +168,7 @@ def test_parse_time_refuses_with_a_value_error(text: str, says: str) -> None:
 
 def test_the_widest_time_filters_reach_the_store(store: Store, deployment: str) -> None:
     """The first and last moments parse_time gives are compared by both databases."""
-    store.record_check(deployment, a_check(NOW))
+    store.record_check(deployment, new_check(at=NOW))
     store.add_event(deployment, "job.queued", "queued", {}, ts=NOW)
     first = parse_time("0001-01-01T00:00:00Z", now=NOW)
     last = parse_time("9999-12-31T23:59:59.999999Z", now=NOW)
