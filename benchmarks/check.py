@@ -31,9 +31,7 @@ intervals.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
 import platform
 import random
@@ -44,206 +42,37 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.config import Config, load_config
+from daemon.config import load_config
 from daemon.ingest.describe import DEFAULT_REFUSAL_PHRASES
-from daemon.ingest.pipeline import DeploymentPipeline
-from daemon.ingest.schema import SampleIn
-from daemon.store import NewSample, Store, upgrade
-from daemon.store.repository import RowEncoder
+from daemon.store import Store, upgrade
 
 if TYPE_CHECKING:
     import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "examples/banking77/data"
-START = datetime(2026, 11, 1, tzinfo=UTC)
-WINDOW = timedelta(days=1)
-KNOWN_INTENTS = 40
-UNSEEN_INTENTS = 10
-UNSEEN_SHARE = 0.2
-QUALITY_ROWS = 1000
-PARTITION_SEED = 77
-FILL_CHUNK = 50_000
-CORPUS_DEPLOYMENT = "corpus"
-DIMENSIONS_PREFIX = "e"
-# Evidently's EmbeddingsDrift default: ModelDriftMethod, ROC AUC above 0.55 (no bootstrap from
-# 1,000 reference rows on).
-NAIVE_EMBEDDING_THRESHOLD = 0.55
-DESCRIPTOR_SHARE = 0.5
-# Quality windows whose Evidently run is timed as shipped, before its random-AUC percentile is
-# remembered (see memoize_random_auc_percentile).
-EVIDENTLY_AS_SHIPPED = 3
-
-
-# --- data --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """Banking77 (train and test), one stored-form sample per row, and the distinct inputs."""
-
-    categories: list[str]
-    samples: list[NewSample]
-    texts: list[str]  # distinct stored inputs, in the order of the embedding table
-    text_of_row: list[int]  # row -> position in ``texts``
-
-    def rows_of(self, intents: Sequence[str]) -> list[int]:
-        wanted = set(intents)
-        return [row for row, category in enumerate(self.categories) if category in wanted]
-
-
-def config_text(sizes: Sequence[int], database: Path, snapshots: Path) -> str:
-    """driftd.yaml for the run: one prompted generation deployment per size, defaults elsewhere."""
-    deployments = [
-        {
-            "name": name,
-            "kind": "prompted",
-            "task": "generation",
-            "prompt": {"model": "gpt-4o-mini", "system": "You help bank customers."},
-        }
-        for name in [CORPUS_DEPLOYMENT, *(deployment_name(size) for size in sizes)]
-    ]
-    config = {
-        "storage": {"url": f"sqlite:///{database}", "snapshots": str(snapshots)},
-        "deployments": deployments,
-    }
-    return json.dumps(config, indent=2)  # JSON is YAML
-
-
-def deployment_name(size: int) -> str:
-    return f"size-{size}"
-
-
-def corpus(config: Config) -> Corpus:
-    """Every Banking77 question through the ingest pipeline (redaction, descriptors)."""
-    texts: list[str] = []
-    categories: list[str] = []
-    for part in ("train", "test"):
-        with (DATA / f"{part}.csv").open(encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                texts.append(row["text"])
-                categories.append(row["category"])
-    items = [SampleIn(request_id=f"b77-{i}", input=text) for i, text in enumerate(texts)]
-    prepared = DeploymentPipeline(config.deployment(CORPUS_DEPLOYMENT)).prepare(items, START)
-    assert len(prepared.samples) == len(texts), "the corpus deployment must keep every sample"
-    position: dict[str, int] = {}
-    text_of_row = [position.setdefault(s.input, len(position)) for s in prepared.samples]
-    return Corpus(categories, prepared.samples, list(position), text_of_row)
-
-
-def partition(categories: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
-    """A seeded choice of the reference's 40 intents and 10 others it never sees."""
-    intents = sorted(set(categories))
-    chosen = random.Random(seed).sample(intents, KNOWN_INTENTS + UNSEEN_INTENTS)
-    return chosen[:KNOWN_INTENTS], chosen[KNOWN_INTENTS:]
-
-
-def window_rows(
-    size: int, shifted: bool, known: Sequence[int], unseen: Sequence[int], rng: random.Random
-) -> list[int]:
-    """Corpus rows of one stored window: drawn with replacement, unseen intents 20% if shifted."""
-    novel = round(size * UNSEEN_SHARE) if shifted else 0
-    rows = rng.choices(known, k=size - novel) + rng.choices(unseen, k=novel)
-    rng.shuffle(rows)
-    return rows
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each size's windows are: a check at ``now`` compares the window ending there with
-    the one before it (the default reference, ``previous_window``)."""
-
-    size: int
-    shifted_now: datetime
-    stable_now: datetime | None  # only at the agreement size
-
-    @property
-    def deployment(self) -> str:
-        return deployment_name(self.size)
-
-
-def layouts(sizes: Sequence[int], agree_at: int | None) -> list[Layout]:
-    """Windows from START: [stable, shifted], or [stable, stable, shifted] at the agreement
-    size, where the stable check compares the second window with the first."""
-    plans = []
-    for size in sizes:
-        if size == agree_at:
-            plans.append(Layout(size, START + 3 * WINDOW, START + 2 * WINDOW))
-        else:
-            plans.append(Layout(size, START + 2 * WINDOW, None))
-    return plans
-
-
-def fill(store: Store, data: Corpus, plans: Sequence[Layout]) -> tuple[int, float]:
-    """Store every window of every size; rows and seconds."""
-    known_intents, unseen_intents = partition(data.categories, PARTITION_SEED)
-    known, unseen = data.rows_of(known_intents), data.rows_of(unseen_intents)
-    encoder = RowEncoder(store.engine.dialect.name)
-    created = datetime.now(UTC)
-    total = 0
-    started = time.perf_counter()
-    for plan in plans:
-        deployment_id = store.ensure_deployment(plan.deployment, "prompted", "generation")
-        windows = 3 if plan.stable_now is not None else 2
-        rng = random.Random(plan.size)
-        for k in range(windows):
-            shifted = k == windows - 1
-            rows = window_rows(plan.size, shifted, known, unseen, rng)
-            begin = START + k * WINDOW
-            step = WINDOW / plan.size
-            for offset in range(0, plan.size, FILL_CHUNK):
-                chunk = [
-                    replace(
-                        data.samples[row],
-                        request_id=f"w{k}-{offset + i}",
-                        ts=begin + step * (offset + i),
-                    )
-                    for i, row in enumerate(rows[offset : offset + FILL_CHUNK])
-                ]
-                store.insert_rows([encoder.encode(plan.deployment, deployment_id, chunk, created)])
-                total += len(chunk)
-        print(f"  filled {plan.deployment}: {windows} windows of {plan.size:,}", file=sys.stderr)
-    return total, time.perf_counter() - started
-
-
-# --- children: each measurement in a process of its own ----------------------------------------
-
-
-def memory() -> dict[str, float]:
-    """This process's current and peak resident set, MiB."""
-    found: dict[str, float] = {}
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                found[key] = int(value.split()[0]) / 1024
-    return found
-
-
-def preload() -> None:
-    """What a check worker has loaded before it runs a check."""
-    import evidently
-    import evidently.descriptors
-    import evidently.metrics
-    import evidently.presets  # noqa: F401
-    import sklearn.linear_model  # noqa: F401
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-
-    import monitors.check
-    import monitors.embed  # noqa: F401
-
-
-def embedding_table(folder: Path) -> tuple[np.ndarray, dict[str, int]]:
-    import numpy as np
-
-    texts: list[str] = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
-    return np.load(folder / "embeddings.npy"), {text: i for i, text in enumerate(texts)}
+from check_report import print_agreement, print_cost, print_quality
+from check_setup import (
+    DESCRIPTOR_SHARE,
+    DIMENSIONS_PREFIX,
+    EVIDENTLY_AS_SHIPPED,
+    NAIVE_EMBEDDING_THRESHOLD,
+    QUALITY_ROWS,
+    ROOT,
+    UNSEEN_SHARE,
+    WINDOW,
+    Corpus,
+    config_text,
+    corpus,
+    embedding_table,
+    fill,
+    layouts,
+    memory,
+    partition,
+    preload,
+)
 
 
 def child_embed(spec: dict[str, Any]) -> dict[str, Any]:
@@ -639,184 +468,6 @@ def resident_mib(pid: int) -> float:
     except FileNotFoundError:
         pass
     return 0.0
-
-
-# --- the run and its tables --------------------------------------------------------------------
-
-
-def wilson(hits: int, n: int) -> tuple[float, float]:
-    """Wilson 95% interval of a proportion."""
-    if n == 0:
-        return (math.nan, math.nan)
-    z = 1.96
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def rate(hits: int, n: int) -> str:
-    low, high = wilson(hits, n)
-    return f"{hits / n:.2f} ({hits}/{n}; {low:.2f}-{high:.2f})"
-
-
-def seconds(value: float) -> str:
-    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
-
-
-def drifted_signals(run: dict[str, Any]) -> str:
-    names = [name for name, s in run["signals"].items() if s["status"] == "drift"]
-    return ", ".join(names) or "none"
-
-
-def embed_rate(first: dict[str, Any]) -> float:
-    """Texts per second of a first check's encoding: the rate the naive run would have had."""
-    return float(first["texts_embedded"]) / max(float(first["encode_s"]), 1e-9)
-
-
-def print_cost(
-    plans: Sequence[Layout],
-    driftd: dict[int, tuple[dict[str, Any], dict[str, Any]]],
-    naive: dict[int, dict[str, Any] | None],
-    skip_above: int,
-) -> None:
-    print("### One check: driftd beside a naive Evidently run (shifted window)\n")
-    print(
-        "| samples per window | driftd 1st check (embeds its draws), s "
-        "| driftd 2nd check (cached), s | naive Evidently (embeddings given), s "
-        "| naive / driftd 2nd | naive / driftd 1st | naive + embedding 2N texts (est.), s "
-        "| that / driftd 1st | peak RSS MiB: driftd 1st / 2nd / naive |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for plan in plans:
-        first, second = driftd[plan.size]
-        run = naive.get(plan.size)
-        if run is None:
-            cells = [f"not run (above --skip-naive-above {skip_above:,})", "", "", "", ""]
-            rss = "-"
-        elif "stopped" in run:
-            cells = [str(run["stopped"]), "", "", "", ""]
-            rss = "-"
-        else:
-            with_embedding = run["wall_s"] + 2 * plan.size / embed_rate(first)
-            cells = [
-                seconds(run["wall_s"]),
-                f"{run['wall_s'] / second['wall_s']:.1f}x",
-                f"{run['wall_s'] / first['wall_s']:.1f}x",
-                seconds(with_embedding),
-                f"{with_embedding / first['wall_s']:.1f}x",
-            ]
-            rss = f"{run['peak_rss_mib']:,.0f}"
-        print(
-            f"| {plan.size:,} | {seconds(first['wall_s'])} | {seconds(second['wall_s'])} | "
-            f"{' | '.join(cells)} | {first['peak_rss_mib']:,.0f} / "
-            f"{second['peak_rss_mib']:,.0f} / {rss} |"
-        )
-    print(
-        "\n(est.: the naive run's time plus embedding all 2N texts of both windows at the rate "
-        "driftd's first check of that size encoded at; the load average shows how busy the "
-        "shared machine was.)"
-    )
-    print("\n### driftd's check, where the time goes\n")
-    print(
-        "| samples per window | check | drawn ref / cur | texts embedded (distinct) "
-        "| model load, s | encode, s (texts/s) | signals, s | store, frames, rest, s | total, s "
-        "| RSS before / peak, MiB | load avg | verdict |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for plan in plans:
-        for label, run in zip(("1st", "2nd"), driftd[plan.size], strict=True):
-            rest = run["wall_s"] - run["load_s"] - run["encode_s"] - run["signal_s"]
-            encode = f"{run['encode_s']:.1f}"
-            if run["texts_embedded"]:
-                encode += f" ({embed_rate(run):,.0f})"
-            print(
-                f"| {plan.size:,} | {label} | {run['drawn'][0]:,} / {run['drawn'][1]:,} | "
-                f"{run['texts_embedded']:,} | {run['load_s']:.1f} | {encode} | "
-                f"{run['signal_s']:.1f} | {rest:.1f} | {seconds(run['wall_s'])} | "
-                f"{run['rss_before_mib']:,.0f} / {run['peak_rss_mib']:,.0f} | "
-                f"{run['load']:.1f} | {run['status']} ({drifted_signals(run)}) |"
-            )
-    print("\n### Naive Evidently run, where the time goes\n")
-    print(
-        "| samples per window | read both windows, s | Evidently descriptors, s "
-        "| DataDriftPreset + EmbeddingsDrift, s | total, s | RSS before / peak, MiB | load avg |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for plan in plans:
-        run = naive.get(plan.size)
-        if run is None or "stopped" in run:
-            status = "not run" if run is None else str(run["stopped"])
-            print(f"| {plan.size:,} | {status} | | | | | |")
-            continue
-        print(
-            f"| {plan.size:,} | {run['read_s']:.1f} | {seconds(run['descriptors_s'])} | "
-            f"{seconds(run['report_s'])} | {seconds(run['wall_s'])} | "
-            f"{run['rss_before_mib']:,.0f} / {run['peak_rss_mib']:,.0f} | {run['load']:.1f} |"
-        )
-
-
-def print_agreement(
-    size: int, driftd: dict[str, dict[str, Any]], naive: dict[str, dict[str, Any] | None]
-) -> None:
-    print(f"\n### Same verdicts at {size:,} samples per window\n")
-    print(
-        "| current window | driftd verdict (drifted signals) | naive Evidently: text AUC, "
-        "embedding AUC, drifted descriptors | naive verdict | agree |"
-    )
-    print("|---|---|---|---|---|")
-    for kind in ("shifted", "stable"):
-        ours = driftd[kind]
-        theirs = naive.get(kind)
-        if theirs is None or "stopped" in theirs:
-            missing = "not run" if theirs is None else str(theirs["stopped"])
-            print(f"| {kind} | {ours['status']} ({drifted_signals(ours)}) | {missing} | | |")
-            continue
-        parts = [name for name, hit in theirs["verdicts"].items() if hit]
-        verdict = f"{'drift' if theirs['drift'] else 'ok'} ({', '.join(parts) or 'none'})"
-        agree = (ours["status"] == "drift") == theirs["drift"]
-        print(
-            f"| {kind} | {ours['status']} ({drifted_signals(ours)}) | "
-            f"{theirs['text_score']:.3f}, {theirs['embedding_score']:.3f}, "
-            f"{theirs['descriptor_share']:.0%} | {verdict} | {'yes' if agree else 'NO'} |"
-        )
-
-
-def print_quality(outcomes: list[dict[str, Any]], texts_per_s: float) -> None:
-    shifted = [o for o in outcomes if o["kind"] == "shifted"]
-    stable = [o for o in outcomes if o["kind"] == "stable"]
-    failures = sum(bool(o["failed"]) for o in outcomes)
-    print(
-        f"\n### Detection quality on Banking77: {len(shifted)} shifted and {len(stable)} stable "
-        f"windows of {QUALITY_ROWS:,} against {QUALITY_ROWS:,}\n"
-    )
-    print("| detector | power (shifted flagged) | false alarms (stable flagged) | s per window |")
-    print("|---|---|---|---|")
-    rows = (
-        ("driftd: text signal", "text", "driftd_s"),
-        ("driftd: embedding signal", "embedding", "driftd_s"),
-        ("driftd: check verdict (either)", "driftd", "driftd_s"),
-        ("Evidently DataDriftPreset, raw text", "evidently", "evidently_s"),
-    )
-    for label, key, clock in rows:
-        power = sum(o[key] for o in shifted)
-        alarms = sum(o[key] for o in stable)
-        timed = [o for o in outcomes if o["as_shipped"]] if key == "evidently" else outcomes
-        per_window = sum(o[clock] for o in timed) / len(timed)
-        timing = f"{per_window:.2f}" if key in ("driftd", "evidently") else "(in the verdict's)"
-        print(f"| {label} | {rate(power, len(shifted))} | {rate(alarms, len(stable))} | {timing} |")
-    remembered = [o["evidently_s"] for o in outcomes if not o["as_shipped"]]
-    if remembered:
-        print(
-            f"\nEvidently's time per window is over the first {len(outcomes) - len(remembered)} "
-            f"comparisons, as shipped; with its random-AUC percentile remembered (same verdicts) "
-            f"the others took {sum(remembered) / len(remembered):.2f} s each."
-        )
-    print(
-        f"\ndriftd's time per window has the embeddings precomputed; embedding a new window of "
-        f"{QUALITY_ROWS:,} texts costs about {QUALITY_ROWS / texts_per_s:.1f} s more at the "
-        f"rate measured in this run. Signals that failed: {failures} windows."
-    )
 
 
 def main() -> None:
