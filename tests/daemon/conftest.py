@@ -1,20 +1,32 @@
-"""The OpenAI-compatible proxy's test bench (``test_proxy*.py``): llm-katan upstreams started
-once per module, and the proxy in uvicorn in a thread in front of a real store (SQLite and
-PostgreSQL) and the real writer thread."""
+"""Two test benches of tests/daemon.
+
+The OpenAI-compatible proxy's (``test_proxy*.py``): llm-katan upstreams started once per module,
+and the proxy in uvicorn in a thread in front of a real store (SQLite and PostgreSQL) and the
+real writer thread.
+
+The embedded client's (``test_client*.py``): a real HTTP server on 127.0.0.1 that answers the
+client's batches as scripted (``Ingest``), and the clients of it (``connect``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from daemon.auth import Tokens
+from daemon.client import Client, ClientStats
 from daemon.config import parse_config
 from daemon.ingest.writer import Writer
 from daemon.metrics import ReplicaMetrics
@@ -25,8 +37,8 @@ from daemon.proxy import (
     proxy_router,
 )
 from daemon.store import Sample, Store
-from tests.helpers.http import serving_app
-from tests.helpers.serve import start_katan
+from tests.helpers.http import serving, serving_app
+from tests.helpers.serve import free_port, start_katan
 from tests.helpers.wait import wait_for
 
 KEY = "sk-katan-right"
@@ -176,3 +188,166 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "bank-bot", "messages": [{"role": "user", "content": text}], **extra}
+
+
+# -- the embedded client's bench (test_client*.py) ----------------------------------------------
+
+DEPLOYMENT = "support-bot"
+TOKEN = "s3cret-token"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the server saw it, and the status it answered."""
+
+    at: float
+    path: str
+    authorization: str | None
+    body: Any
+    status: int
+
+    @property
+    def route(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.body[self.route]
+        return items
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    sleep: float = 0.0
+
+
+class Ingest:
+    """A stand-in for driftd's ingest API: checks the token and the deployment like driftd does,
+    knows which request_ids it has, sample outs ids that start with ``out-``, and answers the next
+    requests as scripted."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.script: deque[Answer] = deque()
+        self.known: set[str] = set()
+        self.lock = threading.Lock()
+        self.release = threading.Event()  # cuts every scripted sleep short at teardown
+        self.url = ""
+
+    def answer_next(self, count: int, answer: Answer) -> None:
+        with self.lock:
+            self.script.extend([answer] * count)
+
+    def delivered(self, route: str = "samples") -> list[dict[str, Any]]:
+        """The items of every request to ``route`` that was answered 200."""
+        with self.lock:
+            requests = [r for r in self.received if r.route == route and r.status == 200]
+        return [item for request in requests for item in request.items]
+
+    def sizes(self, route: str = "samples") -> list[int]:
+        """The number of items in each request to ``route``, in the order they came."""
+        with self.lock:
+            return [len(r.items) for r in self.received if r.route == route]
+
+    def answer(self, path: str, authorization: str | None, body: Any) -> Answer:
+        with self.lock:
+            answer = (
+                self.script.popleft() if self.script else self._ingest(path, authorization, body)
+            )
+            self.received.append(
+                Received(time.monotonic(), path, authorization, body, answer.status)
+            )
+        return answer
+
+    def _ingest(self, path: str, authorization: str | None, body: Any) -> Answer:
+        if authorization != f"Bearer {TOKEN}":
+            return Answer(401, {"detail": "invalid token"})
+        _, _, _, deployment, route = path.split("/")
+        if deployment != DEPLOYMENT:
+            return Answer(404, {"detail": f"unknown deployment {deployment}"})
+        ids = [item["request_id"] for item in body[route]]
+        if route == "feedback":
+            unknown = [i for i in ids if i not in self.known]
+            return Answer(200, {"updated": len(ids) - len(unknown), "unknown": unknown})
+        sampled_out = [i for i in ids if i.startswith("out-")]
+        kept = [i for i in ids if not i.startswith("out-")]
+        new = [i for i in kept if i not in self.known]
+        self.known.update(kept)
+        counts = {
+            "new": len(new),
+            "duplicate": len(kept) - len(new),
+            "sampled_out": len(sampled_out),
+        }
+        return Answer(200, {"received": len(ids), **counts})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    ingest: ClassVar[Ingest]
+    protocol_version = "HTTP/1.1"  # keep-alive, as the client's pool expects
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        answer = self.ingest.answer(self.path, self.headers["Authorization"], body)
+        if answer.sleep:
+            self.ingest.release.wait(answer.sleep)
+        content = json.dumps(answer.body).encode()
+        self.send_response(answer.status)
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test asserts on what was received instead."""
+
+
+@pytest.fixture
+def ingest() -> Iterator[Ingest]:
+    class Handler(_Handler):
+        ingest = Ingest()
+
+    with serving(Handler, "ingest") as server:
+        Handler.ingest.url = f"http://127.0.0.1:{server.server_port}"
+        try:
+            yield Handler.ingest
+        finally:
+            Handler.ingest.release.set()
+
+
+Connect = Callable[..., Client]
+
+
+@pytest.fixture
+def connect(ingest: Ingest) -> Iterator[Connect]:
+    """Makes clients of ``ingest`` with quick retries, and closes them after the test."""
+    clients: list[Client] = []
+
+    def connect(url: str | None = None, deployment: str = DEPLOYMENT, **options: Any) -> Client:
+        options = {"token": TOKEN, "backoff_base": 0.02, "backoff_max": 0.1, **options}
+        client = Client(url or ingest.url, deployment, **options)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close(timeout=1)
+
+
+def refused_url() -> str:
+    """The URL of a port on 127.0.0.1 where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def stats(**counts: int) -> ClientStats:
+    zero = dict.fromkeys(ClientStats.__dataclass_fields__, 0)
+    return ClientStats(**{**zero, **counts})
+
+
+def log_many(client: Client, count: int, prefix: str = "r") -> None:
+    for i in range(count):
+        client.log(f"{prefix}{i}", "how do I reset my card?", "Go to Settings.")
