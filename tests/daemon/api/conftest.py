@@ -325,6 +325,28 @@ def driftd(launch_security: SecurityLaunch) -> Driftd:
     return launch_security()
 
 
+# -- how callers present themselves and what they send (test_security*.py) --------------------
+
+PLAUSIBLE_BODIES: dict[str, Any] = {
+    "/samples": {"samples": [{"request_id": "matrix-1", "input": "Where is my card?"}]},
+    "/feedback": {"feedback": [{"request_id": "matrix-1", "thumb": "up"}]},
+    "/chat/completions": {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Where is my card?"}],
+    },
+    "/embeddings": {"model": "text-embedding-3-small", "input": "Where is my card?"},
+}
+REFUSED = (401, 403)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def driftd_header(token: str) -> dict[str, str]:
+    return {"X-Driftd-Token": token}
+
+
 # -- the ingest API on its own (test_ingest*.py) -------------------------------------------------
 
 CONFIG = """\
