@@ -2,188 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from daemon.client import Client, ClientStats
-from tests.helpers.http import serving
+from daemon.client import Client
+from tests.daemon.conftest import (
+    DEPLOYMENT,
+    TOKEN,
+    Connect,
+    Ingest,
+    log_many,
+    refused_url,
+    stats,
+)
 from tests.helpers.imports import loaded_after
-from tests.helpers.serve import free_port
 from tests.helpers.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOYMENT = "support-bot"
-TOKEN = "s3cret-token"
-
-
-@dataclass(frozen=True)
-class Received:
-    """One request as the server saw it, and the status it answered."""
-
-    at: float
-    path: str
-    authorization: str | None
-    body: Any
-    status: int
-
-    @property
-    def route(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def items(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.body[self.route]
-        return items
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    sleep: float = 0.0
-
-
-class Ingest:
-    """A stand-in for driftd's ingest API: checks the token and the deployment like driftd does,
-    knows which request_ids it has, sample outs ids that start with ``out-``, and answers the next
-    requests as scripted."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.script: deque[Answer] = deque()
-        self.known: set[str] = set()
-        self.lock = threading.Lock()
-        self.release = threading.Event()  # cuts every scripted sleep short at teardown
-        self.url = ""
-
-    def answer_next(self, count: int, answer: Answer) -> None:
-        with self.lock:
-            self.script.extend([answer] * count)
-
-    def delivered(self, route: str = "samples") -> list[dict[str, Any]]:
-        """The items of every request to ``route`` that was answered 200."""
-        with self.lock:
-            requests = [r for r in self.received if r.route == route and r.status == 200]
-        return [item for request in requests for item in request.items]
-
-    def sizes(self, route: str = "samples") -> list[int]:
-        """The number of items in each request to ``route``, in the order they came."""
-        with self.lock:
-            return [len(r.items) for r in self.received if r.route == route]
-
-    def answer(self, path: str, authorization: str | None, body: Any) -> Answer:
-        with self.lock:
-            answer = (
-                self.script.popleft() if self.script else self._ingest(path, authorization, body)
-            )
-            self.received.append(
-                Received(time.monotonic(), path, authorization, body, answer.status)
-            )
-        return answer
-
-    def _ingest(self, path: str, authorization: str | None, body: Any) -> Answer:
-        if authorization != f"Bearer {TOKEN}":
-            return Answer(401, {"detail": "invalid token"})
-        _, _, _, deployment, route = path.split("/")
-        if deployment != DEPLOYMENT:
-            return Answer(404, {"detail": f"unknown deployment {deployment}"})
-        ids = [item["request_id"] for item in body[route]]
-        if route == "feedback":
-            unknown = [i for i in ids if i not in self.known]
-            return Answer(200, {"updated": len(ids) - len(unknown), "unknown": unknown})
-        sampled_out = [i for i in ids if i.startswith("out-")]
-        kept = [i for i in ids if not i.startswith("out-")]
-        new = [i for i in kept if i not in self.known]
-        self.known.update(kept)
-        counts = {
-            "new": len(new),
-            "duplicate": len(kept) - len(new),
-            "sampled_out": len(sampled_out),
-        }
-        return Answer(200, {"received": len(ids), **counts})
-
-
-class _Handler(BaseHTTPRequestHandler):
-    ingest: ClassVar[Ingest]
-    protocol_version = "HTTP/1.1"  # keep-alive, as the client's pool expects
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        answer = self.ingest.answer(self.path, self.headers["Authorization"], body)
-        if answer.sleep:
-            self.ingest.release.wait(answer.sleep)
-        content = json.dumps(answer.body).encode()
-        self.send_response(answer.status)
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test asserts on what was received instead."""
-
-
-@pytest.fixture
-def ingest() -> Iterator[Ingest]:
-    class Handler(_Handler):
-        ingest = Ingest()
-
-    with serving(Handler, "ingest") as server:
-        Handler.ingest.url = f"http://127.0.0.1:{server.server_port}"
-        try:
-            yield Handler.ingest
-        finally:
-            Handler.ingest.release.set()
-
-
-Connect = Callable[..., Client]
-
-
-@pytest.fixture
-def connect(ingest: Ingest) -> Iterator[Connect]:
-    """Makes clients of ``ingest`` with quick retries, and closes them after the test."""
-    clients: list[Client] = []
-
-    def connect(url: str | None = None, deployment: str = DEPLOYMENT, **options: Any) -> Client:
-        options = {"token": TOKEN, "backoff_base": 0.02, "backoff_max": 0.1, **options}
-        client = Client(url or ingest.url, deployment, **options)
-        clients.append(client)
-        return client
-
-    yield connect
-    for client in clients:
-        client.close(timeout=1)
-
-
-def refused_url() -> str:
-    """The URL of a port on 127.0.0.1 where nothing listens."""
-    return f"http://127.0.0.1:{free_port()}"
-
-
-def stats(**counts: int) -> ClientStats:
-    zero = dict.fromkeys(ClientStats.__dataclass_fields__, 0)
-    return ClientStats(**{**zero, **counts})
-
-
-def log_many(client: Client, count: int, prefix: str = "r") -> None:
-    for i in range(count):
-        client.log(f"{prefix}{i}", "how do I reset my card?", "Go to Settings.")
 
 
 # -- batching and what is sent -----------------------------------------------------------------
@@ -304,133 +147,6 @@ def test_feedback_goes_to_the_feedback_route_after_its_samples(
         {"request_id": "never-logged", "score": 0.2},
     ]
     assert client.stats == stats(sent=3)
-
-
-# -- the server's answers ----------------------------------------------------------------------
-
-
-def test_429_is_retried_after_the_delay_retry_after_names(ingest: Ingest, connect: Connect) -> None:
-    ingest.answer_next(1, Answer(429, {"detail": "slow down"}, {"Retry-After": "1"}))
-    client = connect()
-    log_many(client, 2)
-    assert client.flush(timeout=5)
-
-    with ingest.lock:
-        first, second = ingest.received
-    assert 0.95 <= second.at - first.at < 1.5
-    assert client.stats == stats(sent=2, retries=1)
-
-
-def test_5xx_is_retried_with_growing_backoff_until_it_succeeds(
-    ingest: Ingest, connect: Connect
-) -> None:
-    ingest.answer_next(3, Answer(503, {"detail": "store unavailable"}))
-    client = connect(backoff_base=0.05, backoff_max=1.0)
-    log_many(client, 2)
-    assert client.flush(timeout=5)
-
-    assert ingest.sizes() == [2, 2, 2, 2]
-    with ingest.lock:
-        gaps = [b.at - a.at for a, b in zip(ingest.received, ingest.received[1:], strict=False)]
-    # With jitter each wait is between half and all of 0.05, 0.1, 0.2 seconds.
-    for gap, ceiling in zip(gaps, (0.05, 0.1, 0.2), strict=True):
-        assert ceiling / 2 <= gap < ceiling + 0.5
-    assert [s["request_id"] for s in ingest.delivered()] == ["r0", "r1"]
-    assert client.stats == stats(sent=2, retries=3)
-
-
-def test_a_server_slower_than_the_timeout_is_retried(ingest: Ingest, connect: Connect) -> None:
-    ingest.answer_next(1, Answer(200, {}, sleep=2))
-    client = connect(timeout=0.2)
-    log_many(client, 2)
-    assert client.flush(timeout=5)
-
-    assert ingest.sizes() == [2, 2]
-    assert client.stats == stats(sent=2, retries=1)
-
-
-def test_413_splits_the_batch_in_halves(ingest: Ingest, connect: Connect) -> None:
-    ingest.answer_next(1, Answer(413, {"detail": "request body too large"}))
-    client = connect()
-    log_many(client, 8)
-    assert client.flush(timeout=5)
-
-    assert ingest.sizes() == [8, 4, 4]
-    assert [s["request_id"] for s in ingest.delivered()] == [f"r{i}" for i in range(8)]
-    assert client.stats == stats(sent=8)
-
-
-def test_a_single_sample_too_large_is_rejected_and_the_rest_sent(
-    ingest: Ingest, connect: Connect
-) -> None:
-    ingest.answer_next(2, Answer(413, {"detail": "request body too large"}))
-    client = connect()
-    log_many(client, 2)
-    assert client.flush(timeout=5)
-
-    assert ingest.sizes() == [2, 1, 1]
-    assert [s["request_id"] for s in ingest.delivered()] == ["r1"]
-    assert client.stats == stats(sent=1, rejected=1)
-
-
-def test_422_is_not_retried_and_logs_the_detail_in_one_warning(
-    ingest: Ingest, connect: Connect, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="driftd.client")
-    detail = [{"loc": ["body", "samples", 0, "input"], "msg": "x" * 2000}]
-    ingest.answer_next(1, Answer(422, {"detail": detail}))
-    client = connect()
-    log_many(client, 3)
-    assert client.flush(timeout=5)
-
-    assert ingest.sizes() == [3]
-    assert client.stats == stats(rejected=3)
-    (warning,) = caplog.records
-    assert "HTTP 422" in warning.getMessage()
-    assert '"loc": ["body", "samples", 0, "input"]' in warning.getMessage()
-    assert len(warning.getMessage()) < 1000
-
-
-@pytest.mark.parametrize(
-    ("token", "deployment", "status"),
-    [("wrong-token", DEPLOYMENT, 401), (TOKEN, "no-such-bot", 404)],
-)
-def test_401_and_404_are_not_retried_and_warned_about_once(
-    token: str,
-    deployment: str,
-    status: int,
-    ingest: Ingest,
-    connect: Connect,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.DEBUG, logger="driftd.client")
-    client = connect(token=token, deployment=deployment)
-    for batch in range(3):
-        log_many(client, 2, prefix=f"b{batch}-")
-        assert client.flush(timeout=5)
-
-    with ingest.lock:
-        assert [r.status for r in ingest.received] == [status] * 3
-    assert client.stats == stats(rejected=6)
-    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert f"HTTP {status}" in warning.getMessage()
-    assert all(token not in r.getMessage() for r in caplog.records)
-
-
-def test_a_server_that_is_down_is_retried_then_counted_failed(
-    connect: Connect, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="driftd.client")
-    client = connect(url=refused_url(), max_attempts=3)
-    log_many(client, 4)
-    client.feedback("r0", thumb="up")
-    assert client.flush(timeout=5)
-
-    assert client.stats == stats(failed=5, retries=4)
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2
-    assert "gave up on 4 samples for support-bot after 3 attempts: ConnectError" in messages[0]
-    assert "gave up on 1 feedback" in messages[1]
 
 
 # -- the app's side ----------------------------------------------------------------------------

@@ -6,6 +6,9 @@ Two upstreams stand behind the proxy: the shared fake OpenAI server (``tests/fak
 which accepts only its own key, so a call that reaches it proves driftd sent the configured
 one), and ``RecordingUpstream`` here, which answers every call and keeps the headers it
 received, so a test can show what driftd forwards and what it never does.
+
+The ingest API's tests (``test_ingest*.py``) build the app alone instead, on a real store and
+the real writer thread: ``Api`` and its ``api`` fixture, at the end of this module.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +28,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from daemon.api import Tokens
+from daemon.api import Tokens, create_app
 from daemon.auth import Scope
 from daemon.config import Config, parse_config
+from daemon.ingest.pipeline import DeploymentPipeline
+from daemon.ingest.prepare import PreparerPool
+from daemon.ingest.writer import Writer
+from daemon.metrics import ReplicaMetrics
 from daemon.serve import Daemon
 from daemon.store import Store
 from daemon.store.models import Deployment as DeploymentRow
@@ -315,3 +323,117 @@ def launch_security(
 def driftd(launch_security: SecurityLaunch) -> Driftd:
     """The daemon the security matrix and the fuzzer run against (``security_deployments``)."""
     return launch_security()
+
+
+# -- how callers present themselves and what they send (test_security*.py) --------------------
+
+PLAUSIBLE_BODIES: dict[str, Any] = {
+    "/samples": {"samples": [{"request_id": "matrix-1", "input": "Where is my card?"}]},
+    "/feedback": {"feedback": [{"request_id": "matrix-1", "thumb": "up"}]},
+    "/chat/completions": {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Where is my card?"}],
+    },
+    "/embeddings": {"model": "text-embedding-3-small", "input": "Where is my card?"},
+}
+REFUSED = (401, 403)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def driftd_header(token: str) -> dict[str, str]:
+    return {"X-Driftd-Token": token}
+
+
+# -- the ingest API on its own (test_ingest*.py) -------------------------------------------------
+
+CONFIG = """\
+ingest: {max_batch: 100, max_body_bytes: 65536}
+deployments:
+  - name: intents
+    kind: finetuned
+    task: classification
+    model: {name: ./model}
+    labels: [card_arrival, lost_card, exchange_rate]
+  - name: bot
+    kind: prompted
+    task: generation
+    prompt: {model: gpt-4o-mini, system: You help bank customers.}
+    sampling: {rate: 0.5}
+    descriptors:
+      patterns: [{name: order_ref, pattern: 'ORD-\\d+'}]
+"""
+INGEST = {"Authorization": "Bearer ingest-1"}
+ADMIN = {"Authorization": "Bearer admin-1"}
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+class Api:
+    def __init__(
+        self, store: Store, writer: Writer, stats: ReplicaMetrics, workers: int = 0
+    ) -> None:
+        config = parse_config(CONFIG, environ={})
+        for deployment in config.deployments:
+            store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
+        self.store = store
+        self.stats = stats
+        self.pipelines = {d.name: DeploymentPipeline(d) for d in config.deployments}
+        preparer = PreparerPool(
+            workers,
+            config.deployments,
+            store.deployment_ids(),
+            store.engine.dialect.name,
+            config.ingest.max_batch,
+        )
+        self.preparer = preparer
+        self.app = create_app(
+            store=store,
+            writer=writer,
+            preparer=preparer,
+            pipelines=self.pipelines,
+            tokens=Tokens(ingest=(b"ingest-1", b"ingest-2"), admin=(b"admin-1",)),
+            limits=config.ingest,
+            stats=stats,
+        )
+        self.client = TestClient(self.app)
+
+    def counted(self, name: str, **labels: str) -> float:
+        """A counter of the replica's metrics, as ``/metrics`` exports it (0 if never counted)."""
+        return self.stats.registry.get_sample_value(name, labels) or 0.0
+
+    def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+        return self.client.post(path, json=body, headers=INGEST if headers is None else headers)
+
+    def stored(self, deployment: str) -> dict[str, Sample]:
+        window = self.store.read_window(
+            deployment,
+            T0 - timedelta(days=3650),
+            T0 + timedelta(days=3650),
+            max_rows=100_000,
+            seed=0,
+        )
+        return {s.request_id: s for s in window.samples}
+
+
+@pytest.fixture
+def api(store: Store) -> Iterator[Api]:
+    stats = ReplicaMetrics()
+    writer = Writer(store, queue_batches=8, commit_rows=1000)
+    writer.start()
+    try:
+        yield Api(store, writer, stats)
+    finally:
+        writer.stop()
+
+
+def intent(request_id: str, **extra: Any) -> dict[str, Any]:
+    sample = {
+        "request_id": request_id,
+        "ts": T0.isoformat(),
+        "input": "Where is my new card?",
+        "prediction": "card_arrival",
+        "confidence": 0.9,
+    }
+    return sample | extra
