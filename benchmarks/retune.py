@@ -30,9 +30,9 @@ choice of ``--known`` intents and ``--unseen`` others (among intents with 100+ t
 The active version is MiniLM tuned by the ``train`` job on ``--active-rows`` questions of each known
 intent, its labels all known + unseen intents (the deployment declares them all). Production traffic
 shifts: ``--production`` labelled questions, ``--unseen-share`` of them from the unseen intents. The
-``finetune`` job gets what the daemon would give it (see ``daemon/retune/specs.py``): that traffic as
-``production.jsonl``, the active version's training data as the original file, a golden set (10 test
-questions per intent), the active version as its base and as the model to beat, driftd.yaml's
+``finetune`` job gets what the daemon would give it (see ``daemon/retune/specs.py``): that traffic
+as ``production.jsonl``, the active version's training data as the original file, a golden set (10
+test questions per intent), the active version as its base and as the model to beat, driftd.yaml's
 defaults for data mix and gate; it builds the data set, fine-tunes and gates a candidate. The oracle
 is the MiniLM base tuned by the ``train`` job on ``--oracle-rows`` training questions of every
 intent, known and unseen. The ``evaluate`` job scores the active version, the candidate and the
