@@ -1,4 +1,4 @@
-"""Job kind ``retrain``: a whole re-tune — data set, fine-tune, gate — in one process.
+"""Job kind ``finetune``: a whole re-tune — data set, fine-tune, gate — in one process.
 
 The daemon creates this job when its policy decides to re-tune and writes the spec (see
 ``daemon/retune/specs.py``): the labelled production samples it exported, the original training

@@ -1,4 +1,5 @@
-"""Running a ``retrain`` job by hand, as driftd's job runner does, and following its progress.
+"""Running a job (``python -m retrain <kind>``) by hand, as driftd's job runner does, and
+following its progress.
 
 A job is ``python -m retrain <kind> --spec job.json`` writing ``result.json`` into the spec's
 ``output_dir`` (see ``retrain/__main__.py``). Its progress lines go to stdout; the train job

@@ -25,8 +25,8 @@ from daemon.store.models import Deployment, Job, utcnow
 from daemon.store.repository import Store
 from daemon.store.statements import deployment_id_of, named_row, of_deployment
 
-# A kind names a ``retrain`` job (``python -m retrain <kind>``) or a Kubernetes Job template:
-# lower-case words, so it can never be read as an option or a path.
+# A kind names a job of the ``retrain`` package (``python -m retrain <kind>``) or a Kubernetes
+# Job template: lower-case words, so it can never be read as an option or a path.
 KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 # What an operator may do in each state; the messages of refused actions quote these.

@@ -118,7 +118,7 @@ class ActiveModel(Part):
 
 
 class FineTuneSpec(JobSpec, Bookkeeping, GoldenSet):
-    """Job kind ``retrain``: a whole re-tune (data set, fine-tune, gate) in one process."""
+    """Job kind ``finetune``: a whole re-tune (data set, fine-tune, gate) in one process."""
 
     KIND: ClassVar[str] = "finetune"
     NEEDED: ClassVar[tuple[str, ...]] = ("output_dir", "golden_set")
@@ -205,7 +205,7 @@ AtLeastOne = Annotated[int, whole(1)]
 
 
 class PromptRevisionSpec(JobSpec, Bookkeeping, GoldenSet):
-    """Job kind ``revise_prompt``: revised prompts proposed, scored, the best one gated."""
+    """Job kind ``prompt_revision``: revised prompts proposed, scored, the best one gated."""
 
     KIND: ClassVar[str] = "prompt_revision"
     NEEDED: ClassVar[tuple[str, ...]] = ("output_dir", "golden_set")
