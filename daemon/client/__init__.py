@@ -27,17 +27,18 @@ are held to (``body``), and the reading of the server's answers (``answers``).
 """
 
 from daemon.client.answers import RETRY_AFTER_CAP
-from daemon.client.body import (
+from daemon.client.body import ROLES, Scalar
+from daemon.client.client import WARNING_INTERVAL, Client, ClientStats, Route
+from daemon.ingest.rules import (
     MAX_COMMENT,
     MAX_ID_LENGTH,
     MAX_MESSAGES,
     MAX_METADATA_KEY,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_TEXT,
     MAX_SHORT_TEXT,
-    ROLES,
-    Scalar,
+    MAX_TEXT,
 )
-from daemon.client.client import WARNING_INTERVAL, Client, ClientStats, Route
-from daemon.ingest.rules import MAX_METADATA_KEYS, MAX_METADATA_TEXT, MAX_TEXT
 
 __all__ = [
     "MAX_COMMENT",

@@ -13,13 +13,19 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from daemon.ingest import rules
 from daemon.ingest.rules import (
     EARLIEST,
     LATEST,
+    MAX_COMMENT,
+    MAX_ID_LENGTH,
     MAX_INTEGER,
+    MAX_MESSAGES,
     MAX_METADATA_INTEGER,
+    MAX_METADATA_KEY,
     MAX_METADATA_KEYS,
     MAX_METADATA_TEXT,
+    MAX_SHORT_TEXT,
     MAX_TEXT,
     SAFE_ID,
     SAFE_ID_CHARACTERS,
@@ -27,15 +33,9 @@ from daemon.ingest.rules import (
     SAFE_KEY_CHARACTERS,
 )
 
-# The ingest API's limits that daemon.ingest.rules does not hold, kept in step with its schema.
-# An item that breaks one is dropped by ``log``/``feedback``: sent, it would have the server
-# refuse the whole batch it is in.
-MAX_ID_LENGTH: Final = 255
-MAX_SHORT_TEXT: Final = 255  # prediction, label, versions, probability labels
-MAX_MESSAGES: Final = 1000
-MAX_METADATA_KEY: Final = 64
-MAX_COMMENT: Final = 2000
-ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
+# An item that breaks one of the ingest API's limits (daemon.ingest.rules) is dropped by
+# ``log``/``feedback``: sent, it would have the server refuse the whole batch it is in.
+ROLES: Final = frozenset(rules.ROLES)
 
 Scalar = str | int | float | bool
 

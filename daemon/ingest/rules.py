@@ -7,6 +7,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 MAX_TEXT = 200_000
+MAX_ID_LENGTH = 255
+MAX_SHORT_TEXT = 255
+"""prediction, label, versions, probability labels"""
+MAX_MESSAGES = 1000
+MAX_METADATA_KEY = 64
+MAX_COMMENT = 2000
+ROLES = ("system", "developer", "user", "assistant", "tool")
+"""The roles a chat message may have, as the OpenAI chat API names them."""
 MAX_METADATA_KEYS = 16
 MAX_METADATA_TEXT = 256
 MAX_INTEGER = 2**31 - 1

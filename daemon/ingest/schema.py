@@ -39,10 +39,15 @@ from pydantic import (
 from daemon.ingest.rules import (
     EARLIEST,
     LATEST,
+    MAX_COMMENT,
+    MAX_ID_LENGTH,
     MAX_INTEGER,
+    MAX_MESSAGES,
     MAX_METADATA_INTEGER,
+    MAX_METADATA_KEY,
     MAX_METADATA_KEYS,
     MAX_METADATA_TEXT,
+    MAX_SHORT_TEXT,
     MAX_TEXT,
     SAFE_ID,
     SAFE_ID_CHARACTERS,
@@ -92,10 +97,10 @@ def _metadata_value(value: Any) -> str | int | float | bool:
     )
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=SAFE_ID)]
-ShortText = Annotated[str, StringConstraints(max_length=255, pattern=NO_NUL)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=SAFE_ID)]
+ShortText = Annotated[str, StringConstraints(max_length=MAX_SHORT_TEXT, pattern=NO_NUL)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_without_nul)]
-Comment = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_without_nul)]
+Comment = Annotated[str, StringConstraints(max_length=MAX_COMMENT), AfterValidator(_without_nul)]
 
 
 def _not_a_flag(value: Any) -> Any:
@@ -110,7 +115,9 @@ Unit = Annotated[float, BeforeValidator(_not_a_flag), Field(ge=0.0, le=1.0)]
 Count = Annotated[int, BeforeValidator(_not_a_flag), Field(ge=0, le=MAX_INTEGER)]
 Milliseconds = Annotated[float, BeforeValidator(_not_a_flag), Field(ge=0.0)]
 Moment = Annotated[AwareDatetime, Field(ge=EARLIEST, lt=LATEST)]
-MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SAFE_KEY)]
+MetadataKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY, pattern=SAFE_KEY)
+]
 MetadataValue = Annotated[
     str | int | float | bool,
     PlainValidator(
@@ -152,9 +159,9 @@ def _input_kind(value: Any) -> str:
     return "str" if isinstance(value, str) else "list[Message]"
 
 
-Messages = Annotated[list[Message], Field(min_length=1, max_length=1000)]
+Messages = Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
 
-_ID = f"{SAFE_ID_CHARACTERS}, 1-255 of them; stored in clear, never redacted"
+_ID = f"{SAFE_ID_CHARACTERS}, 1-{MAX_ID_LENGTH} of them; stored in clear, never redacted"
 _TEXT = "redacted before it is stored; no NUL characters"
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import JSON, Connection, func, select
 
 from daemon.errors import StoreError
+from daemon.ingest.rules import MAX_ID_LENGTH
 from daemon.store.models import Sample, utcnow
 from daemon.store.types import UTCDateTime, require_aware, to_json_text
 
@@ -27,7 +28,6 @@ DRAW_MODULUS = 2**31
 INSERT_BATCH_ROWS = 1000
 _DRAW_PERSON = b"driftd.draw.v1"
 _SEED_PERSON = b"driftd.seed.v1"
-_MAX_ID_LENGTH = 255
 
 
 @dataclass(slots=True)
@@ -65,9 +65,9 @@ class NewSample:
     meta: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if not self.request_id or len(self.request_id) > _MAX_ID_LENGTH:
+        if not self.request_id or len(self.request_id) > MAX_ID_LENGTH:
             raise ValueError(
-                f"request_id must be 1 to {_MAX_ID_LENGTH} characters, "
+                f"request_id must be 1 to {MAX_ID_LENGTH} characters, "
                 f"got {len(self.request_id)}: {self.request_id[:40]!r}"
             )
         require_aware("ts", self.ts)

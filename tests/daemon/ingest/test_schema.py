@@ -151,3 +151,18 @@ def test_a_flag_where_a_number_belongs_is_refused_not_read_as_one() -> None:
     # Numbers are numbers still: an integer where a float belongs is fine.
     body = b'{"samples": [{"request_id": "a", "input": "q", "latency_ms": 3, "confidence": 1}]}'
     assert parse_body(body, SAMPLE_BATCH).samples[0].latency_ms == 3.0
+
+
+def test_the_schema_and_the_client_hold_samples_to_the_same_limits() -> None:
+    """The client drops what the server would refuse: both read their limits from
+    ``daemon.ingest.rules``, and the schema's roles are the rules' roles."""
+    from typing import get_args
+
+    from daemon import client
+    from daemon.ingest import rules
+    from daemon.ingest.schema import Message
+
+    assert get_args(Message.model_fields["role"].annotation) == rules.ROLES
+    assert frozenset(rules.ROLES) == client.ROLES
+    for name in ("MAX_ID_LENGTH", "MAX_SHORT_TEXT", "MAX_MESSAGES", "MAX_COMMENT", "MAX_TEXT"):
+        assert getattr(client, name) == getattr(rules, name)
