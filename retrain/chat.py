@@ -1,9 +1,10 @@
-"""The chat models a job talks to (a prompt revision's proposer and target), each through its
-OpenAI-compatible endpoint, all spending from one token cap: the job's ``max_tokens``.
+"""The chat models a job talks to (a prompt revision's proposer and target, a gate's two sides),
+each through its OpenAI-compatible endpoint, all spending from one token cap.
 
 Before each call the cost is estimated (prompt characters / 4 plus the answer's cap) and the call
-is refused with a ``RevisionError`` giving the numbers when it would pass the cap; what a call
-spent is read from its answer's ``usage``. Errors name the model and the endpoint, never the key.
+is refused with the budget's error (``RevisionError`` unless it says otherwise), giving the
+numbers, when it would pass the cap; what a call spent is read from its answer's ``usage``.
+Errors name the model and the endpoint, never the key.
 
 Never imports ``daemon``.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from retrain import contract
-from retrain.errors import RevisionError
+from retrain.errors import JobError, RevisionError
 from retrain.judge import CHARS_PER_TOKEN, TokenBudget
 
 if TYPE_CHECKING:
@@ -23,17 +24,20 @@ if TYPE_CHECKING:
 
 @dataclass
 class Budget:
-    """The job's token cap, shared by the proposer, the target and the judge."""
+    """The job's token cap, shared by every model it calls (a prompt revision's proposer,
+    target and judge; a gate's two sides). ``error`` is what the job raises when the cap or a
+    model stops it, and ``hint`` what the message tells the operator to change."""
 
     limit: int
     spent: int = 0
+    error: type[JobError] = RevisionError
+    hint: str = "Raise max_tokens, or lower 'candidates' or the size of the golden and fresh sets"
 
-    def exhausted(self, role: str, needed: int) -> RevisionError:
+    def exhausted(self, role: str, needed: int) -> JobError:
         """The error that stops the job before a request of ``role`` would pass the cap."""
-        return RevisionError(
+        return self.error(
             f"token cap reached: {self.spent} of max_tokens {self.limit} spent, and the next "
-            f"{role} request needs about {needed}; the job stopped before a verdict. Raise "
-            "max_tokens, or lower 'candidates' or the size of the golden and fresh sets"
+            f"{role} request needs about {needed}; the job stopped before a verdict. {self.hint}"
         )
 
 
@@ -57,7 +61,7 @@ class Chat:
         self._api.close()
 
     def ask(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0) -> str:
-        """The model's answer; ``RevisionError`` when the cap would be passed or it fails."""
+        """The model's answer; the budget's error when the cap would be passed or it fails."""
         import openai
 
         estimate = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN + max_tokens
@@ -71,7 +75,7 @@ class Chat:
                 max_tokens=max_tokens,
             )
         except openai.OpenAIError as failure:
-            raise RevisionError(self._describe(failure)) from None
+            raise self.budget.error(self._describe(failure)) from None
         self.calls += 1
         if completion.usage is not None:
             used = completion.usage.prompt_tokens + completion.usage.completion_tokens

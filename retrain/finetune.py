@@ -8,7 +8,8 @@ data, the golden set, the model to start from and the active version to beat. Th
    configured ratio, split deterministically, lineage recorded),
 2. fine-tunes the candidate (``retrain.train`` with transformers' ``Trainer``, resumable from a
    checkpoint when a killed attempt is retried; or ``retrain.openai_finetune`` for OpenAI models),
-3. gates it against the active version on the golden set (``retrain.gate``),
+3. gates it against the active version on the golden set (``retrain.gate`` for a local model;
+   ``retrain.api_gate`` for an OpenAI classifier, both models answering through the API),
 
 and returns the candidate (its name and model folder), the gate's verdict and the lineage. It
 promotes nothing: the daemon's leader registers the candidate and promotes it only if the gate
@@ -29,6 +30,7 @@ The result is ``FineTuneResult``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +51,10 @@ from retrain.contract import (
 from retrain.errors import JobError
 
 Progress = Callable[[str], None]
+
+# The OpenAI gate's token cap: each side's answer to a golden example costs its prompt (the
+# system prompt and the question) and a few tokens of label; this bounds a runaway, not a budget.
+GATE_TOKENS_PER_EXAMPLE = 2_000
 
 
 def run(spec: FineTuneSpec, progress: Progress) -> FineTuneResult:
@@ -182,16 +188,47 @@ def _openai(
         output_dir=str(spec.output / "openai"),
     )
     tuned = openai_finetune.run(finetune_spec, progress)
+    model = tuned.fine_tuned_model
+    if model is None:  # openai_finetune refuses a succeeded job without one
+        raise JobError("the fine-tuning job succeeded but named no fine-tuned model")
     return FineTuneResult(
-        candidate=Produced(name=spec.candidate.name, artifact=tuned.fine_tuned_model),
-        gate=Verdict(
-            passed=False,
-            reasons=[
-                "the golden-set gate cannot score OpenAI models yet; the fine-tuned model is "
-                "kept as a candidate for an operator to promote"
-            ],
-        ),
+        candidate=Produced(name=spec.candidate.name, artifact=model),
+        gate=_openai_gate(spec, finetune_spec, model, progress),
         openai=FineTuned.model_validate(tuned.model_dump(include=set(FineTuned.model_fields))),
         lineage=built.lineage,
         cost_usd=tuned.cost_usd,
+    )
+
+
+def _openai_gate(
+    spec: FineTuneSpec, tuned: OpenAIFineTuneSpec, candidate: str, progress: Progress
+) -> Verdict:
+    """The fine-tuned model against the model it was tuned from (the active version), both
+    through the same OpenAI-compatible API, on the golden set (``retrain.api_gate``)."""
+    from retrain import api_gate
+    from retrain.evaluate import read_golden_set
+
+    if spec.task != "classification":
+        return Verdict(
+            passed=False,
+            reasons=[
+                "the golden-set gate scores an OpenAI generation model only with the judge, "
+                "which this job does not run yet; the fine-tuned model is kept as a candidate "
+                "for an operator to promote"
+            ],
+        )
+    key = os.environ.get(tuned.api_key_env, "")
+    examples = read_golden_set(spec.golden, spec.golden_input_field, spec.golden_label_field)
+    return api_gate.gate(
+        examples,
+        spec.labels,
+        active=tuned.base_model,
+        candidate=candidate,
+        endpoint={"base_url": tuned.base_url, "api_key_env": tuned.api_key_env},
+        key=key,
+        system=spec.system_prompt,
+        settings=spec.gate,
+        seed=spec.seed,
+        max_tokens=GATE_TOKENS_PER_EXAMPLE * 2 * len(examples),
+        progress=progress,
     )

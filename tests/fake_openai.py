@@ -3,7 +3,8 @@
 It serves what driftd's jobs and proxy use: files, fine-tuning jobs with their events, and a
 non-streaming chat completion that echoes the last user message, or answers what the test
 scripted (an LLM judge's verdicts, say), or plays a model that follows an instruction only when
-its system prompt holds it (``script_rule``). Tests script it (how each fine-tuning job ends, what
+its system prompt holds it (``script_rule``), or one told apart by its id (``script_model``: a
+fine-tuned model and its base). Tests script it (how each fine-tuning job ends, what
 the next chat completions answer, which request fails with which HTTP error) and inspect what
 it received (every request, every uploaded file's bytes). It runs in a thread of the test
 process, on 127.0.0.1 and a free port, and stops when the test ends.
@@ -137,6 +138,7 @@ class FakeOpenAI(FineTuningRoutes):
         self._answers: list[str] = []
         self._rule: Rule | None = None
         self._by_system: dict[str, Callable[[str], str]] = {}
+        self._by_model: dict[str, Callable[[str], str]] = {}
         self._errors: dict[str, list[ScriptedError]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -185,6 +187,14 @@ class FakeOpenAI(FineTuningRoutes):
         system prompt holds its rubric, say). Replaces an earlier answer for the same marker."""
         with self._lock:
             self._by_system[marker] = answer
+
+    def script_model(self, prefix: str, answer: Callable[[str], str]) -> None:
+        """From now on, chat completions with no scripted answer left for a model whose id
+        starts with ``prefix`` answer ``answer(last user text)``, before ``script_system`` and
+        ``script_rule``: a fine-tuned model (``ft:…``) and its base told apart by their ids.
+        The longest matching prefix wins. Replaces an earlier answer for the same prefix."""
+        with self._lock:
+            self._by_model[prefix] = answer
 
     def script_error(
         self,
@@ -325,7 +335,10 @@ class FakeOpenAI(FineTuningRoutes):
                 return self._refuse(
                     request, route, body, 400, "messages must hold a user message", param="messages"
                 )
-            answer = self._answers.pop(0) if self._answers else self._reply(messages, users[-1])
+            model = str(body.get("model", ""))
+            answer = (
+                self._answers.pop(0) if self._answers else self._reply(model, messages, users[-1])
+            )
             prompt_tokens = sum(len(_text(m.get("content"))) for m in messages) // 4 + 1
             completion_tokens = len(answer) // 4 + 1
             payload = {
@@ -349,10 +362,14 @@ class FakeOpenAI(FineTuningRoutes):
             }
             return self._answer(request, route, body, payload)
 
-    def _reply(self, messages: list[Any], user: Json) -> str:
-        """The unscripted answer: a ``script_system`` model's whose marker the system message
-        holds, else the rule's, when there is one, else the echo."""
+    def _reply(self, model: str, messages: list[Any], user: Json) -> str:
+        """The unscripted answer: a ``script_model`` model's whose prefix the model id has,
+        else a ``script_system`` model's whose marker the system message holds, else the
+        rule's, when there is one, else the echo."""
         text = _text(user.get("content"))
+        prefixes = [prefix for prefix in self._by_model if model.startswith(prefix)]
+        if prefixes:
+            return self._by_model[max(prefixes, key=len)](text)
         system = "".join(
             _text(m.get("content"))
             for m in messages

@@ -1,11 +1,11 @@
 """Building a job's spec: what a re-tune or a prompt revision gets to work with.
 
-A re-tune job (``python -m retrain retrain``) never reads the store: the daemon exports what it
-needs when the job is created — the labelled production samples of the look-back period, with their
-ids for lineage — and writes a spec that names them, the original training data, the golden set, the
-model to start from and the active version to beat. A retried job reuses the same export, so every
-attempt trains on the same data. The spec is ``retrain.contract.FineTuneSpec``, the model the job
-reads back.
+A re-tune job (``python -m retrain finetune`` or ``prompt_revision``) never reads the store: the
+daemon exports what it needs when the job is created — the labelled production samples of the
+look-back period, with their ids for lineage — and writes a spec that names them, the original
+training data, the golden set, the model to start from and the active version to beat. A retried job
+reuses the same export, so every attempt trains on the same data. The spec is
+``retrain.contract.FineTuneSpec``, the model the job reads back.
 
 Like a re-tune, the job never reads the store. When the policy asks for a revision, the daemon
 exports the failing production samples of the look-back period (negative feedback, a low judge
@@ -160,7 +160,7 @@ def job_seed(name: str) -> int:
 
 def golden_set_keys(deployment: Deployment) -> GoldenSet:
     """The spec keys that name the golden set and its columns, for the jobs that score on it
-    (``retrain retrain`` and ``revise_prompt`` read the same keys)."""
+    (``finetune`` and ``prompt_revision`` read the same keys)."""
     golden = deployment.retune.golden_set
     if golden is None:
         return GoldenSet()

@@ -1,4 +1,4 @@
-"""``python -m retrain retrain``: a whole re-tune in one job, on the trainer path (a tiny
+"""``python -m retrain finetune``: a whole re-tune in one job, on the trainer path (a tiny
 classifier, so it runs in seconds) and the OpenAI path (against the local fake server)."""
 
 from __future__ import annotations
@@ -92,32 +92,129 @@ def test_the_trainer_path_builds_trains_gates_and_names_its_candidate(
     assert not any(text in trained for text in golden_inputs)
 
 
-def test_the_openai_path_fine_tunes_and_keeps_the_model_for_an_operator(
-    tmp_path: Path, fake_openai: FakeOpenAI
-) -> None:
-    fake_openai.script_job(Succeed(after_polls=2))
-    spec = {
+BASE = "gpt-4o-mini-2024-07-18"
+PER_LABEL = 5
+TRUTH = {row["input"]: row["label"] for row in questions("test", PER_LABEL)}
+RANK = {text: [t for t in TRUTH if TRUTH[t] == TRUTH[text]].index(text) for text in TRUTH}
+
+
+def openai_spec(tmp_path: Path, fake: FakeOpenAI) -> dict[str, Any]:
+    return {
         **base_spec(tmp_path, "openai"),
         "system_prompt": "Answer with the intent of the customer's banking question.",
         "openai": {
-            "base_model": "gpt-4o-mini-2024-07-18",
-            "base_url": fake_openai.base_url,
+            "base_model": BASE,
+            "base_url": fake.base_url,
             "api_key_env": KEY_ENV,
             "poll_interval_s": 0.05,
             "poll_max_interval_s": 0.2,
             "max_retries": 0,
         },
     }
-    code, result, output = run_job(spec, tmp_path, {KEY_ENV: fake_openai.api_key})
+
+
+def knows(share: float) -> Callable[[str], str]:
+    """A model that answers the right label to the first ``share`` of each label's golden
+    questions, and the next label to the rest."""
+
+    def answer(text: str) -> str:
+        label = TRUTH.get(text, LABELS[0])
+        if RANK.get(text, 0) < share * PER_LABEL:
+            return f"{label}."
+        return LABELS[(LABELS.index(label) + 1) % len(LABELS)]
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("base", "tuned", "passed"), [(0.4, 1.0, True), (1.0, 0.4, False)], ids=["better", "worse"]
+)
+def test_the_openai_path_gates_the_fine_tune_against_its_base_on_the_golden_set(
+    tmp_path: Path, fake_openai: FakeOpenAI, base: float, tuned: float, passed: bool
+) -> None:
+    fake_openai.script_job(Succeed(after_polls=2))
+    fake_openai.script_model(BASE, knows(base))
+    fake_openai.script_model(f"ft:{BASE}", knows(tuned))
+
+    code, result, output = run_job(
+        openai_spec(tmp_path, fake_openai), tmp_path, {KEY_ENV: fake_openai.api_key}
+    )
+
     assert code == 0, output
-    assert result["candidate"]["artifact"].startswith("ft:gpt-4o-mini-2024-07-18")
-    assert result["gate"]["passed"] is False
-    assert "cannot score OpenAI models" in result["gate"]["reasons"][0]
+    model = result["candidate"]["artifact"]
+    assert model.startswith(f"ft:{BASE}")
+    gate = result["gate"]
+    assert gate["passed"] is passed, gate["reasons"]
+    assert gate["metric"] == "accuracy"
+    assert (gate["active"]["metrics"]["accuracy"], gate["candidate"]["metrics"]["accuracy"]) == (
+        pytest.approx(0.4 if base < 1 else 1.0),
+        pytest.approx(0.4 if tuned < 1 else 1.0),
+    )
+    assert (gate["active"]["model_dir"], gate["candidate"]["model_dir"]) == (BASE, model)
+    assert any(reason.startswith("the gate's calls spent") for reason in gate["reasons"])
+    # Both models answered every golden question with the deployment's system prompt.
+    asked = [r for r in fake_openai.received if r.route == "POST /v1/chat/completions"]
+    assert len(asked) == 2 * len(TRUTH)
     uploaded = (tmp_path / "out" / "data" / "train.chat.jsonl").read_text().splitlines()
     first = json.loads(uploaded[0])["messages"]
     assert [m["role"] for m in first] == ["system", "user", "assistant"]
     assert first[2]["content"] in LABELS
     assert fake_openai.api_key not in output
+
+
+def test_answers_that_are_no_label_count_as_wrong_and_are_reported(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_job(Succeed(after_polls=2))
+    fake_openai.script_model(BASE, knows(1.0))
+    fake_openai.script_model(f"ft:{BASE}", lambda text: "I'm not sure, sorry")
+
+    code, result, output = run_job(
+        openai_spec(tmp_path, fake_openai), tmp_path, {KEY_ENV: fake_openai.api_key}
+    )
+
+    assert code == 0, output
+    gate = result["gate"]
+    assert gate["passed"] is False
+    assert gate["candidate"]["metrics"]["accuracy"] == 0.0
+    assert any(
+        reason.startswith(f"{len(TRUTH)} of the candidate's {len(TRUTH)} answers are no label")
+        and '"I\'m not sure, sorry"' in reason
+        for reason in gate["reasons"]
+    ), gate["reasons"]
+
+
+def test_a_gate_the_api_stops_fails_the_job_with_the_reason(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_job(Succeed(after_polls=2))
+    fake_openai.script_error("POST /v1/chat/completions", 401, "invalid api key", times=10)
+
+    code, result, output = run_job(
+        openai_spec(tmp_path, fake_openai), tmp_path, {KEY_ENV: fake_openai.api_key}
+    )
+
+    assert code == 1, output
+    assert result["status"] == "failed"
+    assert f"the active model {BASE}" in result["error"]
+    assert "answered HTTP 401" in result["error"]
+    assert fake_openai.api_key not in output
+
+
+@pytest.mark.parametrize(
+    ("answer", "label"),
+    [
+        ("card_arrival", "card_arrival"),
+        ("  'Exchange_Rate'. ", "exchange_rate"),
+        ("The intent is pin_blocked.", "pin_blocked"),
+        ("card_arrival or pin_blocked", None),
+        ("no idea", None),
+    ],
+)
+def test_an_answer_is_read_into_the_label_set(answer: str, label: str | None) -> None:
+    from retrain.api_gate import label_of
+
+    assert label_of(answer, LABELS) == label
 
 
 def test_a_bad_spec_names_every_problem(tmp_path: Path) -> None:
