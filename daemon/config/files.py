@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from daemon.config.models import Config, Deployment, ReferenceKind
-from daemon.domain import Task
+from daemon.domain import Kind, Task
 from retrain import dataset
 
 # A place in the configuration: keys and list indexes from the top, as in error messages.
@@ -145,6 +145,41 @@ def _golden(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
                     "golden_set: {path: FILE, columns: {input: COLUMN, label: COLUMN}}"
                 ),
             )
+    if "label" not in holds:  # a named label column is checked above
+        yield from _scorable(deployment, path, columns)
+
+
+REFERENCE_COLUMNS = ("reference", "expected")
+"""Where a generation golden set's wanted answers are read when its label column holds none
+(``retrain.scoring`` reads the label column first, then these)."""
+
+
+def _scorable(deployment: Deployment, path: Path, columns: list[str]) -> Iterator[tuple[Loc, str]]:
+    """A fine-tuned generation model that can re-tune is gated by the judge's rubric or, without
+    one, by the golden set's reference answers: one of the two must be there before a paid
+    fine-tune runs, not found missing by its gate."""
+    golden = deployment.retune.golden_set
+    if (
+        golden is None
+        or deployment.kind is not Kind.finetuned
+        or deployment.task is not Task.generation
+        or not deployment.retunes
+        or deployment.judge.rubric is not None
+    ):
+        return
+    wanted = (golden.columns.label, *REFERENCE_COLUMNS)
+    if any(column in columns for column in wanted):
+        return
+    yield (
+        ("retune", "golden_set", "columns", "label"),
+        (
+            f"a fine-tuned generation model is gated by judge.rubric or by reference answers in "
+            f"its golden set, and this deployment has neither: judge.rubric is not set and "
+            f"{path} has no column {' or '.join(map(repr, dict.fromkeys(wanted)))} "
+            f"({_columns_of(path, columns)}); set judge.rubric, or name the column of wanted "
+            "answers in retune.golden_set.columns.label"
+        ),
+    )
 
 
 def _job_file_columns(path: Path, what: str) -> list[str]:

@@ -213,6 +213,11 @@ class Deployment(Section):
         )
 
     @property
+    def retunes(self) -> bool:
+        """Whether re-tuning can run on its own: drift leads to it, or a schedule does."""
+        return self.policy.on_drift is Action.retune or self.retune.schedule is not None
+
+    @property
     def method(self) -> Method:
         if self.retune.method is not None:
             return self.retune.method
@@ -252,7 +257,6 @@ class Deployment(Section):
         return self
 
     def _check_actions(self) -> None:
-        action = self.policy.on_drift
         method = self.method
         if (method is Method.prompt_revision) != (self.kind is Kind.prompted):
             raise ValueError(f"retune.method '{method}' does not fit kind '{self.kind}'")
@@ -263,7 +267,7 @@ class Deployment(Section):
                     f"retune.method '{method}' needs model.provider '{wanted}', "
                     f"got '{self.model.provider}'"
                 )
-        retunes = action is Action.retune or self.retune.schedule
+        retunes = self.retunes
         if retunes and self.retune.golden_set is None:
             raise ValueError(
                 "re-tuning can run (policy.on_drift or retune.schedule) but retune.golden_set "

@@ -285,3 +285,54 @@ def test_config_validate_refuses_a_golden_set_it_cannot_read(tmp_path: Path) -> 
         "driftd.yaml:7: deployments[0].retune.golden_set.columns.input: column 'input' is not "
         "in test.csv (its columns: text, category)"
     ) in done.stderr + done.stdout
+
+
+FINETUNED_GENERATION = """\
+deployments:
+  - name: support
+    kind: finetuned
+    task: generation
+    model: {name: gpt-4o-mini-2024-07-18, provider: openai}
+    policy: {on_drift: retune}
+    retune:
+      golden_set:
+        path: golden.jsonl
+"""
+
+
+def test_a_generation_fine_tune_with_neither_rubric_nor_reference_answers_is_refused(
+    tmp_path: Path,
+) -> None:
+    write_table(tmp_path / "golden.jsonl", [{"input": "Where is my card?"}])
+    (tmp_path / "driftd.yaml").write_text(FINETUNED_GENERATION)
+    done = run_driftd("config", "validate", "driftd.yaml", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert (
+        "driftd.yaml:8: deployments[0].retune.golden_set.columns.label: a fine-tuned generation "
+        "model is gated by judge.rubric or by reference answers in its golden set, and this "
+        "deployment has neither"
+    ) in done.stderr + done.stdout
+    assert "set judge.rubric, or name the column of wanted answers" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("row", "extra"),
+    [
+        ({"input": "Where is my card?", "reference": "In the post."}, ""),
+        ({"input": "Where is my card?", "label": "In the post."}, ""),
+        ({"input": "Where is my card?"}, "    judge: {rubric: Polite and correct.}\n"),
+    ],
+    ids=["reference-answers", "label-column", "rubric"],
+)
+def test_a_generation_fine_tune_scored_by_a_rubric_or_reference_answers_is_accepted(
+    tmp_path: Path, row: dict[str, str], extra: str
+) -> None:
+    write_table(tmp_path / "golden.jsonl", [row])
+    config = parse_config(FINETUNED_GENERATION + extra, base_dir=tmp_path, environ={})
+    assert config.deployments[0].retunes
+
+
+def test_a_generation_fine_tune_that_never_re_tunes_needs_no_way_to_score(tmp_path: Path) -> None:
+    write_table(tmp_path / "golden.jsonl", [{"input": "Where is my card?"}])
+    text = FINETUNED_GENERATION.replace("{on_drift: retune}", "{on_drift: alert}")
+    assert not parse_config(text, base_dir=tmp_path, environ={}).deployments[0].retunes
