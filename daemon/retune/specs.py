@@ -140,8 +140,13 @@ def finetune_spec(
             base_url=upstream.base_url,
             api_key_env=upstream.api_key_env,
             suffix=deployment.name[:18],
+            hyperparameters=retune.openai.hyperparameters,
+            poll_interval_s=retune.openai.poll_interval.total_seconds(),
             max_retries=upstream.max_retries,
             timeout_s=retune.timeout.total_seconds(),
+            # The configuration refuses a cap it cannot enforce (no price or epochs).
+            max_cost_usd=deployment.policy.budget.max_usd_per_job,
+            price_per_million_training_tokens=retune.openai.price_per_million_training_tokens,
         )
         if openai
         else None,

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from daemon.config import Config, parse_config
-from daemon.errors import NotEnoughLabels
+from daemon.config.sections.policy import Budget
+from daemon.config.sections.retune import FineTuningAPI
+from daemon.errors import ConfigError, NotEnoughLabels
 from daemon.retune.specs import finetune_spec
 from daemon.store import NewSample, Store
 from retrain.contract import SPEC_VERSION, FineTuneSpec
@@ -88,6 +90,72 @@ def test_an_openai_spec_fine_tunes_the_active_through_the_upstream(
     assert spec.openai.api_key_env == "DRIFTD_OPENAI_KEY"
     assert (spec.base_model, spec.active) == (None, None)
     assert "sk-" not in json.dumps(spec.to_json())
+    # Unconfigured: OpenAI picks the epochs, the status is read every 10 s, no cost cap.
+    assert (spec.openai.hyperparameters, spec.openai.poll_interval_s) == ({}, 10.0)
+    assert spec.openai.max_cost_usd is None
+
+
+def test_an_openai_spec_carries_the_configured_fine_tuning_and_its_cost_cap(
+    store: Store, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, "openai", "gpt-4o-mini-2024-07-18")
+    deployment = cfg.deployments[0].model_copy(
+        update={
+            "policy": cfg.deployments[0].policy.model_copy(
+                update={"budget": Budget(max_usd_per_job=2.5)}
+            ),
+            "retune": cfg.deployments[0].retune.model_copy(
+                update={
+                    "openai": FineTuningAPI(
+                        hyperparameters={"n_epochs": 2, "batch_size": 8},
+                        poll_interval=timedelta(seconds=3),
+                        price_per_million_training_tokens=3.0,
+                    )
+                }
+            ),
+        }
+    )
+    labelled(store, 3)
+    spec = finetune_spec(cfg, store, deployment, trigger="schedule", lineage={})
+    assert spec.openai is not None
+    assert spec.openai.hyperparameters == {"n_epochs": 2, "batch_size": 8}
+    assert spec.openai.poll_interval_s == 3.0
+    assert (spec.openai.max_cost_usd, spec.openai.price_per_million_training_tokens) == (2.5, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        (
+            "    retune: {golden_set: golden.jsonl, openai: {hyperparameters: {epochs: 3}}}\n",
+            "deployments[0].retune.openai.hyperparameters: hyperparameters.epochs is not one "
+            "OpenAI takes (batch_size, learning_rate_multiplier, n_epochs)",
+        ),
+        (
+            "    retune: {golden_set: golden.jsonl, openai: {poll_interval: 2h}}\n",
+            "deployments[0].retune.openai.poll_interval: must be at most 1h",
+        ),
+        (
+            "    retune: {golden_set: golden.jsonl}\n    policy: {budget: {max_usd_per_job: 2}}\n",
+            "deployments[0]: policy.budget.max_usd_per_job caps an OpenAI fine-tune only when its "
+            "cost is known before it starts: set retune.openai.price_per_million_training_tokens "
+            "and retune.openai.hyperparameters.n_epochs",
+        ),
+    ],
+    ids=["unknown-hyperparameter", "slow-polling", "uncapped-cost"],
+)
+def test_openai_fine_tuning_settings_are_checked_at_load_time(
+    tmp_path: Path, section: str, problem: str
+) -> None:
+    (tmp_path / "golden.jsonl").write_text(json.dumps({"input": "hi", "label": "card_arrival"}))
+    text = (
+        "deployments:\n  - name: intents\n    kind: finetuned\n    task: classification\n"
+        "    model: {provider: openai, name: gpt-4o-mini-2024-07-18}\n"
+        "    labels: [card_arrival, card_linking]\n" + section
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ={}, base_dir=tmp_path)
+    assert problem in "\n".join(caught.value.problems)
 
 
 def test_too_few_labels_is_an_error_that_says_what_to_do(store: Store, tmp_path: Path) -> None:

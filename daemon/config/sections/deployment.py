@@ -268,6 +268,17 @@ class Deployment(Section):
                     f"got '{self.model.provider}'"
                 )
         retunes = self.retunes
+        if method is Method.openai and self.policy.budget.max_usd_per_job is not None:
+            api = self.retune.openai
+            if api.price_per_million_training_tokens is None or not isinstance(
+                api.hyperparameters.get("n_epochs"), int
+            ):
+                raise ValueError(
+                    "policy.budget.max_usd_per_job caps an OpenAI fine-tune only when its cost "
+                    "is known before it starts: set retune.openai.price_per_million_training_"
+                    "tokens and retune.openai.hyperparameters.n_epochs (a whole number), or "
+                    "unset max_usd_per_job"
+                )
         if retunes and self.retune.golden_set is None:
             raise ValueError(
                 "re-tuning can run (policy.on_drift or retune.schedule) but retune.golden_set "

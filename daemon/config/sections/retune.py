@@ -74,6 +74,49 @@ class Trainer(Section):
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per input.")
 
 
+class FineTuningAPI(Section):
+    """How the OpenAI fine-tuning API is asked to tune (``method: openai``)."""
+
+    hyperparameters: dict[str, int | float | str] = Field(
+        default_factory=dict,
+        description="As the fine-tuning API takes them, e.g. `{n_epochs: 3, batch_size: 8, "
+        "learning_rate_multiplier: 0.5}`; unset ones are OpenAI's choice (`auto`).",
+    )
+    poll_interval: Duration = Field(
+        timedelta(seconds=10),
+        description="How often the job's status is read; it backs off to 2 min while nothing "
+        "changes.",
+    )
+    price_per_million_training_tokens: float | None = Field(
+        None,
+        gt=0.0,
+        description="USD per million training tokens of the base model (OpenAI's price list): "
+        "with `hyperparameters.n_epochs`, what lets `policy.budget.max_usd_per_job` refuse a "
+        "fine-tune that would cost more, before it starts.",
+    )
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _known(cls, value: dict[str, int | float | str]) -> dict[str, int | float | str]:
+        """The fine-tuning job's own check, at load time rather than after a paid upload."""
+        from pydantic import ValidationError
+
+        from retrain.contract import FineTuneSettings
+
+        try:
+            FineTuneSettings(hyperparameters=value)
+        except ValidationError as error:
+            raise ValueError(error.errors()[0]["msg"]) from None
+        return value
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _not_too_long(cls, value: timedelta) -> timedelta:
+        if value > timedelta(hours=1):
+            raise ValueError("must be at most 1h: a finished fine-tune would wait that long")
+        return value
+
+
 class Watch(Section):
     period: Duration = Field(
         timedelta(hours=24), description="How long a promoted version is watched."
@@ -163,6 +206,9 @@ class Retune(Section):
     )
     gate: Gate = Field(default_factory=Gate, description="When a candidate is promoted.")
     trainer: Trainer = Field(default_factory=Trainer, description="transformers settings.")
+    openai: FineTuningAPI = Field(
+        default_factory=FineTuningAPI, description="OpenAI fine-tuning API settings."
+    )
     candidates: int = Field(4, ge=1, le=20, description="`prompt_revision`: prompts proposed.")
     watch: Watch = Field(default_factory=Watch, description="Rollback after promotion.")
     hooks: Hooks = Field(default_factory=Hooks, description="What promotion and rollback run.")
