@@ -1,5 +1,5 @@
 """Replicas of ``driftd serve`` sharing one store, as an operator runs them: two on PostgreSQL
-(one process on SQLite; both stores side by side), a check every second for over 100 ticks, then
+(one process on SQLite; both stores side by side), a check every second for 60 ticks, then
 the leader is killed.
 
 The design promises each tick at most once, and a tick that could not run on time visibly missed
@@ -34,7 +34,7 @@ from tests.helpers.serve import Server, start_driftd
 from tests.helpers.wait import wait_for
 
 TTL = 3.0
-TICKS = 100
+TICKS = 60
 CONFIG = minimal_config(
     scheduling=f"lease_ttl: {TTL:g}s", monitor="schedule: every 1s, timeout: 30s"
 )
@@ -88,7 +88,7 @@ def test_replicas_run_every_tick_once_and_a_successor_takes_over(
     stores: dict[str, str], tmp_path: Path
 ) -> None:
     """Both stores at once, each with its own replicas and folder: the scenario waits on the
-    clock (over 100 one-second ticks), so side by side it costs the time of one."""
+    clock (60 one-second ticks), so side by side it costs the time of one."""
     with ThreadPoolExecutor(max_workers=len(stores)) as pool:
         runs = {
             name: pool.submit(replicas_take_turns, url, tmp_path / name)
