@@ -8,8 +8,12 @@ data, the golden set, the model to start from and the active version to beat. Th
    configured ratio, split deterministically, lineage recorded),
 2. fine-tunes the candidate (``retrain.train`` with transformers' ``Trainer``, resumable from a
    checkpoint when a killed attempt is retried; or ``retrain.openai_finetune`` for OpenAI models),
-3. gates it against the active version on the golden set (``retrain.gate`` for a local model;
-   ``retrain.api_gate`` for an OpenAI classifier, both models answering through the API),
+3. gates it against the active version on the golden set: a local classifier with
+   ``retrain.gate``; a local causal LM and the active version (or, with none, the base it was
+   tuned from) answering each golden input with ``retrain.generate``; an OpenAI model and the
+   model it was tuned from answering through the API with ``retrain.api_gate``. Generation
+   answers are scored as ``retrain.scoring`` says: by the judge when the spec has one, else by
+   the golden set's reference answers. A gate the token cap or the API stops fails the job,
 
 and returns the candidate (its name and model folder), the gate's verdict and the lineage. It
 promotes nothing: the daemon's leader registers the candidate and promotes it only if the gate
@@ -23,8 +27,10 @@ with ``golden_input_field`` (``input``) / ``golden_label_field`` (``label``), ``
 (production_ratio, max_rows, validation_share), ``trainer`` (epochs, batch_size, learning_rate,
 max_length, optional max_steps), ``gate`` (metric, margin, guard_metrics, bootstrap_samples),
 ``seed``, ``candidate`` ({"name"}), ``lineage``, ``output_dir``; for ``openai``: ``openai`` (the
-``openai_finetune`` spec's keys other than the files and output_dir) and ``system_prompt``.
-The result is ``FineTuneResult``.
+``openai_finetune`` spec's keys other than the files and output_dir) and ``system_prompt``;
+for generation, ``judge`` (optional: model, base_url, api_key_env, rubric); and ``max_tokens``,
+the cap of the gate's API calls (``FineTuneSpec.gate_tokens`` when unset). The result is
+``FineTuneResult``; its verdict names the metric, the interval and the tokens spent.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from retrain import dataset
+from retrain import dataset, scoring
+from retrain.chat import Budget
 from retrain.contract import (
     FineTuned,
     FineTuneResult,
@@ -48,13 +55,9 @@ from retrain.contract import (
     TrainSpec,
     Verdict,
 )
-from retrain.errors import JobError
+from retrain.errors import EvaluationError, JobError
 
 Progress = Callable[[str], None]
-
-# The OpenAI gate's token cap: each side's answer to a golden example costs its prompt (the
-# system prompt and the question) and a few tokens of label; this bounds a runaway, not a budget.
-GATE_TOKENS_PER_EXAMPLE = 2_000
 
 
 def run(spec: FineTuneSpec, progress: Progress) -> FineTuneResult:
@@ -149,16 +152,10 @@ def _train(
 
 
 def _gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
+    if spec.task == "generation":
+        return _generation_gate(spec, candidate, progress)
     from retrain import gate
 
-    if spec.task != "classification":
-        return Verdict(
-            passed=False,
-            reasons=[
-                "the golden-set gate scores classification models only so far; a generation "
-                "candidate is kept for an operator to promote"
-            ],
-        )
     gate_spec = GateSpec.build(
         golden_set=spec.golden,
         input_field=spec.golden_input_field,
@@ -171,6 +168,58 @@ def _gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
         **spec.gate.model_dump(),
     )
     return gate.run(gate_spec, progress)
+
+
+def _generation_gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
+    """The trained causal LM against the active version (or, with none, the base it was tuned
+    from), both answering the golden set locally (``retrain.generate``), scored as
+    ``retrain.scoring`` says."""
+    from retrain import generate
+
+    queries = _golden_queries(spec)
+    active = str(spec.active.model_dir if spec.active is not None else spec.base_model)
+    judged, spending = _scoring(spec, len(queries))
+    said: dict[str, list[str]] = {}
+    for role, model in (("active", active), ("candidate", str(candidate))):
+        progress(f"gate: the {role} ({model}) answers {len(queries)} examples")
+        inputs = [query.input for query in queries]
+        said[role] = generate.answer(model, inputs, max_length=spec.trainer.max_length)
+    found = scoring.compare_answers(
+        queries,
+        said["active"],
+        said["candidate"],
+        judged=judged,
+        settings=spec.gate,
+        seed=spec.seed,
+    )
+    found.golden_set = str(spec.golden)
+    return scoring.finish_verdict(found, active, str(candidate), spending, judged, progress)
+
+
+def _golden_queries(spec: FineTuneSpec) -> list[scoring.Query]:
+    """The golden set of a generation gate: a reference answer required when no judge scores."""
+    return scoring.read_queries(
+        spec.golden,
+        False,
+        spec.golden_input_field,
+        spec.golden_label_field,
+        error=EvaluationError,
+        require_reference=spec.judge is None,
+    )
+
+
+def _scoring(spec: FineTuneSpec, examples: int) -> tuple[scoring.JudgeModel | None, Budget]:
+    """The gate's token cap, and the judge spending from it when the spec has one."""
+    spending = scoring.gate_budget(spec.gate_tokens(examples))
+    if spec.judge is None:
+        return None, spending
+    key = os.environ.get(spec.judge.api_key_env, "").strip()
+    if not key:
+        raise EvaluationError(
+            f"no API key for the judge: set the environment variable "
+            f"{spec.judge.api_key_env} for the job (judge.api_key_env in the spec names it)"
+        )
+    return scoring.JudgeModel(spec.judge, key, spending), spending
 
 
 def _openai(
@@ -208,27 +257,38 @@ def _openai_gate(
     from retrain import api_gate
     from retrain.evaluate import read_golden_set
 
-    if spec.task != "classification":
-        return Verdict(
-            passed=False,
-            reasons=[
-                "the golden-set gate scores an OpenAI generation model only with the judge, "
-                "which this job does not run yet; the fine-tuned model is kept as a candidate "
-                "for an operator to promote"
-            ],
-        )
     key = os.environ.get(tuned.api_key_env, "")
-    examples = read_golden_set(spec.golden, spec.golden_input_field, spec.golden_label_field)
-    return api_gate.gate(
-        examples,
-        spec.labels,
-        active=tuned.base_model,
-        candidate=candidate,
-        endpoint={"base_url": tuned.base_url, "api_key_env": tuned.api_key_env},
-        key=key,
-        system=spec.system_prompt,
-        settings=spec.gate,
-        seed=spec.seed,
-        max_tokens=GATE_TOKENS_PER_EXAMPLE * 2 * len(examples),
-        progress=progress,
-    )
+    endpoint = {"base_url": tuned.base_url, "api_key_env": tuned.api_key_env}
+    if spec.task == "generation":
+        queries = _golden_queries(spec)
+        judged, spending = _scoring(spec, len(queries))
+        found = api_gate.gate_generation(
+            queries,
+            active=tuned.base_model,
+            candidate=candidate,
+            endpoint=endpoint,
+            key=key,
+            system=spec.system_prompt,
+            judged=judged,
+            settings=spec.gate,
+            seed=spec.seed,
+            spending=spending,
+            progress=progress,
+        )
+    else:
+        examples = read_golden_set(spec.golden, spec.golden_input_field, spec.golden_label_field)
+        found = api_gate.gate(
+            examples,
+            spec.labels,
+            active=tuned.base_model,
+            candidate=candidate,
+            endpoint=endpoint,
+            key=key,
+            system=spec.system_prompt,
+            settings=spec.gate,
+            seed=spec.seed,
+            spending=scoring.gate_budget(spec.gate_tokens(len(examples))),
+            progress=progress,
+        )
+    found.golden_set = str(spec.golden)
+    return found
