@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from retrain import dataset, scoring
@@ -62,17 +63,20 @@ Progress = Callable[[str], None]
 
 def run(spec: FineTuneSpec, progress: Progress) -> FineTuneResult:
     """Build the data set, fine-tune the candidate, gate it; the job's result."""
+    # A golden set a generation gate cannot score, or a judge without its key, fails the job
+    # before it trains (or pays for) a candidate.
+    scored = _Scoring.of(spec) if spec.task == "generation" else None
     built = _dataset(spec, progress)
     data_dir = spec.output / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "lineage.json").write_text(json.dumps(built.lineage, indent=2) + "\n")
     if spec.method == "openai":
-        return _openai(spec, built, data_dir, progress)
+        return _openai(spec, built, data_dir, scored, progress)
     train_file, validation_file = data_dir / "train.jsonl", data_dir / "validation.jsonl"
     dataset.write_jsonl(train_file, built.train)
     dataset.write_jsonl(validation_file, built.validation)
     trained = _train(spec, train_file, validation_file, progress)
-    verdict = _gate(spec, Path(str(trained.model_dir)), progress)
+    verdict = _gate(spec, Path(str(trained.model_dir)), scored, progress)
     candidate = verdict.candidate
     return FineTuneResult(
         candidate=Produced(name=spec.candidate.name, artifact=trained.model_dir),
@@ -151,9 +155,11 @@ def _train(
     return train.run(train_spec, progress)
 
 
-def _gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
-    if spec.task == "generation":
-        return _generation_gate(spec, candidate, progress)
+def _gate(
+    spec: FineTuneSpec, candidate: Path, scored: _Scoring | None, progress: Progress
+) -> Verdict:
+    if scored is not None:
+        return _generation_gate(spec, candidate, scored, progress)
     from retrain import gate
 
     gate_spec = GateSpec.build(
@@ -170,60 +176,73 @@ def _gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
     return gate.run(gate_spec, progress)
 
 
-def _generation_gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
+@dataclass(frozen=True, slots=True)
+class _Scoring:
+    """How a generation gate scores: the golden examples, the judge (when the spec has one)
+    and the token cap the judge and any API model spend from."""
+
+    queries: list[scoring.Query]
+    judged: scoring.JudgeModel | None
+    spending: Budget
+
+    @classmethod
+    def of(cls, spec: FineTuneSpec) -> _Scoring:
+        """Read from the spec: a reference answer is required of every golden example when
+        no judge scores, and the judge's key from the job's environment."""
+        queries = scoring.read_queries(
+            spec.golden,
+            False,
+            spec.golden_input_field,
+            spec.golden_label_field,
+            error=EvaluationError,
+            require_reference=spec.judge is None,
+        )
+        spending = scoring.gate_budget(spec.gate_tokens(len(queries)))
+        if spec.judge is None:
+            return cls(queries, None, spending)
+        key = os.environ.get(spec.judge.api_key_env, "").strip()
+        if not key:
+            raise EvaluationError(
+                f"no API key for the judge: set the environment variable "
+                f"{spec.judge.api_key_env} for the job (judge.api_key_env in the spec names it)"
+            )
+        return cls(queries, scoring.JudgeModel(spec.judge, key, spending), spending)
+
+
+def _generation_gate(
+    spec: FineTuneSpec, candidate: Path, scored: _Scoring, progress: Progress
+) -> Verdict:
     """The trained causal LM against the active version (or, with none, the base it was tuned
     from), both answering the golden set locally (``retrain.generate``), scored as
     ``retrain.scoring`` says."""
     from retrain import generate
 
-    queries = _golden_queries(spec)
     active = str(spec.active.model_dir if spec.active is not None else spec.base_model)
-    judged, spending = _scoring(spec, len(queries))
+    inputs = [query.input for query in scored.queries]
     said: dict[str, list[str]] = {}
     for role, model in (("active", active), ("candidate", str(candidate))):
-        progress(f"gate: the {role} ({model}) answers {len(queries)} examples")
-        inputs = [query.input for query in queries]
+        progress(f"gate: the {role} ({model}) answers {len(inputs)} examples")
         said[role] = generate.answer(model, inputs, max_length=spec.trainer.max_length)
     found = scoring.compare_answers(
-        queries,
+        scored.queries,
         said["active"],
         said["candidate"],
-        judged=judged,
+        judged=scored.judged,
         settings=spec.gate,
         seed=spec.seed,
     )
     found.golden_set = str(spec.golden)
-    return scoring.finish_verdict(found, active, str(candidate), spending, judged, progress)
-
-
-def _golden_queries(spec: FineTuneSpec) -> list[scoring.Query]:
-    """The golden set of a generation gate: a reference answer required when no judge scores."""
-    return scoring.read_queries(
-        spec.golden,
-        False,
-        spec.golden_input_field,
-        spec.golden_label_field,
-        error=EvaluationError,
-        require_reference=spec.judge is None,
+    return scoring.finish_verdict(
+        found, active, str(candidate), scored.spending, scored.judged, progress
     )
 
 
-def _scoring(spec: FineTuneSpec, examples: int) -> tuple[scoring.JudgeModel | None, Budget]:
-    """The gate's token cap, and the judge spending from it when the spec has one."""
-    spending = scoring.gate_budget(spec.gate_tokens(examples))
-    if spec.judge is None:
-        return None, spending
-    key = os.environ.get(spec.judge.api_key_env, "").strip()
-    if not key:
-        raise EvaluationError(
-            f"no API key for the judge: set the environment variable "
-            f"{spec.judge.api_key_env} for the job (judge.api_key_env in the spec names it)"
-        )
-    return scoring.JudgeModel(spec.judge, key, spending), spending
-
-
 def _openai(
-    spec: FineTuneSpec, built: dataset.DataSet, data_dir: Path, progress: Progress
+    spec: FineTuneSpec,
+    built: dataset.DataSet,
+    data_dir: Path,
+    scored: _Scoring | None,
+    progress: Progress,
 ) -> FineTuneResult:
     from retrain import openai_finetune
 
@@ -242,7 +261,7 @@ def _openai(
         raise JobError("the fine-tuning job succeeded but named no fine-tuned model")
     return FineTuneResult(
         candidate=Produced(name=spec.candidate.name, artifact=model),
-        gate=_openai_gate(spec, finetune_spec, model, progress),
+        gate=_openai_gate(spec, finetune_spec, model, scored, progress),
         openai=FineTuned.model_validate(tuned.model_dump(include=set(FineTuned.model_fields))),
         lineage=built.lineage,
         cost_usd=tuned.cost_usd,
@@ -250,7 +269,11 @@ def _openai(
 
 
 def _openai_gate(
-    spec: FineTuneSpec, tuned: OpenAIFineTuneSpec, candidate: str, progress: Progress
+    spec: FineTuneSpec,
+    tuned: OpenAIFineTuneSpec,
+    candidate: str,
+    scored: _Scoring | None,
+    progress: Progress,
 ) -> Verdict:
     """The fine-tuned model against the model it was tuned from (the active version), both
     through the same OpenAI-compatible API, on the golden set (``retrain.api_gate``)."""
@@ -259,20 +282,18 @@ def _openai_gate(
 
     key = os.environ.get(tuned.api_key_env, "")
     endpoint = {"base_url": tuned.base_url, "api_key_env": tuned.api_key_env}
-    if spec.task == "generation":
-        queries = _golden_queries(spec)
-        judged, spending = _scoring(spec, len(queries))
+    if scored is not None:
         found = api_gate.gate_generation(
-            queries,
+            scored.queries,
             active=tuned.base_model,
             candidate=candidate,
             endpoint=endpoint,
             key=key,
             system=spec.system_prompt,
-            judged=judged,
+            judged=scored.judged,
             settings=spec.gate,
             seed=spec.seed,
-            spending=spending,
+            spending=scored.spending,
             progress=progress,
         )
     else:
