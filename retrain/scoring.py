@@ -27,7 +27,7 @@ from pathlib import Path
 
 from retrain import contract
 from retrain.chat import Budget
-from retrain.contract import REFERENCE_METRIC, SCORE_METRIC, Side, Verdict
+from retrain.contract import REFERENCE_KEYS, REFERENCE_METRIC, SCORE_METRIC, Side, Verdict
 from retrain.dataset import data_rows
 from retrain.errors import EvaluationError, JobError
 from retrain.gate import compare_scores
@@ -39,8 +39,6 @@ JUDGE_MAX_TOKENS = 200
 """The cap on one verdict of the judge: a score and a short reason."""
 UNSCORED_SHOWN = 5
 """Reasons the judge could not score an answer, kept per model or prompt in the result."""
-REFERENCE_KEYS = ("reference", "expected")
-"""Where a golden example's reference answer is read when the label column holds none."""
 _SURROUNDING = "\"'`.!?,;:"
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemon.config.models import Config, Deployment, ReferenceKind
+from daemon.config.models import Config, Deployment, Method, ReferenceKind
 from daemon.domain import Task
 from retrain import dataset
+from retrain.contract import REFERENCE_KEYS
 
 # A place in the configuration: keys and list indexes from the top, as in error messages.
 Loc = tuple[str | int, ...]
@@ -134,6 +135,22 @@ def _golden(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
     # needed only where it is named.
     if deployment.task is Task.classification or "label" in golden.columns.model_fields_set:
         holds["label"] = "the label"
+    referenced = (golden.columns.label, *REFERENCE_KEYS)
+    if (
+        _scored_by_references(deployment)
+        and "label" not in holds
+        and not any(column in columns for column in referenced)
+    ):
+        named = ", ".join(map(repr, dict.fromkeys(referenced)))
+        yield (
+            ("retune", "golden_set"),
+            (
+                f"{path} has no reference answers (no column {named}; "
+                f"{_columns_of(path, columns)}), and with no judge.rubric a generation "
+                "fine-tune is gated on them: add a column of reference answers and name it in "
+                "retune.golden_set.columns.label, or set judge.rubric"
+            ),
+        )
     for field, what in holds.items():
         column = getattr(golden.columns, field)
         if column not in columns:
@@ -145,6 +162,16 @@ def _golden(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
                     "golden_set: {path: FILE, columns: {input: COLUMN, label: COLUMN}}"
                 ),
             )
+
+
+def _scored_by_references(deployment: Deployment) -> bool:
+    """A generation fine-tune without a judge rubric: its gate scores the golden set's reference
+    answers (``retrain.scoring``), so the golden set must hold them."""
+    return (
+        deployment.task is Task.generation
+        and deployment.method is not Method.prompt_revision
+        and deployment.judge.rubric is None
+    )
 
 
 def _job_file_columns(path: Path, what: str) -> list[str]:

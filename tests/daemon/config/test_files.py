@@ -285,3 +285,29 @@ def test_config_validate_refuses_a_golden_set_it_cannot_read(tmp_path: Path) -> 
         "driftd.yaml:7: deployments[0].retune.golden_set.columns.input: column 'input' is not "
         "in test.csv (its columns: text, category)"
     ) in done.stderr + done.stdout
+
+
+FINETUNED_GENERATION = """\
+deployments:
+  - name: answers
+    kind: finetuned
+    task: generation
+    model: {provider: openai, name: gpt-4o-mini-2024-07-18}
+    upstream: {base_url: "http://127.0.0.1:9/v1"}
+    retune: {golden_set: golden.jsonl}
+"""
+
+
+def test_a_generation_fine_tune_without_a_rubric_needs_reference_answers(tmp_path: Path) -> None:
+    write_table(tmp_path / "golden.jsonl", [{"input": "Where is my card?"}])
+    (problem,) = file_problems(FINETUNED_GENERATION, tmp_path)
+    assert problem.startswith(
+        f"driftd.yaml:7: deployments[0].retune.golden_set: {tmp_path / 'golden.jsonl'} has no "
+        "reference answers (no column 'label', 'reference', 'expected'; its columns: input), "
+        "and with no judge.rubric a generation fine-tune is gated on them"
+    )
+    # With a rubric the judge scores; with references, they do.
+    judged = FINETUNED_GENERATION + "    judge: {rubric: Answers the question.}\n"
+    assert parse_config(judged, base_dir=tmp_path, environ={}).deployments[0].judge.rubric
+    write_table(tmp_path / "golden.jsonl", [{"input": "Where is my card?", "reference": "r"}])
+    assert parse_config(FINETUNED_GENERATION, base_dir=tmp_path, environ={}).deployments
