@@ -11,9 +11,10 @@ For a ``prompted`` deployment, re-tuning means a better prompt, not new weights.
 2. runs the active prompt and each candidate on the target model (the deployment's) over the
    golden set and the fresh production samples, and scores each answer with the deployment's
    scorer: for ``task: classification`` exact match with the label (whitespace stripped, case
-   folded); for ``task: generation`` an LLM judge (``retrain.judge``) scoring the answer
-   against the rubric in [0, 1], shown the example's reference answer where the golden set has
-   one. An answer the judge cannot score counts as 0, and the result says how many and why:
+   folded); for ``task: generation`` an LLM judge (``retrain.judge``, by way of
+   ``retrain.scoring``, which every generation gate shares) scoring the answer against the
+   rubric in [0, 1], shown the example's reference answer where the golden set has one. An
+   answer the judge cannot score counts as 0, and the result says how many and why:
    leaving it out would let a prompt that provokes unscorable answers look better than it is;
 3. gates the best candidate (highest accuracy, F1 or mean judge score) against the active version on
    those same examples, paired: ``retrain.gate.compare`` on labels, ``compare_scores`` on
