@@ -293,3 +293,24 @@ def test_an_openai_generation_gate_stopped_by_the_token_cap_fails_the_job(
     assert "token cap reached: 0 of max_tokens 50 spent" in result["error"]
     assert "retune.gate.max_tokens" in result["error"]
     assert fake_openai.calls(CHAT_ROUTE) == []
+
+
+def test_the_openai_answers_and_the_judge_spend_from_one_cap(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_job(Succeed(after_polls=1))
+    fake_openai.script_model(BASE, guesses)
+    fake_openai.script_model(f"ft:{BASE}", knows)
+    fake_openai.script_model(JUDGE, judge_answer)
+    judge = {"model": JUDGE, "base_url": fake_openai.base_url, "api_key_env": KEY_ENV}
+    raw = openai_spec(tmp_path, fake_openai, judge={**judge, "rubric": "Names the colour."})
+
+    code, result, output = run_job(tmp_path, fake_openai, raw)
+
+    assert code == 0, output
+    gate = result["gate"]
+    assert gate["passed"] is True, gate["reasons"]
+    assert gate["metric"] == "judge_score"
+    assert 0 < gate["judge_tokens"] < gate["tokens"] <= gate["max_tokens"]
+    models = [call.body["model"] for call in fake_openai.calls(CHAT_ROUTE)]
+    assert models.count(JUDGE) == 2 * len(golden_rows())
