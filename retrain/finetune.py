@@ -8,8 +8,12 @@ data, the golden set, the model to start from and the active version to beat. Th
    configured ratio, split deterministically, lineage recorded),
 2. fine-tunes the candidate (``retrain.train`` with transformers' ``Trainer``, resumable from a
    checkpoint when a killed attempt is retried; or ``retrain.openai_finetune`` for OpenAI models),
-3. gates it against the active version on the golden set (``retrain.gate`` for a local model;
-   ``retrain.api_gate`` for an OpenAI classifier, both models answering through the API),
+3. gates it against the active version on the golden set: a local classifier with
+   ``retrain.gate``; a local causal LM and the active version (or, with none, the base it was
+   tuned from) answering each golden input with ``retrain.generate``; an OpenAI model and the
+   model it was tuned from answering through the API with ``retrain.api_gate``. Generation
+   answers are scored as ``retrain.scoring`` says: by the judge when the spec has one, else by
+   the golden set's reference answers. A gate the token cap or the API stops fails the job,
 
 and returns the candidate (its name and model folder), the gate's verdict and the lineage. It
 promotes nothing: the daemon's leader registers the candidate and promotes it only if the gate
@@ -23,8 +27,10 @@ with ``golden_input_field`` (``input``) / ``golden_label_field`` (``label``), ``
 (production_ratio, max_rows, validation_share), ``trainer`` (epochs, batch_size, learning_rate,
 max_length, optional max_steps), ``gate`` (metric, margin, guard_metrics, bootstrap_samples),
 ``seed``, ``candidate`` ({"name"}), ``lineage``, ``output_dir``; for ``openai``: ``openai`` (the
-``openai_finetune`` spec's keys other than the files and output_dir) and ``system_prompt``.
-The result is ``FineTuneResult``.
+``openai_finetune`` spec's keys other than the files and output_dir) and ``system_prompt``;
+for generation, ``judge`` (optional: model, base_url, api_key_env, rubric); and ``max_tokens``,
+the cap of the gate's API calls (``FineTuneSpec.gate_tokens`` when unset). The result is
+``FineTuneResult``; its verdict names the metric, the interval and the tokens spent.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from retrain import dataset
+from retrain import dataset, scoring
+from retrain.chat import Budget
 from retrain.contract import (
     FineTuned,
     FineTuneResult,
@@ -48,28 +56,27 @@ from retrain.contract import (
     TrainSpec,
     Verdict,
 )
-from retrain.errors import JobError
+from retrain.errors import EvaluationError, JobError
 
 Progress = Callable[[str], None]
-
-# The OpenAI gate's token cap: each side's answer to a golden example costs its prompt (the
-# system prompt and the question) and a few tokens of label; this bounds a runaway, not a budget.
-GATE_TOKENS_PER_EXAMPLE = 2_000
 
 
 def run(spec: FineTuneSpec, progress: Progress) -> FineTuneResult:
     """Build the data set, fine-tune the candidate, gate it; the job's result."""
+    # A golden set a generation gate cannot score, or a judge without its key, fails the job
+    # before it trains (or pays for) a candidate.
+    scored = _Scoring.of(spec) if spec.task == "generation" else None
     built = _dataset(spec, progress)
     data_dir = spec.output / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "lineage.json").write_text(json.dumps(built.lineage, indent=2) + "\n")
     if spec.method == "openai":
-        return _openai(spec, built, data_dir, progress)
+        return _openai(spec, built, data_dir, scored, progress)
     train_file, validation_file = data_dir / "train.jsonl", data_dir / "validation.jsonl"
     dataset.write_jsonl(train_file, built.train)
     dataset.write_jsonl(validation_file, built.validation)
     trained = _train(spec, train_file, validation_file, progress)
-    verdict = _gate(spec, Path(str(trained.model_dir)), progress)
+    verdict = _gate(spec, Path(str(trained.model_dir)), scored, progress)
     candidate = verdict.candidate
     return FineTuneResult(
         candidate=Produced(name=spec.candidate.name, artifact=trained.model_dir),
@@ -148,17 +155,13 @@ def _train(
     return train.run(train_spec, progress)
 
 
-def _gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
+def _gate(
+    spec: FineTuneSpec, candidate: Path, scored: _Scoring | None, progress: Progress
+) -> Verdict:
+    if scored is not None:
+        return _generation_gate(spec, candidate, scored, progress)
     from retrain import gate
 
-    if spec.task != "classification":
-        return Verdict(
-            passed=False,
-            reasons=[
-                "the golden-set gate scores classification models only so far; a generation "
-                "candidate is kept for an operator to promote"
-            ],
-        )
     gate_spec = GateSpec.build(
         golden_set=spec.golden,
         input_field=spec.golden_input_field,
@@ -173,8 +176,73 @@ def _gate(spec: FineTuneSpec, candidate: Path, progress: Progress) -> Verdict:
     return gate.run(gate_spec, progress)
 
 
+@dataclass(frozen=True, slots=True)
+class _Scoring:
+    """How a generation gate scores: the golden examples, the judge (when the spec has one)
+    and the token cap the judge and any API model spend from."""
+
+    queries: list[scoring.Query]
+    judged: scoring.JudgeModel | None
+    spending: Budget
+
+    @classmethod
+    def of(cls, spec: FineTuneSpec) -> _Scoring:
+        """Read from the spec: a reference answer is required of every golden example when
+        no judge scores, and the judge's key from the job's environment."""
+        queries = scoring.read_queries(
+            spec.golden,
+            False,
+            spec.golden_input_field,
+            spec.golden_label_field,
+            error=EvaluationError,
+            require_reference=spec.judge is None,
+        )
+        spending = scoring.gate_budget(spec.gate_tokens(len(queries)))
+        if spec.judge is None:
+            return cls(queries, None, spending)
+        key = os.environ.get(spec.judge.api_key_env, "").strip()
+        if not key:
+            raise EvaluationError(
+                f"no API key for the judge: set the environment variable "
+                f"{spec.judge.api_key_env} for the job (judge.api_key_env in the spec names it)"
+            )
+        return cls(queries, scoring.JudgeModel(spec.judge, key, spending), spending)
+
+
+def _generation_gate(
+    spec: FineTuneSpec, candidate: Path, scored: _Scoring, progress: Progress
+) -> Verdict:
+    """The trained causal LM against the active version (or, with none, the base it was tuned
+    from), both answering the golden set locally (``retrain.generate``), scored as
+    ``retrain.scoring`` says."""
+    from retrain import generate
+
+    active = str(spec.active.model_dir if spec.active is not None else spec.base_model)
+    inputs = [query.input for query in scored.queries]
+    said: dict[str, list[str]] = {}
+    for role, model in (("active", active), ("candidate", str(candidate))):
+        progress(f"gate: the {role} ({model}) answers {len(inputs)} examples")
+        said[role] = generate.answer(model, inputs, max_length=spec.trainer.max_length)
+    found = scoring.compare_answers(
+        scored.queries,
+        said["active"],
+        said["candidate"],
+        judged=scored.judged,
+        settings=spec.gate,
+        seed=spec.seed,
+    )
+    found.golden_set = str(spec.golden)
+    return scoring.finish_verdict(
+        found, active, str(candidate), scored.spending, scored.judged, progress
+    )
+
+
 def _openai(
-    spec: FineTuneSpec, built: dataset.DataSet, data_dir: Path, progress: Progress
+    spec: FineTuneSpec,
+    built: dataset.DataSet,
+    data_dir: Path,
+    scored: _Scoring | None,
+    progress: Progress,
 ) -> FineTuneResult:
     from retrain import openai_finetune
 
@@ -193,7 +261,7 @@ def _openai(
         raise JobError("the fine-tuning job succeeded but named no fine-tuned model")
     return FineTuneResult(
         candidate=Produced(name=spec.candidate.name, artifact=model),
-        gate=_openai_gate(spec, finetune_spec, model, progress),
+        gate=_openai_gate(spec, finetune_spec, model, scored, progress),
         openai=FineTuned.model_validate(tuned.model_dump(include=set(FineTuned.model_fields))),
         lineage=built.lineage,
         cost_usd=tuned.cost_usd,
@@ -201,34 +269,47 @@ def _openai(
 
 
 def _openai_gate(
-    spec: FineTuneSpec, tuned: OpenAIFineTuneSpec, candidate: str, progress: Progress
+    spec: FineTuneSpec,
+    tuned: OpenAIFineTuneSpec,
+    candidate: str,
+    scored: _Scoring | None,
+    progress: Progress,
 ) -> Verdict:
     """The fine-tuned model against the model it was tuned from (the active version), both
     through the same OpenAI-compatible API, on the golden set (``retrain.api_gate``)."""
     from retrain import api_gate
     from retrain.evaluate import read_golden_set
 
-    if spec.task != "classification":
-        return Verdict(
-            passed=False,
-            reasons=[
-                "the golden-set gate scores an OpenAI generation model only with the judge, "
-                "which this job does not run yet; the fine-tuned model is kept as a candidate "
-                "for an operator to promote"
-            ],
-        )
     key = os.environ.get(tuned.api_key_env, "")
-    examples = read_golden_set(spec.golden, spec.golden_input_field, spec.golden_label_field)
-    return api_gate.gate(
-        examples,
-        spec.labels,
-        active=tuned.base_model,
-        candidate=candidate,
-        endpoint={"base_url": tuned.base_url, "api_key_env": tuned.api_key_env},
-        key=key,
-        system=spec.system_prompt,
-        settings=spec.gate,
-        seed=spec.seed,
-        max_tokens=GATE_TOKENS_PER_EXAMPLE * 2 * len(examples),
-        progress=progress,
-    )
+    endpoint = {"base_url": tuned.base_url, "api_key_env": tuned.api_key_env}
+    if scored is not None:
+        found = api_gate.gate_generation(
+            scored.queries,
+            active=tuned.base_model,
+            candidate=candidate,
+            endpoint=endpoint,
+            key=key,
+            system=spec.system_prompt,
+            judged=scored.judged,
+            settings=spec.gate,
+            seed=spec.seed,
+            spending=scored.spending,
+            progress=progress,
+        )
+    else:
+        examples = read_golden_set(spec.golden, spec.golden_input_field, spec.golden_label_field)
+        found = api_gate.gate(
+            examples,
+            spec.labels,
+            active=tuned.base_model,
+            candidate=candidate,
+            endpoint=endpoint,
+            key=key,
+            system=spec.system_prompt,
+            settings=spec.gate,
+            seed=spec.seed,
+            spending=scoring.gate_budget(spec.gate_tokens(len(examples))),
+            progress=progress,
+        )
+    found.golden_set = str(spec.golden)
+    return found

@@ -11,9 +11,10 @@ For a ``prompted`` deployment, re-tuning means a better prompt, not new weights.
 2. runs the active prompt and each candidate on the target model (the deployment's) over the
    golden set and the fresh production samples, and scores each answer with the deployment's
    scorer: for ``task: classification`` exact match with the label (whitespace stripped, case
-   folded); for ``task: generation`` an LLM judge (``retrain.judge``) scoring the answer
-   against the rubric in [0, 1], shown the example's reference answer where the golden set has
-   one. An answer the judge cannot score counts as 0, and the result says how many and why:
+   folded); for ``task: generation`` an LLM judge (``retrain.judge``, by way of
+   ``retrain.scoring``, which every generation gate shares) scoring the answer against the
+   rubric in [0, 1], shown the example's reference answer where the golden set has one. An
+   answer the judge cannot score counts as 0, and the result says how many and why:
    leaving it out would let a prompt that provokes unscorable answers look better than it is;
 3. gates the best candidate (highest accuracy, F1 or mean judge score) against the active version on
    those same examples, paired: ``retrain.gate.compare`` on labels, ``compare_scores`` on
@@ -67,12 +68,11 @@ import numpy as np
 from retrain import contract
 from retrain.chat import Budget, Chat
 from retrain.contract import PromptRevisionResult, PromptRevisionSpec
-from retrain.dataset import data_rows
 from retrain.errors import EvaluationError, RevisionError
 from retrain.evaluate import Example, read_golden_set
 from retrain.gate import METRICS, GateResult, compare, compare_scores
 from retrain.jsonl import json_objects
-from retrain.judge import ClientSettings, JudgeSample, Stop, TokenBudget, judge
+from retrain.scoring import UNSCORED_SHOWN, JudgeModel, Query, read_queries
 
 Progress = Callable[[str], None]
 
@@ -80,16 +80,12 @@ CLASSIFICATION, GENERATION = "classification", "generation"
 TASKS = (CLASSIFICATION, GENERATION)
 META_PROMPT_FILE = Path(__file__).with_name("meta_prompt.md")
 META_PROMPT_GENERATION_FILE = Path(__file__).with_name("meta_prompt_generation.md")
-JUDGE_MAX_TOKENS = 200
-"""The cap on one verdict of the judge: a score and a short reason."""
 PROPOSAL_MAX_TOKENS = 1500
 """The cap on one proposed prompt: room for a thorough prompt, not for an essay."""
 MAX_SHOWN_CHARS = 500
 """How much of each failing example's text the meta-prompt shows: enough to see the pattern."""
 PROPOSER_TEMPERATURE = 1.0
 """Candidates asked of one model with one prompt must differ to be worth scoring apart."""
-UNSCORED_SHOWN = 5
-"""Reasons the judge could not score an answer, kept per prompt in the result."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +120,6 @@ class Failure:
     output: str
     label: str | None
     why: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A generation example: its input, and a reference answer for the judge where known."""
-
-    input: str
-    reference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +182,7 @@ def run(
     target = Chat(spec.target, keys["target"], "target", budget)
     scorer: _Scorer
     if spec.judge is not None:
-        judged = _JudgeModel(spec.judge, keys["judge"], budget)
+        judged = JudgeModel(spec.judge, keys["judge"], budget)
         scorer = _JudgeScorer([e for e in examples if isinstance(e, Query)], target, judged, spec)
     else:
         scorer = _LabelScorer([e for e in examples if isinstance(e, Example)], target, spec)
@@ -304,20 +292,9 @@ def _read_labelled(
 def _read_queries(
     path: Path, may_be_empty: bool, input_field: str, label_field: str
 ) -> list[Query]:
-    """Generation examples: the input under ``input_field``, and a reference answer if given,
-    under ``label_field``, else ``reference`` or ``expected``."""
-    what = "fresh samples" if may_be_empty else "golden set"
-    queries = []
-    for where, row in data_rows(path, what=what, error=RevisionError):
-        given = row.get(input_field)
-        if not isinstance(given, str) or not given:
-            raise RevisionError(f"{where} has no text under {input_field!r}")
-        answers = (row.get(key) for key in (label_field, "reference", "expected"))
-        reference = next((a for a in answers if isinstance(a, str) and a), None)
-        queries.append(Query(given, reference))
-    if not queries and not may_be_empty:
-        raise RevisionError(f"golden set {path} has no examples")
-    return queries
+    """Generation examples as ``retrain.scoring.read_queries`` reads them (the reference
+    answer optional: the judge scores)."""
+    return read_queries(path, may_be_empty, input_field, label_field, error=RevisionError)
 
 
 def _disjoint(
@@ -506,7 +483,7 @@ class _JudgeScorer:
     """Generation: the judge's score of the target's answer against the rubric."""
 
     def __init__(
-        self, queries: Sequence[Query], target: Chat, judge: _JudgeModel, spec: PromptRevisionSpec
+        self, queries: Sequence[Query], target: Chat, judge: JudgeModel, spec: PromptRevisionSpec
     ) -> None:
         self.queries = queries
         self.target = target
@@ -520,13 +497,7 @@ class _JudgeScorer:
     def evaluate(self, prompt: Prompt, who: str) -> _Evaluation:
         inputs = [query.input for query in self.queries]
         answers = _answers(prompt, inputs, self.target, self.spec.answer_cap)
-        values, unscored = self.judge.score(self.queries, answers)
-        if len(unscored) == len(values):
-            raise RevisionError(
-                f"the judge {self.judge.judge.model} could score none of the "
-                f"{len(values)} answers of the {who} (last: {unscored[-1]}); check judge.model "
-                'and that it answers JSON {"score": <0 to 1>, "reason": ...}'
-            )
+        values, unscored = self.judge.score_all(self.queries, answers, who)
         return _Evaluation(
             {self.spec.metric: float(np.mean(values))}, values=values, unscored=unscored
         )
@@ -540,48 +511,3 @@ class _JudgeScorer:
             bootstrap_samples=self.spec.bootstrap_samples,
             seed=self.spec.seed,
         )
-
-
-class _JudgeModel:
-    """The LLM judge (``retrain.judge``), spending from the job's token cap."""
-
-    def __init__(self, judge: contract.Judge, key: str, budget: Budget) -> None:
-        self.judge = judge
-        self.budget = budget
-        self.spent = 0
-        self._client = ClientSettings(
-            api_key=key, base_url=judge.base_url, timeout_s=60.0, max_retries=2
-        )
-
-    def score(
-        self, queries: Sequence[Query], answers: Sequence[str]
-    ) -> tuple[list[float], list[str]]:
-        """The judge's score of each answer (0 where it gave none) and why it gave none."""
-        judgement = judge(
-            [
-                JudgeSample(number, query.input, answer, query.reference)
-                for number, (query, answer) in enumerate(zip(queries, answers, strict=True))
-            ],
-            rubric=self.judge.rubric,
-            model=self.judge.model,
-            client=self._client,
-            budget=TokenBudget(self.budget.limit, self.budget.spent),
-            max_tokens=JUDGE_MAX_TOKENS,
-        )
-        self.spent += judgement.tokens
-        self.budget.spent += judgement.tokens
-        if judgement.stopped is Stop.budget:
-            raise self.budget.exhausted("judge", judgement.needed or JUDGE_MAX_TOKENS)
-        if judgement.stopped is not None:
-            raise RevisionError(
-                f"the judge ({self.judge.model}, key from "
-                f"{self.judge.api_key_env}) refused: {judgement.detail}; the job "
-                "stopped before a verdict"
-            )
-        values = [score.score if score.score is not None else 0.0 for score in judgement.scores]
-        unscored = [
-            f"example {int(score.sample_id) + 1}: {score.error}"
-            for score in judgement.scores
-            if score.score is None
-        ]
-        return values, unscored

@@ -58,6 +58,7 @@ from retrain.contract import TrainResult, TrainSpec
 from retrain.dataset import Example, read_examples
 from retrain.errors import DataSetError, TrainingError
 from retrain.evaluate import score
+from retrain.generate import prompt_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
@@ -414,7 +415,7 @@ class _Generation(_Task):
     def rows(self, examples: Sequence[Example]) -> list[Row]:
         rows: list[Row] = []
         for example in examples:
-            prompt = self.tokenizer(example.input + "\n")["input_ids"]
+            prompt = self.tokenizer(prompt_text(example.input))["input_ids"]
             answer = self.tokenizer(str(example.output), add_special_tokens=False)["input_ids"]
             ids = (list(prompt) + list(answer) + self.end)[: self.max_length]
             labels = ([IGNORE_INDEX] * len(prompt) + list(answer) + self.end)[: self.max_length]

@@ -12,6 +12,7 @@ from pathlib import Path
 from daemon.config.models import Config, Deployment, ReferenceKind
 from daemon.domain import Kind, Task
 from retrain import dataset
+from retrain.contract import REFERENCE_KEYS
 
 # A place in the configuration: keys and list indexes from the top, as in error messages.
 Loc = tuple[str | int, ...]
@@ -149,11 +150,6 @@ def _golden(deployment: Deployment) -> Iterator[tuple[Loc, str]]:
         yield from _scorable(deployment, path, columns)
 
 
-REFERENCE_COLUMNS = ("reference", "expected")
-"""Where a generation golden set's wanted answers are read when its label column holds none
-(``retrain.scoring`` reads the label column first, then these)."""
-
-
 def _scorable(deployment: Deployment, path: Path, columns: list[str]) -> Iterator[tuple[Loc, str]]:
     """A fine-tuned generation model that can re-tune is gated by the judge's rubric or, without
     one, by the golden set's reference answers: one of the two must be there before a paid
@@ -167,7 +163,8 @@ def _scorable(deployment: Deployment, path: Path, columns: list[str]) -> Iterato
         or deployment.judge.rubric is not None
     ):
         return
-    wanted = (golden.columns.label, *REFERENCE_COLUMNS)
+    # retrain.scoring reads the label column first, then these.
+    wanted = (golden.columns.label, *REFERENCE_KEYS)
     if any(column in columns for column in wanted):
         return
     yield (

@@ -7,6 +7,12 @@ training data, the golden set, the model to start from and the active version to
 reuses the same export, so every attempt trains on the same data. The spec is
 ``retrain.contract.FineTuneSpec``, the model the job reads back.
 
+A generation fine-tune is gated on free text: when the deployment has a ``judge.rubric`` the
+spec carries its judge (as a prompt revision's: the judge's model on the deployment's upstream),
+else the golden set's reference answers score. Its gate's API calls (an OpenAI model's answers,
+the judge's scores) share ``retune.gate.max_tokens``, lowered to what the job's spend cap buys
+(``gate_max_tokens``).
+
 Like a re-tune, the job never reads the store. When the policy asks for a revision, the daemon
 exports the failing production samples of the look-back period (negative feedback, a low judge
 score, or a wrong label), and — separately — recent samples that did not fail, so that the
@@ -57,6 +63,8 @@ from retrain.contract import (
 )
 
 PRODUCTION_FILE = "production.jsonl"
+LABEL_GATE_KEYS = ("metric", "guard_metrics")
+"""The gate settings a generation fine-tune's spec leaves out: its scorer names its metric."""
 
 
 def method_of(deployment: Deployment) -> Method:
@@ -113,6 +121,12 @@ def finetune_spec(
     method = method_of(deployment)
     openai = method is Method.openai
     upstream = deployment.upstream
+    generation = deployment.task is Task.generation
+    gate = retune.gate.model_dump(mode="json", exclude={"max_tokens"})
+    if generation:
+        # Free-text answers have no label to be accurate against: the judge's score, or the
+        # match with the golden set's reference answers, is what the job compares.
+        gate = {key: value for key, value in gate.items() if key not in LABEL_GATE_KEYS}
     return FineTuneSpec(
         deployment=deployment.name,
         trigger=trigger,
@@ -134,7 +148,9 @@ def finetune_spec(
             validation_share=data.validation_share,
         ),
         trainer=TrainerSettings.model_validate(retune.trainer.model_dump(mode="json")),
-        gate=GateSettings.model_validate(retune.gate.model_dump(mode="json")),
+        gate=GateSettings.model_validate(gate),
+        judge=judge_of(deployment) if generation else None,
+        max_tokens=gate_max_tokens(deployment),
         openai=FineTuneSettings(
             base_model=active,
             base_url=upstream.base_url,
@@ -156,6 +172,40 @@ def finetune_spec(
         lineage={**lineage, "base_version": None if serving is None else serving.name},
         created_at=when,
     )
+
+
+def judge_of(deployment: Deployment) -> Judge | None:
+    """The deployment's LLM judge as a job gets it, or None when no rubric is configured: the
+    same judge as the scheduled judging (``daemon.judging``), its model on the deployment's
+    upstream, scoring against the rubric of the config."""
+    rubric = deployment.judge.rubric
+    if rubric is None:
+        return None
+    upstream = deployment.upstream
+    return Judge(
+        model=deployment.judge.model,
+        rubric=rubric,
+        base_url=upstream.base_url,
+        api_key_env=upstream.api_key_env,
+    )
+
+
+def gate_max_tokens(deployment: Deployment) -> int:
+    """The token cap of a fine-tune's gate: ``retune.gate.max_tokens``, lowered to what
+    ``policy.budget.max_usd_per_job`` buys at the judge's price per token (the higher of its
+    input and output prices, so that the cap holds whichever the tokens are) when both are
+    set. The judge's prices stand for the OpenAI models' too: the config prices no other."""
+    cap = deployment.retune.gate.max_tokens
+    usd = deployment.policy.budget.max_usd_per_job
+    judge = deployment.judge
+    prices = [
+        price
+        for price in (judge.price_per_million_input_tokens, judge.price_per_million_output_tokens)
+        if price is not None
+    ]
+    if usd is None or not prices or max(prices) <= 0:
+        return cap
+    return max(1, min(cap, int(usd / max(prices) * 1_000_000)))
 
 
 def job_seed(name: str) -> int:
@@ -245,11 +295,7 @@ def prompt_revision_spec(
     upstream = deployment.upstream
     endpoint = {"base_url": upstream.base_url, "api_key_env": upstream.api_key_env}
     retune = deployment.retune
-    judge = None
-    if generation:
-        # The same judge as the scheduled judging (daemon.judging): its model on the
-        # deployment's upstream, and the rubric of the config.
-        judge = Judge(model=deployment.judge.model, rubric=rubric, **endpoint)
+    judge = judge_of(deployment) if generation else None
     return PromptRevisionSpec(
         deployment=deployment.name,
         trigger=trigger,

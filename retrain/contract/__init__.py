@@ -22,6 +22,8 @@ from __future__ import annotations
 from retrain.contract.base import (
     LABEL_METRICS,
     OPENAI_KEY_ENV,
+    REFERENCE_KEYS,
+    REFERENCE_METRIC,
     SCORE_METRIC,
     SPEC_VERSION,
     Contract,
@@ -100,6 +102,8 @@ __all__ = [
     "GENERATION_ANSWER_MAX_TOKENS",
     "LABEL_METRICS",
     "OPENAI_KEY_ENV",
+    "REFERENCE_KEYS",
+    "REFERENCE_METRIC",
     "RESULTS",
     "SCORE_METRIC",
     "SPECS",

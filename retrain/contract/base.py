@@ -37,6 +37,11 @@ Task = Literal["classification", "generation"]
 LABEL_METRICS = ("accuracy", "macro_f1")
 SCORE_METRIC = "judge_score"
 """The metric of per-example scores (an LLM judge's): what generation prompts are gated on."""
+REFERENCE_KEYS = ("reference", "expected")
+"""Where a golden example's reference answer is read when its label column holds none."""
+REFERENCE_METRIC = "reference_match"
+"""The metric of per-example matches with a golden set's reference answers: what a generation
+model is gated on when no judge is configured."""
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 
 

@@ -70,6 +70,13 @@ class Verdict(Part):
     seed: int | None = None
     golden_set: str | None = Field(default=None, exclude_if=_unset)
     duration_s: float | None = Field(default=None, exclude_if=_unset)
+    tokens: int | None = Field(default=None, exclude_if=_unset)
+    """What the gate's API calls spent (both models' answers and the judge's scores), when it
+    made any."""
+    judge_tokens: int | None = Field(default=None, exclude_if=_unset)
+    """What the LLM judge spent of ``tokens``, when a judge scored the answers."""
+    max_tokens: int | None = Field(default=None, exclude_if=_unset)
+    """The cap ``tokens`` was held to."""
 
 
 class EvaluateResult(JobResult):

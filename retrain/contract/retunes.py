@@ -111,6 +111,32 @@ class GoldenSet(Part):
         return self.golden_set
 
 
+class Endpoint(Part):
+    """An OpenAI-compatible chat model: its name, where it is served, where its key is."""
+
+    model: Annotated[str, text("name a chat model")]
+    base_url: Annotated[str | None, text("be a URL")] = None
+    api_key_env: Annotated[str, text("name an environment variable")] = OPENAI_KEY_ENV
+    api_key: RefusedKey = None
+
+
+class Judge(Endpoint):
+    """The LLM judge that scores a generation deployment's answers: its model and rubric."""
+
+    rubric: Annotated[
+        str, text("say what a good answer is (the judge scores against it)", strip=True)
+    ]
+
+
+AtLeastOne = Annotated[int, whole(1)]
+GATE_TOKENS_PER_EXAMPLE = 2_000
+"""A gate's allowance for one API answer to a golden example: its prompt (the system prompt
+and the question) and the answer; it bounds a runaway, not a budget."""
+JUDGE_TOKENS_PER_EXAMPLE = 1_500
+"""A gate's allowance for the judge's score of one answer: the rubric, the question, the
+answer, the reference and a short verdict."""
+
+
 class ActiveModel(Part):
     """The model a re-tune must beat: a folder (or an id the gate will refuse, saying so)."""
 
@@ -139,30 +165,32 @@ class FineTuneSpec(JobSpec, Bookkeeping, GoldenSet):
     openai: FineTuneSettings | None = None
     """The openai method's settings; the job adds the files it writes."""
     system_prompt: str | None = None
+    judge: Judge | None = None
+    """Generation: the LLM judge that scores both models' answers on the golden set against
+    its rubric; unset, the golden set's reference answers score them."""
+    max_tokens: AtLeastOne | None = None
+    """The token cap of the gate's API calls (an OpenAI model's answers, the judge's scores);
+    unset: ``GATE_TOKENS_PER_EXAMPLE`` per answer and ``JUDGE_TOKENS_PER_EXAMPLE`` per
+    judged answer of the golden set."""
     seed: Seed = 0
 
     @model_validator(mode="after")
-    def _base_for_the_trainer(self) -> Self:
+    def _base_for_the_trainer(self, info: ValidationInfo) -> Self:
         if self.method == "trainer" and not self.base_model:
             raise stated("'base_model' is required by the trainer method (a folder or hub id)")
+        if self.task == "classification" and self.judge is not None:
+            warn(info, "ignoring 'judge': a classifier is scored by its labels")
+            self.judge = None
         return self
 
-
-class Endpoint(Part):
-    """An OpenAI-compatible chat model: its name, where it is served, where its key is."""
-
-    model: Annotated[str, text("name a chat model")]
-    base_url: Annotated[str | None, text("be a URL")] = None
-    api_key_env: Annotated[str, text("name an environment variable")] = OPENAI_KEY_ENV
-    api_key: RefusedKey = None
-
-
-class Judge(Endpoint):
-    """The LLM judge that scores a generation deployment's answers: its model and rubric."""
-
-    rubric: Annotated[
-        str, text("say what a good answer is (the judge scores against it)", strip=True)
-    ]
+    def gate_tokens(self, examples: int) -> int:
+        """The gate's token cap for a golden set of ``examples``: ``max_tokens``, or enough
+        for each API answer and each judged answer of both models."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        answers = 2 * examples if self.method == "openai" else 0
+        judged = 2 * examples if self.judge is not None else 0
+        return GATE_TOKENS_PER_EXAMPLE * answers + JUDGE_TOKENS_PER_EXAMPLE * judged
 
 
 class Shot(Part):
@@ -201,7 +229,6 @@ ANSWER_MAX_TOKENS = 32
 GENERATION_ANSWER_MAX_TOKENS = 300
 """The default cap on one free-text answer: a few paragraphs, enough for the judge to tell a
 good answer from a bad one, without paying for essays on every example of every candidate."""
-AtLeastOne = Annotated[int, whole(1)]
 
 
 class PromptRevisionSpec(JobSpec, Bookkeeping, GoldenSet):

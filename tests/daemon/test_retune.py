@@ -188,3 +188,82 @@ def test_the_golden_set_travels_with_its_columns(store: Store, tmp_path: Path) -
     spec = finetune_spec(plain, store, plain.deployments[0], trigger="drift", lineage={})
     assert spec.golden_set == (tmp_path / "golden.jsonl").resolve()
     assert (spec.golden_input_field, spec.golden_label_field) == ("input", "label")
+
+
+GENERATION = """\
+deployments:
+  - name: answers
+    kind: finetuned
+    task: generation
+    model: {provider: openai, name: gpt-4o-mini-2024-07-18}
+    policy: {on_drift: retune%s}
+    upstream: {base_url: "http://127.0.0.1:9/v1", api_key_env: DRIFTD_OPENAI_KEY}
+    retune:
+      golden_set: golden.jsonl
+      gate: {metric: judge_score}
+      data: {min_labelled: 1}
+      openai: {hyperparameters: {n_epochs: 2}, price_per_million_training_tokens: 3}
+    judge: {model: judge-mini%s}
+"""
+
+
+def generation_config(tmp_path: Path, policy: str = "", judge: str = "") -> Config:
+    (tmp_path / "golden.jsonl").write_text(json.dumps({"input": "hi", "label": "Hello!"}))
+    text = GENERATION % (policy, judge) + f"scheduling: {{jobs_dir: {tmp_path / 'jobs'}}}\n"
+    return parse_config(text, environ={}, base_dir=tmp_path)
+
+
+def answered(store: Store) -> None:
+    store.ensure_deployment("answers", "finetuned", "generation")
+    store.insert_samples(
+        "answers", [NewSample("s-1", datetime.now(UTC), input="hi", output="yo", label="Hello!")]
+    )
+
+
+def test_a_generation_spec_carries_the_judge_when_a_rubric_is_set(
+    store: Store, tmp_path: Path
+) -> None:
+    cfg = generation_config(tmp_path, judge=", rubric: Greets back politely.")
+    answered(store)
+    spec = finetune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
+    assert spec.judge is not None
+    assert (spec.judge.model, spec.judge.rubric) == ("judge-mini", "Greets back politely.")
+    assert (spec.judge.base_url, spec.judge.api_key_env) == (
+        "http://127.0.0.1:9/v1",
+        "DRIFTD_OPENAI_KEY",
+    )
+    assert spec.max_tokens == 200_000  # retune.gate.max_tokens: no spend cap lowers it
+    assert spec.gate.metric == "accuracy"  # unread: the gate's scorer names its metric
+    assert FineTuneSpec.model_validate(spec.to_json()) == spec
+    # Without a rubric, the golden set's reference answers score: no judge.
+    plain = generation_config(tmp_path)
+    assert (
+        finetune_spec(plain, store, plain.deployments[0], trigger="drift", lineage={}).judge is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("usd", "prices", "cap"),
+    [
+        (
+            "0.05",
+            "price_per_million_input_tokens: 0.15, price_per_million_output_tokens: 0.6",
+            83_333,
+        ),
+        (
+            "5",
+            "price_per_million_input_tokens: 0.15, price_per_million_output_tokens: 0.6",
+            200_000,
+        ),
+        ("0.05", "price_per_million_input_tokens: 0.5", 100_000),
+        ("0.05", "", 200_000),
+    ],
+)
+def test_the_gate_cap_is_lowered_to_what_the_job_spend_cap_buys(
+    store: Store, tmp_path: Path, usd: str, prices: str, cap: int
+) -> None:
+    judge = f", rubric: Greets back., {prices}" if prices else ", rubric: Greets back."
+    cfg = generation_config(tmp_path, f", budget: {{max_usd_per_job: {usd}}}", judge)
+    answered(store)
+    spec = finetune_spec(cfg, store, cfg.deployments[0], trigger="drift", lineage={})
+    assert spec.max_tokens == cap

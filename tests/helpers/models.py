@@ -20,3 +20,24 @@ def save_tiny(directory: Path, model_for: Callable[[Any], Any]) -> Path:
     model_for(tokenizer).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def save_tiny_gpt2(directory: Path, model_class: Any, *, width: int = 16) -> Path:
+    """A GPT-2 of ``width`` hidden units and one layer with MiniLM's tokenizer (its ``[SEP]``
+    the end-of-text token), saved as ``save_pretrained`` does: ``directory``."""
+    from transformers import GPT2Config
+
+    def gpt2(tokenizer: Any) -> Any:
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=128,
+            n_embd=width,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return model_class(config)
+
+    return save_tiny(directory, gpt2)

@@ -30,7 +30,7 @@ from retrain.dataset import DataSet, Example, build_dataset, read_examples, writ
 from retrain.train import last_checkpoint
 from tests.helpers import jobs
 from tests.helpers.jobs import run_retrain, start_retrain
-from tests.helpers.models import save_tiny
+from tests.helpers.models import save_tiny_gpt2
 
 ClassifierFactory = Callable[[Sequence[str], str], Path]
 
@@ -113,26 +113,6 @@ def write_spec(directory: Path, banking: Banking, base_model: Path, **spec: Any)
         "output_dir": "out",
     }
     return jobs.write_spec(directory, **{**defaults, **spec})
-
-
-def save_tiny_gpt2(directory: Path, model_class: Any) -> Path:
-    """A GPT-2 of 16 hidden units with MiniLM's tokenizer, saved as ``save_pretrained`` does."""
-    from transformers import GPT2Config
-
-    def gpt2(tokenizer: Any) -> Any:
-        config = GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=128,
-            n_embd=16,
-            n_layer=1,
-            n_head=2,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return model_class(config)
-
-    return save_tiny(directory, gpt2)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,10 @@ class Metric(StrEnum):
 
 class Gate(Section):
     metric: Metric = Field(
-        Metric.accuracy, description="Metric the candidate must improve on the golden set."
+        Metric.accuracy,
+        description="Metric the candidate must improve on the golden set. A generation "
+        "candidate is compared on `judge_score` (the judge's rubric), or on `reference_match` "
+        "(its answers against the golden set's reference answers) when no rubric is set.",
     )
     margin: float = Field(
         0.0, ge=0.0, le=1.0, description="Required improvement over the active version."
@@ -41,6 +44,14 @@ class Gate(Section):
     )
     bootstrap_samples: int = Field(
         1000, ge=100, le=100_000, description="Resamples for the confidence interval."
+    )
+    max_tokens: int = Field(
+        200_000,
+        ge=1,
+        description="Token cap of the gate's API calls (an OpenAI model's answers, the judge's "
+        "scores); the job fails, not passes, when it is reached. Lowered to what "
+        "`policy.budget.max_usd_per_job` buys at the higher of `judge.price_per_million_input_"
+        "tokens` and `judge.price_per_million_output_tokens` when the cap and a price are set.",
     )
 
 
@@ -168,9 +179,10 @@ class GoldenColumns(Section):
     label: str = Field(
         "label",
         min_length=1,
-        description="Column of the true label (classification); for a generation prompt "
-        "revision, of the reference answer shown to the judge (optional there; else "
-        "`reference` or `expected`).",
+        description="Column of the true label (classification); for generation, of the "
+        "reference answer (else `reference` or `expected`): shown to the judge, or, for a "
+        "fine-tuned deployment without `judge.rubric`, what each answer must match (required "
+        "then).",
     )
 
 
