@@ -8,8 +8,8 @@ as ``prompt-1`` and activates it when a deployment has no active version yet; fr
 store says which prompt is live (promotion, rollback), whatever the file says.
 
 The proxy asks for the active prompt on every request, so reads go through a small cache with a
-time to live of a few seconds: a promotion reaches every replica within that time, and a
-deployment costs one store read per TTL, not one per request.
+time to live of a few seconds (``daemon.serving``): a promotion reaches every replica within that
+time, and a deployment costs one store read per TTL, not one per request.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 from daemon.config.models import Deployment
 from daemon.domain import Kind, VersionKind
 from daemon.errors import DriftdError, StoreError
+from daemon.serving import CACHE_TTL_S, ActiveCache, shared
 from daemon.store import Store, Version
 from daemon.store.versions import add_version, list_versions, promote
 
@@ -35,7 +34,6 @@ log = logging.getLogger("driftd.prompts")
 INITIAL_VERSION = "prompt-1"
 VERSION_PREFIX = "prompt-"
 CONFIG_ACTOR = "driftd:config"
-CACHE_TTL_S = 5.0
 # Attempts at taking the next free version name when another writer takes it first.
 _NAME_ATTEMPTS = 5
 
@@ -219,14 +217,11 @@ def prompt_etag(version: str, spec: PromptSpec) -> str:
     return f'"{digest[:32]}"'
 
 
-class PromptCache:
-    """Active prompts by deployment, each read at most once per ``ttl_s`` (None included, so a
-    deployment without a prompt costs as little). Safe to share between threads.
+class PromptCache(ActiveCache[ActivePrompt]):
+    """Active prompts by deployment, read through the cache (``daemon.serving.ActiveCache``):
+    at most once per ``ttl_s``, and the prompt last read served while the store is down."""
 
-    When a read fails (the store is down) and an older value is at hand, that value is served
-    and the read tried again after another ``ttl_s``: the proxy keeps serving the prompt it
-    knows rather than failing users' requests because the store is unreachable.
-    """
+    what = "prompt"
 
     def __init__(
         self,
@@ -236,55 +231,12 @@ class PromptCache:
         clock: Callable[[], float] = time.monotonic,
         read: Callable[[Store, str], ActivePrompt | None] = read_active_prompt,
     ) -> None:
-        if ttl_s < 0:
-            raise ValueError(f"ttl_s must be zero or more, got {ttl_s}")
-        self.store = store
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._read = read
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, ActivePrompt | None]] = {}
-
-    def __call__(self, name: str) -> ActivePrompt | None:
-        return self.get(name)
-
-    def get(self, name: str) -> ActivePrompt | None:
-        now = self._clock()
-        with self._lock:
-            entry = self._entries.get(name)
-        if entry is not None and now - entry[0] < self.ttl_s:
-            return entry[1]
-        try:
-            value = self._read(self.store, name)
-        except StoreError as error:
-            if entry is None:
-                raise
-            log.warning("%s: serving the cached prompt %s: %s", name, _name(entry[1]), error)
-            value = entry[1]
-        with self._lock:
-            self._entries[name] = (now, value)
-        return value
-
-    def invalidate(self, name: str | None = None) -> None:
-        """Forget one deployment's entry (after promoting or rolling it back here), or all."""
-        with self._lock:
-            if name is None:
-                self._entries.clear()
-            else:
-                self._entries.pop(name, None)
-
-
-_caches: weakref.WeakKeyDictionary[Store, PromptCache] = weakref.WeakKeyDictionary()
-_caches_lock = threading.Lock()
+        super().__init__(store, read, ttl_s=ttl_s, clock=clock)
 
 
 def prompt_cache(store: Store) -> PromptCache:
     """The process's cache of ``store``'s active prompts (one per store, made on first use)."""
-    with _caches_lock:
-        cache = _caches.get(store)
-        if cache is None:
-            cache = _caches[store] = PromptCache(store)
-        return cache
+    return shared(store, PromptCache)
 
 
 def active_prompt(store: Store, name: str) -> ActivePrompt | None:
@@ -301,7 +253,3 @@ def prompt_record(name: str, prompt: ActivePrompt) -> Mapping[str, Any]:
 def _number(version: str) -> int | None:
     suffix = version.removeprefix(VERSION_PREFIX)
     return int(suffix) if version.startswith(VERSION_PREFIX) and suffix.isdigit() else None
-
-
-def _name(prompt: ActivePrompt | None) -> str:
-    return prompt.version if prompt is not None else "(none)"

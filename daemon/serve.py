@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import uvicorn
@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from daemon.api import Tokens, create_app
 from daemon.config import Config
-from daemon.config.models import ExecutorKind, UpstreamAuth
-from daemon.errors import NotLeading
+from daemon.config.models import Deployment, ExecutorKind, UpstreamAuth
+from daemon.errors import NotLeading, StoreError
 from daemon.ingest.pipeline import DeploymentPipeline
 from daemon.ingest.prepare import PreparerPool, auto_workers, quiet_collector
 from daemon.ingest.writer import Writer
@@ -33,9 +33,17 @@ from daemon.jobs.runner import JobRunner
 from daemon.metrics import DriftdMetrics, ReplicaMetrics
 from daemon.notify import Notifier
 from daemon.prompts import active_prompt, ensure_initial
-from daemon.proxy import ActivePrompt, ProxyRecorder, UpstreamClient, proxy_router
+from daemon.proxy import (
+    ActiveModel,
+    ActivePrompt,
+    ModelFor,
+    ProxyRecorder,
+    UpstreamClient,
+    proxy_router,
+)
 from daemon.scheduler import CheckPool, Scheduler, new_owner
 from daemon.scheduler.actions import Actions
+from daemon.serving import VersionCache, serves_by_model_id, upstream_model, version_cache
 from daemon.store import Store, mask_url, upgrade
 
 log = logging.getLogger("driftd.serve")
@@ -172,6 +180,7 @@ class Daemon:
             metrics=self.metrics,
             metrics_auth=self.config.server.metrics_auth,
             run_check=self._check_now,
+            by_model_id=[d.name for d in self.config.deployments if serves_by_model_id(d)],
         )
         proxy = self.config.proxy
         self._recorder = ProxyRecorder(
@@ -191,6 +200,7 @@ class Daemon:
                 ),
                 environ=self.environ,
                 prompt_for=lambda name: _proxy_prompt(store, name),
+                model_for=proxy_model_for(self.config.deployments, version_cache(store)),
                 tokens=self.tokens,
                 limits=proxy,
             )
@@ -364,3 +374,27 @@ def _proxy_prompt(store: Store, deployment: str) -> ActivePrompt | None:
         return None
     examples = tuple((example.input, example.output) for example in prompt.few_shot)
     return ActivePrompt(prompt.version, prompt.model, prompt.system, examples)
+
+
+def proxy_model_for(deployments: Sequence[Deployment], cache: VersionCache) -> ModelFor:
+    """What the proxy calls for each of ``deployments`` served by model id: the active model
+    version (read through ``cache``); None for every other deployment, and before any version
+    is promoted. It never fails a user's call: when the store cannot be read and ``cache``
+    knows nothing yet, the call goes as the app sent it (and the log says why)."""
+    by_id = frozenset(d.name for d in deployments if serves_by_model_id(d))
+
+    def model_for(deployment: str) -> ActiveModel | None:
+        if deployment not in by_id:
+            return None
+        try:
+            version = cache.get(deployment)
+        except StoreError as error:
+            log.warning(
+                "the active model version cannot be read; the call goes as the app sent it",
+                extra={"deployment": deployment, "error": str(error)},
+            )
+            return None
+        model = upstream_model(version)
+        return None if version is None or model is None else ActiveModel(version.version, model)
+
+    return model_for

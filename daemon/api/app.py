@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from daemon import __version__
 from daemon.api.admin import RunCheck, admin_router
 from daemon.api.prompt import prompt_router
 from daemon.api.spec import body_schema, document
+from daemon.api.version import version_router
 from daemon.auth import Scope, Tokens, bearer
 from daemon.config.models import Hooks, Ingest
 from daemon.errors import DriftdError, QueueFull, StoreError
@@ -39,6 +40,7 @@ from daemon.ingest.writer import Writer
 from daemon.metrics import DriftdMetrics, ReplicaMetrics
 from daemon.prompts import prompt_cache
 from daemon.request_body import read_capped
+from daemon.serving import version_cache
 from daemon.store import Store, head_revision, is_current
 
 log = logging.getLogger("driftd.api")
@@ -67,6 +69,7 @@ def create_app(
     metrics: DriftdMetrics | None = None,
     metrics_auth: bool = False,
     run_check: RunCheck | None = None,
+    by_model_id: Collection[str] = (),
 ) -> FastAPI:
     """The API over a started store, writer and preparer; ``pipelines`` by deployment name.
 
@@ -76,6 +79,8 @@ def create_app(
     ``metrics`` are served at ``/metrics``, open like ``/healthz`` unless ``metrics_auth``
     (``server.metrics_auth``) asks for an admin token. ``run_check`` answers
     ``POST /v1/deployments/{name}/checks`` (the scheduler's ``run_now``; without it, 404).
+    ``by_model_id`` names the deployments whose model versions are model ids their upstream
+    serves (OpenAI fine-tunes): ``/version`` tells apps that id as the model to call.
     """
     app = FastAPI(
         title="driftd",
@@ -238,6 +243,14 @@ def create_app(
 
     app.include_router(
         prompt_router(prompt_cache(store), authorize, deployments=list(pipelines.keys()))
+    )
+    app.include_router(
+        version_router(
+            version_cache(store),
+            authorize,
+            deployments=list(pipelines.keys()),
+            by_model_id=by_model_id,
+        )
     )
     app.include_router(admin_router(store, authorize, hooks=hooks or {}, run_check=run_check))
     document(app, deployments=list(pipelines), metrics_auth=metrics_auth)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from daemon.auth import Scope
 from daemon.errors import DriftdError, StoreError
-from daemon.prompts import ActivePrompt, PromptCache, prompt_record
+from daemon.prompts import PromptCache, prompt_record
 
 Authorize = Callable[[Request, Scope], None]
 """The application's guard: returns when the request carries a token granting the scope."""
@@ -63,17 +63,17 @@ def prompt_router(
                 "at start-up)",
             )
         headers = {"ETag": active.etag, "Cache-Control": f"max-age={max_age}"}
-        if _matches(request.headers.get("if-none-match"), active):
+        if etag_matches(request.headers.get("if-none-match"), active.etag):
             return Response(status_code=304, headers=headers)
         return JSONResponse(prompt_record(name, active), headers=headers)
 
     return router
 
 
-def _matches(if_none_match: str | None, active: ActivePrompt) -> bool:
-    """Whether ``If-None-Match`` names the current ETag (weak comparison, as RFC 9110 asks
-    for this header), or is ``*``."""
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110 asks for this
+    header), or is ``*``."""
     if not if_none_match:
         return False
     tags = [tag.strip() for tag in if_none_match.split(",")]
-    return any(tag == "*" or tag.removeprefix("W/") == active.etag for tag in tags)
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in tags)

@@ -14,14 +14,18 @@ nothing the recording does can fail or slow the request.
 
 For a prompted deployment, ``prompt_for`` names the active prompt version, which the proxy injects
 (system message, few-shot turns, model), so a promoted prompt goes live without touching the app.
+For a fine-tuned deployment served upstream by model id (an OpenAI fine-tune), ``model_for`` names
+the active model version, whose id replaces the model the app asked for; the sample records the
+version's name as its ``model_version``. Before any version is promoted, calls go as they came.
 
 Modules: ``routes`` (forwarding, streaming), ``upstream`` (the pooled client), ``call`` (a call
-and its sample), ``recorder`` (samples to the writer), ``prompt`` (prompt injection). What the
-proxy did is counted on the replica's metrics (``daemon.metrics.ReplicaMetrics``).
+and its sample), ``recorder`` (samples to the writer), ``prompt`` (the active prompt or model a
+call is given). What the proxy did is counted on the replica's metrics
+(``daemon.metrics.ReplicaMetrics``).
 """
 
 from daemon.proxy.call import CHAT, EMBEDDINGS
-from daemon.proxy.prompt import ActivePrompt, PromptFor
+from daemon.proxy.prompt import ActiveModel, ActivePrompt, ModelFor, PromptFor
 from daemon.proxy.recorder import ProxyRecorder
 from daemon.proxy.routes import OPENAI_BASE_URL, REQUEST_ID_HEADER, proxy_router
 from daemon.proxy.upstream import UpstreamClient
@@ -31,7 +35,9 @@ __all__ = [
     "EMBEDDINGS",
     "OPENAI_BASE_URL",
     "REQUEST_ID_HEADER",
+    "ActiveModel",
     "ActivePrompt",
+    "ModelFor",
     "PromptFor",
     "ProxyRecorder",
     "UpstreamClient",

@@ -48,6 +48,7 @@ class Call:
     ttft_ms: float | None = None
     latency_ms: float = 0.0
     model: str | None = None
+    model_version: str | None = None
     upstream_request_id: str | None = None
     pieces: list[str] = field(default_factory=list)
 
@@ -162,6 +163,7 @@ def sample_of(call: Call, pipeline: DeploymentPipeline) -> SampleIn | None:
         latency_ms=round(call.latency_ms, 3),
         tokens_in=call.tokens_in,
         tokens_out=call.tokens_out,
+        model_version=call.model_version,
         prompt_version=call.prompt_version,
         error=None if call.error is None else clip(call.error, MAX_TEXT),
         metadata=metadata,

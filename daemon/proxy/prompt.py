@@ -1,4 +1,6 @@
-"""The prompt version a prompted deployment serves, as the proxy injects it into each call."""
+"""The active version the proxy serves: the prompt it injects into each call of a prompted
+deployment, the model id it calls for a fine-tuned one whose upstream serves it (an OpenAI
+fine-tune)."""
 
 from __future__ import annotations
 
@@ -37,3 +39,19 @@ class ActivePrompt:
 
 PromptFor = Callable[[str], ActivePrompt | None]
 """The active prompt of a deployment, or None to forward its calls unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveModel:
+    """The model version a fine-tuned deployment serves upstream: the id each call goes to."""
+
+    version: str
+    model: str
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with the model alias the app sent mapped to the active model id."""
+        return {**body, "model": self.model}
+
+
+ModelFor = Callable[[str], ActiveModel | None]
+"""The active model of a deployment, or None to forward its calls unchanged."""

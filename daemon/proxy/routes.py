@@ -33,7 +33,7 @@ from daemon.proxy.call import (
     valid_request_id,
     where,
 )
-from daemon.proxy.prompt import PromptFor
+from daemon.proxy.prompt import ModelFor, PromptFor
 from daemon.proxy.recorder import ProxyRecorder
 from daemon.proxy.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from daemon.request_body import read_capped
@@ -89,6 +89,7 @@ def proxy_router(
     prompt_for: PromptFor,
     tokens: Tokens,
     limits: ProxyLimits | None = None,
+    model_for: ModelFor = lambda name: None,
 ) -> APIRouter:
     """The proxy's routes for the ``deployments`` that have an upstream (``Deployment.proxied``);
     finished calls go to ``recorder`` (started, over a started writer).
@@ -96,7 +97,8 @@ def proxy_router(
     ``client`` is shared by every call (its owner closes it); ``environ`` holds the upstream
     keys, named by each deployment's ``upstream.api_key_env``; ``tokens`` are driftd's own,
     which callers present (``upstream.auth``) and which never travel upstream; ``limits`` bound
-    the request bodies.
+    the request bodies. ``prompt_for`` and ``model_for`` name the active prompt or model a chat
+    call is given (each None: the call goes as it came); both must answer at once, never fail.
     """
     limits = limits or ProxyLimits()
     by_name = {d.name: d for d in deployments if d.proxied}
@@ -158,7 +160,9 @@ def proxy_router(
             if config is not None:  # an unknown name is no label: the series stay bounded
                 stats.refuse(deployment, PROXY_REFUSALS[refusal.response.status_code])
             return refusal.response
-        call, content = _start(deployment, endpoint, raw, body, request, caller, prompt_for)
+        call, content = _start(
+            deployment, endpoint, raw, body, request, caller, prompt_for, model_for
+        )
         upstream = config.upstream
         url = f"{(upstream.base_url or OPENAI_BASE_URL).rstrip('/')}/{endpoint}"
         if request.url.query:
@@ -380,16 +384,21 @@ def _start(
     request: Request,
     caller: _Caller,
     prompt_for: PromptFor,
+    model_for: ModelFor,
 ) -> tuple[Call, bytes]:
     """The call's record, and the body to send: the caller's bytes as they are, unless a prompt
-    is injected (then the re-encoded JSON)."""
+    is injected or the active model mapped in (then the re-encoded JSON)."""
     prompt = prompt_for(deployment) if endpoint == CHAT else None
+    served = model_for(deployment) if endpoint == CHAT and prompt is None else None
     content = raw
     if prompt is not None:
         content = json.dumps(prompt.apply(body)).encode()
+    elif served is not None:
+        content = json.dumps(served.apply(body)).encode()
     # Only a caller that proved itself may name the sample: an anonymous one could otherwise
     # claim an id ahead of the app, whose real sample would then be dropped as a duplicate.
     asked = request.headers.get("x-request-id") if caller.authenticated else None
+    given = prompt or served
     call = Call(
         deployment=deployment,
         endpoint=endpoint,
@@ -399,7 +408,8 @@ def _start(
         prompt_version=None if prompt is None else prompt.version,
         stream=body.get("stream") is True,
         request_id=asked if asked is not None and valid_request_id(asked) else new_id(),
-        model=prompt.model if prompt is not None else text_or_none(body.get("model")),
+        model=given.model if given is not None else text_or_none(body.get("model")),
+        model_version=None if served is None else served.version,
     )
     return call, content
 

@@ -9,7 +9,8 @@ one when it worked) with the outcome as evidence, and the caller gets the outcom
 An operator reads the audit trail to see that the change happened and which hook did not follow.
 
 Each configured hook runs once, in this order: ``models_dir`` first, so that a reload command
-already sees the new artifact; then ``command``; then ``webhook``, last, so that it announces a
+already sees the new artifact (skipped, with an outcome saying why, for an OpenAI model id, which
+is no folder to link to); then ``command``; then ``webhook``, last, so that it announces a
 change that is complete. One hook failing does not stop the next. Two changes of one deployment
 made at the same moment (two replicas, an operator and the leader) run their hooks in whatever
 order they finish; the store's audit trail orders the changes themselves.
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from daemon.config.models import Hooks
-from daemon.prompts import prompt_cache
+from daemon.serving import forget, is_openai_model_id
 from daemon.store.models import Version
 from daemon.store.repository import Store
 from daemon.store.versions import Fence, VersionChange
@@ -144,7 +145,7 @@ def promote(
     event and part of the answer.
     """
     change = promote_version(store, deployment, name, actor=actor, fence=fence, force=force)
-    prompt_cache(store).invalidate(deployment)  # this process serves the new prompt at once
+    forget(store, deployment)  # this process serves the new version at once
     return HookedChange(change, _after(store, hooks, change, "promoted", environ))
 
 
@@ -160,7 +161,7 @@ def rollback(
     """Re-activate the previous version (``daemon.store.versions.rollback``), then run the
     hooks, with the same guarantees as ``promote``: ``current`` follows the rollback too."""
     change = rollback_version(store, deployment, actor=actor, fence=fence)
-    prompt_cache(store).invalidate(deployment)
+    forget(store, deployment)
     return HookedChange(change, _after(store, hooks, change, "rolled_back", environ))
 
 
@@ -215,14 +216,23 @@ def _guarded(hook: str, work: Callable[[], tuple[bool, str]]) -> HookOutcome:
 
 def _link(models_dir: Path, new: VersionInfo) -> tuple[bool, str]:
     """Point ``models_dir/current`` at the new artifact by renaming a fresh link over it, so
-    that a reader sees the old target or the new one, never no link at all."""
+    that a reader sees the old target or the new one, never no link at all.
+
+    Skipped (an ok outcome that says so) for an OpenAI fine-tuned model id: it is no folder, a
+    link to it would dangle, and the proxy serves it by id (``daemon.serving``)."""
+    # A relative artifact names an entry of models_dir, as a relative link does.
+    target = Path(new.artifact)
+    if is_openai_model_id(new.artifact) and not (models_dir / target).exists():
+        return True, (
+            f"skipped: version {new.name} is the OpenAI model {new.artifact!r}, not a folder; "
+            f"{models_dir / CURRENT_LINK} was left as it was (the proxy calls the model by its "
+            "id, and apps off the proxy read it at GET /v1/deployments/<name>/version)"
+        )
     if not models_dir.is_dir():
         return False, (
             f"models_dir {models_dir} is not a directory; create it or fix "
             "retune.hooks.models_dir in the configuration"
         )
-    # A relative artifact names an entry of models_dir, as a relative link does.
-    target = Path(new.artifact)
     if not (models_dir / target).exists():
         return False, (
             f"artifact {new.artifact!r} of version {new.name} does not exist (seen from "

@@ -32,6 +32,7 @@ from daemon.ingest.writer import Writer
 from daemon.metrics import ReplicaMetrics
 from daemon.proxy import (
     ActivePrompt,
+    ModelFor,
     ProxyRecorder,
     UpstreamClient,
     proxy_router,
@@ -151,9 +152,13 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
             *,
             environ: Mapping[str, str] | None = None,
             prompt_for: Callable[[str], ActivePrompt | None] = lambda name: None,
+            model_for: ModelFor = lambda name: None,
             writer: Writer | None = None,
+            yaml: str | None = None,
         ) -> Proxy:
-            config = parse_config(_config(upstreams), environ={})
+            """``upstreams`` make prompted deployments; ``yaml``, when given, is the whole
+            configuration instead (``upstreams`` then ignored)."""
+            config = parse_config(yaml or _config(upstreams), environ={})
             for deployment in config.deployments:
                 store.ensure_deployment(deployment.name, deployment.kind, deployment.task)
             writer = writer or Writer(store, queue_batches=8)
@@ -178,6 +183,7 @@ def proxy(store: Store) -> Iterator[ProxyFactory]:
                     client=shared,
                     environ={KEY_ENV: KEY} if environ is None else environ,
                     prompt_for=prompt_for,
+                    model_for=model_for,
                     tokens=TOKENS,
                 )
             )

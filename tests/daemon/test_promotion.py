@@ -234,6 +234,42 @@ def test_every_hook_runs_even_when_one_fails(models: Path) -> None:
     assert receiver.bodies()[0]["old"] is None
 
 
+def test_an_openai_model_id_gets_no_link_and_the_other_hooks_still_run(
+    models: Path, tmp_path: Path
+) -> None:
+    tuned = VersionInfo(
+        name="v3", artifact="ft:gpt-4o-mini-2024-07-18:acme:intents:abc123", kind="model"
+    )
+    assert hook(Hooks(models_dir=models), old=None, new=V1).ok
+    record = tmp_path / "env.json"
+    with Receiver() as receiver:
+        outcomes = run_hooks(
+            Hooks(
+                models_dir=models,
+                command=(sys.executable, "-c", RECORD_ENV, str(record)),
+                webhook=receiver.url,
+            ),
+            deployment="intents",
+            action="promoted",
+            old=V1,
+            new=tuned,
+        )
+
+    assert [(o.hook, o.ok) for o in outcomes] == [
+        ("models_dir", True),
+        ("command", True),
+        ("webhook", True),
+    ]
+    assert outcomes[0].detail.startswith(
+        "skipped: version v3 is the OpenAI model 'ft:gpt-4o-mini-2024-07-18:acme:intents:abc123', "
+        "not a folder"
+    )
+    assert os.readlink(models / "current") == "v1"  # left as it was, not dangling
+    assert not any(p.name.endswith(".partial") for p in models.iterdir())
+    assert json.loads(record.read_text())["DRIFTD_NEW_ARTIFACT"] == tuned.artifact
+    assert receiver.bodies()[0]["new"]["artifact"] == tuned.artifact
+
+
 @pytest.fixture
 def intents(store: Store, models: Path) -> Store:
     """``store`` with deployment intents and its versions v1 and v2 (artifacts in ``models``)."""

@@ -144,7 +144,8 @@ class Hooks(Section):
     models_dir: RelativePath | None = Field(
         None,
         description="On promotion, point the symlink `current` in this folder at the new "
-        "version's artifact (atomically, by renaming a new link over it).",
+        "version's artifact (atomically, by renaming a new link over it); skipped for an OpenAI "
+        "model id, which the proxy calls by its id.",
     )
     webhook: str | None = Field(
         None,

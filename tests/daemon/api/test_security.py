@@ -41,6 +41,7 @@ KNOWN: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/deployments/{name}/samples"): "ingest",
     ("POST", "/v1/deployments/{name}/feedback"): "ingest",
     ("GET", "/v1/deployments/{name}/prompt"): "ingest",
+    ("GET", "/v1/deployments/{name}/version"): "ingest",
     ("GET", "/v1/deployments"): "admin",
     ("GET", "/v1/checks"): "admin",
     ("GET", "/v1/checks/{check_id}"): "admin",
