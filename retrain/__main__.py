@@ -12,7 +12,8 @@ The contract with whoever starts the job (driftd's runner, or an operator by han
 - the result goes to ``result.json`` in the spec's ``output_dir``: what the job found, with
   ``status`` ``succeeded``, or ``failed`` and an ``error``;
 - the exit code is 0 when the job succeeded, 1 when it failed, 2 when the spec (or the command
-  line) is invalid and nothing ran; it is also written to a file named ``exit`` beside the
+  line) is invalid and nothing ran, 3 when it failed in a way a retry would repeat (a token or
+  cost cap reached, unreadable data: ``JobError.final``); it is also written to a file named ``exit`` beside the
   spec, as the very last step, so that a daemon which is not this process's parent (it was
   restarted while the job ran) can still learn it.
 """
@@ -29,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from retrain.contract import SPECS, JobResult
-from retrain.errors import JobCancelled, JobError, SpecError
+from retrain.errors import (
+    EXIT_BAD_SPEC,
+    EXIT_FAILED,
+    EXIT_FINAL,
+    EXIT_SUCCEEDED,
+    JobCancelled,
+    JobError,
+    SpecError,
+)
 
 KINDS = {
     "evaluate": "retrain.evaluate",
@@ -44,10 +53,6 @@ KINDS = {
 RETIRED_KINDS = {"retrain": "finetune", "revise_prompt": "prompt_revision"}
 RESULT_FILE = "result.json"
 EXIT_FILE = "exit"  # the name driftd's executors read (daemon.jobs.executor.EXIT_FILE)
-
-EXIT_SUCCEEDED = 0
-EXIT_FAILED = 1
-EXIT_BAD_SPEC = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,7 +94,7 @@ def run(kind: str, spec_path: Path) -> int:
         print(f"{kind}: failed: {message}", file=sys.stderr, flush=True)
         status = "cancelled" if isinstance(error, JobCancelled) else "failed"
         _write_result(spec.output, JobResult(kind=kind, status=status, error=message))
-        return EXIT_FAILED
+        return EXIT_FINAL if isinstance(error, JobError) and error.final else EXIT_FAILED
     _write_result(spec.output, result.model_copy(update={"kind": kind, "status": "succeeded"}))
     print(f"{kind}: succeeded; result in {spec.output / RESULT_FILE}", flush=True)
     return EXIT_SUCCEEDED

@@ -38,7 +38,7 @@ class Budget:
         return self.error(
             f"token cap reached: {self.spent} of max_tokens {self.limit} spent, and the next "
             f"{role} request needs about {needed}; the job stopped before a verdict. {self.hint}"
-        )
+        ).for_good()
 
 
 class Chat:

@@ -1,9 +1,22 @@
 """Every error a job reports, in one hierarchy: a bad spec, or a job that could not do its work.
 
 ``SpecError`` means nothing ran (exit 2); a ``JobError`` ends a job that ran as failed (exit 1),
-``JobCancelled`` as cancelled. Each job kind raises its own ``JobError`` subclass, whose message
-names the file, line or model at fault and what to do.
+or as failed for good (exit 3) when ``final`` says that running it again would fail the same way
+(a cap reached, a data set that cannot be read): the daemon then does not retry it, since each
+retry of a re-tune may pay for another fine-tune. ``JobCancelled`` ends it as cancelled. Each job
+kind raises its own ``JobError`` subclass, whose message names the file, line or model at fault
+and what to do.
 """
+
+from __future__ import annotations
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_BAD_SPEC = 2
+EXIT_FINAL = 3
+"""Failed, and a retry would fail the same way: the exit codes the daemon does not retry are
+``EXIT_BAD_SPEC`` and this one."""
+NOT_RETRIED = frozenset({EXIT_BAD_SPEC, EXIT_FINAL})
 
 
 class SpecError(Exception):
@@ -13,6 +26,14 @@ class SpecError(Exception):
 class JobError(Exception):
     """The job ran but could not do its work with what the spec names; the message says why."""
 
+    final: bool = False
+    """Whether running the job again with the same spec would fail the same way."""
+
+    def for_good(self) -> JobError:
+        """This error, marked ``final``."""
+        self.final = True
+        return self
+
 
 class JobCancelled(JobError):
     """The job was cancelled before it finished."""
@@ -20,6 +41,8 @@ class JobCancelled(JobError):
 
 class DataSetError(JobError):
     """A data file cannot be read as examples; the message names the file and line."""
+
+    final = True  # a retry reads the same export
 
 
 class EvaluationError(JobError):

@@ -358,7 +358,7 @@ class _FineTune:
                 f"over budget: the estimated cost ${estimate:.4f} ({basis}) is above "
                 f"max_cost_usd ${spec.max_cost_usd:.4f}; nothing was uploaded. Raise "
                 "max_cost_usd, or train for fewer epochs or on fewer examples"
-            )
+            ).for_good()
         self.say(f"{KIND}: estimated cost ${estimate:.4f} ({basis})")
         return estimate
 

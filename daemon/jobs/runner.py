@@ -12,7 +12,9 @@ executor makes of that). The runner writes the spec, adding ``output_dir`` (wher
 writes ``result.json``); the job's output goes to ``jobs_dir/<id>/attempt-<n>.log``.
 
 Failed attempts are retried after an exponential backoff until the job's ``max_attempts`` are
-used up; then the job fails with the last attempt's error. Every state in the store is left by a
+used up; then the job fails with the last attempt's error. A job that says a retry would fail
+the same way (``retrain.errors.NOT_RETRIED`` exit codes: a bad spec, a token or cost cap
+reached) fails at once. Every state in the store is left by a
 guarded transition (``daemon.store.jobs``), so two runners on one database never start the same
 job, and a runner that lost a job to another cannot overwrite what the other recorded. No job
 stays ``running`` forever: a job whose daemon died is adopted by the next runner, which either
@@ -38,6 +40,7 @@ from daemon.errors import KubernetesError
 from daemon.jobs.executor import LOG_HEADER, Executor, Exited, Gone, Running, Status
 from daemon.store import jobs
 from daemon.store.models import Job, utcnow
+from retrain.errors import NOT_RETRIED
 from daemon.store.repository import Store
 
 log = logging.getLogger("driftd.jobs")
@@ -260,6 +263,17 @@ class JobRunner:
             error += f" (log: {job.log_path})"
         if job.cancel_requested:
             self._finish(job, JobState.cancelled, now, f"{_name(job)} was cancelled", error=error)
+        elif isinstance(status, Exited) and status.code in NOT_RETRIED:
+            # A bad spec, or a cap reached: the next attempt would fail the same way, and a
+            # re-tune's attempt may pay for a fine-tune first.
+            self._finish(
+                job,
+                JobState.failed,
+                now,
+                f"{_name(job)} failed on attempt {job.attempt}, not retried (a retry would fail "
+                f"the same way): {error}",
+                error=error,
+            )
         else:
             self._fail_or_retry(job, error, now)
 

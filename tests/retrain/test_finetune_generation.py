@@ -21,6 +21,7 @@ import pytest
 
 from retrain import finetune
 from retrain.contract import FineTuneSpec
+from retrain.errors import EXIT_FINAL
 from retrain.scoring import normal, reference_match
 from tests.fake_openai import CHAT_ROUTE, FakeOpenAI, Succeed
 from tests.helpers.jobs import run_retrain, write_spec
@@ -288,7 +289,7 @@ def test_an_openai_generation_gate_stopped_by_the_token_cap_fails_the_job(
         tmp_path, fake_openai, openai_spec(tmp_path, fake_openai, max_tokens=50)
     )
 
-    assert code == 1, output
+    assert code == EXIT_FINAL, output  # a retry would stop at the same place: not retried
     assert result["status"] == "failed"
     assert "token cap reached: 0 of max_tokens 50 spent" in result["error"]
     assert "retune.gate.max_tokens" in result["error"]

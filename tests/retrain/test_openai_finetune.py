@@ -24,6 +24,7 @@ import openai
 import pytest
 
 from retrain.__main__ import main
+from retrain.errors import EXIT_FINAL
 from retrain.openai_finetune import count_tokens
 from tests.fake_openai import (
     CANCEL_ROUTE,
@@ -362,7 +363,8 @@ def test_a_job_over_budget_is_refused_before_anything_is_uploaded(
         max_cost_usd=0.04,
     )
 
-    assert main([KIND, "--spec", str(spec)]) == 1
+    # Exit 3: failed, and a retry would fail the same way, so the daemon does not retry it.
+    assert main([KIND, "--spec", str(spec)]) == EXIT_FINAL
 
     assert result_of(tmp_path)["error"] == (
         "over budget: the estimated cost $0.0420 (about 14 training tokens (characters/4) x 3 "

@@ -385,9 +385,9 @@ def test_the_runner_drives_kubernetes_jobs_to_succeeded_and_failed(
         bad,
         fk.Fail(
             after_polls=1,
-            exit_code=2,
+            exit_code=1,
             log="error: x is not a file\n",
-            on_end=pod_writes({"error": "golden set x is not a file"}, 2),
+            on_end=pod_writes({"error": "golden set x is not a file"}, 1),
         ),
     )
 
@@ -400,7 +400,7 @@ def test_the_runner_drives_kubernetes_jobs_to_succeeded_and_failed(
     job = get_job(store, bad)[1]
     assert (job.state, job.attempt) == ("failed", 2)
     assert job.error is not None
-    assert "exited with code 2: golden set x is not a file" in job.error
+    assert "exited with code 1: golden set x is not a file" in job.error
     assert "error: x is not a file" in Path(str(job.log_path)).read_text()
     created = [body["metadata"]["labels"]["driftd.io/job-id"] for body in fake.created]
     assert sorted(created) == sorted([str(good), str(bad), str(bad)])  # one Job per attempt

@@ -1,7 +1,8 @@
 """The job runner with real ``python -m retrain evaluate`` processes, on SQLite and PostgreSQL.
 
 Jobs that must run to the end evaluate a tiny BERT classifier on the support-bot golden set;
-jobs that must fail name a golden set that does not exist (the job exits 2 at once); jobs that
+jobs that must fail name a golden set whose line has no label (the job exits 1 at once) or one
+that does not exist (exit 2: a bad spec, never retried); jobs that
 must keep running long enough to be stopped or adopted are ordinary evaluations, which spend
 their first seconds loading torch. Every process a test starts is killed by its pid at the end.
 """
@@ -133,6 +134,14 @@ def evaluation(model_dir: Path, *, pace_s: float = 0.0) -> dict[str, Any]:
 
 
 def broken(tmp_path: Path) -> dict[str, Any]:
+    """The spec of an evaluation that fails at once (exit 1, worth a retry): its golden set's
+    line has no label."""
+    golden = tmp_path / "unlabelled.jsonl"
+    golden.write_text('{"input": "Where is my card?"}\n')
+    return {"golden_set": str(golden), "model_dir": str(tmp_path)}
+
+
+def invalid(tmp_path: Path) -> dict[str, Any]:
     """The spec of an evaluation that exits 2 at once: its golden set does not exist."""
     return {"golden_set": str(tmp_path / "missing.jsonl"), "model_dir": str(tmp_path)}
 
@@ -211,8 +220,8 @@ def test_a_failing_job_is_retried_with_backoff_then_fails(
     assert job.attempt == 1
     assert job.not_before == t0 + timedelta(seconds=60)
     assert job.error is not None
-    assert "exited with code 2" in job.error
-    assert "missing.jsonl is not a file" in job.error  # from the job's log
+    assert "exited with code 1" in job.error
+    assert "has no text under 'label'" in job.error  # from the job's result
     assert f"(log: {runner.jobs_dir / str(job_id) / 'attempt-1.log'})" in job.error
 
     assert runner.tick(t0 + timedelta(seconds=59)).started == []  # still backing off
@@ -228,7 +237,7 @@ def test_a_failing_job_is_retried_with_backoff_then_fails(
     assert job.attempt == 3
     assert job.finished_at == t2
     assert job.error is not None
-    assert "missing.jsonl is not a file" in job.error
+    assert "has no text under 'label'" in job.error
     events = events_of(store, deployment, job_id)
     assert [kind for kind, _ in events] == [
         "job.queued",
@@ -301,6 +310,22 @@ def test_cancel_ends_a_queued_job_at_once_and_a_running_one_through_its_runner(
     assert not alive(pid)
     kinds = [kind for kind, _ in events_of(store, deployment, running)]
     assert kinds == ["job.queued", "job.running", "job.cancel_requested", "job.cancelled"]
+
+
+def test_a_job_whose_retry_would_fail_the_same_way_fails_at_once(
+    store: Store, deployment: str, tmp_path: Path, runner_for: Callable[..., JobRunner]
+) -> None:
+    # Exit 2 (a bad spec) and exit 3 (a cap reached: JobError.final) are not retried: a re-tune's
+    # next attempt would pay for another fine-tune only to stop at the same place.
+    runner = runner_for("daemon-a", backoff_base=timedelta(seconds=60))
+    job_id = create_job(store, deployment, "evaluate", "drift", invalid(tmp_path), max_attempts=3)
+    assert runner.tick().started == [job_id]
+    job = tick_until(runner, job_id, lambda j: j.state == "failed")
+    assert job.attempt == 1
+    assert job.error is not None
+    assert job.error.startswith("the job exited with code 2: retrain evaluate: invalid spec")
+    (failed,) = [e for e in store.recent_events(deployment, limit=100) if e.kind == "job.failed"]
+    assert "failed on attempt 1, not retried (a retry would fail the same way)" in failed.message
 
 
 def test_a_job_held_for_approval_starts_only_once_approved(
@@ -467,7 +492,7 @@ def test_recovery_settles_jobs_that_ended_while_no_daemon_watched(
         )
         for attempts in (1, 2)
     )
-    finished = create_job(store, deployment, "evaluate", "manual", broken(tmp_path), max_attempts=1)
+    finished = create_job(store, deployment, "evaluate", "manual", invalid(tmp_path), max_attempts=1)
     assert crashed.tick().started == [last_try, can_retry, finished]
     pids = {job_id: pid_of(store, job_id) for job_id in (last_try, can_retry)}
     # The daemon dies, and two of its jobs with it (init reaps them); the third ends alone.
