@@ -13,9 +13,9 @@ The contract with whoever starts the job (driftd's runner, or an operator by han
   ``status`` ``succeeded``, or ``failed`` and an ``error``;
 - the exit code is 0 when the job succeeded, 1 when it failed, 2 when the spec (or the command
   line) is invalid and nothing ran, 3 when it failed in a way a retry would repeat (a token or
-  cost cap reached, unreadable data: ``JobError.final``); it is also written to a file named ``exit`` beside the
-  spec, as the very last step, so that a daemon which is not this process's parent (it was
-  restarted while the job ran) can still learn it.
+  cost cap reached, unreadable data: ``JobError.final``); it is also written to a file named
+  ``exit`` beside the spec, as the very last step, so that a daemon which is not this
+  process's parent (it was restarted while the job ran) can still learn it.
 """
 
 from __future__ import annotations

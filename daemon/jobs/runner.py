@@ -40,8 +40,8 @@ from daemon.errors import KubernetesError
 from daemon.jobs.executor import LOG_HEADER, Executor, Exited, Gone, Running, Status
 from daemon.store import jobs
 from daemon.store.models import Job, utcnow
-from retrain.errors import NOT_RETRIED
 from daemon.store.repository import Store
+from retrain.errors import NOT_RETRIED
 
 log = logging.getLogger("driftd.jobs")
 

@@ -492,7 +492,9 @@ def test_recovery_settles_jobs_that_ended_while_no_daemon_watched(
         )
         for attempts in (1, 2)
     )
-    finished = create_job(store, deployment, "evaluate", "manual", invalid(tmp_path), max_attempts=1)
+    finished = create_job(
+        store, deployment, "evaluate", "manual", invalid(tmp_path), max_attempts=1
+    )
     assert crashed.tick().started == [last_try, can_retry, finished]
     pids = {job_id: pid_of(store, job_id) for job_id in (last_try, can_retry)}
     # The daemon dies, and two of its jobs with it (init reaps them); the third ends alone.
