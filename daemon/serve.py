@@ -262,6 +262,8 @@ class Daemon:
             self.owner,
             heartbeat=scheduling.job_heartbeat,
             stale_after=scheduling.job_stale_after,
+            backoff_base=scheduling.job_backoff,
+            backoff_max=scheduling.job_backoff_max,
         )
         self._runner = runner
         actions = Actions(

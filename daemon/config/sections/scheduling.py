@@ -205,6 +205,15 @@ class Scheduling(Section):
         description="A running job whose heartbeat is older than this lost its daemon: the "
         "leader adopts it (still running) or retries or fails it (its process is gone).",
     )
+    job_backoff: Duration = Field(
+        timedelta(seconds=30),
+        description="Wait before retrying a failed job attempt; it doubles with each attempt, "
+        "up to `job_backoff_max`. A job that says a retry would fail the same way (a bad spec, "
+        "a token or cost cap reached) is not retried.",
+    )
+    job_backoff_max: Duration = Field(
+        timedelta(minutes=30), description="The longest wait before retrying a job attempt."
+    )
     catch_up: bool = Field(
         True,
         description="After downtime or a change of leader, run a missed check or re-tuning "
@@ -226,6 +235,11 @@ class Scheduling(Section):
                 f"job_stale_after ({format_duration(self.job_stale_after)}) must be longer than "
                 f"job_heartbeat ({format_duration(self.job_heartbeat)}), or the jobs of a live "
                 "daemon would be taken for orphans"
+            )
+        if self.job_backoff_max < self.job_backoff:
+            raise ValueError(
+                f"job_backoff_max ({format_duration(self.job_backoff_max)}) must not be shorter "
+                f"than job_backoff ({format_duration(self.job_backoff)})"
             )
         return self
 

@@ -412,3 +412,15 @@ def test_classification_needs_two_distinct_labels() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_job_retries_back_off_as_configured() -> None:
+    scheduling = parse_config(MINIMAL, environ={}).scheduling
+    assert (scheduling.job_backoff, scheduling.job_backoff_max) == (
+        timedelta(seconds=30),
+        timedelta(minutes=30),
+    )
+    text = "scheduling: {job_backoff: 2m, job_backoff_max: 1m}\n" + MINIMAL
+    assert problems(text) == [
+        "driftd.yaml:1: scheduling: job_backoff_max (1m) must not be shorter than job_backoff (2m)"
+    ]

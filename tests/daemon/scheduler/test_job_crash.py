@@ -26,7 +26,7 @@ LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 CONFIG = finetuned_config(
     labels=LABELS,
     scheduling="lease_ttl: 2s, job_poll: 1s, job_heartbeat: 1s, job_stale_after: 3s, "
-    "jobs_dir: jobs",
+    "job_backoff: 2s, jobs_dir: jobs",
 )
 
 
