@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -38,6 +39,7 @@ from daemon.proxy import (
     proxy_router,
 )
 from daemon.store import Sample, Store
+from tests.conftest import _fresh_postgres_database
 from tests.helpers.http import serving, serving_app
 from tests.helpers.serve import free_port, start_katan
 from tests.helpers.wait import wait_for
@@ -357,3 +359,11 @@ def stats(**counts: int) -> ClientStats:
 def log_many(client: Client, count: int, prefix: str = "r") -> None:
     for i in range(count):
         client.log(f"{prefix}{i}", "how do I reset my card?", "Go to Settings.")
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An empty SQLite and an empty PostgreSQL database, by name: for a scenario that waits on
+    the clock, run on both stores side by side."""
+    with contextlib.contextmanager(_fresh_postgres_database)() as postgres:
+        yield {"sqlite": f"sqlite:///{tmp_path / 'driftd.db'}", "postgresql": postgres}

@@ -22,7 +22,7 @@ import functools
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from daemon.domain import JobState, VersionKind
 from daemon.store import Job, Store, Version, upgrade, versions
 from daemon.store import jobs as job_store
 from tests.fake_openai import CHAT_ROUTE, ORGANIZATION, FakeOpenAI, serve_fake_openai
-from tests.helpers.serve import Server, running, start_driftd
+from tests.helpers.serve import running, start_driftd
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "examples" / "banking77" / "data"
@@ -208,43 +208,55 @@ def history(url: str, deployment: str) -> None:
     assert fed.status_code in (200, 201, 202), fed.text
 
 
-@pytest.fixture
-def upstream() -> Iterator[FakeOpenAI]:
-    with serve_fake_openai(file_processing_polls=0) as fake:
-        script(fake)
-        yield fake
-
-
-@pytest.fixture
-def daemon_in(tmp_path: Path, upstream: FakeOpenAI) -> Iterator[Callable[[str], Server]]:
-    with contextlib.ExitStack() as stack:
-
-        def start(db_url: str) -> Server:
-            environ = {
-                "DRIFTD_STORAGE_URL": db_url,
-                "DRIFTD_INGEST_TOKENS": INGEST,
-                "DRIFTD_PROXY_TOKENS": PROXY,
-                "OPENAI_API_KEY": upstream.api_key,
-            }
-            log = tmp_path / "daemon.log"
-            server = start_driftd(Path("driftd.yaml"), tmp_path, env=environ, log=log)
-            return stack.enter_context(running(server, timeout=60, stop_within=30, exit_code=None))
-
-        yield start
-
-
-@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.postgres
 def test_an_openai_fine_tune_is_gated_promoted_served_and_watched_unattended(
-    db_url: str, tmp_path: Path, upstream: FakeOpenAI, daemon_in: Callable[[str], Server]
+    stores: dict[str, str], tmp_path: Path
 ) -> None:
-    write_config(tmp_path, upstream)
+    """Both stores at once, each with its own daemon, upstream and folder: the loop waits on
+    checks, polls and job start-ups, so side by side it costs little more than one."""
+    for url in stores.values():  # one after the other: Alembic's context is one per process
+        serving_v1(url)
+    with ThreadPoolExecutor(max_workers=len(stores)) as pool:
+        runs = {
+            name: pool.submit(the_loop_closes, url, tmp_path / name) for name, url in stores.items()
+        }
+    for name, run in runs.items():
+        try:
+            run.result()
+        except AssertionError as failed:
+            raise AssertionError(f"on {name}: {failed}") from None
+
+
+def serving_v1(db_url: str) -> None:
+    """A migrated store where each deployment serves the base model as version v1."""
     with Store.open(db_url) as store:
         upgrade(store.engine)
         for name in DEPLOYMENTS:
             store.ensure_deployment(name, "finetuned", "classification")
             versions.add_version(store, name, kind=VersionKind.model, name="v1", artifact=BASE)
             versions.promote(store, name, "v1", actor="test")
-    daemon = daemon_in(db_url)
+
+
+def the_loop_closes(db_url: str, folder: Path) -> None:
+    folder.mkdir()
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(serve_fake_openai(file_processing_polls=0))
+        script(upstream)
+        scenario(db_url, folder, upstream, stack)
+
+
+def scenario(
+    db_url: str, tmp_path: Path, upstream: FakeOpenAI, stack: contextlib.ExitStack
+) -> None:
+    write_config(tmp_path, upstream)
+    environ = {
+        "DRIFTD_STORAGE_URL": db_url,
+        "DRIFTD_INGEST_TOKENS": INGEST,
+        "DRIFTD_PROXY_TOKENS": PROXY,
+        "OPENAI_API_KEY": upstream.api_key,
+    }
+    server = start_driftd(Path("driftd.yaml"), tmp_path, env=environ, log=tmp_path / "daemon.log")
+    daemon = stack.enter_context(running(server, timeout=60, stop_within=30, exit_code=None))
     for name in DEPLOYMENTS:
         history(daemon.url, name)
 

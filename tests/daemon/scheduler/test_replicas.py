@@ -12,9 +12,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -28,7 +26,6 @@ from sqlalchemy.engine import Engine
 
 from daemon.store import normalize_url
 from daemon.store.models import Check, RunClaim
-from tests.conftest import _fresh_postgres_database
 from tests.helpers.configs import minimal_config
 from tests.helpers.serve import Server, start_driftd
 from tests.helpers.wait import wait_for
@@ -74,13 +71,6 @@ def claims_and_checks(engine: Engine) -> tuple[list[Any], list[datetime]]:
             if when is not None
         ]
     return claims, checked
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """An empty SQLite and an empty PostgreSQL database, by name."""
-    with contextmanager(_fresh_postgres_database)() as postgres:
-        yield {"sqlite": f"sqlite:///{tmp_path / 'driftd.db'}", "postgresql": postgres}
 
 
 @pytest.mark.postgres
