@@ -28,6 +28,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import AfterValidator, BeforeValidator
 
+from daemon.api.cached import Authorize
 from daemon.auth import Scope
 from daemon.config.models import Hooks
 from daemon.domain import CheckStatus, JobState
@@ -51,8 +52,6 @@ from daemon.store.versions import list_versions
 NO_HOOKS = Hooks()
 """What a deployment missing from ``hooks`` runs: nothing (it is in the store, not the config)."""
 
-Authorize = Callable[[Request, Scope], None]
-"""The application's guard: returns when the request carries a token granting the scope."""
 
 JobAction = Callable[..., object]
 RunCheck = Callable[[str], datetime]

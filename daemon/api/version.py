@@ -16,17 +16,13 @@ cannot be read and no cached version is at hand.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 
-from daemon.api.prompt import Authorize, etag_matches
-from daemon.auth import Scope
+from daemon.api.cached import Authorize, etag_answer, ingest_router, read_active
 from daemon.domain import VersionKind
-from daemon.errors import DriftdError, StoreError
 from daemon.prompts import PromptSpec
 from daemon.serving import ActiveVersion, VersionCache, upstream_model
 
@@ -45,12 +41,8 @@ def version_router(
     versions are model ids their upstream serves (``daemon.serving.serves_by_model_id``)."""
     known = frozenset(deployments)
     served_by_id = frozenset(by_model_id)
-
-    async def require_ingest(request: Request) -> None:
-        authorize(request, Scope.ingest)
-
-    router = APIRouter(prefix="/v1", tags=["prompts"], dependencies=[Depends(require_ingest)])
-    max_age = max(0, int(cache.ttl_s))
+    router = ingest_router(authorize)
+    max_age = int(cache.ttl_s)
 
     @router.get(
         "/deployments/{name}/version",
@@ -58,27 +50,19 @@ def version_router(
         responses={304: {"description": "The version is the one the If-None-Match ETag names."}},
     )
     async def version(name: str, request: Request) -> Response:
-        if name not in known:
-            raise HTTPException(404, f"unknown deployment {name!r}; configured: {sorted(known)}")
-        try:
-            active = await asyncio.to_thread(cache.get, name)
-        except StoreError as exc:
-            raise HTTPException(503, f"{exc}; retry later") from None
-        if active is None:
-            raise HTTPException(
-                404,
-                f"deployment {name!r} has no version registered yet: it serves the model or "
-                "prompt of its configuration until a first version is promoted",
-            )
-        headers = {"ETag": active.etag, "Cache-Control": f"max-age={max_age}"}
-        if etag_matches(request.headers.get("if-none-match"), active.etag):
-            return Response(status_code=304, headers=headers)
-        try:
-            record = version_record(name, active, by_model_id=name in served_by_id)
-        except DriftdError as exc:
-            # A malformed prompt artifact: the message names the version and what to do.
-            raise HTTPException(500, str(exc)) from None
-        return JSONResponse(record, headers=headers)
+        active = await read_active(
+            cache,
+            name,
+            known,
+            missing=f"deployment {name!r} has no version registered yet: it serves the model "
+            "or prompt of its configuration until a first version is promoted",
+        )
+        return etag_answer(
+            request,
+            active,
+            max_age,
+            lambda: version_record(name, active, by_model_id=name in served_by_id),
+        )
 
     return router
 
