@@ -100,10 +100,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(url: str, folder: Path) -> Iterator[tuple[int, int]]:
-    """A running `driftd serve` on ``url``: yields (port, pid)."""
+def server(url: str, folder: Path, text: str = CONFIG) -> Iterator[tuple[int, int]]:
+    """A running `driftd serve` on ``url`` with the configuration ``text``: yields (port, pid)."""
     config = folder / "driftd.yaml"
-    config.write_text(CONFIG)
+    config.write_text(text)
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTD_")}
     environ |= {"DRIFTD_STORAGE_URL": url, "DRIFTD_INGEST_TOKENS": TOKEN}
