@@ -228,7 +228,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         database = folder / "soak.db"
-        with server(f"sqlite:///{database}", folder, CONFIG) as (port, pid):
+        with server(f"sqlite:///{database}", folder, text=CONFIG) as (port, pid):
             url = f"http://127.0.0.1:{port}/v1/deployments/support/samples"
             fill_seconds = fill(url, texts, args.stored)
             after_fill = tree_memory_mib(pid)

@@ -119,9 +119,11 @@ def count_items(body: bytes, items: str) -> int:
 
 
 def auto_workers() -> int:
-    """One worker per core, at most four: the server process mostly waits (on the network and
-    on SQLite, which works outside the interpreter lock), so it needs no core of its own."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """One worker per core this process may run on, at most four: the server process mostly
+    waits (on the network and on the database, outside the interpreter lock), so it needs no
+    core of its own. A replica pinned to one core (taskset, a cpuset) gets one worker."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
 
 
 _worker: Preparer | None = None

@@ -2,8 +2,9 @@
 encoding of a batch into plain rows, and the bulk insert of those rows on each dialect.
 
 Ingest's hot path runs through here, so rows skip the ORM: ``RowEncoder`` writes values in the
-very form SQLAlchemy's column types would (and may run in another process), and one statement
-inserts a whole chunk, skipping request ids already stored.
+very form SQLAlchemy's column types would (and may run in another process) — tuples for SQLite's
+``executemany``, binary ``COPY`` tuples for PostgreSQL — and the insert skips request ids already
+stored, saying exactly which ones were new.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import JSON, Connection, func, select
 from daemon.errors import StoreError
 from daemon.ingest.rules import MAX_ID_LENGTH
 from daemon.store.models import Sample, utcnow
+from daemon.store.pgcopy import HEADER, TRAILER, RowFormat
 from daemon.store.types import UTCDateTime, require_aware, to_json_text
 
 DRAW_MODULUS = 2**31
@@ -118,29 +120,35 @@ def _sqlite_utc_text(value: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SampleRows:
-    """One batch of samples encoded for the driver: one tuple per sample, in ``ROW_COLUMNS``
-    order. Plain values only, so a batch can be encoded in another process."""
+    """One batch of samples encoded for the driver, one row per sample in ``ROW_COLUMNS``
+    order: a tuple of plain values on SQLite, a binary ``COPY`` tuple (bytes) on PostgreSQL.
+    Plain values only, so a batch can be encoded in another process."""
 
     deployment_id: int
-    rows: list[tuple[Any, ...]]
+    request_ids: list[str]
+    rows: list[Any]
 
 
 class RowEncoder:
     """Turns samples into the rows the driver receives, in the very form SQLAlchemy's types
-    would write (UTC text timestamps on SQLite, JSON text), so that rows written this way read
-    back through the ORM exactly like rows the ORM wrote, without its per-row cost."""
+    would write (UTC text timestamps on SQLite, JSON text, ``timestamptz`` and ``json`` as
+    PostgreSQL reads them from ``COPY``), so that rows written this way read back through the
+    ORM exactly like rows the ORM wrote, without its per-row cost."""
 
     def __init__(self, dialect: str) -> None:
         if dialect not in ("sqlite", "postgresql"):
             raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
         columns = {c.name: c for c in Sample.__table__.columns}
-        stamp = _sqlite_utc_text if dialect == "sqlite" else None
-        self._stamp = stamp
+        self._copy = (
+            RowFormat([columns[name].type for name in ROW_COLUMNS])
+            if dialect == "postgresql"
+            else None
+        )
         self._converters: list[tuple[int, Callable[[Any], Any]]] = []
         for i, name in enumerate(_FROM_SAMPLE):
             type_ = columns[name].type
-            if isinstance(type_, UTCDateTime) and stamp is not None:
-                self._converters.append((i, stamp))
+            if isinstance(type_, UTCDateTime):
+                self._converters.append((i, _sqlite_utc_text))
             elif isinstance(type_, JSON):
                 self._converters.append((i, to_json_text))
 
@@ -151,9 +159,23 @@ class RowEncoder:
         samples: Sequence[NewSample],
         now: datetime | None = None,
     ) -> SampleRows:
-        created: Any = now or utcnow()
-        if self._stamp is not None:
-            created = self._stamp(created)
+        created = now or utcnow()
+        request_ids = [sample.request_id for sample in samples]
+        if self._copy is not None:
+            encode = self._copy.encode
+            tuples = [
+                encode(
+                    (
+                        deployment_id,
+                        draw_for(deployment, sample.request_id),
+                        created,
+                        *_read_sample(sample),
+                    )
+                )
+                for sample in samples
+            ]
+            return SampleRows(deployment_id, request_ids, tuples)
+        stamp = _sqlite_utc_text(created)
         converters = self._converters
         rows = []
         for sample in samples:
@@ -161,8 +183,8 @@ class RowEncoder:
             for i, convert in converters:
                 if values[i] is not None:
                     values[i] = convert(values[i])
-            rows.append((deployment_id, draw_for(deployment, sample.request_id), created, *values))
-        return SampleRows(deployment_id, rows)
+            rows.append((deployment_id, draw_for(deployment, sample.request_id), stamp, *values))
+        return SampleRows(deployment_id, request_ids, rows)
 
 
 def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
@@ -187,53 +209,57 @@ def _insert_sqlite(connection: Connection, rows: list[tuple[Any, ...]]) -> set[t
     return {(int(d), str(r)) for d, r in connection.execute(query)}
 
 
-def _insert_postgres(connection: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
-    """One ``INSERT … SELECT FROM unnest(arrays)`` per chunk: a single round trip with few
-    parameters, and ``RETURNING`` says exactly which rows were new, even when another replica
-    inserts the same request id at the same moment."""
-    dialect = connection.dialect
-    columns = {c.name: c for c in Sample.__table__.columns}
-    casts = []
-    for i, name in enumerate(ROW_COLUMNS):
-        type_ = columns[name].type
-        sql_type = "TEXT" if isinstance(type_, JSON) else type_.compile(dialect)
-        casts.append(f"%(c{i})s::{sql_type}[]")
-    sql = (
-        f"INSERT INTO samples ({', '.join(ROW_COLUMNS)}) "
-        f"SELECT {', '.join(_select_list(columns))} FROM unnest({', '.join(casts)}) "
-        f"AS r({', '.join(ROW_COLUMNS)}) "
-        "ON CONFLICT (deployment_id, request_id) DO NOTHING RETURNING deployment_id, request_id"
-    )
-    inserted: set[tuple[int, str]] = set()
-    for start in range(0, len(rows), INSERT_BATCH_ROWS * 5):
-        chunk = rows[start : start + INSERT_BATCH_ROWS * 5]
-        arrays = {f"c{i}": list(column) for i, column in enumerate(zip(*chunk, strict=True))}
-        inserted.update((int(d), str(r)) for d, r in connection.exec_driver_sql(sql, arrays))
-    return inserted
+# A staging table of the session: rows stream in with COPY, which cannot skip duplicates, and
+# one INSERT … SELECT moves them on. Temporary, so nothing is logged or shared between replicas;
+# emptied by every commit; created once per connection, and again if a pooler swaps it.
+_STAGING = "driftd_samples_in"
+_COLUMN_LIST = ", ".join(ROW_COLUMNS)
+_CREATE_STAGING = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
+    f"SELECT {_COLUMN_LIST} FROM samples WITH NO DATA"
+)
+_COPY_STAGING = f"COPY {_STAGING} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+# In key order: two replicas inserting overlapping request ids then take the rows' locks in the
+# same order, and the second waits for the first instead of deadlocking with it.
+_MERGE_STAGING = (
+    f"INSERT INTO samples ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {_STAGING} "
+    'ORDER BY deployment_id, request_id COLLATE "C" '
+    "ON CONFLICT (deployment_id, request_id) DO NOTHING RETURNING deployment_id, request_id"
+)
+_COPY_CHUNK_ROWS = 1000
 
 
-def _select_list(columns: dict[str, Any]) -> list[str]:
-    # JSON travels as text (one cast per array), and becomes JSON column by column.
-    return [
-        f"r.{name}::JSON" if isinstance(columns[name].type, JSON) else f"r.{name}"
-        for name in ROW_COLUMNS
-    ]
+def _insert_postgres(connection: Connection, rows: list[bytes]) -> set[tuple[int, str]]:
+    """``COPY`` the binary tuples into the staging table, then merge it into ``samples``:
+    ``RETURNING`` says exactly which rows were new, even when another replica inserts the same
+    request id at the same moment (the insert waits for that one's transaction to end)."""
+    driver = connection.connection.driver_connection
+    assert driver is not None, "a connection in a transaction has a driver connection"
+    with driver.cursor() as cursor:
+        cursor.execute(_CREATE_STAGING)
+        with cursor.copy(_COPY_STAGING) as copy:
+            copy.write(HEADER)
+            for start in range(0, len(rows), _COPY_CHUNK_ROWS):
+                copy.write(b"".join(rows[start : start + _COPY_CHUNK_ROWS]))
+            copy.write(TRAILER)
+        cursor.execute(_MERGE_STAGING)
+        return {(int(d), str(r)) for d, r in cursor.fetchall()}
 
 
-def unique_rows(batches: Sequence[SampleRows]) -> list[tuple[Any, ...]]:
+def unique_rows(batches: Sequence[SampleRows]) -> list[Any]:
     """The rows of ``batches`` with each (deployment, request id) once: its first occurrence."""
     taken: set[tuple[int, str]] = set()
-    fresh: list[tuple[Any, ...]] = []
+    fresh: list[Any] = []
     for batch in batches:
-        for row in batch.rows:
-            key = (batch.deployment_id, row[ROW_REQUEST_ID])
+        for request_id, row in zip(batch.request_ids, batch.rows, strict=True):
+            key = (batch.deployment_id, request_id)
             if key not in taken:
                 taken.add(key)
                 fresh.append(row)
     return fresh
 
 
-def insert_new(connection: Connection, rows: list[tuple[Any, ...]]) -> set[tuple[int, str]]:
+def insert_new(connection: Connection, rows: list[Any]) -> set[tuple[int, str]]:
     """Insert ``rows`` (unique, see ``unique_rows``), skipping request ids already stored;
     returns the (deployment id, request id) pairs this call stored."""
     if connection.dialect.name == "postgresql":
@@ -250,8 +276,8 @@ def insert_results(
     for batch in batches:
         new: list[str] = []
         duplicate: list[str] = []
-        for row in batch.rows:
-            key = (batch.deployment_id, row[ROW_REQUEST_ID])
+        for request_id in batch.request_ids:
+            key = (batch.deployment_id, request_id)
             if key in inserted:
                 inserted.discard(key)
                 new.append(key[1])

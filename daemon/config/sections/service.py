@@ -88,7 +88,7 @@ class Ingest(Section):
         ge=0,
         le=64,
         description="Processes that validate, redact and describe batches; 0 does it in the "
-        "server process; unset means one per core, at most four.",
+        "server process; unset means one per core it may run on, at most four.",
     )
 
 
