@@ -163,9 +163,11 @@ class Spread:
     def _slot(self) -> None:
         while not self._stopping.is_set():
             try:
+                # A free slot looks for a dead replica's check first (at most once per
+                # heartbeat per replica): that tick is older than any queued one.
+                self._adopt()
                 tick = self._next()
                 if tick is None:
-                    self._adopt()
                     continue
                 try:
                     self._take(tick)
@@ -224,11 +226,12 @@ class Spread:
             self._queued -= taken
 
     def _adopt(self) -> None:
-        """With a free slot and nothing queued: re-run a check whose replica died."""
+        """With a free slot: re-run a check whose replica died."""
         now = datetime.now(UTC)
-        if now.timestamp() - self._last_adoption < self._heartbeat.total_seconds():
-            return
-        self._last_adoption = now.timestamp()
+        with self._changed:
+            if now.timestamp() - self._last_adoption < self._heartbeat.total_seconds():
+                return
+            self._last_adoption = now.timestamp()
         stale_before = now - self._stale_after
         for claim in stale_claims(self.store, CHECK, stale_before, limit=1):
             if not adopt_claim(self.store, claim, self.owner, stale_before):
