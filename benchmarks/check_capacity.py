@@ -16,6 +16,8 @@ the same database, pinned to cores 0 and 1. Each setup warms up until its replic
 follow and the next minute starts, then is measured for ``--minutes`` minutes: checks completed
 per minute (``checks`` rows finished in the window), the CPU seconds of each replica's process
 tree (utime + stime from ``/proc/<pid>/stat`` of the replica and its children) per check it ran,
+the CPU seconds of the PostgreSQL server's processes per check (an upper bound: other users of
+the server count too),
 and each replica's ``driftd_scheduler_runs_total{kind="check"}`` (ran, claimed_elsewhere — the
 claim conflicts —, missed). After each setup, every tick is asserted to have run at most once
 (one claim, at most one ``checks`` row) and every finished claim to have exactly one row.
@@ -138,6 +140,7 @@ def run_setup(args: argparse.Namespace, count: int) -> dict[str, Any]:
             begin = (now // 60 + 2) * 60 + 5
             time.sleep(begin - now)
             cpu_before = {each.port: tree_cpu(each.process.pid) for each in replicas}
+            postgres_before = postgres_cpu()
             runs_before = {each.port: check_runs(each) for each in replicas}
             started = datetime.now(UTC)
             time.sleep(args.minutes * 60)
@@ -149,12 +152,13 @@ def run_setup(args: argparse.Namespace, count: int) -> dict[str, Any]:
                 each.port: Counter(check_runs(each)) - Counter(runs_before[each.port])
                 for each in replicas
             }
+            postgres = postgres_cpu() - postgres_before
         finally:
             for each in replicas:
                 each.process.send_signal(signal.SIGTERM)
             for each in replicas:
                 each.process.wait(timeout=60)
-        return report(url, count, replicas, started, ended, cpu, runs, args)
+        return report(url, count, replicas, started, ended, cpu, postgres, runs, args)
     finally:
         admin.dispose()
         with create_engine(server, isolation_level="AUTOCOMMIT").connect() as connection:
@@ -274,6 +278,23 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def postgres_cpu() -> float:
+    """CPU seconds of every ``postgres`` process on this machine (the server and its backends:
+    other users of the server are counted too, so this is an upper bound of the run's)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if head.split("(", 1)[1] == "postgres":
+            fields = tail.split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
 def check_runs(replica: Replica) -> dict[str, float]:
     answer = httpx.get(f"{replica.url}/metrics", timeout=10)
     answer.raise_for_status()
@@ -292,6 +313,7 @@ def report(
     started: datetime,
     ended: datetime,
     cpu: dict[int, float],
+    postgres: float,
     runs: dict[int, Counter[str]],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
@@ -338,6 +360,8 @@ def report(
         "checks_per_minute": round(done / minutes, 1),
         "ticks_due_per_minute": args.deployments,
         "claims": len(claims),
+        "postgres_cpu_seconds": round(postgres, 1),
+        "postgres_cpu_seconds_per_check": round(postgres / done, 3) if done else None,
         "ticks_checked_twice": len(twice),
         "per_replica": per_replica,
     }
