@@ -245,8 +245,8 @@ class Daemon:
             )
 
     def _start_scheduling(self, store: Store, metrics: DriftdMetrics) -> None:
-        """Check workers, the job runner and the scheduler; leader-only work waits for the
-        lease."""
+        """Check workers, the job runner and the scheduler: checks run on every replica,
+        leader-only work waits for the lease."""
         scheduling = self.config.scheduling
         # Before the check workers start: reaching the cluster is what fails most often.
         executor: Executor = (
@@ -273,6 +273,7 @@ class Daemon:
             owner=self.owner,
             epoch=lambda: self._epoch(),
             metrics=metrics.leader,
+            follow_up="leader",
         )
         self._scheduler = Scheduler(
             self.config,
@@ -282,11 +283,13 @@ class Daemon:
             periodic={
                 "jobs": (scheduling.job_poll, runner.tick),
                 "settle": (scheduling.job_poll, actions.settle_jobs),
+                "follow_up": (scheduling.job_poll, actions.follow_up_checks),
                 **self._notification_chore(),
             },
             on_gain=lambda epoch: runner.recover(),
             warm_up=self._checks.wait_ready,
             metrics=metrics.leader,
+            check_slots=scheduling.check_workers,
         )
         self._scheduler.start()
         log.info(

@@ -1,10 +1,12 @@
 """The leader's metrics: checks, signals, quality, policy, jobs, versions, from the store.
 
 Only the current leader exports them (``is_leader`` is asked at every scrape), so two replicas
-never report the loop twice, and because they are read from the store a new leader carries on
-with the same counts: the audit log and the jobs table are the counters. Per-signal series are
-capped per deployment (``metrics.max_signals_per_deployment``, drifted signals kept first), and
-the number monitored is exported beside the number exported, so a cap that bites is visible.
+never report the loop twice (the counters of checks and scheduled runs are the exception: every
+replica keeps them of the work it ran itself, and exports them), and because they are read from
+the store a new leader carries on with the same counts: the audit log and the jobs table are
+the counters. Per-signal series are capped per deployment (``metrics.max_signals_per_deployment``,
+drifted signals kept first), and the number monitored is exported beside the number exported, so
+a cap that bites is visible.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ class LoopCollector:
         self.cap = config.metrics.max_signals_per_deployment
 
     def collect(self) -> Iterable[Metric]:
+        # Counted where the work ran: every replica runs checks, so every replica exports them.
+        yield from self.counters.collect()
         if not self.is_leader():
             self.readings.clear()
             return
-        yield from self.counters.collect()
         yield from self._intervals()
         try:
             readings = self.readings.get()

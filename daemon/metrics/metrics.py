@@ -40,7 +40,7 @@ PROXY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 """Seconds: a proxied call adds milliseconds, an upstream completion takes up to minutes."""
 CHECK_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 """A check is a fraction of a second on a small window and minutes at its row caps."""
-RUN_STATUSES = ("ran", "claimed_elsewhere", "missed", "error")
+RUN_STATUSES = ("ran", "rerun", "claimed_elsewhere", "missed", "error")
 
 
 class QueueGauge(Protocol):
@@ -252,32 +252,33 @@ class ReplicaMetrics:
 
 
 class LeaderCounters:
-    """Observed where the leader runs a check (``Actions.check``) and a scheduled tick
-    (``Scheduler``); thread-safe, as prometheus_client's metrics are.
+    """Observed where a replica runs a check (``Actions.check``) and a scheduled tick
+    (``Scheduler``, ``Spread``); thread-safe, as prometheus_client's metrics are.
 
-    These live in the process (a check's duration is known only where it ran), unlike the rest
-    of the leader's metrics, which are read from the store. They are on no registry of their
-    own: the loop collector yields them only while this replica leads, so a replica that lost
-    the lease stops exporting them and two replicas never both report the loop.
+    These live in the process (a check's duration is known only where it ran), unlike the
+    leader's metrics, which are read from the store. Every replica runs checks, so the loop
+    collector yields these on every replica, leading or not: summed over the replicas (the
+    scrape's ``instance``), they count the cluster's checks and claims once each.
     """
 
     def __init__(self) -> None:
         self.check_duration = Histogram(
             "driftd_check_duration_seconds",
-            "Duration of checks run by this leader.",
+            "Duration of checks run by this replica.",
             ["deployment"],
             buckets=CHECK_BUCKETS,
             registry=None,
         )
         self.checks = Counter(
             "driftd_checks_total",
-            "Checks run by this leader, by status (ok, drift, insufficient_data, failed).",
+            "Checks run by this replica, by status (ok, drift, insufficient_data, failed).",
             ["deployment", "status"],
             registry=None,
         )
         self.scheduler_runs = Counter(
             "driftd_scheduler_runs_total",
-            "Scheduled runs by job kind and outcome (ran, claimed_elsewhere, missed, error).",
+            "Scheduled runs by job kind and outcome "
+            "(ran, rerun, claimed_elsewhere, missed, error).",
             ["kind", "status"],
             registry=None,
         )

@@ -4,6 +4,15 @@ apply retention, prune the embedding cache.
 Each function takes a ``Tick`` that the scheduler has already claimed, so none of this runs twice
 for the same scheduled time. Every decision is an audit event (``daemon.policy.record``); a job
 the policy asks for is created in the ``jobs`` table, where the job runner picks it up.
+
+When checks run on every replica (``follow_up="leader"``), what comes after a check is the
+leader's: ``follow_up_checks`` watches the active version and lets the policy decide, once per
+deployment for the checks that finished since. Neither is safe on a replica that does not lead:
+a rollback is fenced by the leader's epoch (a follower's would be refused, and the regression
+never rolled back), and creating a job is not idempotent — ``create_job`` inserts a row, and the
+policy reads its cooldown and daily cap in a transaction of its own, so two replicas deciding
+after two checks of one deployment at once could both create a re-tune. One leader thread
+deciding in turn is what makes the cooldown hold.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from daemon.scheduler.pool import CheckPool
 from daemon.scheduler.scheduler import Tick, record_failed_check
 from daemon.store import Store
 from daemon.store import jobs as job_store
+from daemon.store.claims import followed_up, to_follow_up
 from daemon.store.lease import epoch_is_current
 from daemon.store.retention import delete_samples_before, drop_embeddings
 from retrain.contract import FineTuneSpec, JobSpec, Json, PromptRevisionSpec
@@ -36,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("driftd.scheduler")
 
 RETENTION_BATCH = 10_000
+FOLLOW_UP_BATCH = 1_000
 
 
 def job_kind_for(deployment: Deployment) -> str:
@@ -58,7 +69,11 @@ class Actions:
         epoch: Callable[[], int | None] = lambda: None,
         lease_name: str = "scheduler",
         metrics: LeaderCounters | None = None,
+        follow_up: str = "inline",
     ) -> None:
+        if follow_up not in ("inline", "leader"):
+            raise ValueError(f"follow_up is 'inline' or 'leader', not {follow_up!r}")
+        self._follow_up = follow_up
         self.config = config
         self.metrics = metrics
         self.store = store
@@ -105,10 +120,35 @@ class Actions:
         finally:
             if self.metrics is not None:
                 self.metrics.checked(tick.deployment, status, time.perf_counter() - started)
+        if self._follow_up == "inline":
+            self.after_check(deployment)
+
+    def follow_up_checks(self) -> int:
+        """As the leader: watch and decide once for each deployment with checks that finished
+        since the last follow-up (on any replica); returns how many checks were followed up.
+
+        The claims are marked after the decisions: a leader that dies in between leaves them to
+        the next one, which decides again on the same checks — the cooldown that the first
+        decision's job or alert started keeps that from acting twice."""
+        if self._epoch() is None:
+            return 0
+        claims = to_follow_up(self.store, "check", FOLLOW_UP_BATCH)
+        configured = {d.name for d in self.config.deployments}
+        for name in dict.fromkeys(claim.deployment for claim in claims):
+            if name not in configured:
+                continue  # removed from the config since its check ran
+            try:
+                self.after_check(self.config.deployment(name))
+            except Exception:
+                log.exception("the follow-up of a check failed", extra={"deployment": name})
+        return followed_up(self.store, [claim.id for claim in claims])
+
+    def after_check(self, deployment: Deployment) -> None:
+        """Watch the active version (rolling back a regression) and let the policy decide."""
         watch(self.store, deployment, self.rollback, min_rows=deployment.monitor.min_rows)
         now = datetime.now(UTC)
         policy = deployment.policy
-        history = history_for(self.store, tick.deployment, now, policy.consecutive)
+        history = history_for(self.store, deployment.name, now, policy.consecutive)
         decision = decide(
             policy, history, now, job_kind=job_kind_for(deployment), estimated_cost_usd=None
         )

@@ -1,11 +1,17 @@
-"""Scheduled work: checks, scheduled re-tuning, retention and the embedding cache, leader only.
+"""Scheduled work: checks on every replica; scheduled re-tuning, retention, the judge and the
+embedding cache on the leader only.
 
 APScheduler 3.x cannot share a job store between processes (two schedulers on one store both
 run due jobs), and its SQLAlchemy store pickles jobs and deletes the ones it cannot unpickle. So
-every replica builds the same jobs from the config into a memory store at start-up, keeps its
-scheduler paused, and only the holder of the leader lease resumes it. Each run then claims a row
-unique on (deployment, job kind, scheduled time) before doing anything: a tick runs at most once,
-even when two replicas both believe for a moment that they lead.
+every replica builds the same jobs from the config into a memory store at start-up, and each run
+claims a row unique on (deployment, job kind, scheduled time) before doing anything: a tick runs
+at most once, even when two replicas both believe for a moment that they lead.
+
+Without ``check_slots`` only the holder of the leader lease resumes its clock and runs every
+kind. With ``check_slots`` (what ``driftd serve`` does) every replica's clock runs once its check
+workers are warm: check ticks go to its ``Spread`` (``daemon.scheduler.spread``: claimed only
+while a check worker is free, re-run when the replica running one dies), and every other kind
+is skipped by a replica that does not lead.
 
 Ticks sit on a fixed grid (intervals count from 2000-01-01 UTC, cron is a grid already), so that
 every replica computes the same scheduled times and a new leader's ticks meet the old leader's
@@ -36,7 +42,9 @@ from daemon.config.types import Schedule
 from daemon.domain import CheckStatus
 from daemon.errors import DriftdError, NotLeading
 from daemon.scheduler.leader import Leadership
+from daemon.scheduler.spread import Spread
 from daemon.store import NewCheck, Store
+from daemon.store.claims import finish_claim
 
 if TYPE_CHECKING:
     from daemon.metrics import LeaderCounters
@@ -148,6 +156,8 @@ class Scheduler:
 
     ``work`` maps a job kind to what runs for a claimed tick (a check, a scheduled re-tune, …);
     ``periodic`` are unclaimed leader-only chores (the job runner's polling) with their period.
+    ``check_slots`` runs check ticks on every replica, that many at a time (one per check
+    worker); without it only the leader runs them.
     """
 
     def __init__(
@@ -161,6 +171,7 @@ class Scheduler:
         on_gain: Callable[[int], object] | None = None,
         warm_up: Callable[[], object] | None = None,
         metrics: LeaderCounters | None = None,
+        check_slots: int | None = None,
     ) -> None:
         self.config = config
         self._metrics = metrics
@@ -187,6 +198,21 @@ class Scheduler:
             on_loss=self._lost,
         )
         self._triggers: dict[tuple[str, str], BaseTrigger] = {}
+        self._graces: dict[tuple[str, str], timedelta] = {}
+        self._spread: Spread | None = None
+        if check_slots is not None and CHECK in work:
+            scheduling = config.scheduling
+            self._spread = Spread(
+                store,
+                owner,
+                check_slots,
+                work[CHECK],
+                grace=lambda tick: self._graces[(tick.deployment, tick.kind)],
+                heartbeat=scheduling.job_heartbeat,
+                stale_after=scheduling.job_stale_after,
+                epoch=lambda: self.epoch,
+                metrics=metrics,
+            )
         self._build()
         # A tick APScheduler skipped (too late, or the previous run still going) is visible.
         self._scheduler.add_listener(self._missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
@@ -206,8 +232,9 @@ class Scheduler:
                     continue
                 trigger = trigger_for(schedule, timezone)
                 self._triggers[(deployment.name, kind)] = trigger
+                self._graces[(deployment.name, kind)] = timedelta(seconds=grace_for(schedule))
                 self._scheduler.add_job(
-                    self._run,
+                    self._spread.offer if kind == CHECK and self._spread else self._run,
                     trigger,
                     id=f"{kind}:{deployment.name}",
                     name=f"{kind} {deployment.name}",
@@ -243,11 +270,12 @@ class Scheduler:
         return [(job.id, job.next_run_time) for job in self._scheduler.get_jobs()]
 
     def start(self) -> None:
-        """Start the clock paused; compete for the lease once ``warm_up`` is done (a replica
-        whose check workers are still importing must not lead and miss its first ticks)."""
+        """Start the clock paused; compete for the lease (and, with ``check_slots``, run the
+        clock for checks) once ``warm_up`` is done (a replica whose check workers are still
+        importing must not lead and miss its first ticks)."""
         self._scheduler.start(paused=True)
         if self._warm_up is None:
-            self.leadership.start()
+            self._warm()
             return
         warm_up = self._warm_up
 
@@ -259,9 +287,15 @@ class Scheduler:
                     return  # stopped while warming up: the workers were stopped under it
                 log.exception("warm-up failed; competing for the lease anyway")
             if not self._stopping.is_set():
-                self.leadership.start()
+                self._warm()
 
         threading.Thread(target=then_lead, name="driftd-warm-up", daemon=True).start()
+
+    def _warm(self) -> None:
+        if self._spread is not None:
+            self._spread.start()
+            self._scheduler.resume()
+        self.leadership.start()
 
     def _gained(self, epoch: int) -> None:
         self._epoch = epoch
@@ -276,7 +310,8 @@ class Scheduler:
 
     def _lost(self) -> None:
         self._epoch = None
-        self._scheduler.pause()
+        if self._spread is None:
+            self._scheduler.pause()
 
     def _catch_up(self) -> None:
         """Run once the latest tick each job missed while no replica led (downtime)."""
@@ -293,13 +328,17 @@ class Scheduler:
                 "catching up a missed tick",
                 extra={"deployment": deployment, "job": kind, "scheduled_for": missed.isoformat()},
             )
-            thread = threading.Thread(
-                target=self._run, args=(Tick(deployment, kind, missed),), daemon=True
-            )
+            tick = Tick(deployment, kind, missed)
+            if kind == CHECK and self._spread is not None:
+                self._spread.offer(tick)
+                continue
+            thread = threading.Thread(target=self._run, args=(tick,), daemon=True)
             thread.start()
 
     def _run(self, tick: Tick) -> None:
         lease = self.leadership.lease
+        if lease is None and self._spread is not None and self._epoch is None:
+            return  # a replica that does not lead runs checks only (its clock runs for them)
         if lease is None:
             # The lease lapsed by the local clock since APScheduler woke up (renewals late or
             # failing): this replica skips the tick, and says so; the next leader catches up.
@@ -324,6 +363,10 @@ class Scheduler:
             )
         finally:
             self._running.discard(current)
+        try:
+            finish_claim(self.store, tick.deployment, tick.kind, tick.scheduled_for, self.owner)
+        except Exception:
+            log.exception("could not mark a run finished", extra={"deployment": tick.deployment})
 
     def run_now(self, deployment: str, kind: str = CHECK) -> Tick:
         """Run ``kind`` of ``deployment`` at once, as a tick of its own (an operator's "check
@@ -355,13 +398,16 @@ class Scheduler:
 
     def running(self) -> int:
         """How many claimed runs are in progress."""
-        return len(self._running)
+        spread = 0 if self._spread is None else self._spread.running()
+        return len(self._running) + spread
 
     def stop(self, grace: timedelta) -> None:
         """Take no new work, wait up to ``grace`` for running ticks, release the lease."""
         self._stopping.set()
         self._scheduler.pause()
         deadline = datetime.now(UTC) + grace
+        if self._spread is not None:
+            self._spread.stop(grace)
         for thread in list(self._running):
             thread.join(timeout=max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
         self.leadership.stop(release_lease=True)

@@ -262,7 +262,11 @@ class RunClaim(Base):
     """Proof that one replica took one scheduled run; the unique key makes each tick run once."""
 
     __tablename__ = "run_claims"
-    __table_args__ = (UniqueConstraint("deployment_id", "job_kind", "scheduled_for"),)
+    __table_args__ = (
+        UniqueConstraint("deployment_id", "job_kind", "scheduled_for"),
+        Index(None, "job_kind", "finished_at"),
+        Index(None, "job_kind", "followed_up_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
@@ -271,6 +275,14 @@ class RunClaim(Base):
     owner: Mapped[str] = mapped_column(String(NAME))
     epoch: Mapped[int] = mapped_column(BigInteger)
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # While the run is under way its replica renews this (``scheduling.job_heartbeat``); an
+    # unfinished check whose heartbeat is older than ``scheduling.job_stale_after`` lost its
+    # replica, and another one re-runs it as the next ``attempt``.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When the leader took the policy's decision after this check (``daemon.scheduler.follow``).
+    followed_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class NotificationState(StrEnum):

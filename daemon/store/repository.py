@@ -434,6 +434,7 @@ class Store:
         later attempt at the same tick, gets False and must not run it.
         """
         require_aware("scheduled_for", scheduled_for)
+        now = utcnow()
         with self._writer.begin() as connection:
             values = {
                 "deployment_id": deployment_id_of(connection, deployment),
@@ -441,7 +442,9 @@ class Store:
                 "scheduled_for": scheduled_for,
                 "owner": owner,
                 "epoch": epoch,
-                "claimed_at": utcnow(),
+                "claimed_at": now,
+                "heartbeat_at": now,
+                "attempt": 1,
             }
             statement = (
                 insert_for(connection, RunClaim)

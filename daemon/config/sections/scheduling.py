@@ -185,7 +185,11 @@ class Scheduling(Section):
         "another takes over; renewed every third of it.",
     )
     check_workers: int = Field(
-        1, ge=1, le=16, description="Worker processes that run checks (off the API's event loop)."
+        1,
+        ge=1,
+        le=16,
+        description="Worker processes that run checks (off the API's event loop). Every replica "
+        "runs checks: it claims a due check only while one of its workers is free.",
     )
     jobs_dir: Path = Field(
         Path("driftd-jobs"),
@@ -198,12 +202,16 @@ class Scheduling(Section):
         timedelta(seconds=2), description="How often the leader starts and watches jobs."
     )
     job_heartbeat: Duration = Field(
-        timedelta(seconds=5), description="How often the leader renews a running job's heartbeat."
+        timedelta(seconds=5),
+        description="How often the leader renews a running job's heartbeat, and each replica "
+        "the claims of the checks it is running.",
     )
     job_stale_after: Duration = Field(
         timedelta(seconds=30),
         description="A running job whose heartbeat is older than this lost its daemon: the "
-        "leader adopts it (still running) or retries or fails it (its process is gone).",
+        "leader adopts it (still running) or retries or fails it (its process is gone). A check "
+        "claim whose heartbeat is older lost its replica: a replica with a free check worker "
+        "runs that tick again.",
     )
     job_backoff: Duration = Field(
         timedelta(seconds=30),

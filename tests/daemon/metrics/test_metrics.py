@@ -302,7 +302,9 @@ def test_a_real_check_exports_its_verdict_signals_and_quality_zeros_included(
     assert capped.get_sample_value("driftd_signals_monitored", {"deployment": "bot"}) == monitored
 
 
-def test_the_leader_metrics_are_absent_on_a_replica_that_does_not_lead(daemon: Daemon) -> None:
+def test_the_leader_metrics_are_absent_on_a_replica_that_does_not_lead_but_its_checks_are(
+    daemon: Daemon,
+) -> None:
     daemon.store.add_event(
         "bot", "policy.decision", "none", {"action": "none", "reason": "no_drift"}
     )
@@ -314,9 +316,10 @@ def test_the_leader_metrics_are_absent_on_a_replica_that_does_not_lead(daemon: D
     names = {s.name for family in daemon.registry.collect() for s in family.samples}
     assert names, "the replica metrics are still there"
     assert "driftd_build_info" in names
+    # Every replica runs checks: what it ran itself, it exports, leading or not.
+    assert "driftd_checks_total" in names
+    assert "driftd_check_duration_seconds_count" in names
     leader_only = {
-        "driftd_checks_total",
-        "driftd_check_duration_seconds_count",
         "driftd_check_interval_seconds",
         "driftd_policy_decisions_total",
         "driftd_promotions_total",

@@ -19,6 +19,7 @@ from daemon.scheduler import CheckDone, Tick
 from daemon.scheduler.actions import Actions
 from daemon.store import NewSample, Store, versions
 from daemon.store import jobs as job_store
+from daemon.store.claims import finish_claim
 from daemon.store.lease import acquire
 from daemon.store.models import Job, Sample, Version
 from tests.helpers.checks import new_check
@@ -513,3 +514,41 @@ def test_a_generation_deployment_that_can_revise_needs_a_rubric(tmp_path: Path) 
     # Its revisions are scored by the judge: the configuration says so before anything runs.
     with pytest.raises(ConfigError, match=r"judge\.rubric is not set"):
         generation_config(tmp_path, "http://127.0.0.1:9/v1", rubric=None)
+
+
+def test_checks_run_on_any_replica_are_followed_up_once_by_the_leader(
+    store: Store, tmp_path: Any
+) -> None:
+    """With ``follow_up="leader"`` a check decides nothing where it ran; the leader's chore
+    decides after the checks that finished (here on two other replicas), once each."""
+    with_failures(store)
+    checks = FakeChecks(store)
+    epoch: list[int | None] = [None]
+    actions = Actions(
+        config(tmp_path),
+        store,
+        checks,  # type: ignore[arg-type]
+        epoch=lambda: epoch[0],
+        follow_up="leader",
+    )
+    checks.verdicts = ["drift", "drift"]
+    for replica, when in (("one", tick("check")), ("two", Tick("bot", "check", later()))):
+        assert store.claim_run("bot", "check", when.scheduled_for, replica, 0)
+        actions.check(when)
+        assert finish_claim(store, "bot", "check", when.scheduled_for, replica)
+    assert decisions(store) == []
+    assert actions.follow_up_checks() == 0  # not the leader: nothing is decided or marked
+    epoch[0] = 1
+    assert actions.follow_up_checks() == 2
+    assert actions.follow_up_checks() == 0
+    assert [e.evidence["reason"] for e in decisions(store)] == ["acted"]
+    jobs = job_store.list_jobs(store, deployment="bot")
+    assert [(job.kind, job.trigger) for _, job in jobs] == [("prompt_revision", "drift")]
+
+
+def later() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+
+
+def decisions(store: Store) -> list[Any]:
+    return [e for e in store.recent_events("bot") if e.kind == "policy.decision"]

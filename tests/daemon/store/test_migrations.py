@@ -75,7 +75,7 @@ def test_upgrade_creates_every_table_and_sets_head(engine: Engine) -> None:
     result = upgrade(engine)
 
     assert result.before is None
-    assert result.after == head_revision() == "0005"
+    assert result.after == head_revision() == "0006"
     assert result.changed
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     assert current_revision(engine) == head_revision()
