@@ -91,6 +91,7 @@ def process(
     ready: str,
     env: Mapping[str, str] | None = None,
     cpus: set[int] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[int]:
     """A subprocess that answers 200 on ``ready`` within START_TIMEOUT; ended by its pid.
 
@@ -101,6 +102,7 @@ def process(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=dict(env or os.environ),
+            cwd=cwd,
             preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
     try:
@@ -173,7 +175,8 @@ def driftd(
     }
     command = [sys.executable, "-m", "daemon", "serve", "-c", str(config), "--port", str(port)]
     ready = f"http://127.0.0.1:{port}/healthz"
-    return process(command, folder / "driftd.log", ready, environ, cpus)
+    # From the checkout itself: `python -m` puts the working directory first on the path.
+    return process(command, folder / "driftd.log", ready, environ, cpus, cwd=source)
 
 
 def litellm(
