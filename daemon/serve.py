@@ -32,11 +32,13 @@ from daemon.jobs.kubernetes import KubernetesExecutor
 from daemon.jobs.runner import JobRunner
 from daemon.metrics import DriftdMetrics, ReplicaMetrics
 from daemon.notify import Notifier
-from daemon.prompts import active_prompt, ensure_initial
+from daemon.prompts import ActivePrompt as StoredPrompt
+from daemon.prompts import ensure_initial, prompt_cache
 from daemon.proxy import (
     ActiveModel,
     ActivePrompt,
     ModelFor,
+    PromptFor,
     ProxyRecorder,
     UpstreamClient,
     proxy_router,
@@ -190,26 +192,26 @@ class Daemon:
             capacity=proxy.recorder_capacity,
         )
         self._recorder.start()
-        app.include_router(
-            proxy_router(
-                self.config.deployments,
-                self._recorder,
-                client=UpstreamClient(
-                    max_connections=proxy.max_connections,
-                    keepalive_expiry=proxy.keepalive.total_seconds(),
-                ),
-                environ=self.environ,
-                prompt_for=lambda name: _proxy_prompt(store, name),
-                model_for=proxy_model_for(self.config.deployments, version_cache(store)),
-                tokens=self.tokens,
-                limits=proxy,
-            )
+        router = proxy_router(
+            self.config.deployments,
+            self._recorder,
+            client=UpstreamClient(
+                max_connections=proxy.max_connections,
+                keepalive_expiry=proxy.keepalive.total_seconds(),
+            ),
+            environ=self.environ,
+            prompt_for=proxy_prompt_for(store),
+            model_for=proxy_model_for(self.config.deployments, version_cache(store)),
+            tokens=self.tokens,
+            limits=proxy,
         )
+        app.include_router(router)
         self.app = app
         server = self.config.server
         self._server = _Server(
             uvicorn.Config(
-                app,
+                # Proxied calls are served ahead of FastAPI; the rest goes on to the app.
+                router.fast_path(app),
                 host=server.host,
                 port=server.port,
                 log_config=None,
@@ -372,13 +374,26 @@ class Daemon:
         log.info("driftd stopped")
 
 
-def _proxy_prompt(store: Store, deployment: str) -> ActivePrompt | None:
-    """The active prompt version of ``deployment`` as the proxy injects it (cached a few s)."""
-    prompt = active_prompt(store, deployment)
-    if prompt is None:
-        return None
-    examples = tuple((example.input, example.output) for example in prompt.few_shot)
-    return ActivePrompt(prompt.version, prompt.model, prompt.system, examples)
+def proxy_prompt_for(store: Store) -> PromptFor:
+    """What the proxy injects into each chat call of a prompted deployment: its active prompt
+    version (read through the prompt cache, a few seconds old at most). The proxy's form of a
+    version is made once, not on every call."""
+    cache = prompt_cache(store)
+    made: dict[str, tuple[StoredPrompt, ActivePrompt]] = {}
+
+    def prompt_for(deployment: str) -> ActivePrompt | None:
+        prompt = cache.get(deployment)
+        if prompt is None:
+            return None
+        known = made.get(deployment)
+        if known is not None and known[0] is prompt:
+            return known[1]
+        examples = tuple((example.input, example.output) for example in prompt.few_shot)
+        active = ActivePrompt(prompt.version, prompt.model, prompt.system, examples)
+        made[deployment] = (prompt, active)
+        return active
+
+    return prompt_for
 
 
 def proxy_model_for(deployments: Sequence[Deployment], cache: VersionCache) -> ModelFor:

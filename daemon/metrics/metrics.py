@@ -62,6 +62,7 @@ class ReplicaMetrics:
         self, registry: CollectorRegistry | None = None, *, version: str = __version__
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._served: dict[tuple[str, int], tuple[Counter, Counter, Histogram]] = {}
         on = self.registry
         self.build_info = Gauge(
             "driftd_build_info",
@@ -216,9 +217,19 @@ class ReplicaMetrics:
 
     def served(self, deployment: str, status: int, seconds: float) -> None:
         """A proxied call was answered with ``status`` after ``seconds``: a sample received."""
-        self.proxy_requests.labels(deployment, status_class(status)).inc()
-        self.samples_received.labels(deployment, PROXY).inc()
-        self.proxy_request_duration.labels(deployment).observe(seconds)
+        # The children are looked up once per label set: ``labels`` takes a lock and checks
+        # its arguments each time, which on the proxy's hot path costs more than counting.
+        key = (deployment, status)
+        children = self._served.get(key)
+        if children is None:
+            children = self._served[key] = (
+                self.proxy_requests.labels(deployment, status_class(status)),
+                self.samples_received.labels(deployment, PROXY),
+                self.proxy_request_duration.labels(deployment),
+            )
+        children[0].inc()
+        children[1].inc()
+        children[2].observe(seconds)
 
     def upstream_error(self, deployment: str, reason: str) -> None:
         """The upstream failed a call: ``timeout``, ``connect`` (no answer, or one broken off)

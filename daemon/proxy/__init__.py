@@ -18,16 +18,18 @@ For a fine-tuned deployment served upstream by model id (an OpenAI fine-tune), `
 the active model version, whose id replaces the model the app asked for; the sample records the
 version's name as its ``model_version``. Before any version is promoted, calls go as they came.
 
-Modules: ``routes`` (forwarding, streaming), ``upstream`` (the pooled client), ``call`` (a call
-and its sample), ``recorder`` (samples to the writer), ``prompt`` (the active prompt or model a
-call is given). What the proxy did is counted on the replica's metrics
-(``daemon.metrics.ReplicaMetrics``).
+Modules: ``forward`` (admitting, forwarding, streaming: a plain ASGI handler), ``routes`` (the
+documented routes, and the fast path that serves them ahead of FastAPI), ``upstream`` (the
+pooled client), ``call`` (a call and its sample), ``recorder`` (samples to the writer),
+``prompt`` (the active prompt or model a call is given). What the proxy did is counted on the
+replica's metrics (``daemon.metrics.ReplicaMetrics``).
 """
 
 from daemon.proxy.call import CHAT, EMBEDDINGS
+from daemon.proxy.forward import OPENAI_BASE_URL, REQUEST_ID_HEADER, Forwarder
 from daemon.proxy.prompt import ActiveModel, ActivePrompt, ModelFor, PromptFor
 from daemon.proxy.recorder import ProxyRecorder
-from daemon.proxy.routes import OPENAI_BASE_URL, REQUEST_ID_HEADER, proxy_router
+from daemon.proxy.routes import ProxyRouter, proxy_router
 from daemon.proxy.upstream import UpstreamClient
 
 __all__ = [
@@ -37,9 +39,11 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "ActiveModel",
     "ActivePrompt",
+    "Forwarder",
     "ModelFor",
     "PromptFor",
     "ProxyRecorder",
+    "ProxyRouter",
     "UpstreamClient",
     "proxy_router",
 ]

@@ -7,8 +7,9 @@ finished calls into samples.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -210,8 +211,33 @@ def clip(text: str, limit: int = ERROR_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class _Random:
+    """Random bytes from the system, fetched a few kilobytes at a time: one system call per 256
+    ids rather than per id (each call lets another thread take the GIL, and a call waits for
+    it back)."""
+
+    def __init__(self, block: int = 4096) -> None:
+        self.block = block
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._at = 0
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if self._at + n > len(self._pool):
+                self._pool = os.urandom(max(self.block, n))
+                self._at = 0
+            start = self._at
+            self._at = start + n
+            return self._pool[start : start + n]
+
+
+_RANDOM = _Random()
+
+
 def new_id() -> str:
-    return f"driftd-{uuid.uuid4().hex}"
+    """A sample id of driftd's own: 128 random bits."""
+    return f"driftd-{_RANDOM.take(16).hex()}"
 
 
 _REQUEST_ID: TypeAdapter[str] = TypeAdapter(Id)

@@ -91,7 +91,7 @@ class UpstreamClient:
                 return await session.post(
                     url,
                     data=content,
-                    headers=dict(headers),
+                    headers=headers,
                     timeout=self._timeout(timeout),
                     allow_redirects=False,
                 )

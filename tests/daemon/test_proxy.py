@@ -289,6 +289,51 @@ def test_an_unknown_deployment_is_refused_in_openais_error_shape(
     assert error["message"].startswith("unknown deployment 'nobody'; proxied: ['bot']")
 
 
+def test_the_documented_routes_answer_as_the_fast_path_does(
+    katans: dict[str, Katan], proxy: ProxyFactory
+) -> None:
+    """``driftd serve`` answers proxied calls ahead of FastAPI; the routes in the OpenAPI spec
+    (which the security matrix and the fuzzer call) hand them to the same forwarder."""
+    katan = katans["plain"]
+    fast, routed = (proxy({"bot": (katan.url, 5)}, routed=r) for r in (False, True))
+    answers: dict[str, list[tuple[int, dict[str, str], bytes]]] = {}
+    for name, served in (("fast", fast), ("routed", routed)):
+        got = answers.setdefault(name, [])
+        for body, headers in (
+            (chat("Where is my card?"), CALLER | {"X-Request-Id": f"req-{name}"}),
+            (chat("hi"), {}),  # no token
+            (chat("hi"), {"Authorization": "Bearer wrong"}),
+        ):
+            response = served.post("bot", body, headers)
+            kept = {
+                k: v
+                for k, v in response.headers.items()
+                if k not in ("date", "x-driftd-request-id")
+            }
+            got.append((response.status_code, kept, masked(response.content)))
+        for path, content in (("bot/v1/chat/completions", b"[1]"), ("nobody/v1/embeddings", b"{}")):
+            response = httpx.post(f"{served.url}/proxy/{path}", content=content, headers=CALLER)
+            got.append((response.status_code, dict(response.headers), response.content))
+            got[-1][1].pop("date")
+        with httpx.stream(
+            "POST",
+            f"{served.url}/proxy/bot/v1/chat/completions",
+            json=chat("Can I freeze my card?", stream=True),
+            headers=CALLER,
+            timeout=30,
+        ) as stream:
+            streamed = masked_stream(b"".join(stream.iter_raw()))
+            kept = {k: v for k, v in stream.headers.items() if k not in ("date", REQUEST_ID_HEADER)}
+            got.append((stream.status_code, kept, streamed))
+
+    assert [a[0] for a in answers["fast"]] == [200, 401, 401, 400, 404, 200]
+    assert answers["fast"] == answers["routed"]
+    outputs = [
+        s.sample("bot", f"req-{n}").output or "" for n, s in (("fast", fast), ("routed", routed))
+    ]
+    assert len({re.sub(r"time=\S+", "", o) for o in outputs}) == 1
+
+
 def test_active_prompt_replaces_system_and_developer_messages_only() -> None:
     prompt = ActivePrompt(version="v1", model="m", system="S")
     body = {
@@ -318,11 +363,9 @@ def test_a_promoted_prompt_version_is_served_on_the_next_request(
     from daemon.config.models import Hooks
     from daemon.prompts import Example, PromptSpec, add_prompt_version
     from daemon.retune.promotion import promote
-    from daemon.serve import _proxy_prompt
+    from daemon.serve import proxy_prompt_for
 
-    served = proxy(
-        {"bot": (katans["plain"].url, 5)}, prompt_for=lambda name: _proxy_prompt(store, name)
-    )
+    served = proxy({"bot": (katans["plain"].url, 5)}, prompt_for=proxy_prompt_for(store))
     first = add_prompt_version(store, "bot", PromptSpec("Be brief.", (), "katan-1"))
     promote(store, Hooks(), "bot", first.name, actor="test")
     revised = PromptSpec("Be brief. Name the intent.", (Example("Hi", "greeting"),), "katan-2")
