@@ -19,7 +19,8 @@ Two halves, two processes:
   ``driftd_embeddings_skipped_total{reason="queue_full"}``.
 - ``Warmer``, a thread of a check worker (one per replica: the worker that claims the channel):
   it embeds with the check's own encoder (same model, same settings, loaded once for both), at
-  idle CPU priority and never while a check of its process runs, and writes the vectors into
+  a lower CPU priority, at most a quarter of a core while ingest is busy, never while a check
+  of its process runs, and writes the vectors into
   the embedding cache checks read. From time to time, and soon after ingest dropped samples,
   it sweeps each window's draw in the store and embeds what is drawn and still missing: what
   the queue dropped, what arrived before a restart, and the reference window's draw.
@@ -66,6 +67,12 @@ CHUNK_ROWS = 200
 MARGIN = 1.25
 """Ingest's bound is the draw's largest position times this: between two sweeps the window
 slides on and its draw can reach a little further."""
+INGEST_ACTIVE = 1.0
+"""Seconds since ingest's last commit during which it counts as busy."""
+INGEST_SHARE = 3.0
+"""While ingest is busy the embedder pauses this many times as long as each batch took: it
+uses at most a quarter of a core, on top of running at a lower priority (``NICE``)."""
+NICE = 5
 _DRAW = ROW_COLUMNS.index("draw")
 _INPUT = ROW_COLUMNS.index("input")
 
@@ -148,6 +155,8 @@ class WarmChannel:
         self.dropped: Any = context.Array("b", [0] * n, lock=False)
         self.warmed: Any = context.Array("q", [0] * n, lock=False)
         self.owner: Synchronized[int] = context.Value("q", 0)
+        # ``time.monotonic()`` of ingest's last offer (the clock is system-wide on Linux).
+        self.last_offer: Any = context.Value("d", 0.0, lock=False)
 
     def warmed_counts(self) -> dict[str, int]:
         return {plan.deployment: int(self.warmed[plan.slot]) for plan in self.plans}
@@ -169,6 +178,7 @@ class WarmFeed:
         """Hand on the newly stored rows of ``batches`` that the next check may draw. Called by
         the writer thread after a commit; never blocks and never raises."""
         try:
+            self.channel.last_offer.value = time.monotonic()
             for batch, result in zip(batches, results, strict=True):
                 plan = self._by_id.get(batch.deployment_id)
                 if plan is not None and result.new:
@@ -243,7 +253,7 @@ class Warmer:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        _idle_priority()
+        _lower_priority()
         if not self._claim():
             return
         log.info("background embedder started", extra={"deployments": len(self.channel.plans)})
@@ -364,7 +374,9 @@ class Warmer:
         encoder = self._encoder_for(plan.model)
         ids = list(texts)
         with self._encoding:
+            started = time.monotonic()
             vectors = encoder.encode([texts[r] for r in ids])
+            took = time.monotonic() - started
         written = store_embeddings_by_request(
             self.store,
             plan.deployment_id,
@@ -376,6 +388,9 @@ class Warmer:
             done.clear()
         done.update(ids)
         self.channel.warmed[plan.slot] += written
+        if time.monotonic() - self.channel.last_offer.value < INGEST_ACTIVE:
+            # Ingest is busy: leave it the CPU for three times as long as this batch took.
+            self._stop.wait(INGEST_SHARE * took)
         return len(ids)
 
 
@@ -389,11 +404,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _idle_priority() -> None:
-    """Run this thread only on CPU nobody else wants: ingest and checks come first. On Linux a
-    thread is a task of its own, so this leaves the rest of the process alone."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+def _lower_priority() -> None:
+    """Give ingest and checks the CPU first. On Linux a thread is a task of its own, so this
+    leaves the rest of the check worker alone. Not idle priority (``SCHED_IDLE``): on a machine
+    that other work keeps busy, the embedder would never run at all."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)

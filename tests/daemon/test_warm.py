@@ -88,8 +88,8 @@ def ingest(writer: Writer, store: Store, cfg: Config, *, batch: int = 100) -> No
                 )
             )
     futures = []
-    for start in range(0, len(items), batch):
-        prepared = pipeline.prepare(items[start : start + batch], NOW)
+    for first in range(0, len(items), batch):
+        prepared = pipeline.prepare(items[first : first + batch], NOW)
         rows = encoder.encode("intents", deployment_id, prepared.samples)
         futures.append(writer.submit(rows))
     for future in futures:

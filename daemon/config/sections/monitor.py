@@ -134,7 +134,7 @@ class Monitor(Section):
         "embedder in the check worker embeds those the next check will likely draw (a sample's "
         "place in the draw is known from its request id), and the draws of both windows that "
         "still lack embeddings, so that a check finds its draw embedded. It works behind "
-        "ingest, at idle CPU priority, and drops what its queue cannot hold "
+        "ingest, at a lower CPU priority, and drops what its queue cannot hold "
         "(`driftd_embeddings_skipped_total`): the check then embeds those itself, as with "
         "`false`. Same model and settings as the check, so the verdicts are the same.",
     )
