@@ -112,6 +112,8 @@ def warm_plans(config: Config, deployment_ids: Mapping[str, int]) -> list[WarmPl
         monitor = deployment.monitor
         if Signal.embedding not in deployment.signals or not monitor.warm:
             continue
+        if deployment.name not in deployment_ids:  # not in the store yet: nothing to draw
+            continue
         seed = draw_seed(deployment.name, monitor.window)
         reference = monitor.reference
         fixed = None
