@@ -18,9 +18,9 @@ Two halves, two processes:
   bounded queue without waiting. A full queue drops them, counted in
   ``driftd_embeddings_skipped_total{reason="queue_full"}``.
 - ``Warmer``, a thread of a check worker (one per replica: the worker that claims the channel):
-  it embeds with the check's own encoder (same model, same settings, loaded once for both), at
-  a lower CPU priority, at most a quarter of a core while ingest is busy, never while a check
-  of its process runs, and writes the vectors into
+  it embeds with the check's own encoder (same model, same settings, loaded once for both,
+  when the worker starts), using at most a tenth of a core while ingest is busy, never while
+  a check of its process runs, and writes the vectors into
   the embedding cache checks read. From time to time, and soon after ingest dropped samples,
   it sweeps each window's draw in the store and embeds what is drawn and still missing: what
   the queue dropped, what arrived before a restart, and the reference window's draw.
@@ -30,7 +30,6 @@ Ingest never waits for any of it: the hot path is a comparison per row and a non
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -69,10 +68,9 @@ MARGIN = 1.25
 slides on and its draw can reach a little further."""
 INGEST_ACTIVE = 1.0
 """Seconds since ingest's last commit during which it counts as busy."""
-INGEST_SHARE = 3.0
+INGEST_SHARE = 9.0
 """While ingest is busy the embedder pauses this many times as long as each batch took: it
-uses at most a quarter of a core, on top of running at a lower priority (``NICE``)."""
-NICE = 5
+uses at most a tenth of a core, and ingest keeps the rest of the machine."""
 _DRAW = ROW_COLUMNS.index("draw")
 _INPUT = ROW_COLUMNS.index("input")
 
@@ -246,6 +244,7 @@ class Warmer:
         # Request ids embedded lately: a sample can reach the queue after a sweep found it
         # missing and it was embedded from there.
         self._done: list[set[str]] = [set() for _ in plans]
+        self._resume_at = 0.0  # while ingest is busy, the next batch waits until then
 
     def start(self) -> None:
         self._thread.start()
@@ -255,9 +254,12 @@ class Warmer:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        _lower_priority()
         if not self._claim():
             return
+        # The model now, before traffic comes: loading it takes a core for seconds.
+        for model in {plan.model for plan in self.channel.plans}:
+            with self._encoding:
+                self._encoder_for(model).encode([])
         log.info("background embedder started", extra={"deployments": len(self.channel.plans)})
         while not self._stop.is_set():
             try:
@@ -285,7 +287,8 @@ class Warmer:
         now = time.monotonic()
         for plan in self.channel.plans:
             due = now >= self._next_sweep[plan.slot]
-            if self.channel.dropped[plan.slot]:
+            if self.channel.dropped[plan.slot] and not self._ingest_busy():
+                # Samples were dropped: sweep soon, once ingest has calmed down.
                 due = due or now >= self._next_sweep[plan.slot] - (
                     self._sweep_every - self._sweep_after_drop
                 )
@@ -375,6 +378,9 @@ class Warmer:
 
         encoder = self._encoder_for(plan.model)
         ids = list(texts)
+        if self._ingest_busy():
+            # Leave ingest the CPU for nine times as long as the last batch took.
+            self._stop.wait(max(0.0, self._resume_at - time.monotonic()))
         with self._encoding:
             started = time.monotonic()
             vectors = encoder.encode([texts[r] for r in ids])
@@ -390,10 +396,11 @@ class Warmer:
             done.clear()
         done.update(ids)
         self.channel.warmed[plan.slot] += written
-        if time.monotonic() - self.channel.last_offer.value < INGEST_ACTIVE:
-            # Ingest is busy: leave it the CPU for three times as long as this batch took.
-            self._stop.wait(INGEST_SHARE * took)
+        self._resume_at = time.monotonic() + INGEST_SHARE * took
         return len(ids)
+
+    def _ingest_busy(self) -> bool:
+        return bool(time.monotonic() - self.channel.last_offer.value < INGEST_ACTIVE)
 
 
 def _alive(pid: int) -> bool:
@@ -404,11 +411,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _lower_priority() -> None:
-    """Give ingest and checks the CPU first. On Linux a thread is a task of its own, so this
-    leaves the rest of the check worker alone. Not idle priority (``SCHED_IDLE``): on a machine
-    that other work keeps busy, the embedder would never run at all."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)

@@ -134,9 +134,9 @@ class Monitor(Section):
         "embedder in the check worker embeds those the next check will likely draw (a sample's "
         "place in the draw is known from its request id), and the draws of both windows that "
         "still lack embeddings, so that a check finds its draw embedded. It works behind "
-        "ingest, at a lower CPU priority, and drops what its queue cannot hold "
-        "(`driftd_embeddings_skipped_total`): the check then embeds those itself, as with "
-        "`false`. Same model and settings as the check, so the verdicts are the same.",
+        "ingest (at most a tenth of a core while ingest is busy), and drops what its queue "
+        "cannot hold (`driftd_embeddings_skipped_total`): the check then embeds those itself, "
+        "as with `false`. It uses the check's model and settings.",
     )
 
     @model_validator(mode="after")
