@@ -258,8 +258,12 @@ class Warmer:
             return
         # The model now, before traffic comes: loading it takes a core for seconds.
         for model in {plan.model for plan in self.channel.plans}:
-            with self._encoding:
-                self._encoder_for(model).encode([])
+            try:
+                with self._encoding:
+                    self._encoder_for(model).encode([])
+            except Exception:  # the checks will say what is wrong with it
+                log.exception("the background embedder could not load its model")
+                return
         log.info("background embedder started", extra={"deployments": len(self.channel.plans)})
         while not self._stop.is_set():
             try:
@@ -281,7 +285,8 @@ class Warmer:
 
     def step(self, *, block: bool = False) -> int:
         """One round: take what is queued, sweep the deployments that are due, embed one batch.
-        Returns the number of embeddings written (tests drive it by hand)."""
+        Returns the number of texts embedded, 0 when there was nothing to do (tests drive it
+        by hand)."""
         busy = any(self._pending) or any(self._missing)
         self._drain(block=block and not busy)
         now = time.monotonic()
