@@ -277,3 +277,54 @@ def test_a_check_waits_for_the_batch_being_embedded_not_for_the_queue(
         store.close()
     finally:
         channel.close()
+
+
+def test_driftd_serve_warms_the_draws_of_what_it_ingests(
+    tmp_path: Path, tiny_encoder: Path
+) -> None:
+    """The whole path in the daemon: ingest's feed, the check worker's embedder, the metric."""
+    import httpx
+
+    from tests.helpers.serve import start_driftd
+    from tests.helpers.wait import wait_for
+
+    text = finetuned_config(
+        labels=KNOWN,
+        more="    monitor:\n"
+        "      window: 6h\n"
+        "      max_rows: 100\n"
+        f"      embedding_model: {tiny_encoder}\n"
+        "      signals: [embedding]\n",
+        storage=f"url: 'sqlite:///{tmp_path / 'driftd.db'}'",
+    )
+    config = tmp_path / "driftd.yaml"
+    config.write_text(text)
+    (tmp_path / "model").mkdir()
+    server = start_driftd(config, tmp_path, env={"DRIFTD_INGEST_TOKENS": "t"})
+    try:
+        server.wait_ready()
+        base = f"http://127.0.0.1:{server.port}"
+        questions = [q for intent in KNOWN for q in INTENTS[intent][:30]]
+        samples = [
+            {"request_id": f"s-{i}", "input": q, "prediction": KNOWN[0]}
+            for i, q in enumerate(questions)
+        ]
+        response = httpx.post(
+            f"{base}/v1/deployments/intents/samples",
+            json={"samples": samples},
+            headers={"Authorization": "Bearer t"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+
+        def warmed() -> float | None:
+            for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+                if line.startswith('driftd_embeddings_warmed_total{deployment="intents"}'):
+                    value = float(line.rsplit(" ", 1)[1])
+                    return value if value >= 100 else None
+            return None
+
+        # The draw of the current window (100 of 300), and no more than what was queued.
+        assert 100 <= wait_for(warmed, 120, "the draw embedded", interval=0.5) <= len(samples)
+    finally:
+        server.stop()
