@@ -256,11 +256,11 @@ class Warmer:
     def _run(self) -> None:
         if not self._claim():
             return
-        # The model now, before traffic comes: loading it takes a core for seconds.
+        # The model now, before traffic comes: loading it takes a core for seconds. Not under
+        # the check's lock: a check that needs no new embedding must not wait for it.
         for model in {plan.model for plan in self.channel.plans}:
             try:
-                with self._encoding:
-                    self._encoder_for(model).encode([])
+                self._encoder_for(model).encode([])
             except Exception:  # the checks will say what is wrong with it
                 log.exception("the background embedder could not load its model")
                 return
