@@ -64,6 +64,8 @@ class CheckOutcome:
     reference: Drawn
     snapshot_path: Path | None
     error: str | None = None
+    embedded: int = 0
+    """Embeddings this check computed itself (0 when its draws were all cached: warm)."""
 
 
 class Checker:
@@ -79,6 +81,7 @@ class Checker:
         self.store = store
         self._encoder_factory = encoder_factory or _default_encoder
         self._encoders: dict[str, Encoder] = {}
+        self._embedded = 0  # embeddings computed by the check running now
 
     def run(
         self,
@@ -99,8 +102,9 @@ class Checker:
         length = window or monitor.window
         start = end - length
         started = datetime.now(UTC)
-        seed = _seed(deployment, length)
+        seed = draw_seed(deployment, length)
         unreadable = None
+        self._embedded = 0
         try:
             reference = self._reference(
                 target, start, length, seed, reference_file, reference_columns or {}
@@ -158,7 +162,9 @@ class Checker:
             f"check {check_id}: {result.status}",
             {"check_id": check_id, "status": result.status, "drifted": drifted},
         )
-        return CheckOutcome(check_id, result, current, reference, snapshot_path, error)
+        return CheckOutcome(
+            check_id, result, current, reference, snapshot_path, error, self._embedded
+        )
 
     def _reference(
         self,
@@ -271,6 +277,10 @@ class Checker:
             spec,
         )
 
+    def encoder(self, model: str) -> Encoder:
+        """The encoder of ``model`` this checker uses (one per model, loaded on first use)."""
+        return self._encoder(model)
+
     def _encoder(self, model: str) -> Encoder:
         if model not in self._encoders:
             self._encoders[model] = self._encoder_factory(model)
@@ -290,6 +300,7 @@ class Checker:
                 missing.append(i)
         if missing:
             computed = encoder.encode([samples[i].input for i in missing])
+            self._embedded += len(missing)
             fresh: dict[int, bytes] = {}
             for row, i in enumerate(missing):
                 vectors[i] = computed[row]
@@ -363,7 +374,7 @@ def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _seed(deployment: str, length: timedelta) -> int:
+def draw_seed(deployment: str, length: timedelta) -> int:
     """The draw's seed, from the deployment and the window's length (not its start).
 
     The same window always draws the same rows. And as a window slides, a row keeps its place

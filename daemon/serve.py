@@ -47,6 +47,7 @@ from daemon.scheduler import CheckPool, Scheduler, new_owner
 from daemon.scheduler.actions import Actions
 from daemon.serving import VersionCache, serves_by_model_id, upstream_model, version_cache
 from daemon.store import Store, mask_url, upgrade
+from daemon.warm import WarmChannel, WarmFeed, warm_plans
 
 log = logging.getLogger("driftd.serve")
 
@@ -89,6 +90,7 @@ class Daemon:
         self._preparer: PreparerPool | None = None
         self._server: _Server | None = None
         self._checks: CheckPool | None = None
+        self._warm: WarmChannel | None = None
         self._runner: JobRunner | None = None
         self._scheduler: Scheduler | None = None
         self.metrics: DriftdMetrics | None = None
@@ -155,8 +157,21 @@ class Daemon:
             limits.max_batch,
         )
         log.info("ingest workers started", extra={"workers": workers})
+        plans = warm_plans(self.config, store.deployment_ids())
+        if plans:
+            self._warm = WarmChannel(plans, self.config.scheduling.warm_queue)
+            self.replica_metrics.bind_warmed(self._warm.warmed_counts)
+            log.info(
+                "warm checks on",
+                extra={"deployments": [p.deployment for p in plans]},
+            )
         self._writer = Writer(
-            store, queue_batches=limits.queue_batches, commit_rows=limits.commit_rows
+            store,
+            queue_batches=limits.queue_batches,
+            commit_rows=limits.commit_rows,
+            on_commit=None
+            if self._warm is None
+            else WarmFeed(self._warm, self.replica_metrics).offer,
         )
         self._writer.start()
         self._notifier = notifier
@@ -256,7 +271,7 @@ class Daemon:
             if scheduling.executor is ExecutorKind.kubernetes
             else LocalExecutor()
         )
-        self._checks = CheckPool(self.config, scheduling.check_workers)
+        self._checks = CheckPool(self.config, scheduling.check_workers, warm=self._warm)
         runner = JobRunner(
             store,
             executor,
@@ -368,6 +383,9 @@ class Daemon:
         if self._writer is not None:
             self._writer.stop()
             self._writer = None
+        if self._warm is not None:
+            self._warm.close()
+            self._warm = None
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -9,6 +9,7 @@ joins the two, loading on the first text it is asked to encode.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,8 @@ class LazyEmbedder:
             max_length=int(options.get("max_length", DEFAULT_MAX_LENGTH)),
         )
         self._loaded: Any = None
+        # A check and the background embedder of warm checks may ask for the model at once.
+        self._loading = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -81,8 +84,10 @@ class LazyEmbedder:
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if self._loaded is None:
-            from monitors.embed import Embedder
+            with self._loading:
+                if self._loaded is None:
+                    from monitors.embed import Embedder
 
-            self._loaded = Embedder(self._model, **self._options)
+                    self._loaded = Embedder(self._model, **self._options)
         vectors: npt.NDArray[np.float32] = self._loaded.encode(texts)
         return vectors

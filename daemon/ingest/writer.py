@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -34,9 +35,19 @@ _STOP = object()
 class Writer:
     """Commits batches in the order they arrive; ``start`` → ``submit``… → ``stop``."""
 
-    def __init__(self, store: Store, *, queue_batches: int = 64, commit_rows: int = 5000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queue_batches: int = 64,
+        commit_rows: int = 5000,
+        on_commit: Callable[[Sequence[SampleRows], Sequence[InsertResult]], None] | None = None,
+    ) -> None:
         self.store = store
         self.commit_rows = commit_rows
+        # Told of each commit after its batches are acknowledged (warm checks' feed); it must
+        # not block: the next commit waits for it.
+        self._on_commit = on_commit
         self._queue: queue.Queue[_Batch | object] = queue.Queue(maxsize=queue_batches)
         self._thread = threading.Thread(target=self._run, name="driftd-writer", daemon=True)
         self.commits = 0
@@ -117,6 +128,8 @@ class Writer:
         self.commits += 1
         for batch, result in zip(group, results, strict=True):
             batch.done.set_result(result)
+        if self._on_commit is not None:
+            self._on_commit([b.rows for b in group], results)
 
 
 def _stored_error() -> DriftdError:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from daemon import __version__
@@ -27,6 +28,8 @@ re-sent, and left out by the sampling rate."""
 # exists before its first event lets ``increase()`` see that event.
 REJECT_REASONS = ("invalid", "too_large", "malformed", "queue_full")
 DROP_REASONS = ("queue_full", "error", "invalid", "unreadable", "store_error")
+WARM_SKIP_REASONS = ("queue_full",)
+"""Why ingest handed a sample the next check will likely draw to no background embedder."""
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 UPSTREAM_ERRORS = ("timeout", "connect", "http_4xx", "http_5xx")
 PROXY_REFUSALS: Final[Mapping[int, str]] = {
@@ -145,6 +148,15 @@ class ReplicaMetrics:
             "The writer queue's bound; at depth = capacity ingest answers 429.",
             registry=on,
         )
+        self.embeddings_skipped = Counter(
+            "driftd_embeddings_skipped",
+            "Samples a check will likely draw that the background embedder of warm checks was "
+            "not handed (queue_full); the check or a later sweep embeds them.",
+            ["deployment", "reason"],
+            registry=on,
+        )
+        self._warmed: Callable[[], Mapping[str, int]] = dict
+        self.registry.register(_WarmedCollector(lambda: self._warmed()))
         self.notifications = Counter(
             "driftd_notifications",
             "Notifications by channel (webhook, slack, alertmanager) and outcome (sent, failed).",
@@ -184,6 +196,8 @@ class ReplicaMetrics:
             for reason in PROXY_REFUSALS.values():
                 self.proxy_refused.labels(deployment, reason)
             self.proxy_request_duration.labels(deployment)
+            for reason in WARM_SKIP_REASONS:
+                self.embeddings_skipped.labels(deployment, reason)
 
     # Ingest through the API.
 
@@ -254,6 +268,15 @@ class ReplicaMetrics:
         self.samples_sampled_out.labels(deployment, PROXY).inc(sampled_out)
         self.add_redacted(deployment, redacted)
 
+    def bind_warmed(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Read ``driftd_embeddings_warmed_total`` from ``counts`` at each scrape: embeddings
+        the background embedder computed, by deployment (it counts in another process)."""
+        self._warmed = counts
+
+    def skip_embedding(self, deployment: str, reason: str, n: int) -> None:
+        """``n`` samples were not handed to the background embedder (``WARM_SKIP_REASONS``)."""
+        self.embeddings_skipped.labels(deployment, reason).inc(n)
+
     # Notifications.
 
     def notified(self, kind: str, outcome: str) -> None:
@@ -309,6 +332,31 @@ class LeaderCounters:
         yield from self.check_duration.collect()
         yield from self.checks.collect()
         yield from self.scheduler_runs.collect()
+
+
+class _WarmedCollector:
+    """``driftd_embeddings_warmed_total``, read from the check worker's shared counts."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for deployment, n in sorted(self._counts().items()):
+            family.add_metric([deployment], float(n))
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "driftd_embeddings_warmed",
+            "Embeddings the background embedder of warm checks computed and cached before a "
+            "check asked for them.",
+            labels=["deployment"],
+        )
 
 
 def status_class(status: int) -> str:

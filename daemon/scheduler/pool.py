@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from daemon.config import Config
 from daemon.errors import CheckTimeout, DriftdError
+from daemon.warm import WarmChannel
 
 log = logging.getLogger("driftd.scheduler")
 
@@ -53,10 +54,14 @@ class CheckDone:
 
 
 _checker: object | None = None
+_warmer: object | None = None
+# Held by a check for its whole run and by the background embedder for each batch it encodes:
+# the two share the encoder, and a check never waits for more than one batch.
+_ENCODING = threading.Lock()
 
 
-def _start_worker(config: Config, parent: int) -> None:
-    global _checker
+def _start_worker(config: Config, parent: int, warm: WarmChannel | None = None) -> None:
+    global _checker, _warmer
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     # ``parent`` comes from the parent itself: a worker that boots after its parent was killed
     # must not take its new parent (init) for the daemon and wait forever.
@@ -71,6 +76,11 @@ def _start_worker(config: Config, parent: int) -> None:
         synchronous=storage.sqlite_synchronous,
     )
     _checker = Checker(config, store)
+    if warm is not None and warm.plans:
+        from daemon.warm import Warmer
+
+        _warmer = Warmer(warm, store, _checker.encoder, _ENCODING)
+        _warmer.start()
     # The heavy imports now, not in the first scheduled check.
     import monitors.check  # noqa: F401
 
@@ -105,7 +115,8 @@ def _run_check(deployment: str, now: datetime, scheduled_for: datetime | None) -
     assert isinstance(_checker, Checker), "check worker started without its initializer"
     started = time.perf_counter()
     try:
-        outcome = _checker.run(deployment, now=now, scheduled_for=scheduled_for)
+        with _ENCODING:
+            outcome = _checker.run(deployment, now=now, scheduled_for=scheduled_for)
     finally:
         release_free_memory()
     drifted = tuple(s.name for s in outcome.result.signals if s.drifted)
@@ -117,11 +128,12 @@ def _run_check(deployment: str, now: datetime, scheduled_for: datetime | None) -
 class CheckPool:
     """``workers`` processes that run checks; ``run`` blocks its calling thread, not the API."""
 
-    def __init__(self, config: Config, workers: int) -> None:
+    def __init__(self, config: Config, workers: int, warm: WarmChannel | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.config = config
         self.workers = workers
+        self.warm = warm  # one worker runs the background embedder of warm checks on it
         self._lock = threading.Lock()
         self._booting: list[Future[int]] = []
         self._pool = self._new_pool()
@@ -131,7 +143,7 @@ class CheckPool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(self.config, os.getpid()),
+            initargs=(self.config, os.getpid(), self.warm),
         )
         # Boot every worker now, in the background: the first check then does not wait for the
         # imports, and the daemon's start does not wait for them either.

@@ -128,6 +128,16 @@ class Monitor(Section):
         "first two and a share for `novelty`.",
     )
     timeout: Duration = Field(timedelta(minutes=10), description="A check running longer fails.")
+    warm: bool = Field(
+        True,
+        description="Warm checks (with the `embedding` signal): as samples arrive, a background "
+        "embedder in the check worker embeds those the next check will likely draw (a sample's "
+        "place in the draw is known from its request id), and the draws of both windows that "
+        "still lack embeddings, so that a check finds its draw embedded. It works behind "
+        "ingest (at most a tenth of a core while ingest is busy), and drops what its queue "
+        "cannot hold (`driftd_embeddings_skipped_total`): the check then embeds those itself, "
+        "as with `false`. It uses the check's model and settings.",
+    )
 
     @model_validator(mode="after")
     def _rows(self) -> Self:

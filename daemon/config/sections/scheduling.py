@@ -191,6 +191,14 @@ class Scheduling(Section):
         description="Worker processes that run checks (off the API's event loop). Every replica "
         "runs checks: it claims a due check only while one of its workers is free.",
     )
+    warm_queue: int = Field(
+        20_000,
+        ge=100,
+        le=1_000_000,
+        description="Samples the background embedder of warm checks (`monitor.warm`) may hold "
+        "waiting; beyond it ingest hands it nothing more and counts them in "
+        '`driftd_embeddings_skipped_total{reason="queue_full"}`, never waiting for it.',
+    )
     jobs_dir: Path = Field(
         Path("driftd-jobs"),
         description="Folder of the jobs' specs, logs and results (relative to the working "
