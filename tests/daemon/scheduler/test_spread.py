@@ -103,10 +103,11 @@ def test_every_replica_claims_checks_and_each_tick_runs_once(store: Store) -> No
     assert {c.owner for c in stored} == {"one", "two"}
     assert all(c.finished_at is not None for c in stored)
     assert len(checked(store)) == len(ran)
-    # Neither replica waited on the other: each ran about half, and the claims each lost
-    # were few next to the checks it ran.
+    # Neither replica waited on the other: both ran checks (at least four each, above), and
+    # the claims each lost were few next to the checks run. How the ticks split between them
+    # is the machine's doing (a busy CI machine may starve one thread for a while), so it is
+    # not asserted.
     for name, work in works.items():
-        assert len(work.ran) >= len(ran) // 4, {n: len(w.ran) for n, w in works.items()}
         assert runs(counters[name], "ran") == len(work.ran)
         assert runs(counters[name], "claimed_elsewhere") <= len(ran) // 2
 
