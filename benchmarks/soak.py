@@ -29,20 +29,12 @@ from pathlib import Path
 
 import httpx
 from ingest import ANSWERS, TOKEN, questions, server
+from ingest import CONFIG as INGEST_CONFIG
 
-CONFIG = """\
-ingest: {max_batch: 5000, queue_batches: 64}
-deployments:
-  - name: support
-    kind: prompted
-    task: generation
-    prompt: {model: gpt-4o-mini, system: You help bank customers.}
-    monitor:
-      schedule: every 1m
-      window: 10m
-      max_rows: 5000
-      min_rows: 100
-"""
+# ingest.py's deployment, checked every minute over 10-minute windows.
+CONFIG = INGEST_CONFIG + (
+    "    monitor: {schedule: every 1m, window: 10m, max_rows: 5000, min_rows: 100}\n"
+)
 BATCH = 200
 FILL_CLIENTS = 8
 
